@@ -1,0 +1,51 @@
+"""Benchmarks behind ``tools/benchmark.py``: one module per suite, each with
+``add_arguments(parser)`` and ``run(args) -> str`` (a Markdown report for BENCHMARKS.md).
+
+Targets in the issues are ratios measured in one run on one machine; nothing here is a unit test.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+
+import torch
+
+SUITES = {
+    "covpool": "iSQRT-COV forward+backward time and peak memory (CPU, or --device cuda)",
+    "models": "training-step time of cvkit presets beside torchvision's resnet50",
+    "data": "training input pipeline images/s beside torchvision transforms",
+    "corruptions": "ImageNet-C corruptions beside the imagecorruptions package",
+}
+
+
+def machine_description(device: str = "cpu") -> str:
+    """One line naming the machine a figure was measured on."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        hw = torch.cuda.get_device_name()
+    else:
+        hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    return f"{hw}; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/benchmark.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    modules = {}
+    for name, help_text in SUITES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            modules[name] = importlib.import_module(f"cvkit.benchmarks.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"cvkit.benchmarks.{name}":
+                raise
+            continue
+        modules[name].add_arguments(p)
+    args = parser.parse_args(argv)
+    if args.suite not in modules:
+        print(f"error: benchmark suite {args.suite!r} is not implemented yet", file=sys.stderr)
+        return 2
+    print(modules[args.suite].run(args))
+    return 0

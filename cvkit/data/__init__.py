@@ -1,0 +1,1 @@
+"""Synthetic data, classification datamodule and transforms."""
