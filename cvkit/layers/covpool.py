@@ -1,0 +1,388 @@
+"""iSQRT-COV global covariance pooling (Li et al., "Towards Faster Training of Global Covariance
+Pooling Networks by Iterative Matrix Square Root Normalization", CVPR 2018).
+
+Per sample, with features X in R^{C x M} (M = H*W positions or N tokens):
+
+* centred covariance  Sigma = X Ibar X^T,  Ibar = (1/M)(I - (1/M) 1 1^T)   (paper Eq. 1; computed as
+  the covariance of mean-centred features, the M x M matrix Ibar is never built);
+* pre-normalisation   A = Sigma / tr(Sigma)                                    (Eq. 4);
+* coupled Newton-Schulz, Y_0 = A, Z_0 = I, for k = 1..N:
+  T_k = (3I - Z_{k-1} Y_{k-1}) / 2,  Y_k = Y_{k-1} T_k,  Z_k = T_k Z_{k-1}        (Eq. 2);
+* post-compensation   C = sqrt(tr(Sigma)) Y_N                                  (Eq. 5);
+* output: the upper triangle of C including the diagonal, row by row (the order the official fc
+  weights were trained with), C(C+1)/2 values.
+
+Every iterate is a polynomial in A, so Y_N = p_N(A) for a fixed scalar polynomial p_N. The CPU path
+evaluates exactly that function as V diag(p_N(lambda)) V^T from one symmetric eigendecomposition, and
+its custom backward uses the Daleckii-Krein formula with divided differences of p_N (no iterate is
+stored, no Python loop over the batch). The CUDA path runs the Newton-Schulz matrix iteration and a
+hand-written adjoint of it that recomputes the iterates in the backward (batched eigh is slow on
+GPUs). See docs/covpool.md for the algebra and the precision choices.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["isqrt_cov", "triu_vectorize", "CovariancePooling", "centred_covariance",
+           "newton_schulz_polynomial"]
+
+_BACKENDS = ("auto", "torch", "triton")
+# A trace at or below this (relative to the squared feature scale) counts as an all-constant input:
+# the result is defined as zero (the limit of sqrt(tr) * p_N(Sigma / tr) as Sigma -> 0).
+_TINY_TRACE = {torch.float32: 1e-30, torch.float64: 1e-300}
+
+
+# ----------------------------------------------------------------------------------------------
+# input handling
+# ----------------------------------------------------------------------------------------------
+def _shape_str(x: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in x.shape) + ")"
+
+
+def _check_input(x, iters) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"isqrt_cov: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"isqrt_cov: x must be (B, C, H, W) feature maps or (B, N, C) tokens, "
+                         f"got a rank-{x.dim()} tensor of shape {_shape_str(x)}")
+    if not x.is_floating_point():
+        raise ValueError(f"isqrt_cov: x must have a floating dtype, got {x.dtype} "
+                         f"with shape {_shape_str(x)}")
+    channels = x.shape[1] if x.dim() == 4 else x.shape[2]
+    positions = x.shape[2] * x.shape[3] if x.dim() == 4 else x.shape[1]
+    if channels == 0:
+        raise ValueError(f"isqrt_cov: x has a channel dimension of 0 (shape {_shape_str(x)})")
+    if positions == 0:
+        raise ValueError(f"isqrt_cov: x has no spatial positions / tokens (shape {_shape_str(x)})")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"isqrt_cov: iters must be an integer >= 1, got {iters!r} "
+                         f"(x shape {_shape_str(x)})")
+
+
+def _as_channel_matrix(x: torch.Tensor) -> torch.Tensor:
+    """(B,C,H,W) -> (B,C,H*W); (B,N,C) -> (B,C,N) (a view where possible)."""
+    if x.dim() == 4:
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    return x.transpose(1, 2)
+
+
+def centred_covariance(features: torch.Tensor) -> torch.Tensor:
+    """Sigma = X Ibar X^T for X of shape (B, C, M) (paper Eq. 1), as the covariance of the
+    mean-centred features; Ibar (M x M) is never built."""
+    centred = features - features.mean(dim=-1, keepdim=True)
+    return torch.matmul(centred, centred.transpose(-1, -2)) / features.shape[-1]
+
+
+def triu_vectorize(mat: torch.Tensor) -> torch.Tensor:
+    """Upper triangle incl. the diagonal of (..., C, C), row-major: element (i, j), i <= j, row
+    by row -> (..., C(C+1)/2). This order is what the official iSQRT-COV fc weights expect."""
+    if mat.dim() < 2 or mat.shape[-1] != mat.shape[-2]:
+        raise ValueError(f"triu_vectorize: mat must be (..., C, C), got shape {_shape_str(mat)}")
+    c = mat.shape[-1]
+    rows, cols = torch.triu_indices(c, c, device=mat.device)  # row-major order
+    return mat[..., rows, cols]
+
+
+# ----------------------------------------------------------------------------------------------
+# the scalar Newton-Schulz polynomial
+# ----------------------------------------------------------------------------------------------
+def newton_schulz_polynomial(lam: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """p_N(lam) and p_N'(lam) elementwise: the scalar version of the coupled Newton-Schulz
+    iteration (paper Eq. 2) with y_0 = lam, z_0 = 1, differentiated alongside."""
+    y, dy = lam, torch.ones_like(lam)
+    z, dz = torch.ones_like(lam), torch.zeros_like(lam)
+    for k in range(iters):
+        p, dp = z * y, dz * y + z * dy
+        t, dt = 1.5 - 0.5 * p, -0.5 * dp
+        y, dy = y * t, dy * t + y * dt
+        if k + 1 < iters:
+            z, dz = t * z, dt * z + t * dz
+    return y, dy
+
+
+def _divided_differences(lam: torch.Tensor, p: torch.Tensor, dp: torch.Tensor) -> torch.Tensor:
+    """F_ij = (p(l_i) - p(l_j)) / (l_i - l_j), and (p'(l_i) + p'(l_j)) / 2 where l_i, l_j are so
+    close that the quotient would cancel (the mean of derivatives differs from the divided
+    difference by O(p''' h^2), below the cancellation error it replaces). lam, p, dp: (B, C),
+    computed in float64; F is returned in float64 too."""
+    dl = lam.unsqueeze(-1) - lam.unsqueeze(-2)
+    num = p.unsqueeze(-1) - p.unsqueeze(-2)
+    mean_deriv = 0.5 * (dp.unsqueeze(-1) + dp.unsqueeze(-2))
+    scale = torch.maximum(lam.abs().unsqueeze(-1), lam.abs().unsqueeze(-2)).clamp_min(1e-6)
+    close = dl.abs() <= 1e-7 * scale
+    return torch.where(close, mean_deriv, num / torch.where(close, torch.ones_like(dl), dl))
+
+
+@contextlib.contextmanager
+def _single_threaded_cpu(enabled: bool):
+    """MKL's threaded syevd is slower than the sequential one for 256 x 256 matrices (measured on
+    the 2-core benchmark machine: ~6x slower under load), so eigh runs on one intra-op thread."""
+    if not enabled:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------------------------
+# the two torch implementations (custom autograd Functions)
+# ----------------------------------------------------------------------------------------------
+def _normalised(features: torch.Tensor):
+    """Centred covariance, its trace, a mask of samples with a usable trace, and A = Sigma/tr."""
+    sigma = centred_covariance(features)
+    trace = sigma.diagonal(dim1=-2, dim2=-1).sum(-1)
+    ok = trace > _TINY_TRACE[features.dtype]
+    safe_trace = torch.where(ok, trace, torch.ones_like(trace))
+    a = sigma / safe_trace[:, None, None]
+    a = 0.5 * (a + a.transpose(-1, -2))  # exact symmetry (BLAS need not return a symmetric X X^T)
+    return a, trace, ok, safe_trace
+
+
+def _covariance_backward(features, grad_sigma):
+    """d loss / d X for Sigma = Xc Xc^T / M: (G + G^T) Xc / M (the centring needs no backward
+    term: the rows of (G + G^T) Xc already have zero mean)."""
+    centred = features - features.mean(dim=-1, keepdim=True)
+    return torch.matmul(grad_sigma + grad_sigma.transpose(-1, -2), centred) / features.shape[-1]
+
+
+def _trace_normalisation_backward(grad_a, inner_g_y, inner_ga_a, trace, ok):
+    """Backward of C = s * p(Sigma / t), t = tr(Sigma), s = sqrt(t), given grad_a = the adjoint of
+    p at A applied to the incoming gradient G, <G, Y_N> and <grad_a, A>:
+    dL/dSigma = (grad_a - <grad_a, A> I) / s + <G, Y_N> / (2 s) I."""
+    s = torch.where(ok, trace, torch.ones_like(trace)).sqrt()
+    diag_term = (0.5 * inner_g_y - inner_ga_a) / s
+    grad_sigma = grad_a / s[:, None, None]
+    grad_sigma.diagonal(dim1=-2, dim2=-1).add_(diag_term[:, None])
+    return grad_sigma * ok[:, None, None].to(grad_sigma.dtype)
+
+
+class _IsqrtCovEigh(torch.autograd.Function):
+    """C = sqrt(tr Sigma) * V diag(p_N(lambda)) V^T with A = Sigma / tr Sigma = V diag(lambda) V^T;
+    backward by Daleckii-Krein: dL/dA = V (F o (V^T G V)) V^T, F the divided differences of p_N.
+    Saves the input, V and lambda (no iterate)."""
+
+    @staticmethod
+    def forward(ctx, features, iters):
+        a, trace, ok, _ = _normalised(features)
+        with _single_threaded_cpu(a.device.type == "cpu"):
+            lam, vecs = torch.linalg.eigh(a)
+        p, _ = newton_schulz_polynomial(lam.double(), iters)
+        s = torch.where(ok, trace, torch.zeros_like(trace)).sqrt()
+        scaled = vecs * (p.to(vecs.dtype) * s[:, None]).unsqueeze(-2)
+        out = torch.matmul(scaled, vecs.transpose(-1, -2))
+        ctx.save_for_backward(features, vecs, lam, trace, ok)
+        ctx.iters = iters
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        features, vecs, lam, trace, ok = ctx.saved_tensors
+        lam64 = lam.double()
+        p, dp = newton_schulz_polynomial(lam64, ctx.iters)
+        f = _divided_differences(lam64, p, dp).to(vecs.dtype)
+        w = torch.matmul(vecs.transpose(-1, -2), torch.matmul(grad_out, vecs))
+        w_diag = w.diagonal(dim1=-2, dim2=-1).double()
+        inner_g_y = (p * w_diag).sum(-1)                 # <G, Y_N>
+        inner_ga_a = (dp * lam64 * w_diag).sum(-1)       # <V(F o W)V^T, A>, F_ii = p'(l_i)
+        grad_a = torch.matmul(vecs, torch.matmul(f * w, vecs.transpose(-1, -2)))
+        grad_sigma = _trace_normalisation_backward(
+            grad_a, inner_g_y.to(vecs.dtype), inner_ga_a.to(vecs.dtype), trace, ok)
+        return _covariance_backward(features, grad_sigma), None
+
+
+def _newton_schulz_iterates(a: torch.Tensor, iters: int):
+    """Run the coupled iteration; return Y_N and the lists [Y_0..Y_{N-1}], [Z_0..Z_{N-1}], [T_1..T_N]
+    (Z_0 = I is returned as None and skipped in the products)."""
+    ys, zs, ts = [], [], []
+    y, z = a, None
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    for _ in range(iters):
+        prod = y if z is None else torch.matmul(z, y)
+        t = 0.5 * (3.0 * eye - prod)
+        ys.append(y)
+        zs.append(z)
+        ts.append(t)
+        y_next = torch.matmul(y, t)
+        z = t if z is None else torch.matmul(t, z)
+        y = y_next
+    return y, ys, zs, ts
+
+
+class _IsqrtCovNewtonSchulz(torch.autograd.Function):
+    """The Newton-Schulz matrix iteration with a hand-written adjoint; saves only the input and
+    recomputes the iterates in the backward (for GPUs, where batched eigh is slow)."""
+
+    @staticmethod
+    def forward(ctx, features, iters):
+        a, trace, ok, _ = _normalised(features)
+        y = _newton_schulz_matrix(a, iters)
+        s = torch.where(ok, trace, torch.zeros_like(trace)).sqrt()
+        ctx.save_for_backward(features)
+        ctx.iters = iters
+        return y * s[:, None, None]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (features,) = ctx.saved_tensors
+        a, trace, ok, _ = _normalised(features)
+        y_n, ys, zs, ts = _newton_schulz_iterates(a, ctx.iters)
+        s = torch.where(ok, trace, torch.ones_like(trace)).sqrt()
+        g_y = grad_out
+        g_z = None
+        for y, z, t in zip(reversed(ys), reversed(zs), reversed(ts)):
+            # Y' = Y T, Z' = T Z, T = (3I - Z Y) / 2
+            g_t = torch.matmul(y.transpose(-1, -2), g_y)
+            if g_z is not None and z is not None:
+                g_t = g_t + torch.matmul(g_z, z.transpose(-1, -2))
+            elif g_z is not None:
+                g_t = g_t + g_z
+            g_p = -0.5 * g_t
+            g_y_prev = torch.matmul(g_y, t.transpose(-1, -2))
+            if z is None:                       # Z_0 = I: P = Y_0
+                g_y_prev = g_y_prev + g_p
+                g_z = None
+            else:
+                g_y_prev = g_y_prev + torch.matmul(z.transpose(-1, -2), g_p)
+                g_z_prev = torch.matmul(g_p, y.transpose(-1, -2))
+                if g_z is not None:
+                    g_z_prev = g_z_prev + torch.matmul(t.transpose(-1, -2), g_z)
+                g_z = g_z_prev
+            g_y = g_y_prev
+        grad_a = g_y
+        inner_g_y = (grad_out * y_n).sum((-2, -1))
+        inner_ga_a = (grad_a * a).sum((-2, -1))
+        # A was symmetrised; sym(grad_a) is not needed: the covariance backward symmetrises.
+        grad_sigma = _trace_normalisation_backward(grad_a, inner_g_y, inner_ga_a, trace, ok)
+        return _covariance_backward(features, grad_sigma), None
+
+
+def _newton_schulz_matrix(a: torch.Tensor, iters: int) -> torch.Tensor:
+    """Y_N of the coupled iteration (paper Eq. 2) with the fewest products: 3N - 1 - [N == 1]."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    t = 0.5 * (3.0 * eye - a)
+    y = torch.matmul(a, t)
+    z = t
+    for k in range(1, iters):
+        t = 0.5 * (3.0 * eye - torch.matmul(z, y))
+        y_next = torch.matmul(y, t)
+        if k + 1 < iters:
+            z = torch.matmul(t, z)
+        y = y_next
+    return y
+
+
+def _isqrt_cov_torch(x: torch.Tensor, iters: int, method: str | None = None) -> torch.Tensor:
+    """(B, C, C) post-compensated square root. method: "eigh" (default on CPU) or "ns" (default
+    elsewhere); both compute exactly the same function."""
+    features = _as_channel_matrix(x)
+    if method is None:
+        method = "eigh" if x.device.type == "cpu" else "ns"
+    if method == "eigh":
+        return _IsqrtCovEigh.apply(features, iters)
+    if method == "ns":
+        return _IsqrtCovNewtonSchulz.apply(features, iters)
+    raise ValueError(f"isqrt_cov: unknown torch method {method!r}; expected 'eigh' or 'ns'")
+
+
+def _triton_kernel():
+    try:
+        from cvkit.kernels import isqrt_cov_triton  # lazy: Triton is only needed on this path
+    except ImportError as e:
+        raise RuntimeError("isqrt_cov: backend='triton' needs cvkit.kernels.isqrt_cov_triton, "
+                           f"which is not available ({e})") from e
+    return isqrt_cov_triton
+
+
+def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
+              backend: str = "auto") -> torch.Tensor:
+    """iSQRT-COV of (B, C, H, W) feature maps or (B, N, C) tokens -> (B, C(C+1)/2) row-major upper
+    triangle incl. the diagonal, or (B, C, C) if ``vectorize=False``. Runs in float32 (float64 if
+    given float64) with autocast disabled; fp16/bf16 inputs give a float32 result.
+
+    backend: "torch" (the implementation here), "triton" (``cvkit.kernels.isqrt_cov_triton``), or
+    "auto" (Triton for CUDA tensors when the kernel is available, torch otherwise)."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"isqrt_cov: unknown backend {backend!r}; expected one of {_BACKENDS}")
+    _check_input(x, iters)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    use_triton = backend == "triton"
+    kernel = None
+    if use_triton:
+        kernel = _triton_kernel()
+    elif backend == "auto" and x.is_cuda:
+        try:
+            kernel = _triton_kernel()
+            use_triton = True
+        except RuntimeError:
+            use_triton = False
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        if use_triton:
+            return kernel(x, iters, vectorize)
+        if x.shape[0] == 0:
+            c = x.shape[1] if x.dim() == 4 else x.shape[2]
+            mat = x.new_zeros(0, c, c)
+        else:
+            mat = _isqrt_cov_torch(x, iters)
+        return triu_vectorize(mat) if vectorize else mat
+
+
+class CovariancePooling(nn.Module):
+    """iSQRT-COV head: optional 1x1 conv (no bias) + BatchNorm + ReLU reduction to ``dim``
+    channels (paper layout: 2048 -> 256), then :func:`isqrt_cov` -> (B, dim(dim+1)/2).
+
+    Accepts (B, C, H, W) maps and (B, N, C) tokens. Tokens go through the *same* reduction,
+    treated as a 1 x N map: a per-token linear projection without bias, BatchNorm over batch and
+    tokens, ReLU. One set of weights therefore serves both layouts, and tokens give exactly what
+    the equivalent (B, C, N, 1) map gives. ``dim=None`` skips the reduction (nn.Identity)."""
+
+    def __init__(self, in_channels: int, dim: int | None = 256, iters: int = 5,
+                 backend: str = "auto"):
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"CovariancePooling: in_channels must be >= 1, got {in_channels}")
+        if dim is not None and dim < 1:
+            raise ValueError(f"CovariancePooling: dim must be >= 1 or None, got {dim}")
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+            raise ValueError(f"CovariancePooling: iters must be an integer >= 1, got {iters!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"CovariancePooling: unknown backend {backend!r}; "
+                             f"expected one of {_BACKENDS}")
+        self.in_channels = in_channels
+        self.dim = dim
+        self.iters = iters
+        self.backend = backend
+        if dim is None:
+            self.reduce = nn.Identity()
+        else:
+            self.reduce = nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=1, bias=False),
+                                        nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+        channels = in_channels if dim is None else dim
+        self.out_features = channels * (channels + 1) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            if x.shape[1] != self.in_channels:
+                raise ValueError(f"CovariancePooling: expected {self.in_channels} channels in "
+                                 f"(B, C, H, W) input, got shape {_shape_str(x)}")
+            return isqrt_cov(self.reduce(x), self.iters, True, self.backend)
+        if x.dim() == 3:
+            if x.shape[2] != self.in_channels:
+                raise ValueError(f"CovariancePooling: expected {self.in_channels} channels in "
+                                 f"(B, N, C) input, got shape {_shape_str(x)}")
+            as_map = x.transpose(1, 2).unsqueeze(-1)          # (B, C, N, 1)
+            return isqrt_cov(self.reduce(as_map), self.iters, True, self.backend)
+        raise ValueError(f"CovariancePooling: x must be (B, C, H, W) or (B, N, C), "
+                         f"got shape {_shape_str(x)}")
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, dim={self.dim}, iters={self.iters}, "
+                f"out_features={self.out_features}, backend={self.backend!r}")
