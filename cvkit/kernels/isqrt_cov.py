@@ -1,0 +1,226 @@
+"""iSQRT-COV on Triton: ``isqrt_cov_triton(x, iters=5, vectorize=True)``.
+
+Same function as ``cvkit.layers.covpool.isqrt_cov`` (Li et al., "Towards Faster Training of Global
+Covariance Pooling Networks by Iterative Matrix Square Root Normalization", CVPR 2018):
+Sigma = Xc Xc^T / M, A = Sigma / tr(Sigma), N coupled Newton–Schulz steps (Y_0 = A, Z_0 = I,
+T_k = (3I - Z_{k-1} Y_{k-1}) / 2, Y_k = Y_{k-1} T_k, Z_k = T_k Z_{k-1}), C = sqrt(tr Sigma) Y_N,
+then the row-major upper triangle of C including the diagonal. The backward reverses the
+iterations over iterates stored by the forward. Design and tolerances: docs/kernels.md.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+_KERNEL_FILE = Path(__file__).with_name("isqrt_cov_kernels.py")
+_LOADED: dict[bool, object] = {}
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _kernels():
+    """The kernel module for the current Triton mode. ``@triton.jit`` decides compiled versus
+    interpreted when it decorates (it reads TRITON_INTERPRET then, in Triton 3.6 and 3.8 alike), so
+    the kernel file is loaded once per mode, whenever the variable was set."""
+    interpret = _interpreting()
+    if interpret not in _LOADED:
+        name = f"cvkit.kernels._isqrt_cov_kernels_{'interpreted' if interpret else 'compiled'}"
+        spec = importlib.util.spec_from_file_location(name, _KERNEL_FILE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # Triton resolves a kernel's globals through its module
+        spec.loader.exec_module(module)
+        _LOADED[interpret] = module
+    return _LOADED[interpret]
+
+
+def _resolve_precision(precision: str | None) -> str:
+    """``None`` follows PyTorch's float32 matmul setting, like cuBLAS in the PyTorch path: "highest"
+    -> "ieee" (plain fp32), otherwise "tf32". "tf32x3" (three TF32 products, about fp32 accuracy on
+    the tensor cores) is chosen explicitly."""
+    if precision is None:
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
+    return precision
+
+
+def _as_channel_matrix(x: torch.Tensor) -> tuple[torch.Tensor, int, int, tuple[int, int, int]]:
+    """(B,C,H,W) maps or (B,N,C) tokens -> the tensor, d, M and the (batch, channel, position)
+    strides that read it as X[b, c, m] without a copy."""
+    if x.dim() == 4:
+        x = x.contiguous()
+        b, c, h, w = x.shape
+        return x, c, h * w, (x.stride(0), h * w, 1)
+    if x.dim() == 3:
+        x = x.contiguous()
+        b, n, c = x.shape
+        return x, c, n, (x.stride(0), 1, c)
+    raise ValueError(f"isqrt_cov_triton expects (B,C,H,W) maps or (B,N,C) tokens, got shape "
+                     f"{tuple(x.shape)}")
+
+
+def _products(k, out, pairs, *, symmetric=True, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0,
+              f=None, c_f=0.0, scale=None, triu=False, precision="ieee"):
+    """out = scale * (c_prod * sum(a @ b for a, b in pairs) + c_eye I + c_e e + c_f f)."""
+    batch, d = pairs[0][0].shape[0], pairs[0][0].shape[-1]
+    ops = [m for pair in pairs for m in pair]
+    ops += [ops[0]] * (6 - len(ops))
+    nt = lambda meta: triton_cdiv(d, meta["BLOCK"])  # noqa: E731
+    grid = (lambda meta: (batch * nt(meta) * (nt(meta) + 1) // 2,)) if symmetric else \
+        (lambda meta: (batch * nt(meta) ** 2,))
+    k._products_kernel[grid](
+        *ops, e if e is not None else out, f if f is not None else out,
+        scale if scale is not None else out, out, c_prod, c_eye, c_e, c_f, d,
+        NPROD=len(pairs), SYMMETRIC=symmetric, HAS_E=e is not None, HAS_F=f is not None,
+        HAS_SCALE=scale is not None, OUT_TRIU=triu, PRECISION=precision)
+    return out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _forward(x, iters, vectorize, precision):
+    """Runs the forward kernels; returns the output and what the backward needs."""
+    k = _kernels()
+    xm, d, m, (sb, sc, sm) = _as_channel_matrix(x)
+    batch = xm.shape[0]
+    dev = xm.device
+    mean = torch.empty(batch, d, device=dev, dtype=torch.float32)
+    var = torch.empty_like(mean)
+    block_c = 32
+    k._channel_stats_kernel[(batch * triton_cdiv(d, block_c),)](
+        xm, mean, var, d, m, sb, sc, sm, BLOCK_C=block_c, BLOCK_M=64)
+
+    def mat():
+        return torch.empty(batch, d, d, device=dev, dtype=torch.float32)
+
+    a, z1 = mat(), mat()
+    trace = torch.empty(batch, device=dev, dtype=torch.float32)
+    sqrt_trace = torch.empty_like(trace)
+    k._covariance_kernel[lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
+                                                (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),)](
+        xm, mean, var, a, z1, trace, sqrt_trace, d, m, sb, sc, sm, PRECISION=precision,
+        BLOCK_D=max(16, 1 << (d - 1).bit_length()))
+
+    out = (torch.empty(batch, d * (d + 1) // 2, device=dev, dtype=torch.float32) if vectorize
+           else mat())
+    final = dict(scale=sqrt_trace, triu=vectorize, precision=precision)
+    if iters == 1:  # Y_1 = A T_1 = 1.5 A - 0.5 A A, times sqrt(tr Sigma)
+        _products(k, out, [(a, a)], c_prod=-0.5, e=a, c_e=1.5, **final)
+        return out, dict(a=a, ys=[], zs=[], ts=[], mean=mean, trace=trace, sqrt_trace=sqrt_trace)
+    y = _products(k, mat(), [(a, a)], c_prod=-0.5, e=a, c_e=1.5, precision=precision)
+    ys, zs, ts = [y], [z1], []  # Y_k, Z_k for k = 1..N-1 and T_k for k = 2..N
+    for step in range(2, iters + 1):
+        y_prev, z_prev = ys[-1], zs[-1]
+        t = _products(k, mat(), [(z_prev, y_prev)], c_prod=-0.5, c_eye=1.5, precision=precision)
+        ts.append(t)
+        if step == iters:
+            _products(k, out, [(y_prev, t)], **final)
+        else:
+            ys.append(_products(k, mat(), [(y_prev, t)], precision=precision))
+            zs.append(_products(k, mat(), [(z_prev, t)], precision=precision))  # T Z = Z T
+    return out, dict(a=a, ys=ys, zs=zs, ts=ts, mean=mean, trace=trace, sqrt_trace=sqrt_trace)
+
+
+def _backward(grad_out, x, out, saved, iters, vectorize, precision):
+    """Reverses the Newton–Schulz steps. With P = dL/dY_k, Q = dL/dZ_k (both symmetric) and the
+    iterates commuting, one step back is
+        dL/dY_{k-1} = P T + T P - 1.5 P - 0.5 Z Q Z,
+        dL/dZ_{k-1} = Q T + T Q - 1.5 Q - 0.5 Y P Y      (Y, Z = Y_{k-1}, Z_{k-1}; T = T_k),
+    and the first (Y_0 = A, Z_0 = I, T_1 = 1.5 I - 0.5 A) gives
+        dL/dA = 1.5 P - 0.5 (P A + A P) - 0.5 Q."""
+    k = _kernels()
+    xm, d, m, (sb, sc, sm) = _as_channel_matrix(x)
+    batch = xm.shape[0]
+    dev = xm.device
+    grad_out = grad_out.contiguous().float()
+    a, ys, zs, ts = saved["a"], saved["ys"], saved["zs"], saved["ts"]
+
+    def mat():
+        return torch.empty(batch, d, d, device=dev, dtype=torch.float32)
+
+    def vec():
+        return torch.empty(batch, device=dev, dtype=torch.float32)
+
+    gc = vec()
+    n_out = out.numel() // batch
+    k._batched_dot_kernel[(batch,)](grad_out, out, gc, n_out, BLOCK=1024)  # <dL/dC, C>
+    p = mat()
+    k._grad_seed_kernel[(batch * triton_cdiv(d, 32) ** 2,)](
+        grad_out, saved["sqrt_trace"], p, d, VECTOR=vectorize, BLOCK=32)
+    q = None  # dL/dZ_N = 0
+    for step in range(iters, 1, -1):
+        y, z, t = ys[step - 2], zs[step - 2], ts[step - 2]
+        v = _products(k, mat(), [(y, p)], symmetric=False, c_prod=-0.5, precision=precision)
+        if q is None:
+            p_new = _products(k, mat(), [(p, t), (t, p)], e=p, c_e=-1.5, precision=precision)
+            q_new = _products(k, mat(), [(v, y)], precision=precision)
+        else:
+            u = _products(k, mat(), [(z, q)], symmetric=False, c_prod=-0.5, precision=precision)
+            p_new = _products(k, mat(), [(p, t), (t, p), (u, z)], e=p, c_e=-1.5,
+                              precision=precision)
+            q_new = _products(k, mat(), [(q, t), (t, q), (v, y)], e=q, c_e=-1.5,
+                              precision=precision)
+        p, q = p_new, q_new
+    h = _products(k, mat(), [(p, a), (a, p)], c_prod=-0.5, e=p, c_e=1.5, f=q, c_f=-0.5,
+                  precision=precision)
+    ha = vec()
+    k._batched_dot_kernel[(batch,)](h, a, ha, d * d, BLOCK=1024)  # <dL/dA, A>
+    grad_x = torch.empty_like(xm)
+    k._grad_input_kernel[lambda meta: (batch * triton_cdiv(d, meta["BLOCK_C"]) *
+                                       triton_cdiv(m, meta["BLOCK_M"]),)](
+        h, xm, saved["mean"], saved["trace"], gc, ha, grad_x, d, m, sb, sc, sm,
+        PRECISION=precision)
+    return grad_x
+
+
+class _ISqrtCovFunction(torch.autograd.Function):
+    """Forward and backward kernels as one autograd node. The forward keeps A, Y_1..Y_{N-1},
+    Z_1..Z_{N-1} and T_2..T_N (3N-2 d×d matrices per sample) for the backward instead of
+    recomputing them: GPU memory is cheaper than the extra products."""
+
+    @staticmethod
+    def forward(ctx, x, iters, vectorize, precision):
+        out, saved = _forward(x, iters, vectorize, precision)
+        ctx.iters, ctx.vectorize, ctx.precision = iters, vectorize, precision
+        ctx.saved = saved
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, out = ctx.saved_tensors
+        grad_x = _backward(grad_out, x, out, ctx.saved, ctx.iters, ctx.vectorize, ctx.precision)
+        ctx.saved = None
+        return grad_x.view_as(x), None, None, None
+
+
+def isqrt_cov_triton(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
+                     precision: str | None = None) -> torch.Tensor:
+    """iSQRT-COV of (B,C,H,W) maps or (B,N,C) tokens with Triton kernels (forward and backward).
+
+    Returns (B, C(C+1)/2), the row-major upper triangle of sqrt(tr Sigma) * Y_N incl. the diagonal,
+    or (B, C, C) when ``vectorize=False``; float32 whatever the input dtype (an fp32 island under
+    autocast). ``precision``: "ieee" (fp32 products), "tf32x3" (three TF32 tensor-core products,
+    close to fp32), "tf32" (fastest, ~1e-3 relative error), or None to follow
+    ``torch.get_float32_matmul_precision()``. Needs a CUDA tensor, or TRITON_INTERPRET=1 for the
+    Triton interpreter on the CPU (slow: meant for tests).
+    """
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be a positive int, got {iters!r}")
+    if not x.is_cuda and not _interpreting():
+        raise RuntimeError(
+            f"isqrt_cov_triton needs a CUDA tensor (got one on {x.device}); to run the Triton "
+            "kernels on the CPU set TRITON_INTERPRET=1, or use isqrt_cov(..., backend='torch')")
+    if x.dim() not in (3, 4) or x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"isqrt_cov_triton expects non-empty (B,C,H,W) maps or (B,N,C) tokens, "
+                         f"got shape {tuple(x.shape)}")
+    return _ISqrtCovFunction.apply(x.float(), iters, vectorize, _resolve_precision(precision))

@@ -1,0 +1,267 @@
+"""Triton kernels of iSQRT-COV (Li et al., CVPR 2018: covariance, trace normalisation, coupled
+Newton–Schulz, post-compensation, triu vectorisation) and of its backward.
+
+Not imported directly: ``cvkit.kernels.isqrt_cov`` loads this file once per Triton mode (compiled or
+``TRITON_INTERPRET=1``), because ``@triton.jit`` reads that variable when it decorates (Triton 3.x).
+
+All d×d matrices are contiguous (B, d, d) float32 buffers. Every Newton–Schulz iterate is a
+polynomial in A, so iterates are symmetric and commute; every sum of products built here is
+symmetric too, and ``_products_kernel`` with ``SYMMETRIC`` computes only the tiles on and above the
+diagonal and writes each off-diagonal tile twice (itself and its transpose).
+"""
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _configs(cuda_configs, interpret_config):
+    """A short autotune list on the GPU; one config under the interpreter (no timing there)."""
+    if INTERPRET:
+        return [triton.Config(interpret_config, num_warps=4, num_stages=1)]
+    return [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in cuda_configs]
+
+
+# Output tile BLOCK×BLOCK (square, so a tile's mirror is a tile), reduction step BLOCK_K. Under the
+# interpreter, 32×32 tiles keep the program count (its cost) low; d > 32 gives several tiles.
+_PRODUCT_CONFIGS = _configs(
+    [({"BLOCK": 32, "BLOCK_K": 32}, 4, 3),
+     ({"BLOCK": 64, "BLOCK_K": 32}, 4, 3),
+     ({"BLOCK": 128, "BLOCK_K": 32}, 8, 2)],
+    {"BLOCK": 32, "BLOCK_K": 32})
+_GRADX_CONFIGS = _configs(
+    [({"BLOCK_C": 64, "BLOCK_M": 64, "BLOCK_K": 32}, 4, 3),
+     ({"BLOCK_C": 128, "BLOCK_M": 64, "BLOCK_K": 32}, 8, 3)],
+    {"BLOCK_C": 32, "BLOCK_M": 32, "BLOCK_K": 32})
+
+
+@triton.jit
+def _tile_coords(pid, d, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """Program id -> (batch, tile row, tile column). SYMMETRIC enumerates only tiles with
+    row <= column: t = r(r+1)/2 + c (c <= r) is read back with a float square root, then corrected
+    by one step either way, and (c, r) is returned."""
+    nt = tl.cdiv(d, BLOCK)
+    if SYMMETRIC:
+        ntiles = nt * (nt + 1) // 2
+    else:
+        ntiles = nt * nt
+    b = pid // ntiles
+    t = pid % ntiles
+    if SYMMETRIC:
+        r = ((tl.sqrt(8.0 * t.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
+        r = tl.where((r + 1) * (r + 2) // 2 <= t, r + 1, r)
+        r = tl.where(r * (r + 1) // 2 > t, r - 1, r)
+        ti = t - r * (r + 1) // 2
+        tj = r
+    else:
+        ti = t // nt
+        tj = t % nt
+    return b.to(tl.int64), ti, tj, t
+
+
+@triton.autotune(configs=_PRODUCT_CONFIGS,
+                 key=["d", "NPROD", "SYMMETRIC", "HAS_E", "HAS_F", "HAS_SCALE", "OUT_TRIU",
+                      "PRECISION"])
+@triton.jit
+def _products_kernel(A1, B1, A2, B2, A3, B3, E, F, SCALE, OUT,
+                     c_prod, c_eye, c_e, c_f, d,
+                     NPROD: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_E: tl.constexpr,
+                     HAS_F: tl.constexpr, HAS_SCALE: tl.constexpr, OUT_TRIU: tl.constexpr,
+                     PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
+    """OUT = scale_b * (c_prod * (A1 B1 [+ A2 B2 [+ A3 B3]]) + c_eye I [+ c_e E] [+ c_f F]).
+
+    One kernel serves every matrix product of the forward and backward, with the element-wise
+    part of each step as its epilogue (e.g. T = 1.5 I - 0.5 Z Y, or P' = PT + TP - 1.5 P + U Z).
+    SYMMETRIC: the result is symmetric; only upper tiles are computed, diagonal tiles are made
+    exactly symmetric, off-diagonal tiles are stored with their transposes. OUT_TRIU: write the
+    row-major upper triangle incl. the diagonal, (B, d(d+1)/2), instead of a d×d matrix.
+    """
+    b, ti, tj, t = _tile_coords(tl.program_id(0), d, BLOCK, SYMMETRIC)
+    base = b * d * d
+    rm = ti * BLOCK + tl.arange(0, BLOCK)
+    rn = tj * BLOCK + tl.arange(0, BLOCK)
+    rk = tl.arange(0, BLOCK_K)
+    # Row block of each left factor, column block of each right factor; k advances both.
+    a_offs = base + rm[:, None] * d + rk[None, :]
+    b_offs = base + rk[:, None] * d + rn[None, :]
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    for k0 in range(0, d, BLOCK_K):
+        a_mask = (rm[:, None] < d) & (rk[None, :] < d - k0)
+        b_mask = (rk[:, None] < d - k0) & (rn[None, :] < d)
+        acc = tl.dot(tl.load(A1 + a_offs, mask=a_mask, other=0.0),
+                     tl.load(B1 + b_offs, mask=b_mask, other=0.0), acc, input_precision=PRECISION)
+        if NPROD >= 2:
+            acc = tl.dot(tl.load(A2 + a_offs, mask=a_mask, other=0.0),
+                         tl.load(B2 + b_offs, mask=b_mask, other=0.0), acc,
+                         input_precision=PRECISION)
+        if NPROD >= 3:
+            acc = tl.dot(tl.load(A3 + a_offs, mask=a_mask, other=0.0),
+                         tl.load(B3 + b_offs, mask=b_mask, other=0.0), acc,
+                         input_precision=PRECISION)
+        a_offs += BLOCK_K
+        b_offs += BLOCK_K * d
+    if SYMMETRIC:
+        # Rounding makes acc[i, j] and acc[j, i] of a diagonal tile differ slightly; average them.
+        acc = tl.where(ti == tj, 0.5 * (acc + tl.trans(acc)), acc)
+    mask = (rm[:, None] < d) & (rn[None, :] < d)
+    offs = rm[:, None] * d + rn[None, :]
+    out = c_prod * acc + tl.where(rm[:, None] == rn[None, :], c_eye, 0.0)
+    if HAS_E:
+        out += c_e * tl.load(E + base + offs, mask=mask, other=0.0)
+    if HAS_F:
+        out += c_f * tl.load(F + base + offs, mask=mask, other=0.0)
+    if HAS_SCALE:
+        out = out * tl.load(SCALE + b)
+    if OUT_TRIU:
+        # Row-major upper triangle incl. diagonal: (r, c), r <= c -> r*d - r(r-1)/2 + (c - r).
+        r = rm[:, None]
+        c = rn[None, :]
+        idx = r * d - r * (r - 1) // 2 + (c - r)
+        tl.store(OUT + b * (d * (d + 1) // 2) + idx, out, mask=mask & (r <= c))
+    else:
+        tl.store(OUT + base + offs, out, mask=mask)
+        if SYMMETRIC:
+            mirror = (rn[:, None] < d) & (rm[None, :] < d) & (ti != tj)
+            tl.store(OUT + base + rn[:, None] * d + rm[None, :], tl.trans(out), mask=mirror)
+
+
+@triton.jit
+def _channel_stats_kernel(X, MEAN, VAR, d, M, stride_b, stride_c, stride_m,
+                          BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Per channel: mean over the M positions and the biased variance (two passes, so the
+    variance has no cancellation); tr(Sigma) is the sum of the variances."""
+    pid = tl.program_id(0)
+    ncb = tl.cdiv(d, BLOCK_C)
+    b = (pid // ncb).to(tl.int64)
+    rc = (pid % ncb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmm = tl.arange(0, BLOCK_M)
+    base = X + b * stride_b + rc[:, None] * stride_c
+    total = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        mm = m0 + rmm
+        mask = (rc[:, None] < d) & (mm[None, :] < M)
+        total += tl.sum(tl.load(base + mm[None, :] * stride_m, mask=mask, other=0.0), axis=1)
+    mean = total / M
+    sq = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        mm = m0 + rmm
+        mask = (rc[:, None] < d) & (mm[None, :] < M)
+        xc = tl.load(base + mm[None, :] * stride_m, mask=mask, other=0.0) - mean[:, None]
+        xc = tl.where(mask, xc, 0.0)
+        sq += tl.sum(xc * xc, axis=1)
+    tl.store(MEAN + b * d + rc, mean, mask=rc < d)
+    tl.store(VAR + b * d + rc, sq / M, mask=rc < d)
+
+
+@triton.jit
+def _load_centred(X, MEAN, b, rows, cols, d, M, stride_b, stride_c, stride_m):
+    """X[b, rows, cols] - mean[b, rows]; zero outside the matrix."""
+    mask = (rows[:, None] < d) & (cols[None, :] < M)
+    x = tl.load(X + b * stride_b + rows[:, None] * stride_c + cols[None, :] * stride_m, mask=mask,
+                other=0.0)
+    mu = tl.load(MEAN + b * d + rows, mask=rows < d, other=0.0)
+    return tl.where(mask, x - mu[:, None], 0.0)
+
+
+@triton.autotune(configs=_PRODUCT_CONFIGS, key=["d", "M", "PRECISION"])
+@triton.jit
+def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M,
+                       stride_b, stride_c, stride_m, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Sigma = Xc Xc^T / M on centred features (Eq. 1, no M×M centring matrix), then in the
+    epilogue A = Sigma / tr(Sigma) (the pre-normalisation) and Z_1 = T_1 = 1.5 I - 0.5 A (the first
+    Newton–Schulz step needs no product). Only upper tiles are computed (Sigma is symmetric)."""
+    b, ti, tj, t = _tile_coords(tl.program_id(0), d, BLOCK, True)
+    rm = ti * BLOCK + tl.arange(0, BLOCK)
+    rn = tj * BLOCK + tl.arange(0, BLOCK)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    for k0 in range(0, M, BLOCK_K):
+        xi = _load_centred(X, MEAN, b, rm, k0 + rk, d, M, stride_b, stride_c, stride_m)
+        xj = _load_centred(X, MEAN, b, rn, k0 + rk, d, M, stride_b, stride_c, stride_m)
+        acc = tl.dot(xi, tl.trans(xj), acc, input_precision=PRECISION)
+    acc = tl.where(ti == tj, 0.5 * (acc + tl.trans(acc)), acc)
+    rd = tl.arange(0, BLOCK_D)
+    trace = tl.sum(tl.load(VAR + b * d + rd, mask=rd < d, other=0.0), axis=0)
+    a = acc / (M * trace)
+    z1 = tl.where(rm[:, None] == rn[None, :], 1.5, 0.0) - 0.5 * a
+    base = b * d * d
+    mask = (rm[:, None] < d) & (rn[None, :] < d)
+    offs = rm[:, None] * d + rn[None, :]
+    mirror = (rn[:, None] < d) & (rm[None, :] < d) & (ti != tj)
+    offs_t = rn[:, None] * d + rm[None, :]
+    tl.store(A_OUT + base + offs, a, mask=mask)
+    tl.store(A_OUT + base + offs_t, tl.trans(a), mask=mirror)
+    tl.store(Z1_OUT + base + offs, z1, mask=mask)
+    tl.store(Z1_OUT + base + offs_t, tl.trans(z1), mask=mirror)
+    if t == 0:
+        tl.store(TRACE + b, trace)
+        tl.store(SQRT_TRACE + b, tl.sqrt(trace))
+
+
+@triton.jit
+def _grad_seed_kernel(G, SQRT_TRACE, P_OUT, d, VECTOR: tl.constexpr, BLOCK: tl.constexpr):
+    """P_N = sqrt(tr Sigma) * sym(dL/dC): the triu scatter (VECTOR) or (G + G^T)/2, and the
+    post-compensation scale, in one pass. Only the symmetric part of dL/dC reaches the input, and
+    with a symmetric seed every later backward matrix is symmetric too."""
+    b, ti, tj, t = _tile_coords(tl.program_id(0), d, BLOCK, False)
+    r = (ti * BLOCK + tl.arange(0, BLOCK))[:, None]
+    c = (tj * BLOCK + tl.arange(0, BLOCK))[None, :]
+    mask = (r < d) & (c < d)
+    if VECTOR:
+        lo = tl.minimum(r, c)
+        hi = tl.maximum(r, c)
+        idx = lo * d - lo * (lo - 1) // 2 + (hi - lo)
+        g = tl.load(G + b * (d * (d + 1) // 2) + idx, mask=mask, other=0.0)
+        g = tl.where(r == c, g, 0.5 * g)
+    else:
+        g = 0.5 * (tl.load(G + b * d * d + r * d + c, mask=mask, other=0.0)
+                   + tl.load(G + b * d * d + c * d + r, mask=mask, other=0.0))
+    tl.store(P_OUT + b * d * d + r * d + c, g * tl.load(SQRT_TRACE + b), mask=mask)
+
+
+@triton.jit
+def _batched_dot_kernel(X, Y, OUT, n, BLOCK: tl.constexpr):
+    """OUT[b] = <X[b], Y[b]> over n contiguous elements per batch element."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i0 in range(0, n, BLOCK):
+        mask = i0 + offs < n
+        acc += (tl.load(X + b * n + i0 + offs, mask=mask, other=0.0)
+                * tl.load(Y + b * n + i0 + offs, mask=mask, other=0.0))
+    tl.store(OUT + b, tl.sum(acc, axis=0))
+
+
+@triton.autotune(configs=_GRADX_CONFIGS, key=["d", "M", "PRECISION"])
+@triton.jit
+def _grad_input_kernel(H, X, MEAN, TRACE, GC, HA, GX, d, M, stride_b, stride_c, stride_m,
+                       PRECISION: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """dL/dX = (2/M) G_Sigma Xc with G_Sigma = H / t + s I, s = <G, C>/(2t) - <H, A>/t
+    (t = tr Sigma, H = dL/dA from the Newton–Schulz backward): the product and the trace term in
+    one pass, written in the input's own layout. Xc already has zero row means, so the centring
+    needs no extra term."""
+    pid = tl.program_id(0)
+    ncb = tl.cdiv(d, BLOCK_C)
+    nmb = tl.cdiv(M, BLOCK_M)
+    b = (pid // (ncb * nmb)).to(tl.int64)
+    rest = pid % (ncb * nmb)
+    rc = (rest // nmb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmm = (rest % nmb) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
+    for k0 in range(0, d, BLOCK_K):
+        kk = k0 + rk
+        h = tl.load(H + b * d * d + rc[:, None] * d + kk[None, :],
+                    mask=(rc[:, None] < d) & (kk[None, :] < d), other=0.0)
+        acc = tl.dot(h, _load_centred(X, MEAN, b, kk, rmm, d, M, stride_b, stride_c, stride_m), acc,
+                     input_precision=PRECISION)
+    t = tl.load(TRACE + b)
+    s = tl.load(GC + b) / (2.0 * t) - tl.load(HA + b) / t
+    xc = _load_centred(X, MEAN, b, rc, rmm, d, M, stride_b, stride_c, stride_m)
+    out = (2.0 / (M * t)) * acc + (2.0 * s / M) * xc
+    mask = (rc[:, None] < d) & (rmm[None, :] < M)
+    tl.store(GX + b * stride_b + rc[:, None] * stride_c + rmm[None, :] * stride_m, out, mask=mask)
