@@ -284,6 +284,7 @@ def test_split_merge_and_expand_shapes():
     s = expand_streams(x, 3)
     assert s.shape == (2, 3, 5, 12)
     torch.testing.assert_close(merge_streams(s), 3 * x)
+    torch.testing.assert_close(merge_streams(s, reduction="mean"), x)
 
 
 def test_nan_guard_names_the_layer():
@@ -305,6 +306,7 @@ def test_nan_guard_names_the_layer():
     (lambda: FracConnections(10, 4, 0), "dim=10 is not divisible by rate=4"),
     (lambda: split_fractions(torch.randn(2, 3, 10), 4), r"10 of shape \(2, 3, 10\)"),
     (lambda: expand_streams(torch.randn(2, 3), 0), "n must be"),
+    (lambda: merge_streams(torch.randn(2, 3, 4), reduction="max"), "reduction"),
     (lambda: HyperConnections(8, 2, 0)(torch.randn(2, 3, 8), lambda h: h), r"got shape \(2, 3, 8\)"),
     (lambda: HyperConnections(8, 2, 0)(torch.randn(2, 3, 4, 8), lambda h: h), r"got shape \(2, 3, 4, 8\)"),
     (lambda: HyperConnections(8, 2, 0, channel_first=True)(torch.randn(2, 2, 4, 8), lambda h: h),

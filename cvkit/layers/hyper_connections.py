@@ -58,11 +58,20 @@ def expand_streams(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.unsqueeze(1).expand(x.shape[0], n, *x.shape[1:])
 
 
-def merge_streams(streams: torch.Tensor) -> torch.Tensor:
-    """Sum of the streams (dim 1), the paper's output of a hyper-connected network."""
+def merge_streams(streams: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Sum of the streams (dim 1), the paper's output of a hyper-connected network.
+
+    A following LayerNorm/RMSNorm removes the factor ``n`` the sum carries at initialisation;
+    for a network without a final norm (a CNN's pooling + fc head) ``reduction="mean"`` keeps
+    the initialisation exactly equal to the residual network.
+    """
     if streams.dim() < 3:
         raise ValueError(f"merge_streams: expected streams (B, n, ...), got shape {tuple(streams.shape)}")
-    return streams.sum(dim=1)
+    if reduction == "sum":
+        return streams.sum(dim=1)
+    if reduction == "mean":
+        return streams.mean(dim=1)
+    raise ValueError(f"merge_streams: reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
 def _feature_dim(rank: int, channel_first: bool | None, what: str) -> bool:
