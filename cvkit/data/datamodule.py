@@ -1,0 +1,294 @@
+"""ImageFolder classification data for Lightning: OpenCV decoding, albumentations transforms,
+resumable distributed sampling, bad files skipped and counted.
+
+Layout (ImageNet's): ``root/train/<class>/<image>`` and ``root/val/<class>/<image>``.
+
+Determinism: every training sample is augmented with its own seed derived from (seed, epoch, index),
+and the epoch order comes from a ``DistributedSampler`` seeded the same way on one process or many.
+A run resumed from a mid-epoch checkpoint therefore sees exactly the batches an unbroken run sees:
+the train loader is *stateful* (Lightning saves its ``state_dict`` in the checkpoint), so it resumes
+at the first batch the interrupted run had not consumed.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+
+from cvkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image).
+
+    When raised inside a DataLoader worker, PyTorch re-raises it in the main process as
+    ``BadImageError(message=<worker traceback>)``; the last line of that traceback is kept so the
+    error still reads as one line naming the file.
+    """
+
+    def __init__(self, msg: str = "", message: Optional[str] = None):
+        if message is not None:  # re-raised from a worker: keep only our own line
+            lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+            last = lines[-1] if lines else message
+            msg = last.split(": ", 1)[1] if last.startswith(type(self).__name__ + ":") or \
+                last.startswith(f"{__name__}.{type(self).__name__}:") else last
+        super().__init__(msg)
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file with OpenCV into an RGB uint8 HxWx3 array.
+
+    Raises BadImageError naming the file when it is not a decodable image or is a truncated JPEG
+    (OpenCV would silently return a partly grey image; PIL raises, and so do we).
+    """
+    import cv2
+
+    path = str(path)
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise BadImageError(f"cannot read image file {path}: {e.strerror}") from None
+    if buf.size >= 2 and buf[0] == 0xFF and buf[1] == 0xD8:  # JPEG: must end with the EOI marker
+        tail = buf[-64:].tobytes()
+        if b"\xff\xd9" not in tail:
+            raise BadImageError(f"truncated JPEG file {path}")
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    if img is None:
+        raise BadImageError(f"not a decodable image file {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def scan_split(root: str | os.PathLike) -> tuple[list[tuple[str, int]], list[str]]:
+    """(samples, classes) of an ImageFolder split; one-line errors for a missing or empty folder."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"split folder {root} does not exist")
+    try:
+        classes, class_to_idx = find_classes(str(root))
+        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS,
+                               allow_empty=True)
+    except FileNotFoundError:
+        classes, samples = [], []
+    if not samples:
+        raise FileNotFoundError(f"split folder {root} has no images in class sub-folders "
+                                f"(expected {root}/<class>/<image>{IMG_EXTENSIONS[0]})")
+    return samples, classes
+
+
+class ImageFolderDataset(Dataset):
+    """ImageFolder with OpenCV decoding. An index may be ``(index, epoch)`` (from
+    ResumableDistributedSampler): the transform is then seeded by (seed, epoch, index).
+
+    A bad file gives ``None`` (collated away by :func:`collate_skip_bad`) after a warning naming
+    it, or raises BadImageError when ``strict``.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Optional[Callable] = None,
+                 strict: bool = False, seed: int = 0):
+        self.root = Path(root)
+        self.samples, self.classes = scan_split(self.root)
+        self.transform = transform
+        self.strict = strict
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item):
+        index, epoch = item if isinstance(item, tuple) else (item, None)
+        path, target = self.samples[index]
+        try:
+            img = decode_image(path)
+        except BadImageError as e:
+            if self.strict:
+                raise
+            warnings.warn(f"skipping {e} (set strict=True to stop instead)", stacklevel=1)
+            return {"bad_file": path}
+        if self.transform is not None:
+            if epoch is not None and hasattr(self.transform, "set_random_seed"):
+                seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
+                self.transform.set_random_seed(int(seed))
+            img = self.transform(image=img)["image"]
+        return img, target
+
+
+def collate_skip_bad(batch: list) -> tuple[Any, Any, list[str]]:
+    """Collate ``(image, target)`` pairs, dropping skipped files; returns (images, targets, bad)."""
+    bad = [b["bad_file"] for b in batch if isinstance(b, dict)]
+    good = [b for b in batch if not isinstance(b, dict)]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    images, targets = default_collate(good)
+    return images, targets, bad
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """torch's DistributedSampler (the one Lightning would insert) that yields ``(index, epoch)``
+    and can start an epoch after ``skip`` already-consumed samples of this rank."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                 seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        epoch = self.epoch
+        return iter([(i, epoch) for i in indices[skip:]])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning treats as stateful: its state (epoch, batches consumed) goes into
+    the checkpoint and the next iteration after ``load_state_dict`` resumes mid-epoch."""
+
+    def __init__(self, *args, progress: Optional[Callable[[], tuple[int, int]]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._progress() if self._progress is not None else (0, 0)
+        return {"epoch": int(epoch), "batches": int(batches)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, batches = state["epoch"], state["batches"]
+        per_epoch = len(self)
+        if batches >= per_epoch:  # saved at the end of an epoch: start the next one
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = batches * self.batch_size
+
+
+def default_num_workers(devices: int = 1) -> int:
+    """CPU cores per device, at most 8 (leaves nothing idle, does not oversubscribe)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cores // max(1, devices)))
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one decoder thread per worker; the workers are the parallelism
+    torch.set_num_threads(1)
+
+
+class ClassificationDataModule(LightningDataModule):
+    """ImageFolder train/val data with the ImageNet recipes' augmentation.
+
+    Args:
+        root: folder holding ``train/`` and ``val/`` (ImageNet's layout).
+        batch_size: per-device batch; the global batch is batch_size x devices x accumulation.
+        image_size: training crop and evaluation crop size.
+        crop_pct: evaluation centre-crop fraction (resize shorter side to image_size / crop_pct).
+        scale, ratio, hflip, color_jitter, randaugment: training augmentation (randaugment = number
+            of policy ops per image, 0 = off).
+        num_workers: loader processes per device (None: CPU cores / devices, at most 8).
+        pin_memory: None = when CUDA is available.
+        strict: stop on a bad image file instead of skipping it with a warning.
+        seed: sampler order and per-sample augmentation seed.
+    """
+
+    def __init__(self, root: str = "data/classification", train_split: str = "train",
+                 val_split: str = "val", test_split: Optional[str] = None, batch_size: int = 64,
+                 image_size: int = 224, crop_pct: float = 0.875,
+                 scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 hflip: float = 0.5, color_jitter: float = 0.4, randaugment: int = 0,
+                 randaugment_magnitude: float = 0.5,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 num_workers: Optional[int] = None, pin_memory: Optional[bool] = None,
+                 persistent_workers: bool = True, strict: bool = False, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.strict = strict
+        self.train_set: Optional[ImageFolderDataset] = None
+        self.val_set: Optional[ImageFolderDataset] = None
+        self.test_set: Optional[ImageFolderDataset] = None
+        self.bad_files: set[str] = set()
+
+    # -- datasets -------------------------------------------------------------------------------
+    def _split(self, name: str, train: bool) -> ImageFolderDataset:
+        hp = self.hparams
+        if train:
+            tf = train_transform(hp.image_size, hp.scale, hp.ratio, hp.hflip, hp.color_jitter,
+                                 hp.randaugment, hp.randaugment_magnitude, hp.mean, hp.std)
+        else:
+            tf = eval_transform(hp.image_size, hp.crop_pct, hp.mean, hp.std)
+        return ImageFolderDataset(self.root / name, tf, strict=self.strict, seed=self.seed)
+
+    @property
+    def num_classes(self) -> int:
+        ds = self.train_set or self.val_set or self._split(self.hparams.val_split, train=False)
+        return len(ds.classes)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        hp = self.hparams
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._split(hp.train_split, train=True)
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = self._split(hp.val_split, train=False)
+        if stage in ("test", "predict") and self.test_set is None:
+            self.test_set = self._split(hp.test_split or hp.val_split, train=False)
+        if self.train_set is not None and self.val_set is not None \
+                and self.train_set.classes != self.val_set.classes:
+            raise ValueError(f"class folders differ between {self.train_set.root} "
+                             f"({len(self.train_set.classes)}) and {self.val_set.root} "
+                             f"({len(self.val_set.classes)})")
+
+    # -- loaders --------------------------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        hp = self.hparams
+        world, _ = self._world()
+        workers = default_num_workers(world) if hp.num_workers is None else hp.num_workers
+        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
+        kw: dict[str, Any] = dict(batch_size=self.batch_size, num_workers=workers, pin_memory=pin,
+                                  collate_fn=collate_skip_bad,
+                                  # own generator: creating an iterator leaves the global RNG alone
+                                  generator=torch.Generator().manual_seed(self.seed))
+        if workers > 0:
+            kw.update(persistent_workers=hp.persistent_workers, worker_init_fn=_worker_init)
+        return kw
+
+    def _progress(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        world, rank = self._world()
+        sampler = ResumableDistributedSampler(self.train_set, num_replicas=world, rank=rank,
+                                              shuffle=True, seed=self.seed)
+        return ResumableDataLoader(self.train_set, sampler=sampler, drop_last=True,
+                                   progress=self._progress, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
+        return DataLoader(self.val_set, shuffle=False, **self._loader_kwargs())
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            self.setup("test")
+        return DataLoader(self.test_set, shuffle=False, **self._loader_kwargs())
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,71 @@
+"""Image-classification transforms on albumentations (OpenCV kernels, uint8 HxWx3 RGB in).
+
+Train: RandomResizedCrop + horizontal flip + colour jitter (+ an optional RandAugment-like policy),
+the ImageNet recipe of ECA-Net / iSQRT-COV. Eval: resize the shorter side to ``size / crop_pct``
+(256 for 224 at the usual crop_pct 0.875) then centre crop ``size``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _normalize_and_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+
+
+def randaugment_like(num_ops: int = 2, magnitude: float = 0.5):
+    """A RandAugment-style policy (Cubuk et al. 2020: ``num_ops`` ops picked uniformly, one global
+    ``magnitude`` in [0, 1]) built from albumentations ops; not bit-identical to the paper's list."""
+    import albumentations as A
+
+    m = float(magnitude)
+    ops = [
+        A.Affine(rotate=(-30 * m, 30 * m), p=1.0),
+        A.Affine(shear={"x": (-17 * m, 17 * m), "y": (0, 0)}, p=1.0),
+        A.Affine(shear={"x": (0, 0), "y": (-17 * m, 17 * m)}, p=1.0),
+        A.Affine(translate_percent={"x": (-0.3 * m, 0.3 * m), "y": (0, 0)}, p=1.0),
+        A.Affine(translate_percent={"x": (0, 0), "y": (-0.3 * m, 0.3 * m)}, p=1.0),
+        A.Equalize(p=1.0),
+        A.Posterize(num_bits=(max(1, int(8 - 4 * m)), 8), p=1.0),
+        A.Solarize(threshold_range=(1.0 - m, 1.0), p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=0.9 * m, contrast_limit=0.9 * m, p=1.0),
+        A.Sharpen(alpha=(0.0, 0.9 * m), p=1.0),
+        A.HueSaturationValue(hue_shift_limit=0, sat_shift_limit=int(90 * m), val_shift_limit=0, p=1.0),
+    ]
+    return A.SomeOf(ops, n=num_ops, p=1.0)
+
+
+def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
+                    color_jitter: float = 0.4, randaugment: int = 0, randaugment_magnitude: float = 0.5,
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """Training pipeline; ``randaugment`` is the number of policy ops per image (0 = off)."""
+    import albumentations as A
+
+    ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=tuple(ratio), p=1.0)]
+    if hflip > 0:
+        ops.append(A.HorizontalFlip(p=hflip))
+    if color_jitter > 0:
+        cj = float(color_jitter)
+        ops.append(A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0.0, p=1.0))
+    if randaugment > 0:
+        ops.append(randaugment_like(randaugment, randaugment_magnitude))
+    return A.Compose(ops + _normalize_and_tensor(mean, std))
+
+
+def eval_transform(size: int = 224, crop_pct: float = 0.875,
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """Resize the shorter side to ``round(size / crop_pct)``, centre crop ``size``."""
+    import albumentations as A
+
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    resize = int(round(size / crop_pct))
+    return A.Compose([A.SmallestMaxSize(max_size=resize, p=1.0), A.CenterCrop(size, size, p=1.0)]
+                     + _normalize_and_tensor(mean, std))

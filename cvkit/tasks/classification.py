@@ -1,0 +1,253 @@
+"""ImageNet-style classification as a LightningModule around any cvkit (or timm) model.
+
+Loss: cross entropy with label smoothing, or timm's Mixup/CutMix with SoftTargetCrossEntropy.
+Optimiser and LR schedule: :mod:`cvkit.tasks.optim`, :mod:`cvkit.tasks.schedules` (the papers'
+recipes; LR scaled to the actual global batch). EMA of weights: Lightning's EMAWeightAveraging.
+Metrics: torchmetrics top-1 / top-5. AMP, gradient clipping, DDP/FSDP and SyncBatchNorm are Trainer
+options. A non-finite loss stops the run with a one-line error; checkpoints already written stay.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from cvkit.tasks.optim import OptimizerConfig
+from cvkit.tasks.schedules import LRSchedule
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """A registered cvkit preset (``cvkit.create_model``), or a timm model by its timm name."""
+    try:
+        from cvkit.models import create_model as cvkit_create_model, list_models
+    except ImportError:  # TEMPORARY while the model zoo lands
+        list_models = None
+    if list_models is not None and list_models(name):
+        return cvkit_create_model(name, num_classes=num_classes, **kwargs)
+    import timm
+
+    if timm.is_model(name):
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    raise ValueError(f"unknown model {name!r}: not a cvkit preset (cvkit.list_models()) "
+                     f"nor a timm model")
+
+
+def _as(cls, value):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        try:
+            return cls(**value)
+        except TypeError as e:
+            raise ValueError(f"bad {cls.__name__} option: {e}") from None
+    raise TypeError(f"expected {cls.__name__} or dict, got {type(value).__name__}")
+
+
+class ClassificationTask(LightningModule):
+    """Train / evaluate an image classifier.
+
+    Args:
+        model_name: a cvkit preset (``cvkit.list_models()``) or a timm model name.
+        num_classes: classes of the head (the CLI links it to the data folder).
+        model_kwargs: preset overrides, e.g. ``{gcp_dim: 128, drop_rate: 0.1, hc_dynamic: true}``.
+        pretrained_path: initial weights (any format ``cvkit.load_checkpoint`` reads).
+        optimizer: :class:`OptimizerConfig` (name, lr at reference_batch, momentum, wd, ...).
+        schedule: :class:`LRSchedule` (step / multistep / exponential / poly / cosine + warmup).
+        label_smoothing: cross-entropy label smoothing.
+        mixup, cutmix: Beta(alpha, alpha) parameters for timm's Mixup (0 = off).
+        mixup_prob, mixup_switch_prob: timm Mixup's probability to apply / to pick cutmix.
+        ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging); None = off.
+        channels_last: NHWC memory format for model and inputs (faster convs under AMP on GPU).
+    """
+
+    def __init__(self, model_name: str = "eca_resnet50", num_classes: int = 1000,
+                 model_kwargs: Optional[dict[str, Any]] = None, pretrained_path: Optional[str] = None,
+                 optimizer: Union[OptimizerConfig, dict, None] = None,
+                 schedule: Union[LRSchedule, dict, None] = None,
+                 label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
+                 mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5,
+                 ema_decay: Optional[float] = None, channels_last: bool = False):
+        super().__init__()
+        self.optimizer_cfg = _as(OptimizerConfig, optimizer)
+        self.schedule = _as(LRSchedule, schedule)
+        # hyper-parameters as plain dicts: checkpoints stay loadable with weights_only=True
+        self.save_hyperparameters({"optimizer": asdict(self.optimizer_cfg),
+                                   "schedule": asdict(self.schedule)})
+        self.save_hyperparameters(ignore=["optimizer", "schedule"])
+        kwargs = dict(model_kwargs or {})
+        if pretrained_path:
+            kwargs["checkpoint_path"] = pretrained_path
+        self.model = create_model(model_name, num_classes=num_classes, **kwargs)
+        self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.eval_loss_fn = nn.CrossEntropyLoss()
+        self.mixup_fn = None
+        if mixup > 0 or cutmix > 0:
+            from timm.data import Mixup
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob,
+                                  switch_prob=mixup_switch_prob, label_smoothing=label_smoothing,
+                                  num_classes=num_classes)
+            self.train_loss_fn = SoftTargetCrossEntropy()
+        from torchmetrics.classification import MulticlassAccuracy
+
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.test_top1 = self.val_top1.clone()
+        self.test_top5 = self.val_top5.clone()
+        self.bad_files: set[str] = set()
+        self.global_batch: Optional[int] = None
+        self.scaled_lr: Optional[float] = None
+
+    # -- model ----------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def configure_callbacks(self):
+        if self.hparams.ema_decay is None:
+            return []
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _unpack(self, batch):
+        if len(batch) == 3:
+            images, targets, bad = batch
+            self.bad_files.update(bad)
+        else:
+            images, targets = batch
+        return images, targets
+
+    def training_step(self, batch, batch_idx: int):
+        images, targets = self._unpack(batch)
+        if images.numel() == 0:
+            return None
+        if self.mixup_fn is not None:
+            images, targets = self.mixup_fn(images, targets)
+        loss = self.train_loss_fn(self(images), targets)
+        self._check_finite(loss)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=images.shape[0], sync_dist=False)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True,
+                 on_step=True, on_epoch=False)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """NaN guard: all ranks stop together, before the bad step reaches the weights."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            ckpt = self.trainer.checkpoint_callback
+            last = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "")
+            where = f"last good checkpoint kept: {last}" if last else "no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step}; stopped ({where})")
+
+    def _eval_step(self, batch, prefix: str):
+        images, targets = self._unpack(batch)
+        if images.numel() == 0:
+            return None
+        logits = self(images)
+        loss = self.eval_loss_fn(logits, targets)
+        top1, top5 = getattr(self, f"{prefix}_top1"), getattr(self, f"{prefix}_top5")
+        top1.update(logits, targets)
+        top5.update(logits, targets)
+        bs = images.shape[0]
+        self.log(f"{prefix}_loss", loss, prog_bar=True, sync_dist=True, batch_size=bs)
+        self.log(f"{prefix}_top1", top1, prog_bar=True, batch_size=bs)
+        self.log(f"{prefix}_top5", top5, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int):
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int):
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int):
+        images, _ = self._unpack(batch)
+        return self(images).softmax(-1)
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def _per_device_batch(self) -> Optional[int]:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and getattr(dm, "batch_size", None):
+            return int(dm.batch_size)
+        loader = self.trainer.train_dataloader
+        return getattr(loader, "batch_size", None)
+
+    def configure_optimizers(self):
+        trainer = self.trainer
+        total_steps = trainer.estimated_stepping_batches  # also sets the train loader up
+        accumulate = trainer.accumulate_grad_batches
+        per_device = self._per_device_batch()
+        cfg = self.optimizer_cfg
+        if per_device is None:
+            self.global_batch, self.scaled_lr = None, cfg.lr
+        else:
+            self.global_batch = per_device * trainer.world_size * accumulate
+            self.scaled_lr = cfg.scaled_lr(self.global_batch)
+        if self.scaled_lr != cfg.lr:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(f"LR scaled {cfg.lr:g} -> {self.scaled_lr:g} for global batch "
+                           f"{self.global_batch} (recipe: {cfg.reference_batch}, rule: {cfg.scaling})")
+        optimizer = cfg.build(self.model, self.scaled_lr)
+        batches = trainer.num_training_batches
+        if batches == float("inf") or trainer.max_epochs in (None, -1):
+            steps_per_epoch = max(1, int(total_steps))
+            total_epochs = 1.0
+        else:
+            steps_per_epoch = max(1, -(-int(batches) // accumulate))
+            total_epochs = float(trainer.max_epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, self.schedule.lambda_lr(steps_per_epoch, total_epochs))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # -- resume: RNG streams (dropout, mixup) continue exactly where they stopped -------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        np_state = np.random.get_state()
+        checkpoint["cvkit_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("cvkit_rng")
+        if rng is None:
+            return
+        torch.set_rng_state(rng["torch"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+
+    def gather_bad_files(self) -> list[str]:
+        """Skipped files seen by any rank."""
+        files = set(self.bad_files)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, sorted(files))
+            files = set().union(*map(set, parts))
+        return sorted(files)

@@ -1,0 +1,102 @@
+"""The training command line (``tools/train.py``): LightningCLI over ClassificationTask and
+ClassificationDataModule, with cvkit's defaults — run folder = ``trainer.default_root_dir`` holding
+CSV + TensorBoard logs, ``checkpoints/`` (best + ``last.ckpt``, written atomically),
+``summary.json`` and ``curves.png``; ``model.num_classes`` follows the data folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from jsonargparse import ArgumentError
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from cvkit.data.datamodule import BadImageError, ClassificationDataModule
+from cvkit.tasks.callbacks import AtomicCheckpointIO, TrainingReport
+from cvkit.tasks.classification import ClassificationTask, NonFiniteLossError
+
+
+class ClassificationCLI(LightningCLI):
+    """``fit`` / ``validate`` / ``test`` / ``predict`` with ``--config``, dotted overrides and
+    ``--print_config``; see docs/training.md."""
+
+    def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True, **kwargs):
+        super().__init__(
+            ClassificationTask, ClassificationDataModule,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"default_root_dir": "runs/classification",
+                              "callbacks": [TrainingReport()],
+                              "plugins": [AtomicCheckpointIO()]},
+            # parse errors come back as exceptions; main() prints them as one line
+            parser_kwargs={"exit_on_error": False},
+            args=args, run=run, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "val_top1",
+                             "checkpoint.mode": "max", "checkpoint.save_top_k": 1,
+                             "checkpoint.filename": "best-epoch{epoch:03d}",
+                             "checkpoint.auto_insert_metric_name": False,
+                             "checkpoint.enable_version_counter": False})
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self._get(self.config_init, "trainer", default={})
+        if cfg.get("logger") in (None, True):
+            root = cfg.get("default_root_dir") or os.getcwd()
+            # one run folder for both loggers and the checkpoints, so `--ckpt_path last` finds them
+            kwargs["logger"] = [CSVLogger(root, name="", version=""),
+                                TensorBoardLogger(root, name="", version="", default_hp_metric=False)]
+        return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print_run_report(self.trainer)
+
+
+def print_run_report(trainer) -> None:
+    """What a user needs after ``fit``: top-1, where things are, how to evaluate."""
+    report = next((c for c in trainer.callbacks if isinstance(c, TrainingReport)), None)
+    if report is None or report.summary_path is None:
+        return
+    s = json.loads(report.summary_path.read_text())
+    top1 = s["final"].get("val_top1")
+    ckpt = s["best_checkpoint"] or s["last_checkpoint"]
+    dm = trainer.datamodule
+    val = Path(dm.hparams.root) / dm.hparams.val_split if dm is not None else "<val folder>"
+    lines = [
+        "",
+        f"validation top-1: {100 * top1:.2f} %  (best {100 * s['best_val_top1']:.2f} %, "
+        f"{s['epochs']} epochs, {s['fit_seconds']:.0f} s)" if top1 is not None else
+        "validation: not run",
+        f"skipped image files: {s['skipped_files']}" if s["skipped_files"] else None,
+        f"checkpoint: {ckpt}",
+        f"curves:     {report.plot_path}",
+        f"summary:    {report.summary_path}   (TensorBoard: tensorboard --logdir {report.run_dir(trainer)})",
+        f"evaluate:   python tools/test.py --checkpoint {ckpt} --data {val}",
+    ]
+    print("\n".join(line for line in lines if line is not None), flush=True)
+
+
+USER_ERRORS = (BadImageError, NonFiniteLossError, FileNotFoundError, ValueError)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; errors a user can cause end as one line on stderr and exit code 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        ClassificationCLI(args=argv)
+    except ArgumentError as e:
+        print(f"error: bad option or config key: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as e:
+        msg = str(e).strip().splitlines()
+        print(f"error: {msg[-1] if msg else type(e).__name__}", file=sys.stderr)
+        return 1
+    return 0
