@@ -1,20 +1,12 @@
 """cvkit: ECA-Net, iSQRT-COV global covariance pooling, hyper-/frac-connections, in one toolkit.
 
-Importing cvkit has no side effects beyond registering its models with timm; the model API loads on
-first use so that ``import cvkit`` stays cheap.
+Importing cvkit imports only torch and timm and registers every cvkit preset with timm as
+``cvkit_<name>`` (so ``timm.create_model("cvkit_eca_resnet50")`` works after ``import cvkit``).
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_MODEL_API = ("create_model", "list_models", "load_checkpoint")
+from cvkit.models import create_model, list_models, load_checkpoint  # noqa: E402  (registers with timm)
 
-
-def __getattr__(name: str):
-    if name in _MODEL_API:
-        from cvkit import models
-        return getattr(models, name)
-    raise AttributeError(f"module 'cvkit' has no attribute {name!r}")
-
-
-__all__ = list(_MODEL_API)
+__all__ = ["create_model", "list_models", "load_checkpoint"]

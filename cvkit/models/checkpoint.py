@@ -1,0 +1,155 @@
+"""Reading, checking, loading and writing model checkpoints (safely: ``weights_only=True``).
+
+:func:`load_checkpoint` accepts every format of :mod:`cvkit.models.convert` and fails with one
+message that lists the missing and unexpected keys and the shape mismatches. A classifier whose
+number of classes differs from the checkpoint's is replaced only when asked (``reset_head=True``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cvkit.models.convert import to_cvkit
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not match the model."""
+
+
+@dataclass
+class LoadResult:
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+    reset_head: bool = False
+
+
+def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of the checkpoint at ``path`` (raw names; the container is unwrapped: a
+    ``state_dict`` / ``model`` entry, else the dict itself). Clear errors for a missing file or a
+    file that is not a PyTorch checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        hint = (" (it holds objects other than tensors: if you trust the file, load it with "
+                "weights_only=False)") if weights_only and "weights_only" in str(e) else ""
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint{hint}: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path} holds no state dict (found {type(obj).__name__})")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no tensors (keys: {list(obj)[:5]})")
+    return tensors
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], path) -> None:
+    """Write ``state_dict`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state_dict, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _head_prefix(model: nn.Module) -> str | None:
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if head is None:
+        return None
+    for name, module in model.named_modules():
+        if module is head and name:
+            return name + "."
+    return None
+
+
+def _listing(title: str, items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit]) + (f", ... and {len(items) - limit} more"
+                                        if len(items) > limit else "")
+    return f"{len(items)} {title} ({shown})"
+
+
+def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True,
+                    reset_head: bool = False, source: str = "checkpoint") -> LoadResult:
+    """Load a state dict in any supported format into ``model`` with checked keys and shapes.
+
+    ``strict``: missing and unexpected keys are errors (shape mismatches always are).
+    ``reset_head``: a classifier of another size in the checkpoint is skipped and the model's
+    freshly initialised one kept. A ``features_only`` wrapper is loaded through its ``model``; the
+    keys of the layers it pruned are ignored.
+    """
+    from timm.models._features import FeatureGetterNet
+
+    pruned = isinstance(model, FeatureGetterNet)
+    target = model.model if pruned else model
+    sd = to_cvkit(state_dict)
+    own = target.state_dict()
+    head = _head_prefix(target)
+    head_mismatch = [k for k in sd if head and k.startswith(head) and k in own
+                     and sd[k].shape != own[k].shape]
+    did_reset = False
+    if head_mismatch:
+        if not reset_head:
+            k = head_mismatch[0]
+            raise CheckpointError(
+                f"{source}: the checkpoint's classifier has {sd[k].shape[0]} classes "
+                f"({k} {list(sd[k].shape)}) but the model's has {own[k].shape[0]} "
+                f"({list(own[k].shape)}); build the model with num_classes={sd[k].shape[0]}, "
+                f"or pass reset_head=True to keep a new {own[k].shape[0]}-class head")
+        sd = {k: v for k, v in sd.items() if not k.startswith(head)}
+        did_reset = True
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")
+               and not (did_reset and k.startswith(head))]
+    unexpected = [] if pruned else [k for k in sd if k not in own]
+    mismatched = [f"{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}"
+                  for k in sd if k in own and sd[k].shape != own[k].shape]
+    problems = []
+    if strict and missing:
+        problems.append(_listing("missing keys", missing))
+    if strict and unexpected:
+        problems.append(_listing("unexpected keys", unexpected))
+    if mismatched:
+        problems.append(_listing("shape mismatches", mismatched))
+    if problems:
+        hint = ""
+        if any(".eca.conv.weight" in m for m in mismatched):
+            hint = ("; ECA kernel sizes differ: cvkit.create_model(name, checkpoint_path=...) "
+                    "reads them from the checkpoint (or pass eca_k_size=...)")
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems) + hint)
+    filled = {k: v for k, v in sd.items() if k in own}
+    for k in own:  # older checkpoints lack BatchNorm's num_batches_tracked: keep the model's
+        if k not in filled and k.endswith("num_batches_tracked"):
+            filled[k] = own[k]
+    target.load_state_dict(filled, strict=False)
+    return LoadResult(missing, unexpected, did_reset)
+
+
+def load_checkpoint(model: nn.Module, path, strict: bool = True, reset_head: bool = False,
+                    weights_only: bool = True) -> LoadResult:
+    """Load the checkpoint file at ``path`` (any supported format) into ``model``.
+
+    See :func:`load_state_dict` for ``strict`` and ``reset_head``; ``weights_only=False`` is an
+    explicit opt-out of safe loading for trusted files that hold other objects.
+    """
+    return load_state_dict(model, read_checkpoint(path, weights_only), strict=strict,
+                           reset_head=reset_head, source=str(path))

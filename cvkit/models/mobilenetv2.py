@@ -1,0 +1,205 @@
+"""MobileNetV2, width 1.0 (Sandler et al., CVPR 2018), with ECA, iSQRT-COV and hyper-/frac-connections.
+
+State-dict names are torchvision's (``features.N.conv.*``, ``classifier.1``), so torchvision
+``mobilenet_v2`` weights load unchanged. Options:
+
+* ``eca=True`` — ECA after the projection BN of every inverted residual, before the skip add
+  (ECA-Net, CVPR 2020), at ``features.N.eca.conv.weight`` (the official release nests it at
+  ``features.N.conv.{3,4}.conv.weight``; :mod:`cvkit.models.convert` maps it). ``eca_k_size``:
+  None = paper Eq. 12 on each block's output channels; an int; ``"official"`` = the official
+  ECA-MobileNetV2 rule (k = 1 for C <= 96, else 3 — the code's ``c <= 96``; the paper text says
+  C < 96); 7 per-stage sizes (one per row of the MobileNetV2 table); or 17 per-block sizes.
+* ``global_pool="gcp"`` — iSQRT-COV head; as in the ResNet paper layout the last stride-2 stage
+  (160 channels) keeps stride 1, so the 1280-channel map is 14x14 at 224 px before the 1x1
+  reduction to ``gcp_dim``.
+* ``hc_rate`` / ``fc_rate`` (+ ``hc_dynamic``) on the blocks with an identity skip; see
+  :mod:`cvkit.models.streams`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.models._features import feature_take_indices
+
+from cvkit.layers.eca import EcaModule
+from cvkit.models.heads import create_pool
+from cvkit.models.streams import run_blocks, stream_spec
+
+# t (expansion), c (channels), n (blocks), s (stride of the first block): the paper's Table 2
+SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+            (6, 160, 3, 2), (6, 320, 1, 1))
+FEATURE_BLOCKS = (1, 3, 6, 13, 17)  # last block at strides 2, 4, 8, 16, 32 (as timm's levels)
+
+
+class ConvBNReLU6(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, use_eca: bool = False,
+                 eca_k: int | None = None, connection: nn.Module | None = None) -> None:
+        super().__init__()
+        hidden = int(round(inp * expand_ratio))
+        self.stride = stride
+        self.use_res_connect = stride == 1 and inp == oup
+        layers = [ConvBNReLU6(inp, hidden, 1)] if expand_ratio != 1 else []
+        layers += [ConvBNReLU6(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup)]
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = oup
+        self.eca = EcaModule(oup, kernel_size=eca_k) if use_eca else None
+        self.streams = connection if self.use_res_connect else None
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return out * self.eca.gate(out) if self.eca is not None else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.use_res_connect:
+            return self.branch(x)
+        out = self.conv(x)
+        if self.eca is not None:  # ECA rescale fused into the skip add
+            return torch.addcmul(x, out, self.eca.gate(out))
+        return x + out
+
+    def forward_streams(self, streams: torch.Tensor) -> torch.Tensor:
+        return self.streams(streams, self.branch)
+
+
+def official_eca_k(channels: int) -> int:
+    """Kernel size of the official ECA-MobileNetV2 code: 1 for C <= 96, else 3."""
+    return 1 if channels <= 96 else 3
+
+
+def _block_kernel_sizes(eca_k_size) -> list[int | None]:
+    per_stage = [n for _, _, n, _ in SETTINGS]
+    channels = [c for _, c, n, _ in SETTINGS for _ in range(n)]
+    if eca_k_size is None or isinstance(eca_k_size, int):
+        return [eca_k_size] * len(channels)
+    if eca_k_size == "official":
+        return [official_eca_k(c) for c in channels]
+    if isinstance(eca_k_size, str):
+        raise ValueError(f"eca_k_size must be None, an int, 'official' or a sequence, "
+                         f"got {eca_k_size!r}")
+    sizes = [int(k) for k in eca_k_size]
+    if len(sizes) == len(SETTINGS):
+        return [k for k, n in zip(sizes, per_stage) for _ in range(n)]
+    if len(sizes) == len(channels):
+        return sizes
+    raise ValueError(f"eca_k_size for MobileNetV2 must be an int, 'official', {len(SETTINGS)} "
+                     f"per-stage or {len(channels)} per-block sizes, got {tuple(eca_k_size)}")
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 with timm's model contract."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg",
+                 eca: bool = False, eca_k_size=None, gcp_dim: int | None = 256,
+                 gcp_iters: int = 5, hc_rate: int = 0, fc_rate: int = 0,
+                 hc_dynamic: bool = False, drop_rate: float = 0.2) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.grad_checkpointing = False
+        self.spec = stream_spec(hc_rate, fc_rate, hc_dynamic)
+        gcp = global_pool == "gcp"
+        kernel_sizes = _block_kernel_sizes(eca_k_size)
+        features: list[nn.Module] = [ConvBNReLU6(in_chans, 32, 3, 2)]
+        inp, reduction, layer_index, b = 32, 2, 0, 0
+        self.feature_info = []
+        for stage, (t, c, n, s) in enumerate(SETTINGS):
+            if gcp and stage == 5:
+                s = 1  # iSQRT-COV: no downsampling in the last strided stage (14x14 maps)
+            for i in range(n):
+                stride = s if i == 0 else 1
+                reduction *= stride
+                connection = None
+                if self.spec is not None and stride == 1 and inp == c:
+                    connection = self.spec.connection(c, layer_index)
+                    layer_index += 1
+                features.append(InvertedResidual(inp, c, stride, t, eca, kernel_sizes[b],
+                                                 connection))
+                inp, b = c, b + 1
+                if len(features) - 1 in FEATURE_BLOCKS:
+                    self.feature_info.append(dict(num_chs=c, reduction=reduction,
+                                                  module=f"features.{len(features) - 1}"))
+        features.append(ConvBNReLU6(inp, 1280, 1))
+        self.features = nn.Sequential(*features)
+        self.num_features = 1280
+        self.global_pool_type = global_pool
+        self.global_pool, self.head_hidden_size = create_pool(global_pool, 1280, gcp_dim,
+                                                              gcp_iters)
+        self.drop_rate = drop_rate
+        self.classifier = nn.Sequential(nn.Dropout(drop_rate), self._linear(num_classes))
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def _linear(self, num_classes: int, device=None) -> nn.Module:
+        if not num_classes:
+            return nn.Identity()
+        return nn.Linear(self.head_hidden_size, num_classes, device=device)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        from cvkit.models.streams import connection_no_weight_decay
+
+        return connection_no_weight_decay(self)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^features\.0\.", blocks=r"^features\.(\d+)")
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[1]
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None and global_pool != self.global_pool_type:
+            raise ValueError(f"reset_classifier cannot change the global pool of a built model "
+                             f"({self.global_pool_type!r} -> {global_pool!r}); create a new one")
+        self.num_classes = num_classes
+        self.classifier[1] = self._linear(num_classes, self.features[0][0].weight.device)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return run_blocks(self.features, x, self.spec, self.grad_checkpointing)[0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x).flatten(1)
+        x = self.classifier[0](x)
+        return x if pre_logits else self.classifier[1](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's intermediate-feature API: the five levels of ``feature_info``."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"MobileNetV2 features are NCHW maps, got output_fmt={output_fmt!r}")
+        take, max_index = feature_take_indices(len(FEATURE_BLOCKS), indices)
+        blocks = [FEATURE_BLOCKS[i] for i in take]
+        run = self.features[:FEATURE_BLOCKS[max_index] + 1] if stop_early else self.features
+        x, intermediates = run_blocks(run, x, self.spec, self.grad_checkpointing, take=blocks)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take, max_index = feature_take_indices(len(FEATURE_BLOCKS), indices)
+        self.features = self.features[:FEATURE_BLOCKS[max_index] + 1]
+        if prune_head:
+            self.global_pool = nn.Identity()
+            self.reset_classifier(0)
+        return take
