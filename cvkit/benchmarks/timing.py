@@ -44,3 +44,49 @@ def interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: in
             _sync(device)
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def cpu_peak_memory_bytes(fn: Callable[[], object]) -> int:
+    """Extra peak memory of ``fn()``: the largest total size of tensor storages created during
+    the call and alive at the same time (tensors that existed before the call are not counted).
+
+    A ``TorchDispatchMode`` sees every ATen op, forward and backward (the autograd engine runs CPU
+    backward on the calling thread and propagates the mode); each new output storage is counted
+    once (views and in-place results share a storage) and uncounted by a ``weakref.finalize`` when
+    PyTorch frees it (torch keeps one Python object per live storage, so the finalizer fires at
+    the real free). Memory that never becomes a tensor (e.g. BLAS/LAPACK-internal buffers) is
+    not seen. Correct for any device; use ``torch.cuda.max_memory_allocated`` on CUDA instead."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class _LiveStorages(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = 0
+            self.peak = 0
+            self.seen: set[int] = set()
+
+        def _freed(self, nbytes: int, key: int) -> None:
+            self.live -= nbytes
+            self.seen.discard(key)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    key = id(storage)
+                    if key not in self.seen:
+                        nbytes = storage.nbytes()
+                        self.seen.add(key)
+                        self.live += nbytes
+                        self.peak = max(self.peak, self.live)
+                        weakref.finalize(storage, self._freed, nbytes, key)
+            return out
+
+    tracker = _LiveStorages()
+    with tracker:
+        fn()
+    return tracker.peak

@@ -105,16 +105,24 @@ def newton_schulz_polynomial(lam: torch.Tensor, iters: int) -> tuple[torch.Tenso
 
 
 def _divided_differences(lam: torch.Tensor, p: torch.Tensor, dp: torch.Tensor) -> torch.Tensor:
-    """F_ij = (p(l_i) - p(l_j)) / (l_i - l_j), and (p'(l_i) + p'(l_j)) / 2 where l_i, l_j are so
-    close that the quotient would cancel (the mean of derivatives differs from the divided
-    difference by O(p''' h^2), below the cancellation error it replaces). lam, p, dp: (B, C),
-    computed in float64; F is returned in float64 too."""
+    """F_ij = (p(l_i) - p(l_j)) / (l_i - l_j) for (B, C) vectors lam, p = p_N(lam), dp = p_N'(lam),
+    in their dtype, with three (B, C, C) temporaries.
+
+    Where l_i and l_j are so close that the quotient would lose digits to cancellation
+    (|l_i - l_j| <= rho max(|l_i|, |l_j|)), F_ij is the mean of the derivatives
+    (p'(l_i) + p'(l_j)) / 2, which differs from the divided difference by O(p''' h^2). rho balances
+    the two errors: the quotient's relative error is about 2 eps / rho, the mean's about
+    rho^2 / 64 for p ~ sqrt, so rho = 2e-2 in float32 (both ~6e-6) and 1e-5 in float64 (~1e-11)."""
+    rho = 1e-5 if lam.dtype == torch.float64 else 2e-2
     dl = lam.unsqueeze(-1) - lam.unsqueeze(-2)
-    num = p.unsqueeze(-1) - p.unsqueeze(-2)
-    mean_deriv = 0.5 * (dp.unsqueeze(-1) + dp.unsqueeze(-2))
-    scale = torch.maximum(lam.abs().unsqueeze(-1), lam.abs().unsqueeze(-2)).clamp_min(1e-6)
-    close = dl.abs() <= 1e-7 * scale
-    return torch.where(close, mean_deriv, num / torch.where(close, torch.ones_like(dl), dl))
+    f = p.unsqueeze(-1) - p.unsqueeze(-2)
+    f.div_(dl)                                                  # inf/nan where dl == 0: replaced
+    mag = lam.abs()
+    near = torch.maximum(mag.unsqueeze(-1), mag.unsqueeze(-2)).mul_(rho)
+    close = dl.abs_() <= near
+    del dl
+    torch.add(dp.unsqueeze(-1), dp.unsqueeze(-2), out=near).mul_(0.5)   # near := mean derivative
+    return torch.where(close, near, f, out=near)
 
 
 @contextlib.contextmanager
@@ -135,15 +143,18 @@ def _single_threaded_cpu(enabled: bool):
 # ----------------------------------------------------------------------------------------------
 # the two torch implementations (custom autograd Functions)
 # ----------------------------------------------------------------------------------------------
-def _normalised(features: torch.Tensor):
-    """Centred covariance, its trace, a mask of samples with a usable trace, and A = Sigma/tr."""
+def _normalised(features: torch.Tensor, symmetrise: bool):
+    """A = Sigma / tr(Sigma) for the centred covariance Sigma, its trace, and a mask of samples
+    with a usable trace (others get A = 0). symmetrise: make A exactly symmetric (BLAS need not
+    return a bit-symmetric X X^T); not needed before eigh, which reads one triangle only."""
     sigma = centred_covariance(features)
     trace = sigma.diagonal(dim1=-2, dim2=-1).sum(-1)
     ok = trace > _TINY_TRACE[features.dtype]
     safe_trace = torch.where(ok, trace, torch.ones_like(trace))
-    a = sigma / safe_trace[:, None, None]
-    a = 0.5 * (a + a.transpose(-1, -2))  # exact symmetry (BLAS need not return a symmetric X X^T)
-    return a, trace, ok, safe_trace
+    a = sigma.div_(safe_trace[:, None, None])
+    if symmetrise:
+        a = (a + a.transpose(-1, -2)).mul_(0.5)
+    return a, trace, ok
 
 
 def _covariance_backward(features, grad_sigma):
@@ -171,7 +182,7 @@ class _IsqrtCovEigh(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, iters):
-        a, trace, ok, _ = _normalised(features)
+        a, trace, ok = _normalised(features, symmetrise=False)
         with _single_threaded_cpu(a.device.type == "cpu"):
             lam, vecs = torch.linalg.eigh(a)
         p, _ = newton_schulz_polynomial(lam.double(), iters)
@@ -185,16 +196,16 @@ class _IsqrtCovEigh(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         features, vecs, lam, trace, ok = ctx.saved_tensors
-        lam64 = lam.double()
-        p, dp = newton_schulz_polynomial(lam64, ctx.iters)
-        f = _divided_differences(lam64, p, dp).to(vecs.dtype)
+        p64, dp64 = newton_schulz_polynomial(lam.double(), ctx.iters)
+        p, dp = p64.to(lam.dtype), dp64.to(lam.dtype)
         w = torch.matmul(vecs.transpose(-1, -2), torch.matmul(grad_out, vecs))
-        w_diag = w.diagonal(dim1=-2, dim2=-1).double()
+        w_diag = w.diagonal(dim1=-2, dim2=-1)
         inner_g_y = (p * w_diag).sum(-1)                 # <G, Y_N>
-        inner_ga_a = (dp * lam64 * w_diag).sum(-1)       # <V(F o W)V^T, A>, F_ii = p'(l_i)
-        grad_a = torch.matmul(vecs, torch.matmul(f * w, vecs.transpose(-1, -2)))
-        grad_sigma = _trace_normalisation_backward(
-            grad_a, inner_g_y.to(vecs.dtype), inner_ga_a.to(vecs.dtype), trace, ok)
+        inner_ga_a = (dp * lam * w_diag).sum(-1)         # <V(F o W)V^T, A>, F_ii = p'(l_i)
+        fw = _divided_differences(lam, p, dp).mul_(w)
+        del w, w_diag
+        grad_a = torch.matmul(vecs, torch.matmul(fw, vecs.transpose(-1, -2)))
+        grad_sigma = _trace_normalisation_backward(grad_a, inner_g_y, inner_ga_a, trace, ok)
         return _covariance_backward(features, grad_sigma), None
 
 
@@ -222,7 +233,7 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, iters):
-        a, trace, ok, _ = _normalised(features)
+        a, trace, ok = _normalised(features, symmetrise=True)
         y = _newton_schulz_matrix(a, iters)
         s = torch.where(ok, trace, torch.zeros_like(trace)).sqrt()
         ctx.save_for_backward(features)
@@ -232,7 +243,7 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (features,) = ctx.saved_tensors
-        a, trace, ok, _ = _normalised(features)
+        a, trace, ok = _normalised(features, symmetrise=True)
         y_n, ys, zs, ts = _newton_schulz_iterates(a, ctx.iters)
         s = torch.where(ok, trace, torch.ones_like(trace)).sqrt()
         g_y = grad_out

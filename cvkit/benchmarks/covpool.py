@@ -1,0 +1,203 @@
+"""``python tools/benchmark.py covpool``: iSQRT-COV forward+backward time and extra peak memory.
+
+CPU (default): B=32, C=256, 14x14, fp32 — ``isqrt_cov(backend="torch")`` beside a straightforward
+implementation of the same maths written here (explicit M x M centring matrix Ibar, autograd through
+the Newton-Schulz loop, every iterate stored), and, for reference, the same with a centred
+covariance. Target (issue 3): >= 2x faster and <= 1/2 the extra peak memory of the straightforward
+one. ``--device cuda``: B in {32,128,256}, d in {128,256}, with the Triton kernel as a candidate,
+time, peak memory and achieved TFLOP/s against a matmul peak measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from cvkit.benchmarks import machine_description
+from cvkit.benchmarks.timing import cpu_peak_memory_bytes, interleaved_median_seconds
+from cvkit.layers.covpool import isqrt_cov, triu_vectorize
+
+
+# ----------------------------------------------------------------------------------------------
+# the straightforward implementations (the baselines)
+# ----------------------------------------------------------------------------------------------
+def _newton_schulz_autograd(a: torch.Tensor, iters: int) -> torch.Tensor:
+    """Literal coupled Newton-Schulz (paper Eq. 2); autograd keeps every iterate."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
+    y, z = a, eye
+    for _ in range(iters):
+        t = 0.5 * (3.0 * eye - z.bmm(y))
+        y, z = y.bmm(t), t.bmm(z)
+    return y
+
+
+def _sqrt_normalise(sigma: torch.Tensor, iters: int) -> torch.Tensor:
+    trace = sigma.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None]
+    return triu_vectorize(_newton_schulz_autograd(sigma / trace, iters) * trace.sqrt())
+
+
+def straightforward_isqrt_cov(x: torch.Tensor, iters: int = 5) -> torch.Tensor:
+    """Sigma = X Ibar X^T with the M x M centring matrix Ibar built per batch (as the official
+    code does), then autograd through the loop."""
+    b, c = x.shape[:2]
+    feats = x.reshape(b, c, -1)
+    m = feats.shape[-1]
+    ibar = (torch.eye(m, dtype=x.dtype, device=x.device) - 1.0 / m) / m
+    ibar = ibar.expand(b, m, m).contiguous()
+    return _sqrt_normalise(feats.bmm(ibar).bmm(feats.transpose(1, 2)), iters)
+
+
+def centred_autograd_isqrt_cov(x: torch.Tensor, iters: int = 5) -> torch.Tensor:
+    """Centred covariance (no Ibar), autograd through the loop."""
+    b, c = x.shape[:2]
+    feats = x.reshape(b, c, -1)
+    centred = feats - feats.mean(-1, keepdim=True)
+    return _sqrt_normalise(centred.bmm(centred.transpose(1, 2)) / feats.shape[-1], iters)
+
+
+def _cvkit_torch(x, iters):
+    return isqrt_cov(x, iters, backend="torch")
+
+
+def _cvkit_triton(x, iters):
+    return isqrt_cov(x, iters, backend="triton")
+
+
+def _fwd_bwd(fn, x, weight, iters):
+    def step():
+        x.grad = None
+        (fn(x, iters) * weight).sum().backward()
+    return step
+
+
+def nominal_flops(b: int, c: int, m: int, iters: int) -> float:
+    """FLOPs credited to one forward+backward, the same for every candidate: 3x the forward of
+    the Newton-Schulz formulation (covariance 2BC^2M + the 3N-3 products of the cheapest
+    loop, max(1, 3N-3), each 2BC^3), the usual forward+backward = 3x forward convention."""
+    products = max(1, 3 * iters - 3)
+    return 3.0 * (2.0 * b * c * c * m + products * 2.0 * b * c ** 3)
+
+
+# ----------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch sizes (default: 32 on CPU, 32 128 256 on CUDA)")
+    parser.add_argument("--dim", type=int, nargs="+", default=None,
+                        help="channels d (default: 256 on CPU, 128 256 on CUDA)")
+    parser.add_argument("--size", type=int, default=14, help="feature map side (M = size^2)")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _candidates(device: str) -> dict:
+    cands = {"straightforward (Ibar, autograd)": straightforward_isqrt_cov,
+             "centred cov, autograd": centred_autograd_isqrt_cov,
+             "cvkit isqrt_cov (torch)": _cvkit_torch}
+    if device == "cuda":
+        cands["cvkit isqrt_cov (triton)"] = _cvkit_triton
+    return cands
+
+
+def _peak_bytes(step, device: str) -> int:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    return cpu_peak_memory_bytes(step)
+
+
+def _matmul_peak_tflops(device: str) -> dict[str, float]:
+    """Achievable matmul throughput on this device, measured now: fp32 and TF32."""
+    n = 8192 if device == "cuda" else 1024
+    a = torch.randn(n, n, device=device)
+    out = {}
+    modes = [("fp32", False), ("tf32", True)] if device == "cuda" else [("fp32", False)]
+    for name, tf32 in modes:
+        if device == "cuda":
+            previous = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            sec = interleaved_median_seconds({name: lambda: a @ a}, repeats=5, warmup=2,
+                                             device=device)[name]
+        finally:
+            if device == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = previous
+        out[name] = 2.0 * n ** 3 / sec / 1e12
+    return out
+
+
+def _measure(device, b, c, size, iters, repeats, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, size, size, generator=gen).to(device).requires_grad_()
+    weight = torch.randn(c * (c + 1) // 2, generator=gen).to(device)
+    rows = {}
+    steps = {}
+    for name, fn in _candidates(device).items():
+        step = _fwd_bwd(fn, x, weight, iters)
+        try:
+            step()  # warm-up and availability check (e.g. the Triton kernel)
+        except (RuntimeError, ImportError, NotImplementedError) as e:
+            rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"}
+            continue
+        steps[name] = step
+    times = interleaved_median_seconds(steps, repeats=repeats, warmup=1, device=device)
+    flops = nominal_flops(b, c, size * size, iters)
+    for name, step in steps.items():
+        rows[name] = {"seconds": times[name], "peak": _peak_bytes(step, device),
+                      "tflops": flops / times[name] / 1e12}
+    return rows
+
+
+def _command(args) -> str:
+    parts = ["python tools/benchmark.py covpool"]
+    if args.device != "cpu":
+        parts.append(f"--device {args.device}")
+    if args.batch is not None:
+        parts.append("--batch " + " ".join(map(str, args.batch)))
+    if args.dim is not None:
+        parts.append("--dim " + " ".join(map(str, args.dim)))
+    for flag, default in (("size", 14), ("iters", 5), ("repeats", 7), ("seed", 0)):
+        if getattr(args, flag) != default:
+            parts.append(f"--{flag} {getattr(args, flag)}")
+    return " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> str:
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("covpool benchmark: --device cuda but CUDA is not available")
+    batches = args.batch or ([32] if device == "cpu" else [32, 128, 256])
+    dims = args.dim or ([256] if device == "cpu" else [128, 256])
+    peaks = _matmul_peak_tflops(device)
+    peak_text = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in peaks.items())
+    base_name = "straightforward (Ibar, autograd)"
+    lines = [f"Command: `{_command(args)}`", "",
+             f"Machine: {machine_description(device)}", "",
+             f"Forward+backward of `(isqrt_cov(x) * w).sum()`, fp32, {args.size}x{args.size} map, "
+             f"{args.iters} iterations; median of {args.repeats} interleaved runs. Peak = extra "
+             f"peak memory during one forward+backward "
+             + ("(`torch.cuda.max_memory_allocated`)" if device == "cuda" else
+                "(live tensor storages, `cvkit.benchmarks.timing.cpu_peak_memory_bytes`)")
+             + f". Matmul peak measured in this run: {peak_text}; TFLOP/s counts "
+             "`nominal_flops` (3x the Newton-Schulz forward) for every candidate.", "",
+             "| B | d | candidate | ms | speed-up vs straightforward | extra peak MB | "
+             "memory vs straightforward | TFLOP/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for b in batches:
+        for c in dims:
+            rows = _measure(device, b, c, args.size, args.iters, args.repeats, args.seed)
+            base = rows.get(base_name, {})
+            for name, r in rows.items():
+                if "error" in r:
+                    lines.append(f"| {b} | {c} | {name} | not run: {r['error']} | | | | |")
+                    continue
+                speed = (f"{base['seconds'] / r['seconds']:.2f}x" if "seconds" in base else "")
+                mem = (f"{r['peak'] / base['peak']:.2f}" if base.get("peak") else "")
+                lines.append(f"| {b} | {c} | {name} | {r['seconds'] * 1e3:.1f} | {speed} | "
+                             f"{r['peak'] / 2 ** 20:.1f} | {mem} | {r['tflops']:.3f} |")
+    return "\n".join(lines)
