@@ -26,6 +26,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["isqrt_cov", "triu_vectorize", "CovariancePooling", "centred_covariance",
            "newton_schulz_polynomial"]
@@ -194,6 +195,7 @@ class _IsqrtCovEigh(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # no double backward (not needed by any training recipe here)
     def backward(ctx, grad_out):
         features, vecs, lam, trace, ok = ctx.saved_tensors
         p64, dp64 = newton_schulz_polynomial(lam.double(), ctx.iters)
@@ -241,6 +243,7 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
         return y * s[:, None, None]
 
     @staticmethod
+    @once_differentiable  # no double backward (not needed by any training recipe here)
     def backward(ctx, grad_out):
         (features,) = ctx.saved_tensors
         a, trace, ok = _normalised(features, symmetrise=True)

@@ -1,0 +1,251 @@
+"""iSQRT-COV (cvkit.layers.covpool) against independent float64 references: a literal coupled
+Newton-Schulz loop differentiated by autograd, and the eigendecomposition square root."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from cvkit.layers.covpool import CovariancePooling, _isqrt_cov_torch, isqrt_cov, triu_vectorize
+
+METHODS = ("eigh", "ns")  # the CPU default and the CUDA default; both must be the same function
+
+
+def literal_isqrt_cov(x: torch.Tensor, iters: int) -> torch.Tensor:
+    """Independent reference, written from the paper: explicit M x M centring matrix, trace
+    normalisation, the coupled iteration as printed, post-compensation. (B,C,H,W) -> (B,C,C)."""
+    b, c = x.shape[:2]
+    feats = x.reshape(b, c, -1)
+    m = feats.shape[-1]
+    ibar = (torch.eye(m, dtype=x.dtype) - torch.full((m, m), 1.0 / m, dtype=x.dtype)) / m
+    sigma = feats @ ibar @ feats.transpose(1, 2)
+    trace = torch.einsum("bii->b", sigma)[:, None, None]
+    eye = torch.eye(c, dtype=x.dtype)
+    y, z = sigma / trace, eye.expand(b, c, c)
+    for _ in range(iters):
+        t = 0.5 * (3 * eye - z @ y)
+        y, z = y @ t, t @ z
+    return y * trace.sqrt()
+
+
+def _maps(b=3, c=6, h=4, w=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, h, w, generator=g, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# exactness
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("iters", [1, 2, 3, 5])
+def test_equals_literal_newton_schulz_forward_and_gradient(method, iters):
+    x = _maps().requires_grad_()
+    out = _isqrt_cov_torch(x, iters, method)
+    ref = literal_isqrt_cov(x, iters)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    weight = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    grad, = torch.autograd.grad((out * weight).sum(), x)
+    grad_ref, = torch.autograd.grad((ref * weight).sum(), x)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_public_function_is_the_literal_loop_vectorised():
+    x = _maps(b=2, c=7, h=3, w=3, seed=3).requires_grad_()
+    ref = literal_isqrt_cov(x, 5)
+    rows, cols = torch.triu_indices(7, 7)
+    torch.testing.assert_close(isqrt_cov(x, 5), ref[:, rows, cols], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(isqrt_cov(x, 5, vectorize=False), ref, rtol=1e-10, atol=1e-12)
+    assert isqrt_cov(x).shape == (2, 7 * 8 // 2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("iters", [1, 2, 5])
+def test_gradcheck_custom_backward(method, iters):
+    x = _maps(b=2, c=6, h=3, w=3, seed=iters).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: _isqrt_cov_torch(t, iters, method), (x,))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradcheck_tokens_and_rank_deficient(method):
+    # N = 4 tokens < C = 7 channels: Sigma has rank 3, so A has repeated (zero) eigenvalues,
+    # the case where the divided differences fall back to derivatives.
+    x = torch.randn(2, 4, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    assert torch.autograd.gradcheck(lambda t: _isqrt_cov_torch(t, 3, method),
+                                    (x.requires_grad_(),))
+
+
+def test_double_backward_is_refused_not_silently_wrong():
+    x = _maps(b=1, c=4, h=3, w=3).requires_grad_()
+    grad, = torch.autograd.grad(isqrt_cov(x, 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
+
+
+def test_many_iterations_converge_to_eigh_square_root():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 8, 20, 20, generator=g, dtype=torch.float64)  # M = 400 >> C = 8
+    feats = x.reshape(2, 8, -1)
+    centred = feats - feats.mean(-1, keepdim=True)
+    sigma = centred @ centred.transpose(1, 2) / feats.shape[-1]
+    lam, vecs = torch.linalg.eigh(sigma)
+    assert lam.min() / lam.max() > 0.1
+    sqrtm = vecs @ torch.diag_embed(lam.sqrt()) @ vecs.transpose(1, 2)
+    for method in METHODS:
+        torch.testing.assert_close(_isqrt_cov_torch(x, 30, method), sqrtm, rtol=0, atol=1e-6)
+
+
+def test_float32_matches_float64_reference():
+    x = _maps(b=2, c=64, h=7, w=7, seed=11)
+    ref = literal_isqrt_cov(x, 5)
+    for method in METHODS:
+        out = _isqrt_cov_torch(x.float(), 5, method).double()
+        assert (out - ref).norm() / ref.norm() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# layout, order, numerics
+# ---------------------------------------------------------------------------------------------
+def test_triu_vectorize_is_row_major_upper_triangle():
+    mat = torch.arange(16.0).reshape(4, 4)
+    expected = torch.tensor([0.0, 1, 2, 3, 5, 6, 7, 10, 11, 15])
+    assert torch.equal(triu_vectorize(mat), expected)
+    assert torch.equal(triu_vectorize(mat.expand(2, 4, 4)), expected.expand(2, 10))
+    with pytest.raises(ValueError, match=r"\(3, 4\)"):
+        triu_vectorize(torch.zeros(3, 4))
+
+
+def test_tokens_equal_feature_maps_forward_and_gradient():
+    x = _maps(b=2, c=5, h=3, w=4, seed=2).requires_grad_()
+    tokens = x.flatten(2).transpose(1, 2)          # (B, N, C)
+    out_map = isqrt_cov(x, 3)
+    out_tok = isqrt_cov(tokens, 3)
+    torch.testing.assert_close(out_tok, out_map, rtol=1e-12, atol=1e-14)
+    g_map, = torch.autograd.grad(out_map.sum(), x)
+    g_tok, = torch.autograd.grad(out_tok.sum(), x)
+    torch.testing.assert_close(g_tok, g_map, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_and_constant_input_give_zeros_not_nan(method):
+    x = torch.zeros(3, 4, 3, 3)
+    x[1] = 2.5                                     # constant over positions: zero covariance too
+    x[2] = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_()
+    out = _isqrt_cov_torch(x, 5, method)
+    assert torch.equal(out[:2], torch.zeros(2, 4, 4))
+    torch.testing.assert_close(out[2:], literal_isqrt_cov(x[2:].detach().double(), 5).float(),
+                               rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.equal(x.grad[:2], torch.zeros(2, 4, 3, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_runs_in_float32(dtype):
+    x = _maps(b=2, c=16, h=6, w=6, seed=4, dtype=torch.float32)
+    conv = torch.nn.Conv2d(16, 16, 1)
+    with torch.autocast("cpu", dtype=dtype):
+        feats = conv(x)
+        assert feats.dtype == dtype
+        out = isqrt_cov(feats, 5)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out, isqrt_cov(feats.float(), 5), rtol=0, atol=0)
+    out.sum().backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+    # a half input outside autocast is promoted too
+    half = isqrt_cov(x.to(dtype), 5)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input and backends
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("x, iters, match", [
+    (torch.zeros(2, 3), 5, r"rank-2.*\(2, 3\)"),
+    (torch.zeros(1, 2, 3, 4, 5), 5, r"rank-5.*\(1, 2, 3, 4, 5\)"),
+    (torch.zeros(2, 0, 3, 3), 5, r"channel dimension of 0.*\(2, 0, 3, 3\)"),
+    (torch.zeros(2, 9, 0), 5, r"channel dimension of 0.*\(2, 9, 0\)"),
+    (torch.zeros(2, 4, 0, 3), 5, r"no spatial positions.*\(2, 4, 0, 3\)"),
+    (torch.zeros(2, 4, 3, 3, dtype=torch.int64), 5, r"floating dtype.*\(2, 4, 3, 3\)"),
+    (torch.zeros(2, 4, 3, 3), 0, r"iters.*>= 1.*0.*\(2, 4, 3, 3\)"),
+    (torch.zeros(2, 4, 3, 3), 2.0, r"iters.*2\.0.*\(2, 4, 3, 3\)"),
+])
+def test_bad_input_raises_value_error_naming_it(x, iters, match):
+    with pytest.raises(ValueError, match=match):
+        isqrt_cov(x, iters)
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="'cuda_fast'"):
+        isqrt_cov(torch.zeros(1, 2, 2, 2), backend="cuda_fast")
+    with pytest.raises(ValueError, match="'cuda_fast'"):
+        CovariancePooling(4, dim=2, backend="cuda_fast")
+
+
+@pytest.fixture
+def fake_kernels(monkeypatch):
+    """cvkit.kernels replaced by a module whose isqrt_cov_triton records its calls."""
+    calls = []
+    module = types.ModuleType("cvkit.kernels")
+
+    def isqrt_cov_triton(x, iters, vectorize):
+        calls.append((x.dtype, iters, vectorize))
+        return torch.full((x.shape[0], 1), 7.0)
+
+    module.isqrt_cov_triton = isqrt_cov_triton
+    monkeypatch.setitem(sys.modules, "cvkit.kernels", module)
+    return calls
+
+
+def test_triton_backend_dispatches_to_the_kernel(fake_kernels):
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float16)
+    out = isqrt_cov(x, 3, vectorize=False, backend="triton")
+    assert torch.equal(out, torch.full((2, 1), 7.0))
+    assert fake_kernels == [(torch.float32, 3, False)]      # fp32 island before the kernel
+    isqrt_cov(x.float(), 5)                                  # auto on CPU: torch path
+    assert len(fake_kernels) == 1
+
+
+def test_triton_backend_without_kernel_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cvkit.kernels", types.ModuleType("cvkit.kernels"))
+    with pytest.raises(RuntimeError, match="isqrt_cov_triton"):
+        isqrt_cov(torch.randn(1, 3, 2, 2), backend="triton")
+    # auto on the CPU never needs it
+    assert isqrt_cov(torch.randn(1, 3, 2, 2)).shape == (1, 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the head
+# ---------------------------------------------------------------------------------------------
+def test_covariance_pooling_shapes_and_gradients():
+    head = CovariancePooling(12, dim=5, iters=3)
+    assert head.out_features == 15
+    assert isinstance(head.reduce[0], torch.nn.Conv2d) and head.reduce[0].bias is None
+    assert isinstance(head.reduce[1], torch.nn.BatchNorm2d)
+    x = torch.randn(4, 12, 6, 6, requires_grad=True)
+    out = head(x)
+    assert out.shape == (4, 15) and torch.isfinite(out).all()
+    out.pow(2).sum().backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+    plain = CovariancePooling(6, dim=None)
+    assert isinstance(plain.reduce, torch.nn.Identity) and plain.out_features == 21
+    y = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(plain(y), triu_vectorize(literal_isqrt_cov(y, 5)))
+
+
+def test_covariance_pooling_tokens_equal_maps():
+    head = CovariancePooling(8, dim=4, iters=5).double().eval()
+    with torch.no_grad():
+        head.reduce[1].running_mean.uniform_(-0.1, 0.1)
+    tokens = torch.randn(2, 10, 8, dtype=torch.float64)      # (B, N, C)
+    as_map = tokens.transpose(1, 2).reshape(2, 8, 2, 5)
+    torch.testing.assert_close(head(tokens), head(as_map), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match=r"8 channels.*\(2, 10, 9\)"):
+        head(torch.randn(2, 10, 9))
+    with pytest.raises(ValueError, match=r"\(2, 8\)"):
+        head(torch.randn(2, 8))
