@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+TINY_TRACE: tl.constexpr = tl.constexpr(1e-30)  # the same threshold as cvkit.layers.covpool
 
 
 def _configs(cuda_configs, interpret_config):
@@ -22,6 +23,25 @@ def _configs(cuda_configs, interpret_config):
     if INTERPRET:
         return [triton.Config(interpret_config, num_warps=4, num_stages=1)]
     return [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in cuda_configs]
+
+
+# Triton's own library functions (tl.cdiv, tl.sum, ...) are @triton.jit functions decorated when
+# triton is imported, so they stay compiled-mode objects if TRITON_INTERPRET=1 is set later, and
+# the interpreter refuses to call them. The kernels below therefore use only builtins and these
+# (tl.full for tl.zeros).
+@triton.jit
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _sum(x, axis):
+    return tl.reduce(x, axis, _add)
 
 
 # Output tile BLOCK×BLOCK (square, so a tile's mirror is a tile), reduction step BLOCK_K. Under the
@@ -42,7 +62,7 @@ def _tile_coords(pid, d, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr):
     """Program id -> (batch, tile row, tile column). SYMMETRIC enumerates only tiles with
     row <= column: t = r(r+1)/2 + c (c <= r) is read back with a float square root, then corrected
     by one step either way, and (c, r) is returned."""
-    nt = tl.cdiv(d, BLOCK)
+    nt = _cdiv(d, BLOCK)
     if SYMMETRIC:
         ntiles = nt * (nt + 1) // 2
     else:
@@ -86,7 +106,7 @@ def _products_kernel(A1, B1, A2, B2, A3, B3, E, F, SCALE, OUT,
     # Row block of each left factor, column block of each right factor; k advances both.
     a_offs = base + rm[:, None] * d + rk[None, :]
     b_offs = base + rk[:, None] * d + rn[None, :]
-    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    acc = tl.full((BLOCK, BLOCK), 0.0, tl.float32)
     for k0 in range(0, d, BLOCK_K):
         a_mask = (rm[:, None] < d) & (rk[None, :] < d - k0)
         b_mask = (rk[:, None] < d - k0) & (rn[None, :] < d)
@@ -133,24 +153,24 @@ def _channel_stats_kernel(X, MEAN, VAR, d, M, stride_b, stride_c, stride_m,
     """Per channel: mean over the M positions and the biased variance (two passes, so the
     variance has no cancellation); tr(Sigma) is the sum of the variances."""
     pid = tl.program_id(0)
-    ncb = tl.cdiv(d, BLOCK_C)
+    ncb = _cdiv(d, BLOCK_C)
     b = (pid // ncb).to(tl.int64)
     rc = (pid % ncb) * BLOCK_C + tl.arange(0, BLOCK_C)
     rmm = tl.arange(0, BLOCK_M)
     base = X + b * stride_b + rc[:, None] * stride_c
-    total = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    total = tl.full((BLOCK_C,), 0.0, tl.float32)
     for m0 in range(0, M, BLOCK_M):
         mm = m0 + rmm
         mask = (rc[:, None] < d) & (mm[None, :] < M)
-        total += tl.sum(tl.load(base + mm[None, :] * stride_m, mask=mask, other=0.0), axis=1)
+        total += _sum(tl.load(base + mm[None, :] * stride_m, mask=mask, other=0.0), axis=1)
     mean = total / M
-    sq = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    sq = tl.full((BLOCK_C,), 0.0, tl.float32)
     for m0 in range(0, M, BLOCK_M):
         mm = m0 + rmm
         mask = (rc[:, None] < d) & (mm[None, :] < M)
         xc = tl.load(base + mm[None, :] * stride_m, mask=mask, other=0.0) - mean[:, None]
         xc = tl.where(mask, xc, 0.0)
-        sq += tl.sum(xc * xc, axis=1)
+        sq += _sum(xc * xc, axis=1)
     tl.store(MEAN + b * d + rc, mean, mask=rc < d)
     tl.store(VAR + b * d + rc, sq / M, mask=rc < d)
 
@@ -177,14 +197,18 @@ def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M,
     rm = ti * BLOCK + tl.arange(0, BLOCK)
     rn = tj * BLOCK + tl.arange(0, BLOCK)
     rk = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    acc = tl.full((BLOCK, BLOCK), 0.0, tl.float32)
     for k0 in range(0, M, BLOCK_K):
         xi = _load_centred(X, MEAN, b, rm, k0 + rk, d, M, stride_b, stride_c, stride_m)
         xj = _load_centred(X, MEAN, b, rn, k0 + rk, d, M, stride_b, stride_c, stride_m)
         acc = tl.dot(xi, tl.trans(xj), acc, input_precision=PRECISION)
     acc = tl.where(ti == tj, 0.5 * (acc + tl.trans(acc)), acc)
     rd = tl.arange(0, BLOCK_D)
-    trace = tl.sum(tl.load(VAR + b * d + rd, mask=rd < d, other=0.0), axis=0)
+    trace = _sum(tl.load(VAR + b * d + rd, mask=rd < d, other=0.0), axis=0)
+    # An all-constant sample (trace 0) gives C = 0, the limit as Sigma -> 0, and zero gradients
+    # (as cvkit's PyTorch path): divide by 1 instead and post-compensate with 0.
+    ok = trace > TINY_TRACE
+    trace = tl.where(ok, trace, 1.0)
     a = acc / (M * trace)
     z1 = tl.where(rm[:, None] == rn[None, :], 1.5, 0.0) - 0.5 * a
     base = b * d * d
@@ -198,7 +222,7 @@ def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M,
     tl.store(Z1_OUT + base + offs_t, tl.trans(z1), mask=mirror)
     if t == 0:
         tl.store(TRACE + b, trace)
-        tl.store(SQRT_TRACE + b, tl.sqrt(trace))
+        tl.store(SQRT_TRACE + b, tl.where(ok, tl.sqrt(trace), 0.0))
 
 
 @triton.jit
@@ -227,12 +251,12 @@ def _batched_dot_kernel(X, Y, OUT, n, BLOCK: tl.constexpr):
     """OUT[b] = <X[b], Y[b]> over n contiguous elements per batch element."""
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc = tl.full((BLOCK,), 0.0, tl.float32)
     for i0 in range(0, n, BLOCK):
         mask = i0 + offs < n
         acc += (tl.load(X + b * n + i0 + offs, mask=mask, other=0.0)
                 * tl.load(Y + b * n + i0 + offs, mask=mask, other=0.0))
-    tl.store(OUT + b, tl.sum(acc, axis=0))
+    tl.store(OUT + b, _sum(acc, axis=0))
 
 
 @triton.autotune(configs=_GRADX_CONFIGS, key=["d", "M", "PRECISION"])
@@ -245,14 +269,14 @@ def _grad_input_kernel(H, X, MEAN, TRACE, GC, HA, GX, d, M, stride_b, stride_c, 
     one pass, written in the input's own layout. Xc already has zero row means, so the centring
     needs no extra term."""
     pid = tl.program_id(0)
-    ncb = tl.cdiv(d, BLOCK_C)
-    nmb = tl.cdiv(M, BLOCK_M)
+    ncb = _cdiv(d, BLOCK_C)
+    nmb = _cdiv(M, BLOCK_M)
     b = (pid // (ncb * nmb)).to(tl.int64)
     rest = pid % (ncb * nmb)
     rc = (rest // nmb) * BLOCK_C + tl.arange(0, BLOCK_C)
     rmm = (rest % nmb) * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
+    acc = tl.full((BLOCK_C, BLOCK_M), 0.0, tl.float32)
     for k0 in range(0, d, BLOCK_K):
         kk = k0 + rk
         h = tl.load(H + b * d * d + rc[:, None] * d + kk[None, :],
