@@ -29,17 +29,15 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 class BadImageError(ValueError):
     """An image file that cannot be decoded (truncated, corrupt, not an image).
 
-    When raised inside a DataLoader worker, PyTorch re-raises it in the main process as
-    ``BadImageError(message=<worker traceback>)``; the last line of that traceback is kept so the
-    error still reads as one line naming the file.
+    Raised in a DataLoader worker, PyTorch re-raises it in the main process as
+    ``BadImageError("Caught BadImageError in DataLoader worker ...<traceback>")``; only the last
+    line of that text (our own message) is kept, so the error still reads as one line naming the file.
     """
 
-    def __init__(self, msg: str = "", message: Optional[str] = None):
-        if message is not None:  # re-raised from a worker: keep only our own line
-            lines = [ln for ln in message.strip().splitlines() if ln.strip()]
-            last = lines[-1] if lines else message
-            msg = last.split(": ", 1)[1] if last.startswith(type(self).__name__ + ":") or \
-                last.startswith(f"{__name__}.{type(self).__name__}:") else last
+    def __init__(self, msg: str = ""):
+        lines = [ln.strip() for ln in str(msg).strip().splitlines() if ln.strip()]
+        if len(lines) > 1:
+            msg = lines[-1].split("BadImageError: ", 1)[-1]
         super().__init__(msg)
 
 

@@ -201,25 +201,27 @@ class ClassificationTask(LightningModule):
         total_steps = trainer.estimated_stepping_batches  # also sets the train loader up
         accumulate = trainer.accumulate_grad_batches
         per_device = self._per_device_batch()
-        cfg = self.optimizer_cfg
-        if per_device is None:
-            self.global_batch, self.scaled_lr = None, cfg.lr
+        global_batch = None if per_device is None else per_device * trainer.world_size * accumulate
+        batches = trainer.num_training_batches
+        if batches == float("inf") or trainer.max_epochs in (None, -1):
+            steps_per_epoch, total_epochs = max(1, int(total_steps)), 1.0
         else:
-            self.global_batch = per_device * trainer.world_size * accumulate
-            self.scaled_lr = cfg.scaled_lr(self.global_batch)
+            steps_per_epoch = max(1, -(-int(batches) // accumulate))
+            total_epochs = float(trainer.max_epochs)
+        return self.build_optimizers(global_batch, steps_per_epoch, total_epochs)
+
+    def build_optimizers(self, global_batch: Optional[int], steps_per_epoch: int,
+                         total_epochs: float) -> dict[str, Any]:
+        """Optimiser (LR scaled to ``global_batch``) and the per-step LambdaLR of the recipe."""
+        cfg = self.optimizer_cfg
+        self.global_batch = global_batch
+        self.scaled_lr = cfg.lr if global_batch is None else cfg.scaled_lr(global_batch)
         if self.scaled_lr != cfg.lr:
             from lightning.pytorch.utilities import rank_zero_info
 
             rank_zero_info(f"LR scaled {cfg.lr:g} -> {self.scaled_lr:g} for global batch "
-                           f"{self.global_batch} (recipe: {cfg.reference_batch}, rule: {cfg.scaling})")
+                           f"{global_batch} (recipe: {cfg.reference_batch}, rule: {cfg.scaling})")
         optimizer = cfg.build(self.model, self.scaled_lr)
-        batches = trainer.num_training_batches
-        if batches == float("inf") or trainer.max_epochs in (None, -1):
-            steps_per_epoch = max(1, int(total_steps))
-            total_epochs = 1.0
-        else:
-            steps_per_epoch = max(1, -(-int(batches) // accumulate))
-            total_epochs = float(trainer.max_epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, self.schedule.lambda_lr(steps_per_epoch, total_epochs))
         return {"optimizer": optimizer,

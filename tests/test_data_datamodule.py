@@ -1,0 +1,118 @@
+"""ImageFolder datamodule: OpenCV decoding, bad files, missing folders, sampler order and resume."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cls_helpers import add_bad_files, tiny_imagefolder
+from cvkit.data.datamodule import (BadImageError, ClassificationDataModule, ImageFolderDataset,
+                                   ResumableDataLoader, ResumableDistributedSampler, decode_image,
+                                   scan_split)
+
+
+@pytest.fixture()
+def tiny(cls_root, tmp_path):
+    return tiny_imagefolder(cls_root, tmp_path / "tiny", classes=3, train=8, val=4)
+
+
+def test_decode_matches_pil_rgb(cls_root):
+    path = sorted((cls_root / "train" / "circle").iterdir())[0]
+    ours = decode_image(path)
+    ref = np.asarray(Image.open(path).convert("RGB"))
+    assert ours.shape == ref.shape and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - ref.astype(int)).mean() < 1.0  # same JPEG, RGB order
+
+
+def test_bad_files_are_skipped_named_and_counted(tiny):
+    bad = add_bad_files(tiny / "train")
+    dm = ClassificationDataModule(root=str(tiny), batch_size=4, image_size=32, num_workers=0)
+    dm.setup("fit")
+    assert len(dm.train_set) == 3 * 8 + 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seen_bad, n_images = [], 0
+        for images, targets, skipped in torch.utils.data.DataLoader(
+                dm.train_set, batch_size=4, collate_fn=dm.train_dataloader().collate_fn):
+            seen_bad += skipped
+            n_images += images.shape[0]
+            assert images.shape[1:] == (3, 32, 32) and images.shape[0] == targets.shape[0]
+    assert sorted(seen_bad) == sorted(map(str, bad))
+    assert n_images == 3 * 8
+    messages = [str(w.message) for w in caught]
+    for path in bad:
+        assert any(str(path) in m for m in messages), messages
+    assert any("truncated JPEG" in m for m in messages)
+
+
+def test_strict_mode_raises_one_line_naming_the_file_from_a_worker(tiny):
+    bad = add_bad_files(tiny / "val")
+    ds = ImageFolderDataset(tiny / "val", strict=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=len(ds), num_workers=1)
+    with pytest.raises(BadImageError) as e:
+        next(iter(loader))
+    msg = str(e.value)
+    assert "\n" not in msg and any(str(p) in msg for p in bad), msg
+
+
+def test_missing_and_empty_split_folders(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        scan_split(tmp_path / "nowhere" / "train")
+    assert "\n" not in str(e.value) and str(tmp_path / "nowhere" / "train") in str(e.value)
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    dm = ClassificationDataModule(root=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=r"empty/train has no images"):
+        dm.setup("fit")
+
+
+def test_two_rank_batches_are_the_one_process_batch(tiny):
+    """The same seeded DistributedSampler on 1 or 2 ranks: the ranks' batches of size b together
+    are the 1-process batch of size 2b (what makes DDP equal a single run of the same global batch)."""
+    ds = ImageFolderDataset(tiny / "train")
+    one = list(ResumableDistributedSampler(ds, 1, 0, seed=3))
+    r0 = list(ResumableDistributedSampler(ds, 2, 0, seed=3))
+    r1 = list(ResumableDistributedSampler(ds, 2, 1, seed=3))
+    b = 4
+    for k in range(len(ds) // (2 * b)):
+        assert sorted(r0[k * b:(k + 1) * b] + r1[k * b:(k + 1) * b]) == sorted(one[2 * k * b:2 * (k + 1) * b])
+
+
+def test_loader_resumes_mid_epoch_exactly(tiny):
+    """load_state_dict(epoch, batches) then iterate == the rest of an unbroken epoch, augmentation
+    included (per-sample seeds), with worker processes."""
+    def loader(progress=None):
+        dm = ClassificationDataModule(root=str(tiny), batch_size=4, image_size=32, num_workers=1,
+                                      seed=5, color_jitter=0.4)
+        dm.setup("fit")
+        dl = dm.train_dataloader()
+        dl._progress = progress
+        return dl
+
+    full = loader()
+    full.sampler.set_epoch(1)
+    unbroken = list(full)
+    resumed = loader(progress=lambda: (1, 2))
+    state = resumed.state_dict()
+    assert state == {"epoch": 1, "batches": 2}
+    fresh = loader()
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert len(rest) == len(unbroken) - 2
+    for (a, ta, _), (b, tb, _) in zip(unbroken[2:], rest):
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+    # the next epoch starts from its beginning again
+    fresh.sampler.set_epoch(2)
+    assert len(list(fresh)) == len(unbroken)
+
+
+def test_num_classes_and_class_mismatch(tiny, tmp_path):
+    dm = ClassificationDataModule(root=str(tiny))
+    assert dm.num_classes == 3
+    (tiny / "val" / "extra").mkdir()
+    (tiny / "val" / "extra" / "a.jpg").write_bytes(
+        next((tiny / "val").glob("*/*.jpg")).read_bytes())
+    with pytest.raises(ValueError, match="class folders differ"):
+        ClassificationDataModule(root=str(tiny)).setup("fit")
