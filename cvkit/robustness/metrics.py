@@ -1,0 +1,189 @@
+"""ImageNet-C metrics (Hendrycks & Dietterich, ICLR 2019) and COCO-C metrics (Michaelis et al. 2019).
+
+Errors go in as fractions (0.25 = 25 % top-1 error), one per severity 1..5; metrics come out in
+percent, like the papers (ResNet-50: mCE 76.7 at 23.85 % clean error).
+
+- CE_c = 100 * sum_s E_{s,c} / sum_s E^{AlexNet}_{s,c}                         (paper Eq. 1)
+- mCE = mean of CE_c over the 15 benchmark corruptions
+- relative CE_c = 100 * sum_s (E_{s,c} - E_clean) / sum_s (E^{AlexNet}_{s,c} - E^{AlexNet}_clean)
+- relative mCE = mean of relative CE_c over the 15
+The 4 held-out corruptions are reported beside (their raw mean errors), never mixed into mCE:
+no AlexNet normaliser for them is published with the benchmark.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, HELD_OUT
+
+# AlexNet top-1 errors averaged over the 5 severities, canonical order (hendrycks/robustness).
+ALEXNET_ERRORS: dict[str, float] = dict(zip(CORRUPTIONS, (
+    0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360, 0.866816, 0.826572,
+    0.819324, 0.564592, 0.853204, 0.646056, 0.717840, 0.606500)))
+"""AlexNet's mean error per benchmark corruption (fraction); CE's normaliser."""
+ALEXNET_CLEAN_ERROR = 0.435
+"""AlexNet's clean ImageNet top-1 error (fraction) for relative CE: 43.5 % as the paper prints it;
+pass ``baseline_clean_error`` for another value."""
+
+
+def _severity_errors(name: str, values) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (5,):
+        raise ValueError(f"errors[{name!r}] must hold 5 values (severities 1..5), got shape {arr.shape}")
+    if np.any(arr < 0) or np.any(arr > 1):
+        raise ValueError(f"errors[{name!r}] must be fractions in [0, 1] (not percent), got {arr.tolist()}")
+    return arr
+
+
+def _check_names(errors: Mapping) -> None:
+    unknown = sorted(set(errors) - set(ALL_CORRUPTIONS))
+    if unknown:
+        raise ValueError(f"unknown corruption name(s) {unknown}; expected names from {list(ALL_CORRUPTIONS)}")
+
+
+def corruption_error(name: str, errors, baseline: Mapping[str, float] | None = None) -> float:
+    """CE of one benchmark corruption in percent: 100 * sum_s E_s / (5 * mean AlexNet error)."""
+    baseline = ALEXNET_ERRORS if baseline is None else baseline
+    if name not in baseline:
+        raise ValueError(f"no baseline (AlexNet) error for {name!r}; CE is defined for {list(baseline)}")
+    return float(100.0 * _severity_errors(name, errors).sum() / (5 * baseline[name]))
+
+
+def relative_corruption_error(name: str, errors, clean_error: float,
+                              baseline: Mapping[str, float] | None = None,
+                              baseline_clean_error: float = ALEXNET_CLEAN_ERROR) -> float:
+    """Relative CE in percent: 100 * sum_s (E_s - E_clean) / sum_s (E^AlexNet_s - E^AlexNet_clean)."""
+    baseline = ALEXNET_ERRORS if baseline is None else baseline
+    if name not in baseline:
+        raise ValueError(f"no baseline (AlexNet) error for {name!r}")
+    num = (_severity_errors(name, errors) - clean_error).sum()
+    return float(100.0 * num / (5 * (baseline[name] - baseline_clean_error)))
+
+
+def _complete(errors: Mapping) -> list[str]:
+    return [c for c in CORRUPTIONS if c not in errors]
+
+
+def mce(errors: Mapping[str, Sequence[float]], baseline: Mapping[str, float] | None = None,
+        allow_incomplete: bool = False) -> float:
+    """mCE in percent: mean AlexNet-normalised CE over the 15 benchmark corruptions.
+
+    ``errors``: {corruption: [e1..e5]} as fractions; held-out entries are ignored. Missing
+    benchmark corruptions raise, unless ``allow_incomplete`` (then the mean over those present)."""
+    _check_names(errors)
+    missing = _complete(errors)
+    if missing and not allow_incomplete:
+        raise ValueError(f"mCE needs all 15 benchmark corruptions; missing: {', '.join(missing)}")
+    present = [c for c in CORRUPTIONS if c in errors]
+    if not present:
+        raise ValueError("no benchmark corruption in errors")
+    return float(np.mean([corruption_error(c, errors[c], baseline) for c in present]))
+
+
+def relative_mce(errors: Mapping[str, Sequence[float]], clean_error: float,
+                 baseline: Mapping[str, float] | None = None,
+                 baseline_clean_error: float = ALEXNET_CLEAN_ERROR,
+                 allow_incomplete: bool = False) -> float:
+    """Relative mCE in percent (mean relative CE over the 15); ``clean_error`` a fraction."""
+    _check_names(errors)
+    if not 0 <= clean_error <= 1:
+        raise ValueError(f"clean_error must be a fraction in [0, 1], got {clean_error}")
+    missing = _complete(errors)
+    if missing and not allow_incomplete:
+        raise ValueError(f"relative mCE needs all 15 benchmark corruptions; missing: {', '.join(missing)}")
+    present = [c for c in CORRUPTIONS if c in errors]
+    return float(np.mean([relative_corruption_error(c, errors[c], clean_error, baseline,
+                                                    baseline_clean_error) for c in present]))
+
+
+@dataclass
+class RobustnessSummary:
+    """All ImageNet-C numbers of one model, benchmark and held-out corruptions kept apart.
+
+    ``errors`` holds fractions; every derived number is in percent."""
+    errors: dict[str, list[float | None]]
+    clean_error: float | None = None
+    complete: bool = True
+    missing: list[str] = field(default_factory=list)
+    ce: dict[str, float] = field(default_factory=dict)
+    relative_ce: dict[str, float] = field(default_factory=dict)
+    mce: float | None = None
+    relative_mce: float | None = None
+    mean_error_benchmark: float | None = None
+    held_out_mean_error: dict[str, float] = field(default_factory=dict)
+    mean_error_held_out: float | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "clean_error_percent": None if self.clean_error is None else 100 * self.clean_error,
+            "complete": self.complete, "missing": self.missing,
+            "benchmark": {
+                "corruptions": list(CORRUPTIONS),
+                "mCE": self.mce, "relative_mCE": self.relative_mce,
+                "mean_error_percent": self.mean_error_benchmark,
+                "CE": self.ce, "relative_CE": self.relative_ce,
+                "errors_percent": {c: _pct(self.errors[c]) for c in CORRUPTIONS if c in self.errors},
+            },
+            "held_out": {
+                "corruptions": list(HELD_OUT),
+                "mean_error_percent": self.mean_error_held_out,
+                "per_corruption_mean_error_percent": self.held_out_mean_error,
+                "errors_percent": {c: _pct(self.errors[c]) for c in HELD_OUT if c in self.errors},
+            },
+        }
+
+
+def _pct(values):
+    return [None if v is None else 100 * v for v in values]
+
+
+def summarize(errors: Mapping[str, Sequence[float | None]], clean_error: float | None = None,
+              baseline: Mapping[str, float] | None = None) -> RobustnessSummary:
+    """Full report from a (possibly incomplete) error table.
+
+    A corruption with a missing severity (``None``) gets no CE and counts as missing; mCE is then
+    computed over the complete ones and the summary is marked incomplete (``complete=False``)."""
+    _check_names(errors)
+    full = {c: v for c, v in errors.items() if v is not None and all(e is not None for e in v)}
+    missing = [c for c in ALL_CORRUPTIONS if c not in full]
+    out = RobustnessSummary(errors={c: list(v) for c, v in errors.items()}, clean_error=clean_error,
+                            complete=not missing, missing=missing)
+    bench = [c for c in CORRUPTIONS if c in full]
+    for c in bench:
+        out.ce[c] = corruption_error(c, full[c], baseline)
+        if clean_error is not None:
+            out.relative_ce[c] = relative_corruption_error(c, full[c], clean_error, baseline)
+    if bench:
+        out.mce = float(np.mean([out.ce[c] for c in bench]))
+        out.mean_error_benchmark = float(100 * np.mean([full[c] for c in bench]))
+        if clean_error is not None:
+            out.relative_mce = float(np.mean([out.relative_ce[c] for c in bench]))
+    held = [c for c in HELD_OUT if c in full]
+    out.held_out_mean_error = {c: float(100 * np.mean(full[c])) for c in held}
+    if held:
+        out.mean_error_held_out = float(np.mean(list(out.held_out_mean_error.values())))
+    return out
+
+
+# ------------------------------------------------------------------------------------ COCO-C
+def coco_c_summary(ap: Mapping[str, Sequence[float | None]], clean_ap: float) -> dict:
+    """COCO-C (Michaelis et al. 2019): mPC = mean AP over the 15 benchmark corruptions and 5
+    severities, rPC = mPC / clean AP (percent); held-out corruptions reported apart."""
+    _check_names(ap)
+    def mean_over(names):
+        vals = [v for c in names if c in ap for v in ap[c] if v is not None]
+        return float(np.mean(vals)) if vals else None
+    bench_missing = [c for c in CORRUPTIONS if c not in ap or any(v is None for v in ap[c])]
+    mpc = mean_over(CORRUPTIONS)
+    return {
+        "clean_AP": clean_ap,
+        "mPC": mpc,
+        "rPC_percent": None if mpc is None or not clean_ap else 100 * mpc / clean_ap,
+        "complete": not bench_missing, "missing": bench_missing,
+        "per_corruption_mean_AP": {c: float(np.mean([v for v in ap[c] if v is not None]))
+                                   for c in ALL_CORRUPTIONS if c in ap and any(v is not None for v in ap[c])},
+        "held_out_mPC": mean_over(HELD_OUT),
+    }
