@@ -1,0 +1,104 @@
+"""CE / mCE / relative mCE / COCO-C against by-hand computations from the published definitions."""
+import numpy as np
+import pytest
+
+from cvkit.robustness import (ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, ALL_CORRUPTIONS, CORRUPTIONS, HELD_OUT,
+                              coco_c_summary, mce, relative_mce, summarize)
+
+# AlexNet mean errors exactly as papers.md prints them, in canonical order (typed in again here,
+# so a re-ordered or mistyped table in the library fails).
+PUBLISHED = [0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360, 0.866816,
+             0.826572, 0.819324, 0.564592, 0.853204, 0.646056, 0.717840, 0.606500]
+
+
+def table():
+    """Errors that differ per corruption and severity (fractions)."""
+    return {c: [round(0.1 + 0.03 * i + 0.05 * s + 0.001 * i * s, 6) for s in range(5)]
+            for i, c in enumerate(ALL_CORRUPTIONS)}
+
+
+def test_alexnet_table_in_canonical_order():
+    assert list(ALEXNET_ERRORS) == list(CORRUPTIONS)
+    assert list(ALEXNET_ERRORS.values()) == PUBLISHED
+
+
+def test_mce_by_hand():
+    errors = table()
+    ces = []
+    for i, name in enumerate(CORRUPTIONS):
+        sev = errors[name]
+        ces.append(100 * (sev[0] + sev[1] + sev[2] + sev[3] + sev[4]) / (5 * PUBLISHED[i]))
+    assert mce(errors) == pytest.approx(sum(ces) / 15, rel=1e-12)
+    # held-out corruptions do not enter mCE
+    bench_only = {c: errors[c] for c in CORRUPTIONS}
+    assert mce(bench_only) == mce(errors)
+
+
+def test_relative_mce_by_hand():
+    errors, clean = table(), 0.2385
+    rel = []
+    for i, name in enumerate(CORRUPTIONS):
+        num = sum(e - clean for e in errors[name])
+        den = 5 * (PUBLISHED[i] - ALEXNET_CLEAN_ERROR)
+        rel.append(100 * num / den)
+    assert relative_mce(errors, clean) == pytest.approx(np.mean(rel), rel=1e-12)
+
+
+def test_misordered_table_changes_mce():
+    errors = table()
+    swapped = dict(errors)
+    swapped["gaussian_noise"], swapped["brightness"] = errors["brightness"], errors["gaussian_noise"]
+    assert abs(mce(swapped) - mce(errors)) > 1.0
+
+
+def test_alexnet_scores_100():
+    alex = {c: [ALEXNET_ERRORS[c]] * 5 for c in CORRUPTIONS}
+    assert mce(alex) == pytest.approx(100.0)
+    assert relative_mce(alex, ALEXNET_CLEAN_ERROR) == pytest.approx(100.0)
+
+
+def test_resnet50_scale():
+    """A model with 0.767 x AlexNet's error everywhere has mCE 76.7 (the paper's ResNet-50 figure)."""
+    errors = {c: [0.767 * ALEXNET_ERRORS[c]] * 5 for c in CORRUPTIONS}
+    assert mce(errors) == pytest.approx(76.7)
+
+
+def test_incomplete_and_bad_inputs():
+    errors = table()
+    del errors["fog"]
+    with pytest.raises(ValueError, match="missing: fog"):
+        mce(errors)
+    partial = mce(errors, allow_incomplete=True)
+    assert partial == pytest.approx(np.mean([100 * np.sum(errors[c]) / (5 * ALEXNET_ERRORS[c])
+                                             for c in CORRUPTIONS if c != "fog"]))
+    with pytest.raises(ValueError, match="5 values"):
+        mce({**table(), "fog": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="fractions"):
+        mce({**table(), "fog": [10, 20, 30, 40, 50]})
+    with pytest.raises(ValueError, match="unknown corruption"):
+        mce({**table(), "foggy": [0.1] * 5})
+
+
+def test_summary_keeps_held_out_apart_and_marks_incomplete():
+    errors = table()
+    errors["snow"] = [0.3, 0.4, None, 0.5, 0.6]  # a missing severity
+    s = summarize(errors, clean_error=0.2)
+    assert not s.complete and s.missing == ["snow"]
+    assert "snow" not in s.ce and set(s.ce) == set(CORRUPTIONS) - {"snow"}
+    assert s.mce == pytest.approx(mce({c: v for c, v in errors.items() if c != "snow"}, allow_incomplete=True))
+    d = s.as_dict()
+    assert set(d["held_out"]["errors_percent"]) == set(HELD_OUT)
+    assert not set(d["benchmark"]["CE"]) & set(HELD_OUT)
+    assert d["held_out"]["mean_error_percent"] == pytest.approx(100 * np.mean([np.mean(errors[c]) for c in HELD_OUT]))
+    assert d["benchmark"]["mean_error_percent"] == pytest.approx(
+        100 * np.mean([np.mean(errors[c]) for c in CORRUPTIONS if c != "snow"]))
+
+
+def test_coco_c_by_hand():
+    ap = {c: [0.30 - 0.01 * i - 0.02 * s for s in range(5)] for i, c in enumerate(ALL_CORRUPTIONS)}
+    out = coco_c_summary(ap, clean_ap=0.40)
+    mpc = np.mean([v for c in CORRUPTIONS for v in ap[c]])
+    assert out["mPC"] == pytest.approx(mpc)
+    assert out["rPC_percent"] == pytest.approx(100 * mpc / 0.40)
+    assert out["held_out_mPC"] == pytest.approx(np.mean([v for c in HELD_OUT for v in ap[c]]))
+    assert out["complete"]
