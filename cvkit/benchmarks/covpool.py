@@ -15,7 +15,7 @@ import torch
 
 from cvkit.benchmarks import machine_description
 from cvkit.benchmarks.timing import cpu_peak_memory_bytes, interleaved_median_seconds
-from cvkit.layers.covpool import isqrt_cov, triu_vectorize
+from cvkit.layers.covpool import _isqrt_cov_torch, isqrt_cov, triu_vectorize
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,6 +59,12 @@ def _cvkit_torch(x, iters):
     return isqrt_cov(x, iters, backend="torch")
 
 
+def _cvkit_torch_ns(x, iters):
+    """The torch backend's CUDA method (Newton-Schulz + hand-written adjoint), forced on the CPU
+    to show why the CPU uses eigh."""
+    return triu_vectorize(_isqrt_cov_torch(x, iters, method="ns"))
+
+
 def _cvkit_triton(x, iters):
     return isqrt_cov(x, iters, backend="triton")
 
@@ -97,6 +103,8 @@ def _candidates(device: str) -> dict:
              "cvkit isqrt_cov (torch)": _cvkit_torch}
     if device == "cuda":
         cands["cvkit isqrt_cov (triton)"] = _cvkit_triton
+    else:
+        cands["cvkit torch, NS-adjoint method (CUDA's)"] = _cvkit_torch_ns
     return cands
 
 

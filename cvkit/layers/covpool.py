@@ -214,32 +214,35 @@ class _IsqrtCovEigh(torch.autograd.Function):
         return _covariance_backward(features, grad_sigma), None
 
 
-def _newton_schulz_iterates(a: torch.Tensor, iters: int):
-    """Run the coupled iteration; return Y_N and the lists [Y_0..Y_{N-1}], [Z_0..Z_{N-1}], [T_1..T_N]
-    (Z_0 = I is returned as None and skipped in the products)."""
-    ys, zs, ts = [], [], []
-    y, z = a, None
+def _newton_schulz(a: torch.Tensor, iters: int, keep_z: bool = False):
+    """Y_N of the coupled iteration (paper Eq. 2) with the fewest products, max(1, 3N - 3), and,
+    if keep_z, the list [Z_0 = None (the identity), Z_1, ..., Z_{N-1}] for the backward."""
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    for _ in range(iters):
-        prod = y if z is None else torch.matmul(z, y)
-        t = 0.5 * (3.0 * eye - prod)
-        ys.append(y)
-        zs.append(z)
-        ts.append(t)
+    t = 0.5 * (3.0 * eye - a)
+    y = torch.matmul(a, t)
+    z = t
+    zs = [None]
+    for k in range(1, iters):
+        if keep_z:
+            zs.append(z)
+        t = 0.5 * (3.0 * eye - torch.matmul(z, y))
         y_next = torch.matmul(y, t)
-        z = t if z is None else torch.matmul(t, z)
+        if k + 1 < iters:
+            z = torch.matmul(t, z)
         y = y_next
-    return y, ys, zs, ts
+    return y, zs
 
 
 class _IsqrtCovNewtonSchulz(torch.autograd.Function):
-    """The Newton-Schulz matrix iteration with a hand-written adjoint; saves only the input and
-    recomputes the iterates in the backward (for GPUs, where batched eigh is slow)."""
+    """The Newton-Schulz matrix iteration with a hand-written adjoint (for GPUs, where batched
+    eigh is slow). Saves only the input; the backward recomputes and keeps only Z_0..Z_{N-1}
+    (N matrices, not the 3N iterates autograd would keep) and rebuilds Y_{k-1} = A Z_{k-1} (the
+    iterates are commuting polynomials in A) and T_k from them, newest first, freeing as it goes."""
 
     @staticmethod
     def forward(ctx, features, iters):
         a, trace, ok = _normalised(features, symmetrise=True)
-        y = _newton_schulz_matrix(a, iters)
+        y, _ = _newton_schulz(a, iters)
         s = torch.where(ok, trace, torch.zeros_like(trace)).sqrt()
         ctx.save_for_backward(features)
         ctx.iters = iters
@@ -250,50 +253,36 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
     def backward(ctx, grad_out):
         (features,) = ctx.saved_tensors
         a, trace, ok = _normalised(features, symmetrise=True)
-        y_n, ys, zs, ts = _newton_schulz_iterates(a, ctx.iters)
-        s = torch.where(ok, trace, torch.ones_like(trace)).sqrt()
-        g_y = grad_out
-        g_z = None
-        for y, z, t in zip(reversed(ys), reversed(zs), reversed(ts)):
-            # Y' = Y T, Z' = T Z, T = (3I - Z Y) / 2
+        y_n, zs = _newton_schulz(a, ctx.iters, keep_z=True)
+        inner_g_y = (grad_out * y_n).sum((-2, -1))          # <G, Y_N>
+        del y_n
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        g_y, g_z = grad_out, None
+        while zs:
+            # step k: P = Z Y, T = (3I - P) / 2, Y' = Y T, Z' = T Z  (Z = None means I)
+            z = zs.pop()
+            y = a if z is None else torch.matmul(a, z)
+            t = 0.5 * (3.0 * eye - (y if z is None else torch.matmul(z, y)))
             g_t = torch.matmul(y.transpose(-1, -2), g_y)
-            if g_z is not None and z is not None:
-                g_t = g_t + torch.matmul(g_z, z.transpose(-1, -2))
-            elif g_z is not None:
-                g_t = g_t + g_z
-            g_p = -0.5 * g_t
+            if g_z is not None:
+                g_t = g_t + (g_z if z is None else torch.matmul(g_z, z.transpose(-1, -2)))
+            g_p = g_t.mul_(-0.5)
             g_y_prev = torch.matmul(g_y, t.transpose(-1, -2))
-            if z is None:                       # Z_0 = I: P = Y_0
-                g_y_prev = g_y_prev + g_p
+            if z is None:                                     # P = Y_0
+                g_y_prev += g_p
                 g_z = None
             else:
-                g_y_prev = g_y_prev + torch.matmul(z.transpose(-1, -2), g_p)
+                g_y_prev += torch.matmul(z.transpose(-1, -2), g_p)
                 g_z_prev = torch.matmul(g_p, y.transpose(-1, -2))
                 if g_z is not None:
-                    g_z_prev = g_z_prev + torch.matmul(t.transpose(-1, -2), g_z)
+                    g_z_prev += torch.matmul(t.transpose(-1, -2), g_z)
                 g_z = g_z_prev
             g_y = g_y_prev
         grad_a = g_y
-        inner_g_y = (grad_out * y_n).sum((-2, -1))
-        inner_ga_a = (grad_a * a).sum((-2, -1))
+        inner_ga_a = (grad_a * a).sum((-2, -1))              # <dL/dA, A>
         # A was symmetrised; sym(grad_a) is not needed: the covariance backward symmetrises.
         grad_sigma = _trace_normalisation_backward(grad_a, inner_g_y, inner_ga_a, trace, ok)
         return _covariance_backward(features, grad_sigma), None
-
-
-def _newton_schulz_matrix(a: torch.Tensor, iters: int) -> torch.Tensor:
-    """Y_N of the coupled iteration (paper Eq. 2) with the fewest products: 3N - 1 - [N == 1]."""
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    t = 0.5 * (3.0 * eye - a)
-    y = torch.matmul(a, t)
-    z = t
-    for k in range(1, iters):
-        t = 0.5 * (3.0 * eye - torch.matmul(z, y))
-        y_next = torch.matmul(y, t)
-        if k + 1 < iters:
-            z = torch.matmul(t, z)
-        y = y_next
-    return y
 
 
 def _isqrt_cov_torch(x: torch.Tensor, iters: int, method: str | None = None) -> torch.Tensor:
