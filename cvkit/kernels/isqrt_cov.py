@@ -77,7 +77,7 @@ def _products(k, out, pairs, *, symmetric=True, c_prod=1.0, c_eye=0.0, e=None, c
         (lambda meta: (batch * nt(meta) ** 2,))
     k._products_kernel[grid](
         *ops, e if e is not None else out, f if f is not None else out,
-        scale if scale is not None else out, out, c_prod, c_eye, c_e, c_f, d,
+        scale if scale is not None else out, out, c_prod, c_eye, c_e, c_f, d, _batch_class(batch),
         NPROD=len(pairs), SYMMETRIC=symmetric, HAS_E=e is not None, HAS_F=f is not None,
         HAS_SCALE=scale is not None, OUT_TRIU=triu, PRECISION=precision)
     return out
@@ -85,6 +85,11 @@ def _products(k, out, pairs, *, symmetric=True, c_prod=1.0, c_eye=0.0, e=None, c
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _batch_class(batch: int) -> int:
+    """Autotuning key: small batches want small tiles (more programs), large ones large tiles."""
+    return int(batch >= 64)
 
 
 def _forward(x, iters, vectorize, precision):
@@ -107,7 +112,8 @@ def _forward(x, iters, vectorize, precision):
     sqrt_trace = torch.empty_like(trace)
     k._covariance_kernel[lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
                                                 (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),)](
-        xm, mean, var, a, z1, trace, sqrt_trace, d, m, sb, sc, sm, PRECISION=precision,
+        xm, mean, var, a, z1, trace, sqrt_trace, d, m, _batch_class(batch), sb, sc, sm,
+        PRECISION=precision,
         BLOCK_D=max(16, 1 << (d - 1).bit_length()))
 
     out = (torch.empty(batch, d * (d + 1) // 2, device=dev, dtype=torch.float32) if vectorize
@@ -177,8 +183,8 @@ def _backward(grad_out, x, out, saved, iters, vectorize, precision):
     grad_x = torch.empty_like(xm)
     k._grad_input_kernel[lambda meta: (batch * triton_cdiv(d, meta["BLOCK_C"]) *
                                        triton_cdiv(m, meta["BLOCK_M"]),)](
-        h, xm, saved["mean"], saved["trace"], gc, ha, grad_x, d, m, sb, sc, sm,
-        PRECISION=precision)
+        h, xm, saved["mean"], saved["trace"], gc, ha, grad_x, d, m, _batch_class(batch), sb, sc,
+        sm, PRECISION=precision)
     return grad_x
 
 

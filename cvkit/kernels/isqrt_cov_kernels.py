@@ -46,9 +46,9 @@ def _sum(x, axis):
 
 # Output tile BLOCK×BLOCK (square, so a tile's mirror is a tile), reduction step BLOCK_K. Under the
 # interpreter, 32×32 tiles keep the program count (its cost) low; d > 32 gives several tiles.
+# Two configs each: every config is compiled per kernel variant and precision (seconds apiece).
 _PRODUCT_CONFIGS = _configs(
-    [({"BLOCK": 32, "BLOCK_K": 32}, 4, 3),
-     ({"BLOCK": 64, "BLOCK_K": 32}, 4, 3),
+    [({"BLOCK": 64, "BLOCK_K": 32}, 4, 3),
      ({"BLOCK": 128, "BLOCK_K": 32}, 8, 2)],
     {"BLOCK": 32, "BLOCK_K": 32})
 _GRADX_CONFIGS = _configs(
@@ -82,11 +82,11 @@ def _tile_coords(pid, d, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr):
 
 
 @triton.autotune(configs=_PRODUCT_CONFIGS,
-                 key=["d", "NPROD", "SYMMETRIC", "HAS_E", "HAS_F", "HAS_SCALE", "OUT_TRIU",
-                      "PRECISION"])
+                 key=["d", "batch_class", "NPROD", "SYMMETRIC", "HAS_E", "HAS_F", "HAS_SCALE",
+                      "OUT_TRIU", "PRECISION"])
 @triton.jit
 def _products_kernel(A1, B1, A2, B2, A3, B3, E, F, SCALE, OUT,
-                     c_prod, c_eye, c_e, c_f, d,
+                     c_prod, c_eye, c_e, c_f, d, batch_class,
                      NPROD: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_E: tl.constexpr,
                      HAS_F: tl.constexpr, HAS_SCALE: tl.constexpr, OUT_TRIU: tl.constexpr,
                      PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -185,9 +185,9 @@ def _load_centred(X, MEAN, b, rows, cols, d, M, stride_b, stride_c, stride_m):
     return tl.where(mask, x - mu[:, None], 0.0)
 
 
-@triton.autotune(configs=_PRODUCT_CONFIGS, key=["d", "M", "PRECISION"])
+@triton.autotune(configs=_PRODUCT_CONFIGS, key=["d", "M", "batch_class", "PRECISION"])
 @triton.jit
-def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M,
+def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M, batch_class,
                        stride_b, stride_c, stride_m, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
                        BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
     """Sigma = Xc Xc^T / M on centred features (Eq. 1, no M×M centring matrix), then in the
@@ -259,10 +259,10 @@ def _batched_dot_kernel(X, Y, OUT, n, BLOCK: tl.constexpr):
     tl.store(OUT + b, _sum(acc, axis=0))
 
 
-@triton.autotune(configs=_GRADX_CONFIGS, key=["d", "M", "PRECISION"])
+@triton.autotune(configs=_GRADX_CONFIGS, key=["d", "M", "batch_class", "PRECISION"])
 @triton.jit
-def _grad_input_kernel(H, X, MEAN, TRACE, GC, HA, GX, d, M, stride_b, stride_c, stride_m,
-                       PRECISION: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
+def _grad_input_kernel(H, X, MEAN, TRACE, GC, HA, GX, d, M, batch_class, stride_b, stride_c,
+                       stride_m, PRECISION: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     """dL/dX = (2/M) G_Sigma Xc with G_Sigma = H / t + s I, s = <G, C>/(2t) - <H, A>/t
     (t = tr Sigma, H = dL/dA from the Newton–Schulz backward): the product and the trace term in

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# One prepared GPU check for the iSQRT-COV Triton kernels (issue 6), run from the repository root on
+# a CUDA machine with its own python3 (torch + triton + pytest), cvkit from the source tree:
+#   1. environment (GPU, clocks, torch/triton versions);
+#   2. smoke test: one compiled forward+backward vs float64 (stops here on failure);
+#   3. the CUDA tests of tests/test_kernels_isqrt_cov.py, compiled (no interpreter);
+#   4. python tools/benchmark.py covpool --device cuda (Triton vs cvkit's PyTorch path vs the
+#      straightforward implementation, B in {32,128,256}, d in {128,256});
+#   5. precision sweep at B=128, d=256: ieee / tf32x3 / tf32 kernels beside the PyTorch path in
+#      fp32 and TF32: error vs float64 and forward+backward time (triton.testing.do_bench).
+# Logs and reports go to $OUT (default ./gpu_out); a short summary is printed last.
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+PY=${PY:-python3}
+
+{
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
+    --format=csv
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  $PY -m pip list 2>/dev/null | grep -i -E "^(pytest|timm|torch|triton) "
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+echo "== smoke"
+timeout 240 $PY - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
+import sys, time, torch
+sys.path.insert(0, "tests")
+from test_kernels_isqrt_cov import reference, rel_err
+from cvkit.kernels import isqrt_cov_triton
+torch.manual_seed(0)
+t0 = time.time()
+x = torch.randn(3, 208, 14, 14, device="cuda", requires_grad=True)
+out = isqrt_cov_triton(x, 5, precision="ieee")
+x64 = x.detach().double().requires_grad_()
+ref = reference(x64, 5)
+g = torch.randn_like(ref)
+(gx,) = torch.autograd.grad(out, x, g.float())
+(gr,) = torch.autograd.grad(ref, x64, g)
+eo, eg = rel_err(out, ref), rel_err(gx, gr)
+print(f"smoke d=208 B=3 iters=5: rel err out {eo:.2e} grad {eg:.2e} ({time.time() - t0:.1f} s "
+      "incl. compile+autotune)")
+sys.exit(0 if eo < 1e-4 and eg < 1e-4 else 1)
+EOF
+if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
+
+echo "== pytest (CUDA tests, compiled kernels)"
+timeout 240 $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
+  > "$OUT/pytest.log" 2>&1
+echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
+
+echo "== covpool benchmark"
+TRITON_PRINT_AUTOTUNING=1 timeout 200 $PY tools/benchmark.py covpool --device cuda \
+  > "$OUT/covpool_bench.log" 2>&1
+echo "benchmark exit $?"
+sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$OUT/covpool_bench.md"
+
+echo "== precision sweep"
+timeout 200 $PY - <<'EOF' > "$OUT/sweep.log" 2>&1
+import sys, torch
+from triton.testing import do_bench
+sys.path.insert(0, "tests")
+from test_kernels_isqrt_cov import reference, rel_err
+from cvkit.kernels import isqrt_cov_triton
+from cvkit.layers.covpool import isqrt_cov
+
+B, D, ITERS = 128, 256, 5
+torch.manual_seed(0)
+x = torch.randn(B, D, 14, 14, device="cuda")
+w = torch.randn(D * (D + 1) // 2, device="cuda")
+x64 = x.double().requires_grad_()
+ref = reference(x64, ITERS)
+(ref_grad,) = torch.autograd.grad((ref * w.double()).sum(), x64)
+ref = ref.detach()
+
+def candidate(fn, matmul_precision):
+    def run(need_grad=True):
+        torch.set_float32_matmul_precision(matmul_precision)
+        xx = x.clone().requires_grad_(need_grad)
+        out = fn(xx)
+        if need_grad:
+            (out * w).sum().backward()
+        return out, xx.grad
+    return run
+
+cands = {
+    "triton ieee": candidate(lambda t: isqrt_cov_triton(t, ITERS, precision="ieee"), "highest"),
+    "triton tf32x3": candidate(lambda t: isqrt_cov_triton(t, ITERS, precision="tf32x3"), "highest"),
+    "triton tf32": candidate(lambda t: isqrt_cov_triton(t, ITERS, precision="tf32"), "highest"),
+    "torch path fp32": candidate(lambda t: isqrt_cov(t, ITERS, backend="torch"), "highest"),
+    "torch path tf32": candidate(lambda t: isqrt_cov(t, ITERS, backend="torch"), "high"),
+}
+rows = []
+for name, run in cands.items():
+    out, grad = run()
+    eo, eg = rel_err(out, ref), rel_err(grad, ref_grad)
+    fb = do_bench(lambda: run(), warmup=50, rep=400, return_mode="median")
+    fw = do_bench(lambda: run(False), warmup=50, rep=300, return_mode="median")
+    rows.append((name, eo, eg, fw, fb))
+    print(name, eo, eg, fw, fb, flush=True)
+torch.set_float32_matmul_precision("highest")
+base = {r[0]: r[4] for r in rows}
+print()
+print(f"| candidate | rel err out | rel err grad | fwd ms | fwd+bwd ms | speed-up vs torch path "
+      f"fp32 | vs torch path tf32 |")
+print("|---|---|---|---|---|---|---|")
+for name, eo, eg, fw, fb in rows:
+    print(f"| {name} | {eo:.1e} | {eg:.1e} | {fw:.2f} | {fb:.2f} | "
+          f"{base['torch path fp32'] / fb:.2f}x | {base['torch path tf32'] / fb:.2f}x |")
+
+# Where the time goes: GPU time per kernel name over 5 forward+backward passes.
+from torch.profiler import ProfilerActivity, profile
+for name in ("triton ieee", "triton tf32x3"):
+    cands[name]()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            cands[name]()
+        torch.cuda.synchronize()
+    print(f"\n{name}: GPU time per kernel over 5 passes")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=40))
+EOF
+echo "sweep exit $?"
+
+echo "== summary"
+grep -h "smoke" "$OUT/smoke.log"
+tail -n 3 "$OUT/pytest.log"
+cat "$OUT/covpool_bench.md"
+sed -n '/^| candidate/,/^$/p' "$OUT/sweep.log"
