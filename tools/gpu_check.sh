@@ -120,7 +120,7 @@ for name in ("triton ieee", "triton tf32x3"):
             cands[name]()
         torch.cuda.synchronize()
     print(f"\n{name}: GPU time per kernel over 5 passes")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=40))
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=40))
 EOF
 echo "sweep exit $?"
 
