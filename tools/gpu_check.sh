@@ -3,9 +3,9 @@
 # a CUDA machine with its own python3 (torch + triton + pytest), cvkit from the source tree:
 #   1. environment (GPU, clocks, torch/triton versions);
 #   2. smoke test: one compiled forward+backward vs float64 (stops here on failure);
-#   3. the CUDA tests of tests/test_kernels_isqrt_cov.py, compiled (no interpreter);
-#   4. python tools/benchmark.py covpool --device cuda (Triton vs cvkit's PyTorch path vs the
+#   3. python tools/benchmark.py covpool --device cuda (Triton vs cvkit's PyTorch path vs the
 #      straightforward implementation, B in {32,128,256}, d in {128,256});
+#   4. the CUDA tests of tests/test_kernels_isqrt_cov.py, compiled (no interpreter);
 #   5. precision sweep at B=128, d=256: ieee / tf32x3 / tf32 kernels beside the PyTorch path in
 #      fp32 and TF32: error vs float64 and forward+backward time (triton.testing.do_bench).
 # Logs and reports go to $OUT (default ./gpu_out); a short summary is printed last.
@@ -25,7 +25,7 @@ PY=${PY:-python3}
 cat "$OUT/env.txt"
 
 echo "== smoke"
-timeout 240 $PY - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
+timeout 150 $PY - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
 import sys, time, torch
 sys.path.insert(0, "tests")
 from test_kernels_isqrt_cov import reference, rel_err
@@ -46,19 +46,20 @@ sys.exit(0 if eo < 1e-4 and eg < 1e-4 else 1)
 EOF
 if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
 
-echo "== pytest (CUDA tests, compiled kernels)"
-timeout 240 $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
-  > "$OUT/pytest.log" 2>&1
-echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
-
 echo "== covpool benchmark"
-TRITON_PRINT_AUTOTUNING=1 timeout 200 $PY tools/benchmark.py covpool --device cuda \
+TRITON_PRINT_AUTOTUNING=1 timeout 170 $PY tools/benchmark.py covpool --device cuda \
   > "$OUT/covpool_bench.log" 2>&1
 echo "benchmark exit $?"
 sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$OUT/covpool_bench.md"
 
+echo "== pytest (CUDA tests, compiled kernels)"
+timeout 130 $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
+  > "$OUT/pytest.log" 2>&1
+echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
+
+
 echo "== precision sweep"
-timeout 200 $PY - <<'EOF' > "$OUT/sweep.log" 2>&1
+timeout 120 $PY - <<'EOF' > "$OUT/sweep.log" 2>&1
 import sys, torch
 from triton.testing import do_bench
 sys.path.insert(0, "tests")
