@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> str:
     batches = args.batch or ([32] if device == "cpu" else [32, 128, 256])
     dims = args.dim or ([256] if device == "cpu" else [128, 256])
     peaks = _matmul_peak_tflops(device)
-    peak_text = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in peaks.items())
+    peak_text = ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in peaks.items())
     base_name = "straightforward (Ibar, autograd)"
     lines = [f"Command: `{_command(args)}`", "",
              f"Machine: {machine_description(device)}", "",

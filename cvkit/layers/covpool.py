@@ -314,7 +314,8 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     given float64) with autocast disabled; fp16/bf16 inputs give a float32 result.
 
     backend: "torch" (the implementation here), "triton" (``cvkit.kernels.isqrt_cov_triton``), or
-    "auto" (Triton for CUDA tensors when the kernel is available, torch otherwise)."""
+    "auto" (Triton for non-empty float32 CUDA inputs when the kernel is available, torch
+    otherwise: float64 keeps its precision on the torch path)."""
     if backend not in _BACKENDS:
         raise ValueError(f"isqrt_cov: unknown backend {backend!r}; expected one of {_BACKENDS}")
     _check_input(x, iters)
@@ -324,7 +325,7 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     kernel = None
     if use_triton:
         kernel = _triton_kernel()
-    elif backend == "auto" and x.is_cuda:
+    elif backend == "auto" and x.is_cuda and x.dtype == torch.float32 and x.shape[0] > 0:
         try:
             kernel = _triton_kernel()
             use_triton = True
