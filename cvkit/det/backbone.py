@@ -1,0 +1,165 @@
+"""Any cvkit model as an MMDetection backbone, through its ``features_only`` form.
+
+    backbone=dict(type='CvkitBackbone', model_name='eca_resnet50', out_indices=(1, 2, 3, 4),
+                  frozen_stages=1, norm_eval=True,
+                  init_cfg=dict(type='Pretrained', checkpoint='eca_resnet50_imagenet.pth'))
+
+The backbone IS ``cvkit.create_model(model_name, features_only=True, out_indices=...)`` (kept as
+``self.body``): there is no second definition of any network. Indices follow cvkit/timm's
+``feature_info`` (for ResNets 0 = stem at stride 2, 1..4 = layer1..layer4, so ``(1, 2, 3, 4)`` are
+mmdet's C2..C5; for ViTs they are block indices). ``init_cfg=dict(type='Pretrained', checkpoint=p)``
+loads ``p`` with :func:`cvkit.load_checkpoint`, so every format it reads (cvkit/Lightning, timm,
+torchvision, the official ECA-Net release) initialises a detector; ``mmdet.apis.init_detector``
+clears ``init_cfg`` as it does for mmdet's own backbones.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from mmengine.model import BaseModule
+from mmdet.registry import MODELS
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def _pretrained_path(init_cfg) -> str | None:
+    if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
+        return os.path.expanduser(str(init_cfg.get("checkpoint", "")))
+    return None
+
+
+def _build_feature_model(model_name: str, out_indices: Sequence[int], model_kwargs: dict,
+                         checkpoint: str | None) -> nn.Module:
+    """``cvkit.create_model(..., features_only=True)``; with an existing ``checkpoint`` the
+    architecture details it fixes (e.g. ECA kernel sizes of the official release) come from it."""
+    import cvkit
+
+    known = cvkit.list_models()
+    if model_name not in known:
+        close = [m for m in known if model_name.split("_")[0] in m][:8]
+        raise ValueError(f"unknown cvkit backbone model_name={model_name!r} (model.backbone in the "
+                         f"detector config); cvkit models include {close or known[:8]} - see "
+                         "cvkit.list_models()")
+    return cvkit.create_model(model_name, features_only=True, out_indices=tuple(out_indices),
+                              checkpoint_path=checkpoint, **model_kwargs)
+
+
+@MODELS.register_module()
+class CvkitBackbone(BaseModule):
+    """A cvkit model's feature maps for mmdet necks (tuple of NCHW maps at ``out_indices``).
+
+    Args:
+        model_name: a name from ``cvkit.list_models()``.
+        out_indices: feature indices in the model's ``feature_info``.
+        frozen_stages: parameters that feature ``frozen_stages`` depends on (stem and every stage
+            up to it, e.g. 1 = stem + layer1 on a ResNet) get ``requires_grad=False`` and their
+            modules stay in eval mode; -1 freezes nothing.
+        norm_eval: keep every BatchNorm in eval mode (frozen statistics) during training, as mmdet
+            does for ImageNet-pretrained ResNets at small per-GPU batches.
+        model_kwargs: further keywords for ``cvkit.create_model`` (e.g. ``eca_k_size``,
+            ``drop_path_rate``, ``dynamic_img_size``).
+        probe_size: input side used once to find which parameters each feature depends on
+            (default: 64, else the model's ``pretrained_cfg['input_size']``).
+        init_cfg: ``dict(type='Pretrained', checkpoint=path)`` loads a cvkit-readable checkpoint.
+    """
+
+    def __init__(self, model_name: str, out_indices: Sequence[int] = (1, 2, 3, 4),
+                 frozen_stages: int = -1, norm_eval: bool = False, model_kwargs: dict | None = None,
+                 probe_size: int | None = None, init_cfg: dict | None = None):
+        super().__init__(init_cfg=init_cfg)
+        self.model_name = model_name
+        checkpoint = _pretrained_path(init_cfg)
+        # a checkpoint present now is read while building (it may fix architecture details);
+        # one that is missing now fails clearly in init_weights(), where mmengine loads weights
+        self._loaded_from = checkpoint if checkpoint and os.path.isfile(checkpoint) else None
+        self.body = _build_feature_model(model_name, out_indices, dict(model_kwargs or {}),
+                                         self._loaded_from)
+        self.out_indices = tuple(out_indices)
+        self.out_channels = list(self.body.feature_info.channels())
+        if frozen_stages != -1 and frozen_stages not in self.out_indices:
+            raise ValueError(f"CvkitBackbone({model_name!r}): frozen_stages={frozen_stages} must be "
+                             f"-1 or one of out_indices={self.out_indices}")
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.probe_size = probe_size
+        self._frozen_modules: list[nn.Module] = []
+        self._freeze_stages()
+
+    # -- freezing -----------------------------------------------------------------------------
+    def _probe_sizes(self) -> list[int]:
+        """Input sides to try: ``probe_size``, else a cheap 64 px and then the model's own size
+        (ViTs without ``dynamic_img_size`` accept only that)."""
+        if self.probe_size is not None:
+            return [int(self.probe_size)]
+        cfg = getattr(self.body, "pretrained_cfg", None) or getattr(
+            getattr(self.body, "model", None), "pretrained_cfg", None) or {}
+        return [64, int(cfg.get("input_size", (3, 224, 224))[-1])]
+
+    def _params_feeding(self, feature_index: int) -> set[str]:
+        """Names of the parameters that the given feature map depends on (found by autograd).
+
+        This works for any cvkit network (ResNet stages, MobileNetV2 blocks, ViT blocks) without
+        knowing how its modules are named: stage ``k`` depends on exactly the stem and stages <= k.
+        """
+        named = [(n, p) for n, p in self.body.named_parameters() if p.requires_grad]
+        was_training = self.body.training
+        self.body.eval()
+        try:
+            for attempt, size in enumerate(self._probe_sizes()):
+                try:
+                    with torch.enable_grad():
+                        feats = self.body(torch.zeros(1, 3, size, size))
+                        grads = torch.autograd.grad(feats[feature_index].float().sum(),
+                                                    [p for _, p in named], allow_unused=True)
+                    break
+                except (ValueError, RuntimeError, AssertionError):
+                    if attempt == len(self._probe_sizes()) - 1:
+                        raise
+        finally:
+            self.body.train(was_training)
+        return {n for (n, _), g in zip(named, grads) if g is not None}
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = self._params_feeding(self.out_indices.index(self.frozen_stages))
+        for name, param in self.body.named_parameters():
+            if name in frozen:
+                param.requires_grad_(False)
+        self._frozen_modules = [
+            m for m in self.body.modules()
+            if any(True for _ in m.parameters(recurse=False))
+            and all(not p.requires_grad for p in m.parameters(recurse=False))]
+
+    def train(self, mode: bool = True) -> "CvkitBackbone":
+        super().train(mode)
+        if mode:
+            for m in self._frozen_modules:
+                m.eval()
+            if self.norm_eval:
+                for m in self.body.modules():
+                    if isinstance(m, _BatchNorm):
+                        m.eval()
+        return self
+
+    # -- weights ------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Load ``init_cfg['checkpoint']`` with cvkit's loader; other init_cfg types go to mmengine."""
+        path = _pretrained_path(self.init_cfg)
+        if path is None:
+            super().init_weights()
+            return
+        if path != self._loaded_from:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"CvkitBackbone({self.model_name!r}) init_cfg checkpoint "
+                                        f"not found: {path!r}")
+            import cvkit
+
+            cvkit.load_checkpoint(self.body, path)
+            self._loaded_from = path
+        self._is_init = True
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.body(x))

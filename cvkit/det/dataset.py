@@ -1,0 +1,160 @@
+"""COCO detection dataset that names bad input instead of failing deep inside a run (or silently).
+
+mmdet's ``CocoDataset`` silently drops boxes that lie entirely outside their image, keeps boxes that
+stick out, trains on nothing when the category list is empty or names none of the configured
+classes, and stops a multi-hour run at the first unreadable image. ``CvkitCocoDataset`` (registered
+in mmdet's ``DATASETS``) checks the annotation file when it loads and, per ``on_bad_sample``:
+
+* ``'skip'`` (default): drops each bad annotation / image, counts it (``bad_samples``) and logs one
+  summary naming the first offenders; an image that fails while training (unreadable, corrupt) is
+  logged with its path, counted (``runtime_skips``) and replaced by another sample, up to
+  ``max_runtime_skips`` (then the run stops with the count and the last error);
+* ``'error'``: raises at the first bad sample, naming the file, annotation id and problem.
+
+An empty category list, configured classes missing from the file, or a missing annotation file are
+always errors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import os.path as osp
+from collections import Counter
+
+from mmengine.logging import print_log
+from mmdet.datasets import CocoDataset
+from mmdet.datasets.api_wrappers import COCO
+from mmdet.registry import DATASETS
+
+BAD_SAMPLE_POLICIES = ("skip", "error")
+_SHOWN = 5  # offenders named in the summary
+
+
+class _CheckedCOCO(COCO):
+    """pycocotools' index plus a clear error for a missing file or an empty category list."""
+
+    def __init__(self, annotation_file: str):
+        if not osp.isfile(annotation_file):
+            raise FileNotFoundError(f"COCO annotation file not found: {annotation_file!r}")
+        super().__init__(annotation_file)
+        if not self.dataset.get("categories"):
+            raise ValueError(f"{annotation_file}: the COCO 'categories' list is empty - a detector "
+                             "needs at least one category")
+
+
+@DATASETS.register_module()
+class CvkitCocoDataset(CocoDataset):
+    """``CocoDataset`` with load-time validation and skip-and-count handling of bad samples.
+
+    Args:
+        on_bad_sample: ``'skip'`` or ``'error'`` (see the module docstring).
+        box_tolerance: pixels a box may extend past its image (rounding in real annotations)
+            before it counts as outside.
+        check_files: check at load time that every image file exists.
+        max_runtime_skips: how many images may fail while loading in one process before the run
+            stops (None: 1 % of the dataset, at least 10).
+        **kwargs: ``CocoDataset``'s arguments (``ann_file``, ``data_root``, ``pipeline``, ...).
+    """
+
+    def __init__(self, *args, on_bad_sample: str = "skip", box_tolerance: float = 1.0,
+                 check_files: bool = True, max_runtime_skips: int | None = None, **kwargs):
+        if on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"on_bad_sample={on_bad_sample!r} is not one of {BAD_SAMPLE_POLICIES}")
+        self.on_bad_sample = on_bad_sample
+        self.box_tolerance = float(box_tolerance)
+        self.check_files = check_files
+        self.max_runtime_skips = max_runtime_skips
+        self.bad_samples: list[tuple[str, str]] = []  # (kind, description)
+        self.runtime_skips = 0
+        self._file_categories: dict[int, str] = {}
+        self.COCOAPI = self._load_coco  # CocoDataset.load_data_list calls self.COCOAPI(path)
+        super().__init__(*args, **kwargs)
+
+    def _load_coco(self, path: str) -> _CheckedCOCO:
+        coco = _CheckedCOCO(path)
+        self._file_categories = {c["id"]: c.get("name") for c in coco.dataset["categories"]}
+        return coco
+
+    # -- load-time checks ---------------------------------------------------------------------
+    def _bad(self, kind: str, description: str) -> None:
+        if self.on_bad_sample == "error":
+            raise ValueError(f"{self.ann_file}: {description}")
+        self.bad_samples.append((kind, description))
+
+    def load_data_list(self) -> list[dict]:
+        self.bad_samples = []
+        data_list = super().load_data_list()
+        missing = [c for c, cat_id in zip(self.metainfo["classes"], self._configured_cat_ids())
+                   if cat_id is None]
+        if missing:
+            raise ValueError(f"{self.ann_file}: classes {missing} of the dataset config (metainfo) "
+                             f"are not among the file's categories {self._file_categories}")
+        data_list = [d for d in data_list if not d.pop("_bad_image", False)]
+        self._log_summary()
+        return data_list
+
+    def _configured_cat_ids(self) -> list[int | None]:
+        by_name = {name: cid for cid, name in self._file_categories.items()}
+        return [by_name.get(c) for c in self.metainfo["classes"]]
+
+    def parse_data_info(self, raw_data_info: dict) -> dict:
+        img = raw_data_info["raw_img_info"]
+        path = osp.join(self.data_prefix["img"], img["file_name"])
+        width, height = img.get("width"), img.get("height")
+        if not width or not height:
+            raise ValueError(f"{self.ann_file}: image id {img.get('id')} ({img.get('file_name')}) "
+                             "has no width/height")
+        good = []
+        for ann in raw_data_info["raw_ann_info"]:
+            problem = self._box_problem(ann, width, height)
+            if problem:
+                self._bad("box", f"annotation id {ann.get('id')} of image {path!r} ({width}x{height}): "
+                                 f"{problem}")
+            else:
+                good.append(ann)
+        info = super().parse_data_info({**raw_data_info, "raw_ann_info": good})
+        if self.check_files and not osp.isfile(path):
+            self._bad("image", f"image file not found: {path!r} (image id {img.get('id')})")
+            info["_bad_image"] = True
+        return info
+
+    def _box_problem(self, ann: dict, width: float, height: float) -> str | None:
+        box = ann.get("bbox")
+        if not isinstance(box, (list, tuple)) or len(box) != 4:
+            return f"bbox {box!r} is not [x, y, w, h]"
+        x, y, w, h = (float(v) for v in box)
+        if not (w > 0 and h > 0):
+            return f"bbox {box} has non-positive width/height"
+        t = self.box_tolerance
+        if x < -t or y < -t or x + w > width + t or y + h > height + t:
+            return f"bbox {box} (x, y, w, h) lies outside the image"
+        return None
+
+    def _log_summary(self) -> None:
+        if not self.bad_samples:
+            return
+        counts = Counter(kind for kind, _ in self.bad_samples)
+        shown = "; ".join(d for _, d in self.bad_samples[:_SHOWN])
+        print_log(f"CvkitCocoDataset {self.ann_file}: skipped {counts.get('box', 0)} annotations "
+                  f"and {counts.get('image', 0)} images (on_bad_sample='skip'). First: {shown}",
+                  logger="current", level=logging.WARNING)
+
+    # -- run-time failures --------------------------------------------------------------------
+    def prepare_data(self, idx: int):
+        try:
+            return super().prepare_data(idx)
+        except Exception as e:  # noqa: BLE001 - any failure of one sample is reported with its path
+            path = self.get_data_info(idx).get("img_path", f"index {idx}")
+            if self.on_bad_sample == "error" or self.test_mode:
+                raise RuntimeError(f"sample {path!r} failed to load: {type(e).__name__}: {e}") from e
+            self.runtime_skips += 1
+            limit = self.max_runtime_skips
+            if limit is None:
+                limit = max(10, len(self) // 100)
+            print_log(f"CvkitCocoDataset: skipped sample {path!r} ({type(e).__name__}: {e}); "
+                      f"{self.runtime_skips} skipped in this process", logger="current",
+                      level=logging.WARNING)
+            if self.runtime_skips > limit:
+                raise RuntimeError(f"CvkitCocoDataset: {self.runtime_skips} samples failed to load "
+                                   f"(limit {limit}); last: {path!r}: {e}") from e
+            return None  # BaseDataset.__getitem__ then draws another sample

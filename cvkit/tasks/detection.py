@@ -1,0 +1,403 @@
+"""Train and evaluate MMDetection detectors with Lightning, driven by an mmdet config file.
+
+The config is an ordinary mmdet 3 config (``configs/detection/*.py``): the same file works with
+``mmdet.apis.init_detector`` and mmengine's ``Runner``. From it this task takes
+
+* the detector (``model``: backbone, neck, heads, ``data_preprocessor``, losses) built by mmdet;
+* the data: mmdet datasets and pipelines (``train_dataloader`` / ``val_dataloader`` /
+  ``test_dataloader``) in plain torch ``DataLoader``s with mmengine's ``pseudo_collate``, so Lightning
+  can shard them for DDP;
+* the optimiser (``optim_wrapper``, built by mmengine with its ``paramwise_cfg``; ``clip_grad``) and
+  the LR schedule (``param_scheduler``: e.g. linear warmup per iteration and x0.1 steps per epoch,
+  stepped exactly as mmengine's ``ParamSchedulerHook`` does); ``auto_scale_lr`` (linear scaling
+  rule: lr x global batch / base_batch_size, Goyal et al. 2017);
+* the evaluation (``val_evaluator`` / ``test_evaluator``: mmdet's ``CocoMetric``, i.e. pycocotools'
+  COCOeval: AP, AP50, AP75, APs/m/l for ``bbox`` and ``segm``), run on every validation.
+
+AMP and DDP are Lightning's (``Trainer(precision='16-mixed', strategy='ddp')``).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import os.path as osp
+import tempfile
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+from torch import nn
+
+METRIC_PREFIX = "coco/"
+
+
+# -- config --------------------------------------------------------------------------------------
+def load_det_config(config: Any, cfg_options: Mapping[str, Any] | None = None):
+    """An mmengine ``Config`` from a path (or a Config/dict), with mmdet's scope and cvkit's modules.
+
+    Raises a one-line error naming the file when it is missing or does not parse.
+    """
+    from mmengine.config import Config
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    import cvkit.det  # noqa: F401  registers cvkit backbones, necks and datasets
+
+    if isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+    elif isinstance(config, Mapping):
+        cfg = Config(dict(config))
+    else:
+        path = os.fspath(config)
+        if not osp.isfile(path):
+            raise FileNotFoundError(f"detection config not found: {path!r}")
+        try:
+            cfg = Config.fromfile(path)
+        except Exception as e:  # noqa: BLE001 - syntax/_base_ errors surface with the file name
+            raise ValueError(f"cannot read detection config {path!r}: {type(e).__name__}: {e}") from e
+    if cfg_options:
+        cfg.merge_from_dict(dict(cfg_options))
+    return cfg
+
+
+def set_data_root(cfg, data_root: str) -> None:
+    """Point every dataset of ``cfg`` (and the evaluators' ``ann_file``) at ``data_root``."""
+    data_root = osp.join(os.fspath(data_root), "")
+    for split in ("train", "val", "test"):
+        loader = cfg.get(f"{split}_dataloader")
+        if not loader:
+            continue
+        dataset = loader["dataset"]
+        old_root = dataset.get("data_root") or ""
+        dataset["data_root"] = data_root
+        evaluator = cfg.get(f"{split}_evaluator")
+        if evaluator and old_root:
+            for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
+                ann = metric.get("ann_file")
+                if isinstance(ann, str) and ann.startswith(old_root):
+                    metric["ann_file"] = osp.join(data_root, ann[len(old_root):])
+
+
+def build_detector(cfg) -> nn.Module:
+    """``MODELS.build(cfg.model)``; an unknown type or backbone fails naming the config entry."""
+    from mmdet.registry import MODELS
+
+    try:
+        return MODELS.build(cfg.model)
+    except KeyError as e:
+        raise ValueError(f"cannot build the detector of {cfg.filename or 'the config'}: {e}") from e
+
+
+def load_detector_weights(detector: nn.Module, path: str, trust: bool = False) -> None:
+    """Load a detector checkpoint: a cvkit Lightning ``.ckpt`` (``detector.`` keys), an mmdet/mmengine
+    checkpoint or a bare state dict. ``weights_only=True`` unless ``trust`` (mmengine Runner
+    checkpoints hold logger objects that only an unrestricted, trusted load can read)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"detector checkpoint not found: {path!r}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as e:  # noqa: BLE001
+        hint = "" if trust else " (an mmengine Runner checkpoint? pass --trust-checkpoint if you trust it)"
+        raise ValueError(f"cannot load detector checkpoint {path!r}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0]}{hint}") from e
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: no state dict inside")
+    if any(k.startswith("detector.") for k in state):
+        state = {k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")}
+    result = detector.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{path} does not fit the detector: missing {result.missing_keys[:5]} "
+                         f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} "
+                         f"({len(result.unexpected_keys)})")
+
+
+def build_dataloader(loader_cfg, shuffle: bool | None = None) -> torch.utils.data.DataLoader:
+    """A torch DataLoader over the mmdet dataset of ``loader_cfg`` with ``pseudo_collate``."""
+    from mmengine.dataset import pseudo_collate
+    from mmdet.registry import DATASETS
+
+    loader_cfg = copy.deepcopy(loader_cfg)
+    dataset = DATASETS.build(loader_cfg["dataset"])
+    if hasattr(dataset, "full_init"):
+        dataset.full_init()
+    if shuffle is None:
+        shuffle = bool((loader_cfg.get("sampler") or {}).get("shuffle", False))
+    workers = int(loader_cfg.get("num_workers", 0))
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=int(loader_cfg.get("batch_size", 1)), shuffle=shuffle,
+        num_workers=workers, collate_fn=pseudo_collate,
+        persistent_workers=bool(loader_cfg.get("persistent_workers", False)) and workers > 0,
+        drop_last=bool(loader_cfg.get("drop_last", False)), pin_memory=False)
+
+
+# -- the task ------------------------------------------------------------------------------------
+class DetectionTask(L.LightningModule):
+    """Lightning training/evaluation of the mmdet detector described by ``config``.
+
+    Args:
+        config: path of an mmdet config (or a loaded Config).
+        cfg_options: overrides in mmengine's dotted form, e.g. ``{'train_dataloader.batch_size': 4}``.
+        data_root: moves every dataset (and evaluator annotation file) under this folder.
+        load_from: detector weights to start from (see :func:`load_detector_weights`); otherwise
+            the detector is initialised by its ``init_cfg`` (e.g. a cvkit backbone checkpoint).
+        auto_scale_lr: apply the linear LR scaling rule; ``None`` follows ``auto_scale_lr.enable``.
+        show_dir: test only: write a PNG per image with predicted boxes and masks into this folder.
+        show_score_thr: minimum score of a drawn prediction.
+    """
+
+    def __init__(self, config: Any, cfg_options: Mapping[str, Any] | None = None,
+                 data_root: str | None = None, load_from: str | None = None,
+                 auto_scale_lr: bool | None = None, show_dir: str | None = None,
+                 show_score_thr: float = 0.3, trust_checkpoint: bool = False):
+        super().__init__()
+        self.cfg = load_det_config(config, cfg_options)
+        if data_root is not None:
+            set_data_root(self.cfg, data_root)
+        self.save_hyperparameters({"config": self.cfg.pretty_text, "auto_scale_lr": auto_scale_lr})
+        self.detector = build_detector(self.cfg)
+        if load_from:
+            load_detector_weights(self.detector, load_from, trust=trust_checkpoint)
+        else:
+            self.detector.init_weights()
+        self.auto_scale_lr = auto_scale_lr
+        self.show_dir = show_dir
+        self.show_score_thr = show_score_thr
+        self._loaders: dict[str, torch.utils.data.DataLoader] = {}
+        self._evaluators: dict[str, Any] = {}
+        self._iter_schedulers: list = []
+        self._epoch_schedulers: list = []
+        self.last_metrics: dict[str, float] = {}
+
+    # -- data ---------------------------------------------------------------------------------
+    def _loader(self, split: str) -> torch.utils.data.DataLoader:
+        if split not in self._loaders:
+            key = f"{split}_dataloader"
+            if not self.cfg.get(key):
+                raise ValueError(f"the detection config has no {key}")
+            self._loaders[split] = build_dataloader(self.cfg[key])
+        return self._loaders[split]
+
+    def train_dataloader(self):
+        return self._loader("train")
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # the detector's data_preprocessor moves inputs and data samples itself
+
+    # -- optimisation -------------------------------------------------------------------------
+    def global_batch_size(self) -> int:
+        per_device = int(self.cfg.train_dataloader.get("batch_size", 1))
+        trainer = self._trainer
+        devices = trainer.world_size if trainer is not None else 1
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        return per_device * devices * accumulate
+
+    def scaled_lr(self) -> float:
+        """The config's lr, times global batch / ``auto_scale_lr.base_batch_size`` when enabled."""
+        lr = float(self.cfg.optim_wrapper.optimizer.lr)
+        scaling = self.cfg.get("auto_scale_lr") or {}
+        enabled = scaling.get("enable", False) if self.auto_scale_lr is None else self.auto_scale_lr
+        if enabled:
+            lr *= self.global_batch_size() / float(scaling.get("base_batch_size", 16))
+        return lr
+
+    def configure_optimizers(self):
+        from mmengine.optim import build_optim_wrapper
+        from mmdet.registry import PARAM_SCHEDULERS
+
+        wrapper_cfg = copy.deepcopy(self.cfg.optim_wrapper)
+        wrapper_cfg["type"] = "OptimWrapper"  # AMP is Lightning's (Trainer precision)
+        wrapper_cfg.pop("loss_scale", None)
+        wrapper_cfg.pop("dtype", None)
+        self._clip_grad = wrapper_cfg.pop("clip_grad", None)
+        wrapper_cfg["optimizer"]["lr"] = self.scaled_lr()
+        wrapper = build_optim_wrapper(self.detector, wrapper_cfg)
+        schedulers = self.cfg.get("param_scheduler") or []
+        if isinstance(schedulers, Mapping):
+            schedulers = [schedulers]
+        self._iter_schedulers, self._epoch_schedulers = [], []
+        for sched_cfg in schedulers:
+            sched = PARAM_SCHEDULERS.build(dict(copy.deepcopy(sched_cfg), optimizer=wrapper.optimizer))
+            (self._epoch_schedulers if sched.by_epoch else self._iter_schedulers).append(sched)
+        return wrapper.optimizer
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None):
+        if gradient_clip_val is None and self._clip_grad:
+            gradient_clip_val = float(self._clip_grad.get("max_norm"))
+            gradient_clip_algorithm = "norm"
+        if gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        for sched in self._iter_schedulers:
+            sched.step()
+
+    def on_train_epoch_end(self):
+        for sched in self._epoch_schedulers:
+            sched.step()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["param_schedulers"] = [
+            {k: (dict(v) if isinstance(v, dict) else v) for k, v in s.state_dict().items()}
+            for s in self._iter_schedulers + self._epoch_schedulers]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._pending_scheduler_states = checkpoint.get("param_schedulers")
+
+    def on_train_start(self) -> None:
+        states = getattr(self, "_pending_scheduler_states", None)
+        if states:
+            for sched, state in zip(self._iter_schedulers + self._epoch_schedulers, states):
+                sched.load_state_dict(state)
+            self._pending_scheduler_states = None
+
+    def training_step(self, batch, batch_idx):
+        data = self.detector.data_preprocessor(batch, True)
+        losses = self.detector(**data, mode="loss")
+        loss, log_vars = self.detector.parse_losses(losses)
+        n = len(batch["inputs"])
+        self.log_dict({f"train/{k}": float(v) for k, v in log_vars.items()}, batch_size=n,
+                      prog_bar=False)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n,
+                 prog_bar=True)
+        return loss
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _evaluator(self, split: str):
+        if split not in self._evaluators:
+            from mmengine.evaluator import Evaluator
+
+            metric_cfg = self.cfg.get(f"{split}_evaluator")
+            if not metric_cfg:
+                raise ValueError(f"the detection config has no {split}_evaluator")
+            evaluator = Evaluator(copy.deepcopy(metric_cfg))
+            evaluator.dataset_meta = self._loader(split).dataset.metainfo
+            self._evaluators[split] = evaluator
+        return self._evaluators[split]
+
+    def _eval_step(self, split: str, batch) -> None:
+        outputs = self.detector.val_step(batch) if split == "val" else self.detector.test_step(batch)
+        self._evaluator(split).process(data_samples=outputs, data_batch=batch)
+        if self.show_dir and split == "test":
+            self._draw(outputs)
+
+    def _eval_epoch_end(self, split: str) -> None:
+        evaluator = self._evaluator(split)
+        if self.trainer.sanity_checking:  # a few batches only: no meaningful COCO numbers
+            for metric in evaluator.metrics:
+                metric.results.clear()
+            return
+        raw = evaluator.evaluate(len(self._loader(split).dataset))
+        metrics = {k[len(METRIC_PREFIX):] if k.startswith(METRIC_PREFIX) else k: float(v)
+                   for k, v in raw.items() if isinstance(v, (int, float))}
+        self.last_metrics = metrics
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=False,
+                      rank_zero_only=False)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+    def _draw(self, outputs) -> None:
+        from cvkit.det.visualize import draw_predictions
+
+        draw_predictions(outputs, self._loader("test").dataset.metainfo, self.show_dir,
+                         score_thr=self.show_score_thr)
+
+    # -- export -------------------------------------------------------------------------------
+    def export_detector(self, path: str) -> str:
+        """Write ``{'state_dict', 'meta': {'dataset_meta'}}`` for ``mmdet.apis.init_detector``
+        (atomically: temp file + rename)."""
+        meta = {}
+        train_cfg = self.cfg.get("train_dataloader") or {}
+        metainfo = (train_cfg.get("dataset") or {}).get("metainfo")
+        if metainfo:
+            meta["dataset_meta"] = {k: (list(v) if isinstance(v, tuple) else v)
+                                    for k, v in dict(metainfo).items()}
+        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        torch.save({"state_dict": {k: v.detach().cpu() for k, v in self.detector.state_dict().items()},
+                    "meta": meta}, tmp)
+        os.replace(tmp, path)
+        return path
+
+
+# -- runs (what tools/train_det.py and tools/test_det.py call) ------------------------------------
+def make_trainer(cfg, work_dir: str, accelerator: str = "auto", devices: Any = "auto",
+                 strategy: str = "auto", precision: str = "32-true", max_epochs: int | None = None,
+                 limit_train_batches: Any = None, limit_val_batches: Any = None,
+                 logger: bool = True, enable_progress_bar: bool = False) -> L.Trainer:
+    """A Lightning Trainer with the config's epochs and validation interval, checkpoints of the
+    last epoch in ``work_dir`` and a CSV log."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    train_cfg = cfg.get("train_cfg") or {}
+    if train_cfg.get("type", "EpochBasedTrainLoop") != "EpochBasedTrainLoop":
+        raise ValueError(f"train_cfg.type={train_cfg.get('type')!r}: the Lightning task runs "
+                         "epoch-based configs (EpochBasedTrainLoop)")
+    epochs = int(max_epochs if max_epochs is not None else train_cfg.get("max_epochs", 12))
+    interval = int(train_cfg.get("val_interval", 1))
+    log_every = int(((cfg.get("default_hooks") or {}).get("logger") or {}).get("interval", 50))
+    return L.Trainer(
+        default_root_dir=work_dir, accelerator=accelerator, devices=devices, strategy=strategy,
+        precision=precision, max_epochs=epochs, check_val_every_n_epoch=min(interval, epochs),
+        num_sanity_val_steps=0, log_every_n_steps=log_every,
+        limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+        logger=CSVLogger(work_dir, name="logs") if logger else False,
+        callbacks=[ModelCheckpoint(dirpath=osp.join(work_dir, "checkpoints"), save_last=True,
+                                   save_top_k=0)],
+        enable_progress_bar=enable_progress_bar, enable_model_summary=False)
+
+
+def train_detector(config: Any, work_dir: str, data_root: str | None = None,
+                   backbone_checkpoint: str | None = None, load_from: str | None = None,
+                   resume: str | None = None, cfg_options: Mapping[str, Any] | None = None,
+                   seed: int = 0, **trainer_kwargs) -> tuple[DetectionTask, dict[str, float]]:
+    """Fine-tune the detector of ``config``; returns the task and its last validation metrics.
+
+    Writes ``work_dir/checkpoints/last.ckpt`` (Lightning, resumable) and ``work_dir/detector.pth``
+    (for ``mmdet.apis.init_detector``).
+    """
+    options = dict(cfg_options or {})
+    if backbone_checkpoint:
+        if not osp.isfile(backbone_checkpoint):
+            raise FileNotFoundError(f"backbone checkpoint not found: {backbone_checkpoint!r}")
+        options["model.backbone.init_cfg"] = dict(type="Pretrained", checkpoint=backbone_checkpoint)
+    L.seed_everything(seed, workers=True, verbose=False)
+    task = DetectionTask(config, cfg_options=options, data_root=data_root, load_from=load_from)
+    trainer = make_trainer(task.cfg, work_dir, **trainer_kwargs)
+    trainer.fit(task, ckpt_path=resume)
+    if trainer.is_global_zero:
+        task.export_detector(osp.join(work_dir, "detector.pth"))
+    return task, dict(task.last_metrics)
+
+
+def evaluate_detector(config: Any, checkpoint: str, data_root: str | None = None,
+                  show_dir: str | None = None, show_score_thr: float = 0.3,
+                  cfg_options: Mapping[str, Any] | None = None, trust_checkpoint: bool = False,
+                  **trainer_kwargs) -> dict[str, float]:
+    """COCO metrics of a trained detector on the config's test split (optionally drawing PNGs)."""
+    task = DetectionTask(config, cfg_options=cfg_options, data_root=data_root, load_from=checkpoint,
+                         show_dir=show_dir, show_score_thr=show_score_thr,
+                         trust_checkpoint=trust_checkpoint)
+    trainer_kwargs.setdefault("logger", False)
+    with tempfile.TemporaryDirectory(prefix="cvkit-test-det-") as scratch:
+        trainer = make_trainer(task.cfg, scratch, **trainer_kwargs)
+        trainer.test(task, verbose=False)
+    return dict(task.last_metrics)

@@ -1,0 +1,91 @@
+"""CvkitBackbone: cvkit models as mmdet backbones (channels, strides, freezing, checkpoints)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def _build(**kwargs):
+    from cvkit.tasks.detection import load_det_config
+    from mmdet.registry import MODELS
+
+    load_det_config({})
+    return MODELS.build(dict(type="CvkitBackbone", **kwargs))
+
+
+def test_feature_maps_match_feature_info():
+    import cvkit
+
+    backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3, 4))
+    reference = cvkit.create_model("eca_resnet18", features_only=True, out_indices=(1, 2, 3, 4))
+    assert backbone.out_channels == reference.feature_info.channels() == [64, 128, 256, 512]
+    feats = backbone(torch.randn(2, 3, 96, 128))
+    assert isinstance(feats, tuple)
+    assert [f.shape for f in feats] == [(2, c, 96 // s, 128 // s) for c, s in
+                                        zip([64, 128, 256, 512], [4, 8, 16, 32])]
+
+
+def test_frozen_stages_freeze_stem_and_layer1_and_keep_them_in_eval():
+    backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3, 4), frozen_stages=1)
+    frozen = {n for n, p in backbone.body.named_parameters() if not p.requires_grad}
+    # stem (conv1/bn1) and layer1 feed feature 1; nothing of layer2..4 does
+    expected = {n for n, _ in backbone.body.named_parameters()
+                if n.split(".")[0] in {"conv1", "bn1", "layer1"}}
+    assert frozen == expected and frozen
+    backbone.train()
+    stem_bn = backbone.body.bn1
+    assert not stem_bn.training and backbone.body.layer2[0].bn1.training
+    before = stem_bn.running_mean.clone()
+    backbone(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(stem_bn.running_mean, before)
+
+
+def test_norm_eval_keeps_every_batchnorm_in_eval():
+    backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3, 4), norm_eval=True)
+    backbone.train()
+    bns = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert all(p.requires_grad for p in backbone.parameters())
+
+
+def test_pretrained_init_cfg_loads_a_cvkit_classification_checkpoint(tmp_path):
+    import cvkit
+
+    classifier = cvkit.create_model("eca_resnet18", num_classes=10)
+    with torch.no_grad():
+        for p in classifier.parameters():
+            p.normal_()
+    path = tmp_path / "cls.ckpt"  # the classification Lightning task's layout
+    torch.save({"state_dict": {f"model.{k}": v for k, v in classifier.state_dict().items()}}, path)
+    backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3, 4),
+                      init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    backbone.init_weights()
+    loaded = dict(backbone.body.named_parameters())
+    for name, value in classifier.named_parameters():
+        if not name.startswith("fc."):
+            torch.testing.assert_close(loaded[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_missing_checkpoint_and_unknown_model_are_named(tmp_path):
+    backbone = _build(model_name="eca_resnet18", init_cfg=dict(type="Pretrained",
+                                                               checkpoint=str(tmp_path / "no.pth")))
+    with pytest.raises(FileNotFoundError, match=r"no\.pth"):
+        backbone.init_weights()
+    with pytest.raises(ValueError, match="resnet_9000"):
+        _build(model_name="resnet_9000")
+    with pytest.raises(ValueError, match="frozen_stages=2 must be -1 or one of out_indices"):
+        _build(model_name="eca_resnet18", out_indices=(3, 4), frozen_stages=2)
+
+
+def test_simple_feature_pyramid_strides_and_channels():
+    from cvkit.tasks.detection import load_det_config
+    from mmdet.registry import MODELS
+
+    load_det_config({})
+    neck = MODELS.build(dict(type="SimpleFeaturePyramid", in_channels=[384], out_channels=32))
+    x = torch.randn(2, 384, 6, 8, requires_grad=True)  # a stride-16 ViT map of a 96x128 image
+    outs = neck([x])
+    assert [o.shape[-2:] for o in outs] == [(24, 32), (12, 16), (6, 8), (3, 4), (2, 2)]
+    assert all(o.shape[:2] == (2, 32) for o in outs)
+    sum(o.sum() for o in outs).backward()
+    assert x.grad.abs().sum() > 0

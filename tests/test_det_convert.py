@@ -1,0 +1,89 @@
+"""Legacy (MMDetection 1.x) detector checkpoints -> mmdet 3, on a checkpoint shaped like the ECA-Net
+Mask R-CNN release (81-way classifier with background first, 324 regression outputs, 81 mask
+logits, heads outside ``roi_head``), built here from a current model by the inverse mapping."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvkit.det.convert import convert_legacy_mmdet_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs/detection/mask-rcnn_eca-r50_fpn_1x_coco.py"
+
+
+def _legacy_from_current(state: dict) -> dict:
+    """What MMDetection 1.x saved for the same weights (written independently of the converter)."""
+    legacy = {}
+    for key, value in state.items():
+        key = key.replace("backbone.body.", "backbone.", 1).replace("roi_head.", "", 1)
+        if key.startswith("bbox_head.fc_cls."):
+            value = torch.cat([value[-1:], value[:-1]])            # background row first
+        elif key.startswith("bbox_head.fc_reg."):
+            value = torch.cat([torch.full_like(value[:4], 7.0), value])  # + 4 background outputs
+        elif key.startswith("mask_head.conv_logits."):
+            value = torch.cat([torch.full_like(value[:1], 7.0), value])  # + background mask
+        legacy["module." + key] = value.clone()
+    return {"meta": {"mmdet_version": "1.0.0", "config": "mask_rcnn_r50_fpn_1x"},
+            "state_dict": legacy}
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    cfg = load_det_config(CONFIG, {"model.backbone.init_cfg": None})
+    torch.manual_seed(0)
+    model = build_detector(cfg).eval()
+    with torch.no_grad():  # distinct values in every head row, so a misplaced row is detected
+        for p in model.roi_head.parameters():
+            p.copy_(torch.randn_like(p))
+    return model
+
+
+def test_legacy_release_shapes_and_conversion_roundtrip(detector):
+    state = detector.state_dict()
+    legacy = _legacy_from_current(state)["state_dict"]
+    assert legacy["module.bbox_head.fc_cls.weight"].shape[0] == 81
+    assert legacy["module.bbox_head.fc_reg.weight"].shape[0] == 324
+    assert legacy["module.mask_head.conv_logits.weight"].shape[0] == 81
+    assert "module.backbone.layer1.0.eca.conv.weight" in legacy
+
+    converted = convert_legacy_mmdet_checkpoint(_legacy_from_current(state))
+    assert converted["roi_head.bbox_head.fc_reg.weight"].shape[0] == 320
+    assert converted["roi_head.mask_head.conv_logits.weight"].shape[0] == 80
+    assert set(converted) == set(state)
+    for key, value in state.items():
+        torch.testing.assert_close(converted[key], value, rtol=0, atol=0, msg=key)
+    # background, first in the legacy classifier, is the last row after conversion
+    torch.testing.assert_close(converted["roi_head.bbox_head.fc_cls.weight"][-1],
+                               legacy["module.bbox_head.fc_cls.weight"][0])
+    detector.load_state_dict(converted, strict=True)
+
+
+def test_converted_checkpoint_predicts_like_the_original(detector):
+    from mmdet.testing import demo_mm_inputs
+
+    converted = convert_legacy_mmdet_checkpoint(_legacy_from_current(detector.state_dict()))
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    other = build_detector(load_det_config(CONFIG, {"model.backbone.init_cfg": None})).eval()
+    other.load_state_dict(converted, strict=True)
+    batch = demo_mm_inputs(1, image_shapes=(3, 96, 96), num_items=[2], num_classes=80)
+    with torch.no_grad():
+        a = detector.test_step(batch)[0].pred_instances
+        b = other.test_step(batch)[0].pred_instances
+    torch.testing.assert_close(a.bboxes, b.bboxes)
+    torch.testing.assert_close(a.scores, b.scores)
+
+
+def test_converter_rejects_current_layout_and_empty():
+    with pytest.raises(ValueError, match="roi_head"):
+        convert_legacy_mmdet_checkpoint({"roi_head.bbox_head.fc_cls.weight": torch.zeros(81, 4)})
+    with pytest.raises(ValueError, match="empty"):
+        convert_legacy_mmdet_checkpoint({"state_dict": {}})
+    with pytest.raises(ValueError, match="fc_reg"):
+        convert_legacy_mmdet_checkpoint({"rpn_head.rpn_cls.weight": torch.zeros(3, 4),
+                                         "bbox_head.fc_reg.weight": torch.zeros(322, 4)})

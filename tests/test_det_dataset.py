@@ -1,0 +1,114 @@
+"""Bad detection input is named, and a bad sample is skipped and counted (or a strict error)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+CLASSES = ("circle", "triangle", "square", "star", "cross")
+
+
+def _subset(det_root: Path, out: Path, n_images: int = 3) -> dict:
+    """A small COCO file over the first ``n_images`` synthetic val images, copied to ``out``."""
+    coco = json.loads((det_root / "annotations/instances_val.json").read_text())
+    images = coco["images"][:n_images]
+    ids = {im["id"] for im in images}
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    for im in images:
+        shutil.copy(det_root / "val" / im["file_name"], out / "img" / im["file_name"])
+    return {**coco, "images": images,
+            "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
+
+
+def _dataset(root: Path, coco: dict, test_mode: bool = False, **kwargs):
+    from cvkit.tasks.detection import load_det_config  # registers cvkit.det and mmdet scope
+    from mmdet.registry import DATASETS
+
+    load_det_config({})
+    (root / "ann.json").write_text(json.dumps(coco))
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True),
+                dict(type="PackDetInputs")]
+    return DATASETS.build(dict(type="CvkitCocoDataset", data_root=str(root), ann_file="ann.json",
+                               data_prefix=dict(img="img/"), metainfo=dict(classes=CLASSES),
+                               pipeline=pipeline, test_mode=test_mode, **kwargs))
+
+
+def test_clean_subset_loads_every_box(det_root, tmp_path):
+    coco = _subset(det_root, tmp_path)
+    ds = _dataset(tmp_path, coco)
+    assert len(ds) == 3 and ds.bad_samples == []
+    assert sum(len(ds.get_data_info(i)["instances"]) for i in range(3)) == len(coco["annotations"])
+
+
+def test_box_outside_image_is_skipped_and_counted_or_strict_error(det_root, tmp_path):
+    coco = _subset(det_root, tmp_path)
+    bad = coco["annotations"][0]
+    bad["bbox"] = [150.0, 20.0, 40.0, 30.0]  # x + w = 190 > 160
+    ds = _dataset(tmp_path, coco)
+    assert [k for k, _ in ds.bad_samples] == ["box"]
+    assert f"annotation id {bad['id']}" in ds.bad_samples[0][1]
+    assert sum(len(ds.get_data_info(i)["instances"]) for i in range(3)) == len(coco["annotations"]) - 1
+    with pytest.raises(ValueError, match=rf"annotation id {bad['id']} .*outside the image"):
+        _dataset(tmp_path, coco, on_bad_sample="error")
+
+
+def test_missing_image_file_is_skipped_and_counted_or_strict_error(det_root, tmp_path):
+    coco = _subset(det_root, tmp_path)
+    gone = coco["images"][1]["file_name"]
+    (tmp_path / "img" / gone).unlink()
+    ds = _dataset(tmp_path, coco)
+    assert len(ds) == 2 and [k for k, _ in ds.bad_samples] == ["image"]
+    assert gone in ds.bad_samples[0][1]
+    with pytest.raises(ValueError, match=rf"image file not found: .*{gone}"):
+        _dataset(tmp_path, coco, on_bad_sample="error")
+
+
+def test_empty_category_list_and_unknown_classes_are_errors(det_root, tmp_path):
+    coco = _subset(det_root, tmp_path)
+    with pytest.raises(ValueError, match=r"ann\.json: the COCO 'categories' list is empty"):
+        _dataset(tmp_path, {**coco, "categories": []})
+    renamed = [{**c, "name": "disc"} if c["name"] == "circle" else c for c in coco["categories"]]
+    with pytest.raises(ValueError, match=r"classes \['circle'\] .* not among the file's categories"):
+        _dataset(tmp_path, {**coco, "categories": renamed})
+
+
+def test_missing_annotation_file_is_named(tmp_path):
+    from cvkit.tasks.detection import load_det_config
+    from mmdet.registry import DATASETS
+
+    load_det_config({})
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        DATASETS.build(dict(type="CvkitCocoDataset", data_root=str(tmp_path), ann_file="nope.json",
+                            metainfo=dict(classes=CLASSES), pipeline=[]))
+
+
+def test_unreadable_image_while_training_is_skipped_counted_then_strict(det_root, tmp_path):
+    coco = _subset(det_root, tmp_path)
+    broken = coco["images"][0]["file_name"]
+    (tmp_path / "img" / broken).write_bytes(b"not a jpeg")
+    ds = _dataset(tmp_path, coco, max_runtime_skips=1000)
+    samples = [ds[0] for _ in range(3)]  # index 0 is broken: another image comes back each time
+    assert all(broken not in s["data_samples"].img_path for s in samples)
+    assert ds.runtime_skips >= 3
+    strict = _dataset(tmp_path, coco, on_bad_sample="error")
+    with pytest.raises(RuntimeError, match=rf"{broken}.* failed to load"):
+        strict[0]
+    capped = _dataset(tmp_path, coco, max_runtime_skips=1)
+    with pytest.raises(RuntimeError, match="2 samples failed to load"):
+        for _ in range(3):
+            capped[0]
+
+
+def test_unknown_backbone_in_config_is_named():
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    cfg = load_det_config(Path(__file__).resolve().parents[1]
+                          / "configs/detection/faster-rcnn_eca-r18_fpn_shapes.py",
+                          {"model.backbone.model_name": "eca_resnet_nonexistent"})
+    with pytest.raises(ValueError, match="unknown cvkit backbone model_name='eca_resnet_nonexistent'"):
+        build_detector(cfg)
+    cfg = load_det_config(cfg, {"model.backbone.type": "NoSuchBackbone"})
+    with pytest.raises(ValueError, match="NoSuchBackbone"):
+        build_detector(cfg)
