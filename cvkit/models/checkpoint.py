@@ -107,10 +107,11 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
     head = _head_prefix(target)
     head_mismatch = [k for k in sd if head and k.startswith(head) and k in own
                      and sd[k].shape != own[k].shape]
+    class_mismatch = [k for k in head_mismatch if sd[k].shape[0] != own[k].shape[0]]
     did_reset = False
-    if head_mismatch:
+    if head_mismatch and (reset_head or class_mismatch):
         if not reset_head:
-            k = head_mismatch[0]
+            k = class_mismatch[0]
             raise CheckpointError(
                 f"{source}: the checkpoint's classifier has {sd[k].shape[0]} classes "
                 f"({k} {list(sd[k].shape)}) but the model's has {own[k].shape[0]} "

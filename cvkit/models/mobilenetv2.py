@@ -22,6 +22,7 @@ from torch import nn
 from timm.models._features import feature_take_indices
 
 from cvkit.layers.eca import EcaModule
+from cvkit.models.eca_residual import eca_residual
 from cvkit.models.heads import create_pool
 from cvkit.models.streams import run_blocks, stream_spec
 
@@ -61,7 +62,7 @@ class InvertedResidual(nn.Module):
             return self.branch(x)
         out = self.conv(x)
         if self.eca is not None:  # ECA rescale fused into the skip add
-            return torch.addcmul(x, out, self.eca.gate(out))
+            return eca_residual(out, x, self.eca.conv.weight, relu=False)
         return x + out
 
     def forward_streams(self, streams: torch.Tensor) -> torch.Tensor:

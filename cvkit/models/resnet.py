@@ -6,8 +6,9 @@ ResNet weights load unchanged. Options:
 
 * ``eca=True`` — ECA-Net (CVPR 2020): an :class:`~cvkit.layers.eca.EcaModule` after the last BN of
   every block, before the residual add (``layerX.Y.eca.conv.weight`` as in the official release).
-  The rescale is fused into the residual add (``torch.addcmul``), which saves one full pass over
-  every block output. ``eca_k_size``: None = paper Eq. 12 per block; an int; 4 per-stage sizes
+  The rescale is fused with the residual add and the ReLU in one autograd function
+  (:mod:`cvkit.models.eca_residual`), which saves several full passes over every block output.
+  ``eca_k_size``: None = paper Eq. 12 per block; an int; 4 per-stage sizes
   (the released ECA-ResNet-50 uses (3, 5, 5, 7)); or one size per block.
 * ``global_pool="gcp"`` — iSQRT-COV (CVPR 2018) paper layout: the last stage keeps stride 1
   (14x14 at 224 px), 1x1 reduction to ``gcp_dim`` + BN + ReLU, ``gcp_iters`` Newton–Schulz
@@ -24,6 +25,7 @@ from torch import nn
 from timm.models._features import feature_take_indices
 
 from cvkit.layers.eca import EcaModule
+from cvkit.models.eca_residual import eca_residual
 from cvkit.models.heads import create_pool
 from cvkit.models.streams import StreamSpec, run_blocks, stream_spec
 
@@ -60,11 +62,9 @@ class _ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.body(x)
-        if self.eca is not None:  # ECA rescale fused into the residual add: one pass, not two
-            out = torch.addcmul(shortcut, out, self.eca.gate(out))
-        else:
-            out = out + shortcut
-        return self.relu(out)
+        if self.eca is not None:  # ECA rescale fused into the residual add and the ReLU
+            return eca_residual(out, shortcut, self.eca.conv.weight, relu=True)
+        return self.relu(out + shortcut)
 
     def forward_streams(self, streams: torch.Tensor) -> torch.Tensor:
         """Hyper-/frac-connection form: ``relu(HC(H, F))`` per stream (identity shortcut only)."""

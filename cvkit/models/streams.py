@@ -57,8 +57,7 @@ class StreamSpec:
         from cvkit.layers.hyper_connections import merge_fractions, merge_streams
 
         if self.kind == "hc":
-            merged = merge_streams(streams)
-            return merged / self.rate if average else merged
+            return merge_streams(streams, reduction="mean" if average else "sum")
         return merge_fractions(streams)
 
 

@@ -1,0 +1,83 @@
+"""Training-step time of cvkit presets beside torchvision's resnet50, measured round-robin.
+
+One step = forward, cross-entropy, backward, SGD (momentum 0.9, weight decay 1e-4) on a fixed
+batch. Targets (issue 4): eca_resnet50 <= 1.10x and resnet50_gcp <= 1.15x torchvision resnet50.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+import torch
+
+from cvkit.benchmarks import machine_description
+from cvkit.benchmarks.timing import interleaved_median_seconds
+
+DEFAULT_MODELS = ("resnet50", "eca_resnet50", "resnet50_gcp")
+TARGETS = {"eca_resnet50": 1.10, "resnet50_gcp": 1.15}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                        help="cvkit presets to time beside torchvision's resnet50")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run every model (torchvision's too) in channels_last")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--device", default="cpu")
+
+
+def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def run(args: argparse.Namespace) -> str:
+    import torchvision
+
+    import cvkit
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    x = x.contiguous(memory_format=fmt)
+    y = torch.randint(0, 1000, (args.batch,), device=args.device)
+    models = {"torchvision resnet50": torchvision.models.resnet50()}
+    for name in args.models:
+        models[name] = cvkit.create_model(name)
+    steps = {}
+    for name, model in models.items():
+        model = model.to(args.device, memory_format=fmt).train()
+        steps[name] = _step_fn(model, x, y)
+    times = interleaved_median_seconds(steps, repeats=args.repeats, warmup=args.warmup,
+                                       device=args.device)
+    base = times["torchvision resnet50"]
+    cmd = "python tools/benchmark.py models " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    lines = [
+        f"Training step (forward + backward + SGD), batch {args.batch} at {args.size}², "
+        f"{'channels_last' if args.channels_last else 'NCHW'}, {args.device}; median of "
+        f"{args.repeats} steps per model after {args.warmup} warm-up, measured round-robin.",
+        "",
+        "| model | step (s) | × torchvision resnet50 | target |",
+        "|---|---|---|---|",
+    ]
+    for name, t in times.items():
+        target = TARGETS.get(name)
+        verdict = ""
+        if target is not None:
+            verdict = f"≤ {target:.2f}× — {'met' if t / base <= target else 'NOT met'}"
+        lines.append(f"| {name} | {t:.3f} | {t / base:.3f} | {verdict} |")
+    lines += ["", f"Command: `{cmd}`", f"Machine: {machine_description(args.device)}"]
+    return "\n".join(lines)

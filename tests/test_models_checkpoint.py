@@ -1,0 +1,331 @@
+"""Checkpoint loading: torchvision / timm / official ECA-Net / iSQRT-COV / fast-MPN-COV / Lightning
+formats round-trip to identical logits; hyper-/frac-connections at init equal the plain network;
+bad paths and mismatches fail with one clear error."""
+from __future__ import annotations
+
+import importlib.util
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import cvkit
+from cvkit.models.checkpoint import CheckpointError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _x(size=64, batch=2, seed=0):
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics so eval-mode logits depend on every buffer."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("tv_name, name", [("resnet50", "resnet50"),
+                                           ("mobilenet_v2", "mobilenetv2")])
+def test_torchvision_state_dict_gives_identical_logits(tmp_path, tv_name, name):
+    torch.manual_seed(0)
+    ref = _randomise_bn(getattr(torchvision.models, tv_name)()).eval()
+    path = tmp_path / f"{tv_name}.pth"
+    torch.save(ref.state_dict(), path)
+    model = cvkit.create_model(name, checkpoint_path=path).eval()
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+
+
+def test_timm_vit_state_dict_gives_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+    path = tmp_path / "vit_small.pth"
+    torch.save(ref.state_dict(), path)
+    model = cvkit.create_model("vit_small_patch16", checkpoint_path=path).eval()
+    x = _x(224, batch=1)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+
+
+@pytest.mark.parametrize("plain, streams, atol", [
+    ("vit_small_patch16", "vit_small_patch16_hc2", 2e-5),   # sum of 2 streams, then LayerNorm
+    ("vit_small_patch16", "vit_small_patch16_fc2", 0.0),
+    ("vit_tiny_patch16", "vit_tiny_patch16_dhc2", 2e-5),
+    ("resnet18", "resnet18_hc2", 0.0),
+    ("resnet50", "resnet50_fc2", 0.0),
+    ("mobilenetv2", "mobilenetv2_hc2", 0.0),
+])
+def test_streams_at_init_equal_the_plain_network(tmp_path, plain, streams, atol):
+    """Hyper-/frac-connections add parameters and change nothing else at initialisation: loaded
+    non-strictly with the plain network's weights, the logits are the plain network's."""
+    vit = plain.startswith("vit")
+    kw = dict(img_size=64) if vit else {}
+    torch.manual_seed(0)
+    ref = cvkit.create_model(plain, **kw)
+    if not vit:
+        _randomise_bn(ref)
+    ref.eval()
+    path = tmp_path / "plain.pth"
+    torch.save(ref.state_dict(), path)
+    model = cvkit.create_model(streams, **kw)
+    result = cvkit.load_checkpoint(model, path, strict=False)
+    assert result.missing_keys and all(("streams." in k or ".hc_" in k)
+                                       for k in result.missing_keys)
+    assert not result.unexpected_keys
+    model.eval()
+    x = _x(64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=atol) if atol else \
+            torch.equal(model(x), ref(x)) or pytest.fail("logits differ")
+
+
+# --- official release layouts, built here from the papers' key names --------------------------
+def official_eca_resnet50_state_dict(k_size=(3, 5, 5, 7), num_classes=1000, seed=0):
+    """The official ECA-Net ResNet-50 layout: torchvision names + layerX.Y.eca.conv.weight [1,1,k],
+    written key by key (independent of cvkit's modules)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = OrderedDict()
+
+    def conv(name, cout, cin, k):
+        sd[f"{name}.weight"] = torch.randn(cout, cin, k, k, generator=g) * (2 / (cin * k * k)) ** .5
+
+    def bn(name, c):
+        sd[f"{name}.weight"] = torch.rand(c, generator=g) + 0.5
+        sd[f"{name}.bias"] = torch.randn(c, generator=g) * 0.1
+        sd[f"{name}.running_mean"] = torch.randn(c, generator=g) * 0.1
+        sd[f"{name}.running_var"] = torch.rand(c, generator=g) + 0.5
+        sd[f"{name}.num_batches_tracked"] = torch.tensor(100)
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+        for b in range(blocks):
+            p = f"layer{stage}.{b}"
+            conv(f"{p}.conv1", planes, inplanes, 1)
+            bn(f"{p}.bn1", planes)
+            conv(f"{p}.conv2", planes, planes, 3)
+            bn(f"{p}.bn2", planes)
+            conv(f"{p}.conv3", planes * 4, planes, 1)
+            bn(f"{p}.bn3", planes * 4)
+            sd[f"{p}.eca.conv.weight"] = torch.randn(1, 1, k_size[stage - 1], generator=g)
+            if b == 0:
+                conv(f"{p}.downsample.0", planes * 4, inplanes, 1)
+                bn(f"{p}.downsample.1", planes * 4)
+            inplanes = planes * 4
+    sd["fc.weight"] = torch.randn(num_classes, 2048, generator=g) * 0.01
+    sd["fc.bias"] = torch.zeros(num_classes)
+    return sd
+
+
+def test_official_eca_release_loads_with_k_inferred(tmp_path):
+    sd = official_eca_resnet50_state_dict()
+    release = {"epoch": 100, "arch": "eca_resnet50", "best_prec1": 77.42,
+               "state_dict": OrderedDict((f"module.{k}", v) for k, v in sd.items())}
+    path = tmp_path / "eca_resnet50_k3557.pth.tar"
+    torch.save(release, path)
+    model = cvkit.create_model("eca_resnet50", checkpoint_path=path).eval()
+    assert [[blk.eca.kernel_size for blk in stage] for stage in model.stages()] == \
+        [[3] * 3, [5] * 4, [5] * 6, [7] * 3]
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in sd.items())
+    assert sum(p.numel() for p in model.parameters()) == \
+        sum(p.numel() for p in cvkit.create_model("resnet50").parameters()) + 80
+    # the default (paper-formula) model cannot take these weights: one clear error
+    with pytest.raises(CheckpointError, match=r"layer1\.0\.eca\.conv\.weight: checkpoint \[1, 1, 3\]"
+                                              r" vs model \[1, 1, 5\].*eca_k_size"):
+        cvkit.load_checkpoint(cvkit.create_model("eca_resnet50"), path)
+
+
+def test_official_eca_mobilenetv2_layout_loads(tmp_path):
+    """Official ECA-MobileNetV2 nests the ECA in the block's Sequential (features.N.conv.K.conv)
+    and uses k = 1 for C <= 96, else 3."""
+    torch.manual_seed(0)
+    ref = _randomise_bn(cvkit.create_model("eca_mobilenetv2", eca_k_size="official")).eval()
+    official = OrderedDict()
+    for k, v in ref.state_dict().items():
+        if k.endswith(".eca.conv.weight"):
+            n = int(k.split(".")[1])
+            k = f"features.{n}.conv.{len(ref.features[n].conv)}.conv.weight"
+        official[f"module.{k}"] = v
+    path = tmp_path / "eca_mobilenetv2.pth.tar"
+    torch.save({"state_dict": official}, path)
+    model = cvkit.create_model("eca_mobilenetv2", checkpoint_path=path).eval()
+    ks = [b.eca.kernel_size for b in model.features[1:18]]
+    assert ks == [1] * 13 + [3] * 4
+    with torch.no_grad():
+        assert torch.equal(model(_x()), ref(_x()))
+
+
+def _gcp_reference(num_classes=10):
+    torch.manual_seed(0)
+    ref = cvkit.create_model("resnet50_gcp", num_classes=num_classes)
+    return _randomise_bn(ref).eval()
+
+
+def test_isqrt_cov_release_names_load(tmp_path):
+    """iSQRT-COV release (mpncovresnet50): layer_reduce / layer_reduce_bn / fc."""
+    ref = _gcp_reference()
+    release = OrderedDict()
+    for k, v in ref.state_dict().items():
+        k = k.replace("global_pool.reduce.0.", "layer_reduce.").replace(
+            "global_pool.reduce.1.", "layer_reduce_bn.")
+        release[k] = v
+    assert "layer_reduce.weight" in release and release["fc.weight"].shape == (10, 32896)
+    path = tmp_path / "mpncovresnet50.pth"
+    torch.save(release, path)
+    model = cvkit.create_model("resnet50_gcp", checkpoint_path=path).eval()
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+
+
+def test_fast_mpncov_basemodel_layout_loads(tmp_path):
+    """fast-MPN-COV's training wrapper: features = resnet children, representation.conv_dr_block,
+    classifier — reproduced here with real modules in that layout."""
+    ref = _gcp_reference()
+    wrapper = nn.Module()
+    wrapper.features = nn.Sequential(ref.conv1, ref.bn1, ref.relu, ref.maxpool, ref.layer1,
+                                     ref.layer2, ref.layer3, ref.layer4)
+    wrapper.representation = nn.Module()
+    wrapper.representation.conv_dr_block = ref.global_pool.reduce
+    wrapper.classifier = ref.fc
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 65, "state_dict": OrderedDict(
+        (f"module.{k}", v) for k, v in wrapper.state_dict().items())}, path)
+    model = cvkit.create_model("resnet50_gcp", checkpoint_path=path).eval()
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+
+
+def test_lightning_ckpt_loads(tmp_path):
+    torch.manual_seed(0)
+    ref = _randomise_bn(cvkit.create_model("eca_resnet18", num_classes=7)).eval()
+    ckpt = {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.6.6",
+            "state_dict": OrderedDict((f"model.{k}", v) for k, v in ref.state_dict().items())}
+    path = tmp_path / "last.ckpt"
+    torch.save(ckpt, path)
+    model = cvkit.create_model("eca_resnet18", checkpoint_path=path).eval()  # 7 classes inferred
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    feats = cvkit.create_model("eca_resnet18", checkpoint_path=path, features_only=True).eval()
+    with torch.no_grad():
+        assert torch.equal(feats(x)[-1], ref.forward_features(x))
+
+
+def test_head_reset_only_when_asked(tmp_path):
+    torch.manual_seed(0)
+    ref = _randomise_bn(cvkit.create_model("resnet18")).eval()
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"1000 classes.*num_classes=1000.*reset_head=True"):
+        cvkit.create_model("resnet18", num_classes=10, checkpoint_path=path)
+    model = cvkit.create_model("resnet18", num_classes=10, checkpoint_path=path,
+                               reset_head=True).eval()
+    assert model.fc.out_features == 10
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), ref.forward_features(x))
+
+
+def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(cvkit.create_model("resnet18").state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        cvkit.load_checkpoint(cvkit.create_model("resnet50"), path)
+    msg = str(err.value)
+    assert str(path) in msg and "missing keys" in msg and "layer1.0.conv3.weight" in msg
+    assert "unexpected keys" not in msg  # every resnet18 name exists in resnet50
+    assert "layer1.0.conv1.weight: checkpoint [64, 64, 3, 3] vs model [64, 64, 1, 1]" in msg
+    assert "fc.weight: checkpoint [1000, 512] vs model [1000, 2048]" in msg
+    assert "\n" not in msg
+
+
+def test_bad_paths_are_named(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        cvkit.create_model("resnet18", checkpoint_path=missing)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"notes\.txt is not a readable PyTorch checkpoint"):
+        cvkit.load_checkpoint(cvkit.create_model("resnet18"), text)
+    with pytest.raises(CheckpointError, match="directory"):
+        cvkit.load_checkpoint(cvkit.create_model("resnet18"), tmp_path)
+
+
+def _convert_tool():
+    spec = importlib.util.spec_from_file_location("convert_checkpoint",
+                                                  REPO / "tools" / "convert_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convert_tool_writes_clean_state_dict(tmp_path, capsys):
+    sd = official_eca_resnet50_state_dict(num_classes=5)
+    src = tmp_path / "eca.pth.tar"
+    torch.save({"state_dict": OrderedDict((f"module.{k}", v) for k, v in sd.items()),
+                "arch": "eca_resnet50"}, src)
+    out = tmp_path / "clean" / "eca_resnet50.pth"
+    assert _convert_tool().main([str(src), str(out), "--model", "eca_resnet50"]) == 0
+    assert "eca_k_size=(3, 5, 5, 7)" in capsys.readouterr().out
+    clean = torch.load(out, weights_only=True)
+    assert set(clean) == set(sd) and all(torch.equal(clean[k], sd[k]) for k in sd)
+    assert not list(out.parent.glob("*.tmp"))
+    model = cvkit.create_model("eca_resnet50", eca_k_size=(3, 5, 5, 7), num_classes=5)
+    cvkit.load_checkpoint(model, out)  # strict
+
+
+def test_convert_tool_errors(tmp_path, capsys):
+    tool = _convert_tool()
+    assert tool.main([str(tmp_path / "missing.pth"), str(tmp_path / "o.pth")]) == 1
+    assert "missing.pth" in capsys.readouterr().err
+    src = tmp_path / "r18.pth"
+    torch.save(cvkit.create_model("resnet18").state_dict(), src)
+    assert tool.main([str(src), str(tmp_path / "o.pth"), "--model", "resnet50"]) == 1
+    assert "does not match" in capsys.readouterr().err
+    assert not (tmp_path / "o.pth").exists()
+
+
+def test_convert_tool_mmdet_legacy_mode(tmp_path):
+    """--kind mmdet-legacy calls cvkit.det.convert.convert_legacy_mmdet_checkpoint, or stops with
+    a message naming it when the detection package does not provide it."""
+    src = tmp_path / "det.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.ones(1)}}, src)
+    tool = _convert_tool()
+    has_converter = importlib.util.find_spec("cvkit.det.convert") is not None
+    if has_converter:
+        from cvkit.det.convert import convert_legacy_mmdet_checkpoint
+
+        expected = convert_legacy_mmdet_checkpoint({"backbone.conv1.weight": torch.ones(1)})
+        assert tool.main([str(src), str(tmp_path / "o.pth"), "--kind", "mmdet-legacy"]) == 0
+        assert set(torch.load(tmp_path / "o.pth", weights_only=True)) == set(expected)
+    else:
+        with pytest.raises(SystemExit, match="convert_legacy_mmdet_checkpoint|cvkit.det.convert"):
+            tool.main([str(src), str(tmp_path / "o.pth"), "--kind", "mmdet-legacy"])
+
+
+def test_timm_pretrained_file_goes_through_the_converter(tmp_path):
+    torch.manual_seed(0)
+    ref = _randomise_bn(cvkit.create_model("resnet18")).eval()
+    path = tmp_path / "r18_dp.pth"
+    torch.save(OrderedDict((f"module.{k}", v) for k, v in ref.state_dict().items()), path)
+    model = timm.create_model("cvkit_resnet18", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))

@@ -1,0 +1,211 @@
+"""Every registered preset, generated from the registry: forward, backward, gradients, features,
+timm equivalence; plus the parameter-count identity of ECA and clear errors for bad arguments."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import cvkit
+from cvkit.models.registry import PRESETS
+from cvkit.layers.eca import eca_kernel_size
+
+HEAVY = {n for n in PRESETS if n.startswith(("vit_base", "resnet152", "eca_resnet152",
+                                             "resnet101", "eca_resnet101"))}
+
+
+def small_kwargs(name: str) -> dict:
+    """Small inputs: 10 classes; a 32 px ViT (4 patches)."""
+    kw = dict(num_classes=10)
+    if PRESETS[name].family == "vit":
+        kw["img_size"] = 32
+    return kw
+
+
+def small_input(name: str, batch: int = 2) -> torch.Tensor:
+    size = 32 if PRESETS[name].family == "vit" else 64
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def _params(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in sorted(names)]
+
+
+@pytest.mark.parametrize("name", _params(PRESETS))
+def test_preset_trains_and_matches_timm(name):
+    """timm.create_model("cvkit_<name>") builds the same model (same seed -> same weights and
+    logits); one training step runs with finite loss and every parameter gets a gradient;
+    features_only returns maps whose channels are the ones feature_info announces."""
+    kw = small_kwargs(name)
+    torch.manual_seed(0)
+    model = cvkit.create_model(name, **kw)
+    torch.manual_seed(0)
+    via_timm = timm.create_model(f"cvkit_{name}", **kw)
+    sd_a, sd_b = model.state_dict(), via_timm.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    x = small_input(name)
+    model.eval(), via_timm.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), via_timm(x))
+    del via_timm
+
+    model.train()
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 7]))
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient in {pname}"
+        # the dynamic HC scales s_alpha, s_beta have an exactly zero gradient at init (W = 0)
+        if not pname.endswith("_scale"):
+            assert p.grad.abs().sum() > 0, f"{name}: zero gradient in {pname}"
+    assert set(model.no_weight_decay()) <= {n for n, _ in model.named_parameters()} | {
+        "reg_token", "dist_token", "cls_token", "pos_embed"}
+
+    feats = timm.create_model(f"cvkit_{name}", features_only=True, **kw).eval()
+    with torch.no_grad():
+        maps = feats(x)
+    assert [m.shape[1] for m in maps] == feats.feature_info.channels()
+    assert [x.shape[-1] // m.shape[-1] for m in maps] == feats.feature_info.reduction()
+
+
+def test_list_models_and_timm_names():
+    assert "eca_resnet50" in cvkit.list_models("*eca*")
+    assert cvkit.list_models("vit_small*") == sorted(n for n in PRESETS
+                                                     if n.startswith("vit_small"))
+    assert all(f"cvkit_{n}" in timm.list_models("cvkit_*") for n in PRESETS)
+    assert not set(PRESETS) & set(timm.list_models())  # no collision with timm's own names
+    for family_preset in ("resnet50", "mobilenetv2", "vit_small_patch16"):
+        cfg = timm.models.get_pretrained_cfg(f"cvkit_{family_preset}").to_dict()
+        assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
+
+
+def test_presets_cover_the_papers():
+    for d in (18, 34, 50, 101, 152):
+        assert {f"resnet{d}", f"eca_resnet{d}"} <= set(PRESETS)
+    for d in (18, 34, 50, 101):
+        assert f"resnet{d}_gcp" in PRESETS
+    assert {"mobilenetv2", "eca_mobilenetv2", "mobilenetv2_gcp", "eca_resnet50_gcp"} <= set(PRESETS)
+    for size in ("tiny", "small", "base"):
+        for suffix in ("", "_hc2", "_dhc2", "_fc2", "_gcp"):
+            assert f"vit_{size}_patch16{suffix}" in PRESETS
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_eca_adds_exactly_its_kernel_sizes():
+    """ECA-Net: 80 extra parameters on ResNet-50 with the released k = (3, 5, 5, 7) (16 blocks);
+    with the paper formula the sum of Eq. 12 over the blocks' output widths."""
+    base = _count(cvkit.create_model("resnet50"))
+    released = cvkit.create_model("eca_resnet50", eca_k_size=(3, 5, 5, 7))
+    assert _count(released) - base == 80 == 3 * 3 + 4 * 5 + 6 * 5 + 3 * 7
+    formula = cvkit.create_model("eca_resnet50")
+    expected = sum(n * eca_kernel_size(c) for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048)))
+    assert _count(formula) - base == expected == 86
+    assert [m.eca.kernel_size for m in formula.layer4] == [7, 7, 7]
+    mb = _count(cvkit.create_model("mobilenetv2"))
+    official = cvkit.create_model("eca_mobilenetv2", eca_k_size="official")
+    # 17 blocks: C <= 96 -> k = 1 (1+2+3+4+3 = 13 blocks), C in {160, 320} -> k = 3 (4 blocks)
+    assert _count(official) - mb == 13 * 1 + 4 * 3
+
+
+def test_gcp_paper_layout():
+    """iSQRT-COV on ResNet-50: last stage stride 1 (14x14 at 224 px), 2048 -> 256 reduction,
+    5 iterations, a 32896-d vector into the fc."""
+    model = cvkit.create_model("resnet50_gcp").eval()
+    assert model.fc.in_features == 32896 == 256 * 257 // 2
+    assert model.global_pool.iters == 5 and model.global_pool.dim == 256
+    with torch.no_grad():
+        fmap = model.forward_features(torch.randn(1, 3, 224, 224))
+    assert fmap.shape == (1, 2048, 14, 14)
+    assert cvkit.create_model("resnet18_gcp", gcp_dim=128, num_classes=5).fc.in_features == 8256
+
+
+def test_vit_gcp_head_concatenates_class_token_and_covariance():
+    model = cvkit.create_model("vit_tiny_patch16_gcp", img_size=32, num_classes=3).eval()
+    x = small_input("vit_tiny_patch16_gcp")
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        feat = model.forward_head(tokens, pre_logits=True)
+        cov = model.gcp.cov(tokens[:, 1:])
+    assert feat.shape == (2, 192 + 32896)
+    assert torch.equal(feat[:, :192], tokens[:, 0])
+    assert torch.equal(feat[:, 192:], cov)
+
+
+def test_hc_static_params_have_no_weight_decay():
+    model = cvkit.create_model("resnet50_hc2")
+    nwd = model.no_weight_decay()
+    assert "layer1.1.streams.static_alpha" in nwd and "layer1.1.streams.static_beta" in nwd
+    # transition blocks (projection shortcut) run without a connection
+    assert model.layer2[0].streams is None and model.layer2[1].streams is not None
+    vit = cvkit.create_model("vit_tiny_patch16_dhc2", img_size=32)
+    nwd = vit.no_weight_decay()
+    assert {"pos_embed", "cls_token", "blocks.0.hc_attn.static_alpha"} <= nwd
+    assert not any("dynamic" in n for n in nwd)
+
+
+def test_reset_classifier_and_forward_head():
+    model = cvkit.create_model("resnet18_gcp", num_classes=10).eval()
+    model.reset_classifier(4)
+    x = small_input("resnet18")
+    with torch.no_grad():
+        out = model(x)
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert out.shape == (2, 4) and pre.shape == (2, 32896)
+    assert model.get_classifier().out_features == 4
+    vit = cvkit.create_model("vit_tiny_patch16_gcp", img_size=32, num_classes=10)
+    vit.reset_classifier(0)
+    with torch.no_grad():
+        assert vit(small_input("vit_tiny_patch16")).shape == (2, 192 + 32896)
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    model = cvkit.create_model("resnet18_hc2", num_classes=10).eval()
+    x = small_input("resnet18")
+    model(x).sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_unknown_model_name_lists_closest():
+    with pytest.raises(ValueError, match=r"unknown model 'eca_resnet5'.*eca_resnet50"):
+        cvkit.create_model("eca_resnet5")
+    with pytest.raises(ValueError, match="vit_small_patch16"):
+        cvkit.create_model("vit_small_patch_16")
+
+
+def test_vit_wrong_input_size_is_one_clear_error():
+    model = cvkit.create_model("vit_tiny_patch16_hc2", img_size=32)
+    with pytest.raises(ValueError, match=r"built for 32x32 images but got 64x48"):
+        model(torch.randn(1, 3, 64, 48))
+    plain = cvkit.create_model("vit_tiny_patch16")
+    with pytest.raises(ValueError, match=r"224x224 images but got 64x64"):
+        plain(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(eca_k_size=(3, 5)), "eca_k_size"),
+    (dict(hc_rate=2, fc_rate=2), "not both"),
+    (dict(hc_rate=-1), "hc_rate"),
+    (dict(hc_dynamic=True), "hc_dynamic"),
+    (dict(eca_k_size=4), "odd"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cvkit.create_model("eca_resnet18", **kwargs)
+
+
+def test_unknown_keyword_names_the_model():
+    with pytest.raises(TypeError, match="resnet18"):
+        cvkit.create_model("resnet18", not_an_option=1)

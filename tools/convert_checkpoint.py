@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Convert a checkpoint to a clean cvkit state dict file (tensors only, cvkit names, atomic write).
+
+    python tools/convert_checkpoint.py IN OUT [--model NAME] [--kind auto|mmdet-legacy]
+
+``--kind auto`` (default) reads every format ``cvkit.load_checkpoint`` reads: the official ECA-Net
+and iSQRT-COV / fast-MPN-COV releases, torchvision and timm state dicts, cvkit/Lightning ``.ckpt``.
+``--model NAME`` also checks the result by loading it strictly into ``cvkit.create_model(NAME)``
+(ECA kernel sizes and the GCP width are read from the checkpoint) and prints what it inferred.
+``--kind mmdet-legacy`` converts an MMDetection 2.x detector checkpoint with
+``cvkit.det.convert.convert_legacy_mmdet_checkpoint``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tools/convert_checkpoint.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="checkpoint to read (.pth, .pth.tar, .ckpt)")
+    p.add_argument("output", help="where to write the cvkit state dict")
+    p.add_argument("--kind", choices=("auto", "mmdet-legacy"), default="auto")
+    p.add_argument("--model", help="cvkit preset to verify the result against (strict load)")
+    p.add_argument("--unsafe", action="store_true",
+                   help="load with weights_only=False (only for files you trust)")
+    return p.parse_args(argv)
+
+
+def _mmdet_converter():
+    try:
+        module = importlib.import_module("cvkit.det.convert")
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"error: --kind mmdet-legacy needs cvkit.det.convert, which is not "
+                         f"available ({e})") from None
+    fn = getattr(module, "convert_legacy_mmdet_checkpoint", None)
+    if fn is None:
+        raise SystemExit("error: --kind mmdet-legacy needs "
+                         "cvkit.det.convert.convert_legacy_mmdet_checkpoint, which is not defined")
+    return fn
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from cvkit.models.checkpoint import CheckpointError, read_checkpoint, save_state_dict
+    from cvkit.models.convert import to_cvkit
+
+    try:
+        state_dict = read_checkpoint(args.input, weights_only=not args.unsafe)
+        if args.kind == "mmdet-legacy":
+            state_dict = _mmdet_converter()(state_dict)
+        else:
+            state_dict = to_cvkit(state_dict)
+        if args.model:
+            import cvkit
+
+            model = cvkit.create_model(args.model, checkpoint_path=None, **_inferred(args.model,
+                                                                                   state_dict))
+            from cvkit.models.checkpoint import load_state_dict
+
+            load_state_dict(model, state_dict, strict=True, source=args.input)
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    save_state_dict(state_dict, args.output)
+    print(f"wrote {len(state_dict)} tensors to {args.output}")
+    return 0
+
+
+def _inferred(name: str, state_dict) -> dict:
+    """Architecture arguments the checkpoint fixes, printed for the user."""
+    from cvkit.models.convert import checkpoint_num_classes, infer_arch_overrides
+    from cvkit.models.registry import get_preset
+
+    preset = get_preset(name)
+    kw = infer_arch_overrides(state_dict, preset.family, preset.kwargs.get("eca", False),
+                              preset.kwargs.get("global_pool") == "gcp")
+    classes = checkpoint_num_classes(state_dict, preset.family)
+    if classes:
+        kw["num_classes"] = classes
+    print(f"{name}: " + (", ".join(f"{k}={v}" for k, v in kw.items()) or "no inferred arguments"))
+    return kw
+
+
+if __name__ == "__main__":
+    sys.exit(main())
