@@ -54,8 +54,10 @@ def cpu_peak_memory_bytes(fn: Callable[[], object]) -> int:
     backward on the calling thread and propagates the mode); each new output storage is counted
     once (views and in-place results share a storage) and uncounted by a ``weakref.finalize`` when
     PyTorch frees it (torch keeps one Python object per live storage, so the finalizer fires at
-    the real free). Memory that never becomes a tensor (e.g. BLAS/LAPACK-internal buffers) is
-    not seen. Correct for any device; use ``torch.cuda.max_memory_allocated`` on CUDA instead."""
+    the real free). Not seen: memory that never becomes a tensor (BLAS/LAPACK-internal buffers,
+    workspaces allocated inside a kernel) and tensors created by other threads (the mode is
+    thread-local; cvkit's threaded CPU eigh allocates its outputs on the calling thread). On
+    CUDA use ``torch.cuda.max_memory_allocated`` instead."""
     import weakref
 
     from torch.utils._python_dispatch import TorchDispatchMode
