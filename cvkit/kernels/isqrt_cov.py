@@ -13,6 +13,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -41,11 +42,13 @@ def _kernels():
 
 
 def _resolve_precision(precision: str | None) -> str:
-    """``None`` follows PyTorch's float32 matmul setting, like cuBLAS in the PyTorch path: "highest"
-    -> "ieee" (plain fp32), otherwise "tf32". "tf32x3" (three TF32 products, about fp32 accuracy on
-    the tensor cores) is chosen explicitly."""
+    """``None`` follows ``torch.get_float32_matmul_precision()`` by its documented meaning:
+    "highest" -> "ieee" (fp32 products), "high" -> "tf32x3" (each fp32 operand split into two
+    TF32 numbers, three tensor-core products: about fp32 accuracy, like PyTorch's bf16x3 for
+    "high"), "medium" -> "tf32" (one TF32 product, ~1e-3 relative error)."""
     if precision is None:
-        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        return {"highest": "ieee", "high": "tf32x3"}.get(torch.get_float32_matmul_precision(),
+                                                         "tf32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
     return precision
@@ -66,20 +69,42 @@ def _as_channel_matrix(x: torch.Tensor) -> tuple[torch.Tensor, int, int, tuple[i
                      f"{tuple(x.shape)}")
 
 
-def _products(k, out, pairs, *, symmetric=True, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0,
+class _Pair(NamedTuple):
+    """An operand of a two-sum launch: ``first`` for the first sum, the matrix ``offset``
+    elements on (negative: before) for the second."""
+    first: torch.Tensor
+    offset: int
+
+
+def _pair(buf: torch.Tensor, swapped: bool = False) -> _Pair:
+    """(2, B, d, d) buffer as a paired operand, in order or swapped."""
+    n = buf[0].numel()
+    return _Pair(buf[1], -n) if swapped else _Pair(buf[0], n)
+
+
+def _products(k, out, prods, *, symmetric=True, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0,
               f=None, c_f=0.0, scale=None, triu=False, precision="ieee"):
-    """out = scale * (c_prod * sum(a @ b for a, b in pairs) + c_eye I + c_e e + c_f f)."""
-    batch, d = pairs[0][0].shape[0], pairs[0][0].shape[-1]
-    ops = [m for pair in pairs for m in pair]
-    ops += [ops[0]] * (6 - len(ops))
-    nt = lambda meta: triton_cdiv(d, meta["BLOCK"])  # noqa: E731
-    grid = (lambda meta: (batch * nt(meta) * (nt(meta) + 1) // 2,)) if symmetric else \
-        (lambda meta: (batch * nt(meta) ** 2,))
+    """out = scale * (c_prod * sum(a @ b for a, b in prods) + c_eye I + c_e e + c_f f); with
+    paired operands (``_Pair``), two such sums in one launch, written to out[0] and out[1].
+    Right factors must be symmetric."""
+    ops = [m for prod in prods for m in prod]
+    ops += [ops[0], ops[1]] * ((6 - len(ops)) // 2)
+    ops += [e if e is not None else ops[0]]
+    npair = 2 if any(isinstance(m, _Pair) for m in ops) else 1
+    target = _pair(out) if npair == 2 else out  # a (2, B, d, d) buffer then
+    ptrs = [m.first if isinstance(m, _Pair) else m for m in ops + [target]]
+    offsets = [m.offset if isinstance(m, _Pair) else 0 for m in ops + [target]]
+    batch, d = ptrs[0].shape[0], ptrs[0].shape[-1]
+
+    def grid(meta):
+        nt = triton_cdiv(d, meta["BLOCK"])
+        return (npair * batch * (nt * (nt + 1) // 2 if symmetric else nt * nt),)
+
     k._products_kernel[grid](
-        *ops, e if e is not None else out, f if f is not None else out,
-        scale if scale is not None else out, out, c_prod, c_eye, c_e, c_f, d, _batch_class(batch),
-        NPROD=len(pairs), SYMMETRIC=symmetric, HAS_E=e is not None, HAS_F=f is not None,
-        HAS_SCALE=scale is not None, OUT_TRIU=triu, PRECISION=precision)
+        *ptrs[:7], f if f is not None else ptrs[0], scale if scale is not None else ptrs[0],
+        ptrs[7], *offsets, c_prod, c_eye, c_e, c_f, d, batch, _batch_class(batch),
+        NPAIR=npair, NPROD=len(prods), SYMMETRIC=symmetric, HAS_E=e is not None,
+        HAS_F=f is not None, HAS_SCALE=scale is not None, OUT_TRIU=triu, PRECISION=precision)
     return out
 
 
@@ -93,47 +118,48 @@ def _batch_class(batch: int) -> int:
 
 
 def _forward(x, iters, vectorize, precision):
-    """Runs the forward kernels; returns the output and what the backward needs."""
+    """Runs the forward kernels; returns the output and what the backward needs: A, the pairs
+    (Y_k, Z_k) for k = 1..N-1 as (2, B, d, d) buffers, and T_k for k = 2..N."""
     k = _kernels()
     xm, d, m, (sb, sc, sm) = _as_channel_matrix(x)
     batch = xm.shape[0]
     dev = xm.device
     mean = torch.empty(batch, d, device=dev, dtype=torch.float32)
     var = torch.empty_like(mean)
-    block_c = 32
-    k._channel_stats_kernel[(batch * triton_cdiv(d, block_c),)](
-        xm, mean, var, d, m, sb, sc, sm, BLOCK_C=block_c, BLOCK_M=64)
+    k._channel_stats_kernel[(batch * triton_cdiv(d, 32),)](
+        xm, mean, var, d, m, sb, sc, sm, BLOCK_C=32, BLOCK_M=64)
 
-    def mat():
-        return torch.empty(batch, d, d, device=dev, dtype=torch.float32)
+    def mat(*lead):
+        return torch.empty(*lead, batch, d, d, device=dev, dtype=torch.float32)
 
-    a, z1 = mat(), mat()
+    a, yz = mat(), mat(2)
     trace = torch.empty(batch, device=dev, dtype=torch.float32)
     sqrt_trace = torch.empty_like(trace)
     k._covariance_kernel[lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
                                                 (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),)](
-        xm, mean, var, a, z1, trace, sqrt_trace, d, m, _batch_class(batch), sb, sc, sm,
-        PRECISION=precision,
-        BLOCK_D=max(16, 1 << (d - 1).bit_length()))
+        xm, mean, var, a, yz[1], trace, sqrt_trace, d, m, _batch_class(batch), sb, sc, sm,
+        PRECISION=precision, BLOCK_D=max(16, 1 << (d - 1).bit_length()))  # yz[1] = Z_1 = T_1
 
     out = (torch.empty(batch, d * (d + 1) // 2, device=dev, dtype=torch.float32) if vectorize
            else mat())
     final = dict(scale=sqrt_trace, triu=vectorize, precision=precision)
+    saved = dict(a=a, yzs=[], ts=[], mean=mean, trace=trace, sqrt_trace=sqrt_trace)
     if iters == 1:  # Y_1 = A T_1 = 1.5 A - 0.5 A A, times sqrt(tr Sigma)
         _products(k, out, [(a, a)], c_prod=-0.5, e=a, c_e=1.5, **final)
-        return out, dict(a=a, ys=[], zs=[], ts=[], mean=mean, trace=trace, sqrt_trace=sqrt_trace)
-    y = _products(k, mat(), [(a, a)], c_prod=-0.5, e=a, c_e=1.5, precision=precision)
-    ys, zs, ts = [y], [z1], []  # Y_k, Z_k for k = 1..N-1 and T_k for k = 2..N
+        return out, saved
+    _products(k, yz[0], [(a, a)], c_prod=-0.5, e=a, c_e=1.5, precision=precision)
+    yzs, ts = saved["yzs"], saved["ts"]
+    yzs.append(yz)
     for step in range(2, iters + 1):
-        y_prev, z_prev = ys[-1], zs[-1]
-        t = _products(k, mat(), [(z_prev, y_prev)], c_prod=-0.5, c_eye=1.5, precision=precision)
+        prev = yzs[-1]
+        t = _products(k, mat(), [(prev[1], prev[0])], c_prod=-0.5, c_eye=1.5,
+                      precision=precision)
         ts.append(t)
         if step == iters:
-            _products(k, out, [(y_prev, t)], **final)
-        else:
-            ys.append(_products(k, mat(), [(y_prev, t)], precision=precision))
-            zs.append(_products(k, mat(), [(z_prev, t)], precision=precision))  # T Z = Z T
-    return out, dict(a=a, ys=ys, zs=zs, ts=ts, mean=mean, trace=trace, sqrt_trace=sqrt_trace)
+            _products(k, out, [(prev[0], t)], **final)
+        else:  # Y_k = Y_{k-1} T_k and Z_k = T_k Z_{k-1} = Z_{k-1} T_k in one launch
+            yzs.append(_products(k, mat(2), [(_pair(prev), t)], precision=precision))
+    return out, saved
 
 
 def _backward(grad_out, x, out, saved, iters, vectorize, precision):
@@ -142,42 +168,44 @@ def _backward(grad_out, x, out, saved, iters, vectorize, precision):
         dL/dY_{k-1} = P T + T P - 1.5 P - 0.5 Z Q Z,
         dL/dZ_{k-1} = Q T + T Q - 1.5 Q - 0.5 Y P Y      (Y, Z = Y_{k-1}, Z_{k-1}; T = T_k),
     and the first (Y_0 = A, Z_0 = I, T_1 = 1.5 I - 0.5 A) gives
-        dL/dA = 1.5 P - 0.5 (P A + A P) - 0.5 Q."""
+        dL/dA = 1.5 P - 0.5 (P A + A P) - 0.5 Q.
+    Each middle step is two launches: W = -0.5 (Y P, Z Q), then both new matrices with
+    W's partner as the third product."""
     k = _kernels()
     xm, d, m, (sb, sc, sm) = _as_channel_matrix(x)
     batch = xm.shape[0]
     dev = xm.device
     grad_out = grad_out.contiguous().float()
-    a, ys, zs, ts = saved["a"], saved["ys"], saved["zs"], saved["ts"]
+    a, yzs, ts = saved["a"], saved["yzs"], saved["ts"]
 
-    def mat():
-        return torch.empty(batch, d, d, device=dev, dtype=torch.float32)
+    def mat(*lead):
+        return torch.empty(*lead, batch, d, d, device=dev, dtype=torch.float32)
 
     def vec():
         return torch.empty(batch, device=dev, dtype=torch.float32)
 
     gc = vec()
-    n_out = out.numel() // batch
-    k._batched_dot_kernel[(batch,)](grad_out, out, gc, n_out, BLOCK=1024)  # <dL/dC, C>
-    p = mat()
+    k._batched_dot_kernel[(batch,)](grad_out, out, gc, out.numel() // batch, BLOCK=1024)
+    p = mat()  # dL/dY_N = sqrt(tr Sigma) sym(dL/dC); dL/dZ_N = 0
     k._grad_seed_kernel[(batch * triton_cdiv(d, 32) ** 2,)](
         grad_out, saved["sqrt_trace"], p, d, VECTOR=vectorize, BLOCK=32)
-    q = None  # dL/dZ_N = 0
-    for step in range(iters, 1, -1):
-        y, z, t = ys[step - 2], zs[step - 2], ts[step - 2]
-        v = _products(k, mat(), [(y, p)], symmetric=False, c_prod=-0.5, precision=precision)
-        if q is None:
-            p_new = _products(k, mat(), [(p, t), (t, p)], e=p, c_e=-1.5, precision=precision)
-            q_new = _products(k, mat(), [(v, y)], precision=precision)
-        else:
-            u = _products(k, mat(), [(z, q)], symmetric=False, c_prod=-0.5, precision=precision)
-            p_new = _products(k, mat(), [(p, t), (t, p), (u, z)], e=p, c_e=-1.5,
-                              precision=precision)
-            q_new = _products(k, mat(), [(q, t), (t, q), (v, y)], e=q, c_e=-1.5,
-                              precision=precision)
-        p, q = p_new, q_new
-    h = _products(k, mat(), [(p, a), (a, p)], c_prod=-0.5, e=p, c_e=1.5, f=q, c_f=-0.5,
-                  precision=precision)
+    q = None
+    if iters >= 2:
+        yz, t = yzs[-1], ts[-1]  # step N, where Q = 0
+        pq = mat(2)
+        _products(k, pq[0], [(p, t), (t, p)], e=p, c_e=-1.5, precision=precision)
+        v = _products(k, mat(), [(yz[0], p)], symmetric=False, c_prod=-0.5, precision=precision)
+        _products(k, pq[1], [(v, yz[0])], precision=precision)
+        for step in range(iters - 1, 1, -1):
+            yz, t = yzs[step - 2], ts[step - 2]
+            w = _products(k, mat(2), [(_pair(yz), _pair(pq))], symmetric=False, c_prod=-0.5,
+                          precision=precision)  # (-Y P / 2, -Z Q / 2)
+            pq = _products(k, mat(2), [(_pair(pq), t), (t, _pair(pq)),
+                                       (_pair(w, swapped=True), _pair(yz, swapped=True))],
+                           e=_pair(pq), c_e=-1.5, precision=precision)
+        p, q = pq[0], pq[1]
+    h = _products(k, mat(), [(p, a), (a, p)], c_prod=-0.5, e=p, c_e=1.5, f=q,
+                  c_f=-0.5, precision=precision)
     ha = vec()
     k._batched_dot_kernel[(batch,)](h, a, ha, d * d, BLOCK=1024)  # <dL/dA, A>
     grad_x = torch.empty_like(xm)
@@ -216,9 +244,10 @@ def isqrt_cov_triton(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     Returns (B, C(C+1)/2), the row-major upper triangle of sqrt(tr Sigma) * Y_N incl. the diagonal,
     or (B, C, C) when ``vectorize=False``; float32 whatever the input dtype (an fp32 island under
     autocast). ``precision``: "ieee" (fp32 products), "tf32x3" (three TF32 tensor-core products,
-    close to fp32), "tf32" (fastest, ~1e-3 relative error), or None to follow
-    ``torch.get_float32_matmul_precision()``. Needs a CUDA tensor, or TRITON_INTERPRET=1 for the
-    Triton interpreter on the CPU (slow: meant for tests).
+    about fp32 accuracy), "tf32" (one, ~1e-3 relative error), or None to follow
+    ``torch.get_float32_matmul_precision()`` ("highest" -> ieee, "high" -> tf32x3, "medium" ->
+    tf32). Needs a CUDA tensor, or TRITON_INTERPRET=1 for the Triton interpreter on the CPU
+    (slow: meant for tests).
     """
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be a positive int, got {iters!r}")

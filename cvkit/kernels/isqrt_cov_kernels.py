@@ -58,15 +58,22 @@ _GRADX_CONFIGS = _configs(
 
 
 @triton.jit
+def _n_tiles(d, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """Output tiles per d×d matrix: all of them, or those on and above the diagonal."""
+    nt = _cdiv(d, BLOCK)
+    if SYMMETRIC:
+        return nt * (nt + 1) // 2
+    else:
+        return nt * nt
+
+
+@triton.jit
 def _tile_coords(pid, d, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr):
     """Program id -> (batch, tile row, tile column). SYMMETRIC enumerates only tiles with
     row <= column: t = r(r+1)/2 + c (c <= r) is read back with a float square root, then corrected
     by one step either way, and (c, r) is returned."""
     nt = _cdiv(d, BLOCK)
-    if SYMMETRIC:
-        ntiles = nt * (nt + 1) // 2
-    else:
-        ntiles = nt * nt
+    ntiles = _n_tiles(d, BLOCK, SYMMETRIC)
     b = pid // ntiles
     t = pid % ntiles
     if SYMMETRIC:
@@ -82,49 +89,69 @@ def _tile_coords(pid, d, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr):
 
 
 @triton.autotune(configs=_PRODUCT_CONFIGS,
-                 key=["d", "batch_class", "NPROD", "SYMMETRIC", "HAS_E", "HAS_F", "HAS_SCALE",
-                      "OUT_TRIU", "PRECISION"])
+                 key=["d", "batch_class", "NPAIR", "NPROD", "SYMMETRIC", "HAS_E", "HAS_F",
+                      "HAS_SCALE", "OUT_TRIU", "PRECISION"])
 @triton.jit
 def _products_kernel(A1, B1, A2, B2, A3, B3, E, F, SCALE, OUT,
-                     c_prod, c_eye, c_e, c_f, d, batch_class,
-                     NPROD: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_E: tl.constexpr,
-                     HAS_F: tl.constexpr, HAS_SCALE: tl.constexpr, OUT_TRIU: tl.constexpr,
-                     PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
+                     pair_a1, pair_b1, pair_a2, pair_b2, pair_a3, pair_b3, pair_e, pair_out,
+                     c_prod, c_eye, c_e, c_f, d, batch, batch_class,
+                     NPAIR: tl.constexpr, NPROD: tl.constexpr, SYMMETRIC: tl.constexpr,
+                     HAS_E: tl.constexpr, HAS_F: tl.constexpr, HAS_SCALE: tl.constexpr,
+                     OUT_TRIU: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     """OUT = scale_b * (c_prod * (A1 B1 [+ A2 B2 [+ A3 B3]]) + c_eye I [+ c_e E] [+ c_f F]).
 
     One kernel serves every matrix product of the forward and backward, with the element-wise
-    part of each step as its epilogue (e.g. T = 1.5 I - 0.5 Z Y, or P' = PT + TP - 1.5 P + U Z).
+    part of each step as its epilogue (e.g. T = 1.5 I - 0.5 Z Y, or P' = PT + TP - 1.5 P + W Z).
     SYMMETRIC: the result is symmetric; only upper tiles are computed, diagonal tiles are made
     exactly symmetric, off-diagonal tiles are stored with their transposes. OUT_TRIU: write the
     row-major upper triangle incl. the diagonal, (B, d(d+1)/2), instead of a d×d matrix.
+    NPAIR = 2 runs two such sums in one launch (e.g. Y_k = Y_{k-1} T_k and Z_k = Z_{k-1} T_k):
+    the second reads each operand pair_<name> elements further on (0 for a shared operand).
     """
-    b, ti, tj, t = _tile_coords(tl.program_id(0), d, BLOCK, SYMMETRIC)
+    pid = tl.program_id(0)
+    if NPAIR == 2:
+        per_pair = batch * _n_tiles(d, BLOCK, SYMMETRIC)
+        pair = (pid // per_pair).to(tl.int64)
+        pid = pid % per_pair
+        A1 += pair * pair_a1
+        B1 += pair * pair_b1
+        A2 += pair * pair_a2
+        B2 += pair * pair_b2
+        A3 += pair * pair_a3
+        B3 += pair * pair_b3
+        E += pair * pair_e
+        OUT += pair * pair_out
+    b, ti, tj, t = _tile_coords(pid, d, BLOCK, SYMMETRIC)
     base = b * d * d
     rm = ti * BLOCK + tl.arange(0, BLOCK)
     rn = tj * BLOCK + tl.arange(0, BLOCK)
     rk = tl.arange(0, BLOCK_K)
-    # Row block of each left factor, column block of each right factor; k advances both.
+    # Row block of each left factor. Every right factor here is symmetric (an iterate, or a
+    # backward matrix P, Q), so its column block is read as the row block rn, contiguous along k,
+    # and transposed on chip: 16-byte loads, and the K-major layout TF32 tensor cores need.
     a_offs = base + rm[:, None] * d + rk[None, :]
-    b_offs = base + rk[:, None] * d + rn[None, :]
+    b_offs = base + rn[:, None] * d + rk[None, :]
     acc = tl.full((BLOCK, BLOCK), 0.0, tl.float32)
     for k0 in range(0, d, BLOCK_K):
         a_mask = (rm[:, None] < d) & (rk[None, :] < d - k0)
-        b_mask = (rk[:, None] < d - k0) & (rn[None, :] < d)
+        b_mask = (rn[:, None] < d) & (rk[None, :] < d - k0)
         acc = tl.dot(tl.load(A1 + a_offs, mask=a_mask, other=0.0),
-                     tl.load(B1 + b_offs, mask=b_mask, other=0.0), acc, input_precision=PRECISION)
+                     tl.trans(tl.load(B1 + b_offs, mask=b_mask, other=0.0)), acc,
+                     input_precision=PRECISION)
         if NPROD >= 2:
             acc = tl.dot(tl.load(A2 + a_offs, mask=a_mask, other=0.0),
-                         tl.load(B2 + b_offs, mask=b_mask, other=0.0), acc,
+                         tl.trans(tl.load(B2 + b_offs, mask=b_mask, other=0.0)), acc,
                          input_precision=PRECISION)
         if NPROD >= 3:
             acc = tl.dot(tl.load(A3 + a_offs, mask=a_mask, other=0.0),
-                         tl.load(B3 + b_offs, mask=b_mask, other=0.0), acc,
+                         tl.trans(tl.load(B3 + b_offs, mask=b_mask, other=0.0)), acc,
                          input_precision=PRECISION)
         a_offs += BLOCK_K
-        b_offs += BLOCK_K * d
+        b_offs += BLOCK_K
     if SYMMETRIC:
-        # Rounding makes acc[i, j] and acc[j, i] of a diagonal tile differ slightly; average them.
-        acc = tl.where(ti == tj, 0.5 * (acc + tl.trans(acc)), acc)
+        if ti == tj:  # rounding makes acc[i, j] and acc[j, i] differ slightly: average them
+            acc = 0.5 * (acc + tl.trans(acc))
     mask = (rm[:, None] < d) & (rn[None, :] < d)
     offs = rm[:, None] * d + rn[None, :]
     out = c_prod * acc + tl.where(rm[:, None] == rn[None, :], c_eye, 0.0)
@@ -143,8 +170,9 @@ def _products_kernel(A1, B1, A2, B2, A3, B3, E, F, SCALE, OUT,
     else:
         tl.store(OUT + base + offs, out, mask=mask)
         if SYMMETRIC:
-            mirror = (rn[:, None] < d) & (rm[None, :] < d) & (ti != tj)
-            tl.store(OUT + base + rn[:, None] * d + rm[None, :], tl.trans(out), mask=mirror)
+            if ti != tj:
+                mirror = (rn[:, None] < d) & (rm[None, :] < d)
+                tl.store(OUT + base + rn[:, None] * d + rm[None, :], tl.trans(out), mask=mirror)
 
 
 @triton.jit
