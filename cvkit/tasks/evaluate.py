@@ -1,0 +1,75 @@
+"""Evaluate a classification checkpoint on an image folder: top-1 / top-5 (``tools/test.py``)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+
+def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
+              num_classes: Optional[int] = None):
+    """A ClassificationTask from a cvkit/Lightning checkpoint (hyper-parameters inside), or from
+    plain model weights (any format ``cvkit.load_checkpoint`` reads) plus ``model_name``.
+    Loaded with ``weights_only=True``."""
+    from cvkit.tasks.classification import ClassificationTask
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if hp is not None and "model_name" in hp:
+        hp = {k: v for k, v in hp.items() if not k.startswith("_")}
+        hp.pop("pretrained_path", None)
+        task = ClassificationTask(**hp)
+        task.load_state_dict(ckpt["state_dict"], strict=True)
+        return task, ckpt.get("datamodule_hyper_parameters", {})
+    if model_name is None:
+        raise ValueError(f"{path} holds plain model weights: pass --model <preset name>")
+    task = ClassificationTask(model_name, num_classes=num_classes or 1000,
+                              model_kwargs={"checkpoint_path": str(path)})
+    return task, {}
+
+
+def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
+             output: Optional[str | os.PathLike] = None, model_name: Optional[str] = None,
+             batch_size: int = 64, image_size: Optional[int] = None,
+             crop_pct: Optional[float] = None, num_workers: Optional[int] = None,
+             accelerator: str = "auto", precision: Optional[str] = None) -> dict[str, Any]:
+    """Top-1 / top-5 (percent) of ``checkpoint`` on the ImageFolder split ``data``
+    (``data/<class>/<image>``; a folder holding ``val/`` is accepted too). Writes JSON to ``output``
+    when given. Image size and crop default to the ones the checkpoint was trained with."""
+    from lightning.pytorch import Trainer
+
+    from cvkit.data.datamodule import ClassificationDataModule
+
+    data = Path(data)
+    if (data / "val").is_dir() and not any(p.suffix for p in data.iterdir() if p.is_file()):
+        data = data / "val"
+    split_classes = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+    task, dm_hp = load_task(checkpoint, model_name, num_classes=len(split_classes) or None)
+    dm = ClassificationDataModule(
+        root=str(data.parent), val_split=data.name, test_split=data.name, batch_size=batch_size,
+        image_size=image_size or dm_hp.get("image_size", 224),
+        crop_pct=crop_pct or dm_hp.get("crop_pct", 0.875),
+        mean=dm_hp.get("mean", (0.485, 0.456, 0.406)), std=dm_hp.get("std", (0.229, 0.224, 0.225)),
+        num_workers=num_workers, persistent_workers=False)
+    dm.setup("test")
+    n_head = task.hparams.num_classes
+    if len(dm.test_set.classes) != n_head:
+        raise ValueError(f"{data} has {len(dm.test_set.classes)} class folders but the checkpoint's "
+                         f"head has {n_head} classes")
+    trainer = Trainer(accelerator=accelerator, devices=1, logger=False, precision=precision,
+                      enable_checkpointing=False, enable_model_summary=False)
+    metrics = trainer.test(task, datamodule=dm, verbose=False)[0]
+    bad = task.gather_bad_files()
+    result = {"checkpoint": str(checkpoint), "data": str(data), "images": len(dm.test_set) - len(bad),
+              "top1": 100 * metrics["test_top1"], "top5": 100 * metrics["test_top5"],
+              "loss": metrics["test_loss"], "skipped_files": len(bad)}
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+    return result

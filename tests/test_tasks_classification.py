@@ -1,0 +1,88 @@
+"""ClassificationTask: a few optimisation steps reduce the loss (CNN and ViT presets), skipped files
+are counted in summary.json, a non-finite loss stops with one line and the last good checkpoint
+kept, and that checkpoint loads with weights_only=True."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from cls_helpers import add_bad_files, tiny_imagefolder
+from cvkit.data.datamodule import ClassificationDataModule
+from cvkit.tasks.callbacks import AtomicCheckpointIO, TrainingReport
+from cvkit.tasks.classification import ClassificationTask, NonFiniteLossError
+
+
+def fixed_batch_loss(task: ClassificationTask, dm: ClassificationDataModule) -> float:
+    """CE on the whole (tiny, un-augmented) training split as one batch, in training mode (batch
+    statistics: after a few steps BatchNorm's running averages still mostly hold their init)."""
+    images, targets, _ = next(iter(torch.utils.data.DataLoader(
+        dm.train_set, batch_size=len(dm.train_set), collate_fn=dm.train_dataloader().collate_fn)))
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(task(images), targets))
+
+
+def fit(task, dm, tmp_path, steps, callbacks=()):
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False,
+                      default_root_dir=tmp_path, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, callbacks=list(callbacks),
+                      plugins=[AtomicCheckpointIO()], enable_checkpointing=any(
+                          isinstance(c, ModelCheckpoint) for c in callbacks))
+    trainer.fit(task, datamodule=dm)
+    return trainer
+
+
+@pytest.mark.parametrize("name,kwargs,opt,lr,steps", [
+    ("eca_resnet18", {}, "sgd", 0.01, 8),
+    ("vit_tiny_patch16_hc2", dict(img_size=32, depth=2), "adamw", 1e-3, 12),
+])
+def test_few_steps_reduce_loss(cls_root, tmp_path, name, kwargs, opt, lr, steps):
+    torch.manual_seed(0)
+    root = tiny_imagefolder(cls_root, tmp_path / "data", classes=4, train=4, val=1)
+    bad = add_bad_files(root / "train")
+    # no augmentation, one batch = the whole split (16 images + 2 bad files): full-batch steps
+    dm = ClassificationDataModule(root=str(root), batch_size=18, image_size=32, num_workers=0,
+                                  scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)
+    dm.setup("fit")
+    task = ClassificationTask(name, num_classes=4, model_kwargs=kwargs,
+                              optimizer=dict(name=opt, lr=lr, reference_batch=18, weight_decay=0.0),
+                              schedule=dict(name="constant"))
+    before = fixed_batch_loss(task, dm)
+    report = TrainingReport(log_every_n_steps=1)
+    fit(task, dm, tmp_path, steps=steps, callbacks=[report])
+    after = fixed_batch_loss(task, dm)
+    assert after < 0.7 * before, (before, after)
+    summary = json.loads(report.summary_path.read_text())
+    assert summary["skipped_files"] == 2
+    assert sorted(summary["skipped_file_names"]) == sorted(map(str, bad))
+    assert report.plot_path.stat().st_size > 1000
+    assert summary["global_batch"] == 18 and summary["lr"] == pytest.approx(lr)
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(cls_root, tmp_path):
+    root = tiny_imagefolder(cls_root, tmp_path / "data", classes=2, train=8, val=2)
+    dm = ClassificationDataModule(root=str(root), batch_size=4, image_size=32, num_workers=0)
+    task = ClassificationTask("vit_tiny_patch16", num_classes=2,
+                              model_kwargs=dict(img_size=32, depth=1),
+                              optimizer=dict(name="adamw", lr=1e-3, reference_batch=4))
+    forward = task.model.forward
+
+    def poisoned(x):  # the loss turns NaN at global step 3
+        out = forward(x)
+        return out * float("nan") if task.global_step == 3 and task.training else out
+
+    task.model.forward = poisoned
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True,
+                           save_top_k=0)
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(task, dm, tmp_path, steps=6, callbacks=[ckpt])
+    msg = str(e.value)
+    assert "\n" not in msg and "step 3" in msg and "last.ckpt" in msg, msg
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)  # safe load works
+    assert state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert not list((tmp_path / "ckpt").glob(".*.tmp"))  # no half-written temp files left

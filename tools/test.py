@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Evaluate a classification checkpoint on an image folder and write top-1 / top-5 as JSON.
+
+    python tools/test.py --checkpoint runs/demo/checkpoints/last.ckpt --data data/classification/val
+    python tools/test.py --checkpoint eca_resnet50.pth --model eca_resnet50 --data /data/imagenet/val
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="cvkit/Lightning .ckpt, or plain weights with --model")
+    p.add_argument("--data", required=True, help="ImageFolder split (<class>/<image>) or a root holding val/")
+    p.add_argument("--model", default=None, help="preset name, for plain weight files")
+    p.add_argument("--output", default=None, help="JSON file (default: <checkpoint>.eval.json)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=None, help="default: as trained")
+    p.add_argument("--crop-pct", type=float, default=None, help="default: as trained")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--precision", default=None, help="e.g. bf16-mixed")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from cvkit.data.datamodule import BadImageError
+    from cvkit.tasks.evaluate import evaluate
+
+    output = args.output or str(Path(args.checkpoint).with_suffix(".eval.json"))
+    try:
+        result = evaluate(args.checkpoint, args.data, output, model_name=args.model,
+                          batch_size=args.batch_size, image_size=args.image_size,
+                          crop_pct=args.crop_pct, num_workers=args.workers,
+                          accelerator=args.accelerator, precision=args.precision)
+    except (FileNotFoundError, ValueError, BadImageError) as e:
+        print(f"error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    print(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
