@@ -249,3 +249,63 @@ def test_covariance_pooling_tokens_equal_maps():
         head(torch.randn(2, 10, 9))
     with pytest.raises(ValueError, match=r"\(2, 8\)"):
         head(torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_non_finite_sample_gives_nan_without_spoiling_the_batch(method):
+    x = _maps(b=3, c=4, h=3, w=3, seed=9)
+    x[1, 2, 0, 0] = float("nan")
+    x[2, 0, 1, 1] = float("inf")
+    x.requires_grad_()
+    out = _isqrt_cov_torch(x, 5, method)                 # no LAPACK error from eigh
+    assert torch.isnan(out[1]).all() and not torch.isfinite(out[2]).all()
+    torch.testing.assert_close(out[0], literal_isqrt_cov(x[:1].detach(), 5)[0])
+    out.sum().backward()
+    assert torch.isfinite(x.grad[0]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark's baselines and memory measure (cvkit/benchmarks/covpool.py)
+# ---------------------------------------------------------------------------------------------
+def test_benchmark_baselines_compute_the_same_function():
+    from cvkit.benchmarks.covpool import centred_autograd_isqrt_cov, straightforward_isqrt_cov
+
+    x = _maps(b=2, c=5, h=3, w=3, seed=12)
+    expected = isqrt_cov(x, 4)
+    torch.testing.assert_close(straightforward_isqrt_cov(x, 4), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(centred_autograd_isqrt_cov(x, 4), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_peak_memory_counts_live_storages():
+    from cvkit.benchmarks.timing import cpu_peak_memory_bytes
+
+    def pattern():
+        a = torch.empty(1000, dtype=torch.float32)      # 4000 B
+        a.fill_(1.0)
+        b = a.view(10, 100).add_(1.0)                   # a view: no new storage
+        del a, b                                        # freed
+        c = torch.ones(500, dtype=torch.float64)        # 4000 B
+        d = c * 2                                       # 4000 B, alive with c
+        return d.sum()                                  # 8 B, alive with c and d
+
+    def freed_first():
+        a = torch.empty(3000, dtype=torch.float32)      # 12000 B, freed before the rest
+        del a
+        return torch.ones(500, dtype=torch.float64)     # 4000 B
+
+    assert cpu_peak_memory_bytes(pattern) == 8008
+    assert cpu_peak_memory_bytes(freed_first) == 12000
+
+
+def test_benchmark_cpu_report_runs_on_a_tiny_case():
+    import argparse
+
+    from cvkit.benchmarks import covpool as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--batch", "2", "--dim", "6", "--size", "3", "--repeats", "1"])
+    report = bench.run(args)
+    assert "python tools/benchmark.py covpool --batch 2 --dim 6 --size 3 --repeats 1" in report
+    rows = [line for line in report.splitlines() if line.startswith("| 2 | 6 |")]
+    assert len(rows) == 4 and not any("not run" in r for r in rows)

@@ -179,7 +179,7 @@ def _normalised(features: torch.Tensor, symmetrise: bool):
     return a bit-symmetric X X^T); not needed before eigh, which reads one triangle only."""
     sigma = centred_covariance(features)
     trace = sigma.diagonal(dim1=-2, dim2=-1).sum(-1)
-    ok = trace > _TINY_TRACE[features.dtype]
+    ok = (trace > _TINY_TRACE[features.dtype]) & torch.isfinite(trace)
     safe_trace = torch.where(ok, trace, torch.ones_like(trace))
     a = sigma.div_(safe_trace[:, None, None])
     if symmetrise:
@@ -213,12 +213,17 @@ class _IsqrtCovEigh(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, iters):
         a, trace, ok = _normalised(features, symmetrise=False)
+        all_finite = bool(torch.isfinite(trace).all())
+        if not all_finite:  # eigh raises on NaN/inf; those samples give NaN, as the loop would
+            a.masked_fill_(~ok[:, None, None], 0.0)
         lam, vecs = _batched_eigh(a)
         del a
         p, _ = newton_schulz_polynomial(lam.double(), iters)
         s = torch.where(ok, trace, torch.zeros_like(trace)).sqrt()
         scaled = vecs * (p.to(vecs.dtype) * s[:, None]).unsqueeze(-2)
         out = torch.matmul(scaled, vecs.transpose(-1, -2))
+        if not all_finite:
+            out.masked_fill_(~torch.isfinite(trace)[:, None, None], float("nan"))
         ctx.save_for_backward(features, vecs, lam, trace, ok)
         ctx.iters = iters
         return out
@@ -237,7 +242,8 @@ class _IsqrtCovEigh(torch.autograd.Function):
         del w, w_diag
         grad_a = torch.matmul(vecs, torch.matmul(fw, vecs.transpose(-1, -2)))
         grad_sigma = _trace_normalisation_backward(grad_a, inner_g_y, inner_ga_a, trace, ok)
-        return _covariance_backward(features, grad_sigma), None
+        grad_x = _covariance_backward(features, grad_sigma)
+        return grad_x.masked_fill_(~torch.isfinite(trace)[:, None, None], float("nan")), None
 
 
 def _newton_schulz(a: torch.Tensor, iters: int, keep_z: bool = False):
