@@ -32,8 +32,8 @@ __all__ = ["isqrt_cov", "triu_vectorize", "CovariancePooling", "centred_covarian
            "newton_schulz_polynomial"]
 
 _BACKENDS = ("auto", "torch", "triton")
-# A trace at or below this (relative to the squared feature scale) counts as an all-constant input:
-# the result is defined as zero (the limit of sqrt(tr) * p_N(Sigma / tr) as Sigma -> 0).
+# A trace at or below this counts as an all-constant (e.g. all-zero) sample: its result is defined
+# as zero (the limit of sqrt(tr) * p_N(Sigma / tr) as Sigma -> 0), its gradient as zero.
 _TINY_TRACE = {torch.float32: 1e-30, torch.float64: 1e-300}
 
 
@@ -174,8 +174,9 @@ def _batched_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # the two torch implementations (custom autograd Functions)
 # ----------------------------------------------------------------------------------------------
 def _normalised(features: torch.Tensor, symmetrise: bool):
-    """A = Sigma / tr(Sigma) for the centred covariance Sigma, its trace, and a mask of samples
-    with a usable trace (others get A = 0). symmetrise: make A exactly symmetric (BLAS need not
+    """A = Sigma / tr(Sigma) for the centred covariance Sigma, its trace, and a mask `ok` of
+    samples with a usable (finite, not tiny) trace; the others are divided by 1 instead and their
+    output is zeroed (tiny trace) or NaN (non-finite input) by the caller. symmetrise: make A exactly symmetric (BLAS need not
     return a bit-symmetric X X^T); not needed before eigh, which reads one triangle only."""
     sigma = centred_covariance(features)
     trace = sigma.diagonal(dim1=-2, dim2=-1).sum(-1)
