@@ -159,6 +159,26 @@ def test_autocast_runs_in_float32(dtype):
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
 
 
+def test_cpu_eigh_thread_split_matches_under_inference_mode_and_no_grad():
+    x = _maps(b=5, c=12, h=4, w=4, seed=13, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = isqrt_cov(x, 5)                     # one call to eigh
+        torch.set_num_threads(3)                     # batch split over 3 worker threads
+        split = isqrt_cov(x, 5)
+        with torch.inference_mode():                 # Lightning's validation runs like this
+            inference = isqrt_cov(x, 5)
+        with torch.no_grad():
+            no_grad = isqrt_cov(x, 5)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    torch.testing.assert_close(split, single, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inference, single, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(no_grad, single, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input and backends
 # ---------------------------------------------------------------------------------------------

@@ -142,8 +142,12 @@ def _eigh_pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _eigh_one_thread(job) -> None:
+    a, lam, vecs, inference = job
     torch.set_num_threads(1)  # OpenMP's thread count is per calling thread: set it in the worker
-    torch.linalg.eigh(job[0], out=job[1:])
+    # grad and inference modes are thread-local: take the caller's (inference tensors can only be
+    # written inside inference mode)
+    with torch.inference_mode(inference), torch.no_grad():
+        torch.linalg.eigh(a, out=(lam, vecs))
 
 
 def _batched_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +167,8 @@ def _batched_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # filled in place by the workers: no copies
         lam = a.new_empty(a.shape[:-1])
         vecs = a.new_empty(a.shape).transpose(-1, -2)
-        jobs = zip(a.chunk(workers), lam.chunk(workers), vecs.chunk(workers))
+        inference = [torch.is_inference_mode_enabled()] * workers
+        jobs = zip(a.chunk(workers), lam.chunk(workers), vecs.chunk(workers), inference)
         list(_eigh_pool(workers).map(_eigh_one_thread, jobs))
     finally:
         torch.set_num_threads(threads)
