@@ -329,3 +329,16 @@ def test_benchmark_cpu_report_runs_on_a_tiny_case():
     assert "python tools/benchmark.py covpool --batch 2 --dim 6 --size 3 --repeats 1" in report
     rows = [line for line in report.splitlines() if line.startswith("| 2 | 6 |")]
     assert len(rows) == 4 and not any("not run" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_torch_compile_runs_the_head_eagerly_with_the_same_result():
+    torch.manual_seed(0)
+    head = CovariancePooling(8, dim=4).eval()
+    x = torch.randn(3, 8, 5, 5, requires_grad=True)
+    ref = head(x)
+    grad_ref, = torch.autograd.grad(ref.pow(2).sum(), x)
+    out = torch.compile(head)(x)
+    grad, = torch.autograd.grad(out.pow(2).sum(), x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)

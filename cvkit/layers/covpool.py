@@ -323,6 +323,7 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
         return _covariance_backward(features, grad_sigma), None
 
 
+@torch.compiler.disable  # eager under torch.compile: one clean graph break, no tracing of eigh
 def _isqrt_cov_torch(x: torch.Tensor, iters: int, method: str | None = None) -> torch.Tensor:
     """(B, C, C) post-compensated square root. method: "eigh" (default on CPU) or "ns" (default
     elsewhere); both compute exactly the same function."""
