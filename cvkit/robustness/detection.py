@@ -1,0 +1,92 @@
+"""COCO-C (Michaelis et al. 2019): a detector's bbox AP on every corruption and severity, mPC, rPC.
+
+For each (corruption, severity) the config's test pipeline gets a :class:`CorruptImage` transform
+right after ``LoadImageFromFile`` and the detector is evaluated by cvkit's mmdet test path
+(:func:`cvkit.tasks.detection.evaluate_detector`: mmdet datasets and pipelines, the config's
+``CocoMetric``). Results are saved after every set (atomic), so a rerun resumes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Iterable
+
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, _check
+from cvkit.robustness.evaluate import RESULTS_FILE, atomic_write_text
+from cvkit.robustness.metrics import coco_c_summary
+
+
+def _test_pipeline(cfg) -> list:
+    dataset = cfg.test_dataloader["dataset"]
+    while "pipeline" not in dataset and "dataset" in dataset:  # dataset wrappers
+        dataset = dataset["dataset"]
+    if "pipeline" not in dataset:
+        raise ValueError("the config's test_dataloader.dataset has no pipeline to insert the corruption into")
+    return dataset["pipeline"]
+
+
+def with_corruption(cfg, corruption: str, severity: int, seed: int = 0):
+    """A copy of ``cfg`` whose test pipeline corrupts each loaded image."""
+    _check(corruption, severity)
+    cfg = copy.deepcopy(cfg)
+    pipeline = _test_pipeline(cfg)
+    at = next((i for i, t in enumerate(pipeline) if "LoadImage" in str(t.get("type", ""))), None)
+    if at is None:
+        raise ValueError("the config's test pipeline has no LoadImageFromFile step")
+    pipeline.insert(at + 1, dict(type="CorruptImage", corruption=corruption, severity=severity, seed=seed))
+    return cfg
+
+
+def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = ALL_CORRUPTIONS,
+                      severities: Iterable[int] = SEVERITIES, seed: int = 0, device: str = "cpu",
+                      data_root: str | None = None, metric: str = "coco/bbox_mAP", resume: bool = True,
+                      progress: bool = True) -> dict:
+    """bbox AP (fraction, as ``CocoMetric`` reports it) per corruption/severity; returns the state
+    ``{meta, clean_AP, AP: {c: {sev: ap}}, summary}`` and saves it to ``<out>/results.json``."""
+    from tqdm.auto import tqdm
+
+    import cvkit.robustness.mmdet_transform  # noqa: F401  registers CorruptImage
+    from cvkit.tasks.detection import evaluate_detector as coco_test
+    from cvkit.tasks.detection import load_det_config
+
+    corruptions, severities = list(corruptions), list(severities)
+    for c in corruptions:
+        for s in severities:
+            _check(c, s)
+    if not Path(checkpoint).is_file():
+        raise ValueError(f"checkpoint {str(checkpoint)!r} does not exist")
+    cfg = load_det_config(config)
+    out_dir = Path(out_dir)
+    meta = {"task": "detection", "config": str(config), "checkpoint": str(checkpoint), "seed": seed,
+            "metric": metric, "data_root": data_root}
+    path = out_dir / RESULTS_FILE
+    state = {"meta": meta, "clean_AP": None, "AP": {}}
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("meta") != meta:
+            raise ValueError(f"{path} holds results of a different evaluation; use another --out or --no-resume")
+        state = old
+    accelerator = "gpu" if str(device).startswith("cuda") else "cpu"
+
+    def run(c):
+        metrics = coco_test(c, str(checkpoint), data_root=data_root, accelerator=accelerator, devices=1)
+        if metric not in metrics:
+            raise ValueError(f"metric {metric!r} not in the evaluator's results {sorted(metrics)}")
+        return float(metrics[metric])
+
+    def save():
+        state["summary"] = coco_c_summary(
+            {c: [state["AP"].get(c, {}).get(str(s)) for s in SEVERITIES] for c in state["AP"]},
+            state["clean_AP"] or 0.0)
+        atomic_write_text(path, json.dumps(state, indent=1))
+
+    if state["clean_AP"] is None:
+        state["clean_AP"] = run(cfg)
+        save()
+    todo = [(c, s) for c in corruptions for s in severities if str(s) not in state["AP"].get(c, {})]
+    for c, s in tqdm(todo, desc="COCO-C", disable=not progress, unit="set"):
+        state["AP"].setdefault(c, {})[str(s)] = run(with_corruption(cfg, c, s, seed))
+        save()
+    save()
+    return state

@@ -1,0 +1,207 @@
+"""Image sources for ImageNet-C evaluation: the released folder layout and on-the-fly corruption.
+
+The release was made as: PIL image -> ``Resize(256)`` (shorter side, bilinear) -> ``CenterCrop(224)``
+-> corruption -> ``np.uint8`` -> JPEG quality 85, ``optimize=True`` (hendrycks/robustness,
+``make_imagenet_c.py``). The released images are therefore already 224x224: evaluate them with a
+centre crop only, never resize again. On the fly we repeat the same steps in memory; with
+``jpeg_quality=85`` the JPEG step too, which makes on-the-fly and generated-folder evaluation
+give identical inputs.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import functional as TF
+
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, _check, corrupt
+
+RELEASE_JPEG_QUALITY = 85
+
+
+def image_seed(seed: int, corruption: str, severity: int, index: int) -> tuple[int, int, int, int]:
+    """Seed of one image's corruption: independent of batch, order and worker."""
+    return (seed, ALL_CORRUPTIONS.index(corruption), severity, index)
+
+
+def list_image_folder(root) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, class index) samples and class names of an ImageFolder tree (sorted, torchvision's
+    rules)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"image folder {str(root)!r} does not exist or is not a directory")
+    classes, class_to_idx = find_classes(str(root))
+    try:
+        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as e:
+        raise ValueError(f"no images in {str(root)!r}: {e}") from None
+    return samples, classes
+
+
+def load_rgb(path) -> Image.Image:
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        return img.convert("RGB")
+
+
+def resize_center_crop(img: Image.Image, resize: int, crop: int) -> np.ndarray:
+    """The release's preprocessing: shorter side to ``resize`` (PIL bilinear), centre ``crop``."""
+    img = TF.center_crop(TF.resize(img, resize, interpolation=TF.InterpolationMode.BILINEAR), crop)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def center_crop_only(img: Image.Image, crop: int, path="") -> np.ndarray:
+    """Centre crop of an already-corrupted (ImageNet-C) image; never resizes."""
+    w, h = img.size
+    if w < crop or h < crop:
+        raise ValueError(f"image {path} is {w}x{h}, smaller than the centre crop {crop}: ImageNet-C "
+                         f"images are evaluated with a centre crop only (pass --crop {min(w, h)}?)")
+    return np.asarray(TF.center_crop(img, crop), dtype=np.uint8)
+
+
+def jpeg_roundtrip(img: np.ndarray, quality: int = RELEASE_JPEG_QUALITY) -> np.ndarray:
+    """Encode/decode as the release saved its files (PIL, ``optimize=True``)."""
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality, optimize=True)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+class CleanImageFolder(Dataset):
+    """ImageFolder val set -> (uint8 HxWx3 crop, target, index), resized + centre-cropped."""
+
+    def __init__(self, root, resize: int = 256, crop: int = 224, classes: list[str] | None = None):
+        self.samples, self.classes = list_image_folder(root)
+        if classes is not None and classes != self.classes:
+            raise ValueError(f"classes of {root} differ from the reference class list")
+        if not self.samples:
+            raise ValueError(f"no images in {root}")
+        self.resize, self.crop = resize, crop
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, target = self.samples[index]
+        return resize_center_crop(load_rgb(path), self.resize, self.crop), target, index
+
+
+class ImageNetCFolder(Dataset):
+    """One ``<root>/<corruption>/<severity>/`` ImageFolder of pre-rendered images -> (uint8
+    centre crop, target, index)."""
+
+    def __init__(self, root, crop: int = 224, classes: list[str] | None = None):
+        self.samples, found = list_image_folder(root)
+        if classes is not None:
+            unknown = sorted(set(found) - set(classes))
+            if unknown:
+                raise ValueError(f"{root} has classes {unknown[:5]} not in the reference class list")
+            index = {c: i for i, c in enumerate(classes)}
+            self.samples = [(p, index[found[t]]) for p, t in self.samples]
+        if not self.samples:
+            raise ValueError(f"no images in {root}")
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, target = self.samples[index]
+        return center_crop_only(load_rgb(path), self.crop, path), target, index
+
+
+class CorruptingCollate:
+    """Collate (uint8 image, target, index) items into a batch and corrupt it in one batched call,
+    each image with its own seed (:func:`image_seed`); optionally the release's JPEG step."""
+
+    def __init__(self, corruption: str | None = None, severity: int = 1, seed: int = 0,
+                 jpeg_quality: int | None = None):
+        if corruption is not None:
+            _check(corruption, severity)
+        self.corruption, self.severity, self.seed, self.jpeg_quality = corruption, severity, seed, jpeg_quality
+
+    def __call__(self, items):
+        images = np.stack([it[0] for it in items])
+        targets = torch.tensor([it[1] for it in items])
+        if self.corruption is not None:
+            seeds = [image_seed(self.seed, self.corruption, self.severity, it[2]) for it in items]
+            images = corrupt(images, self.corruption, self.severity, seed=seeds)
+            if self.jpeg_quality is not None:
+                images = np.stack([jpeg_roundtrip(im, self.jpeg_quality) for im in images])
+        return torch.from_numpy(images), targets
+
+
+def _save_atomic(img: np.ndarray, path: Path, fmt: str, quality: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == "jpeg":
+        Image.fromarray(img).save(tmp, format="JPEG", quality=quality, optimize=True)
+    else:
+        Image.fromarray(img).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def _worker_init() -> None:
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def _render_chunk(task) -> int:
+    (samples, classes, out_root, corruption, severity, start, resize, crop, seed, fmt, quality) = task
+    images = np.stack([resize_center_crop(load_rgb(p), resize, crop) for p, _ in samples])
+    seeds = [image_seed(seed, corruption, severity, start + i) for i in range(len(samples))]
+    out = corrupt(images, corruption, severity, seed=seeds)
+    for (path, target), img in zip(samples, out):
+        dest = Path(out_root) / corruption / str(severity) / classes[target] / Path(path).name
+        if fmt == "png":
+            dest = dest.with_suffix(".png")
+        elif dest.suffix.lower() not in (".jpg", ".jpeg"):
+            dest = dest.with_suffix(".jpg")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _save_atomic(img, dest, fmt, quality)
+    return len(samples)
+
+
+def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities=(1, 2, 3, 4, 5),
+                     resize: int = 256, crop: int = 224, seed: int = 0, fmt: str = "jpeg",
+                     quality: int = RELEASE_JPEG_QUALITY, workers: int | None = None,
+                     chunk: int = 32, progress: bool = True) -> int:
+    """Render an ImageNet-C-style tree ``<out>/<corruption>/<severity>/<class>/<file>`` from an
+    ImageFolder val set, as the release was made (resize, centre crop, corrupt, JPEG q85
+    ``optimize=True``; ``fmt='png'`` for a lossless copy). Image i of every set uses seed
+    :func:`image_seed`, so the result equals on-the-fly corruption. Parallel over ``workers``
+    processes (default: all cores). Returns the number of images written."""
+    import multiprocessing as mp
+
+    from tqdm.auto import tqdm
+
+    if fmt not in ("jpeg", "png"):
+        raise ValueError(f"format must be 'jpeg' or 'png', got {fmt!r}")
+    for c in corruptions:
+        for s in severities:
+            _check(c, s)
+    samples, classes = list_image_folder(val_root)
+    if not samples:
+        raise ValueError(f"no images in {val_root}")
+    tasks = [(samples[i:i + chunk], classes, str(out_root), c, s, i, resize, crop, seed, fmt, quality)
+             for c in corruptions for s in severities for i in range(0, len(samples), chunk)]
+    workers = workers or os.cpu_count() or 1
+    done = 0
+    with tqdm(total=len(tasks) * 1, desc="ImageNet-C render", unit="chunk", disable=not progress) as bar:
+        if workers == 1:
+            for t in tasks:
+                done += _render_chunk(t)
+                bar.update()
+        else:
+            # spawn, not fork: a forked child of a process whose OpenCV/OpenMP thread pools are
+            # running can deadlock. Each worker imports cvkit once (seconds), then renders chunks.
+            with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+                for n in pool.imap_unordered(_render_chunk, tasks):
+                    done += n
+                    bar.update()
+    return done

@@ -1,0 +1,140 @@
+"""Reports of an ImageNet-C evaluation: JSON summary, CSV table, Markdown table, PNG heatmap
+(corruption x severity error) and per-corruption bars against a baseline model (AlexNet's
+published errors unless another evaluation is given). Benchmark and held-out corruptions are
+kept apart everywhere.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cvkit.robustness.corruptions import CORRUPTIONS, HELD_OUT, SEVERITIES
+from cvkit.robustness.evaluate import atomic_write_text, error_table
+from cvkit.robustness.metrics import ALEXNET_ERRORS, summarize
+
+
+def _fmt(v, nd=1):
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
+                  baseline_name: str | None = None) -> dict[str, Path]:
+    """Write summary.json, errors.csv, report.md, heatmap.png, bars.png to ``out_dir``."""
+    out_dir = Path(out_dir)
+    table = error_table(state)
+    summary = summarize(table, state.get("clean_error"))
+    d = summary.as_dict()
+    d["missing_reasons"] = state.get("missing", {})
+    d["meta"] = state.get("meta", {})
+    files = {"summary": out_dir / "summary.json", "csv": out_dir / "errors.csv",
+             "markdown": out_dir / "report.md", "heatmap": out_dir / "heatmap.png",
+             "bars": out_dir / "bars.png"}
+    atomic_write_text(files["summary"], json.dumps(d, indent=1))
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["corruption", "group"] + [f"error_s{s}_percent" for s in SEVERITIES]
+               + ["mean_error_percent", "CE", "relative_CE"])
+    for group, names in (("benchmark", CORRUPTIONS), ("held_out", HELD_OUT)):
+        for c in names:
+            if c not in table:
+                continue
+            errs = [None if e is None else 100 * e for e in table[c]]
+            full = all(e is not None for e in errs)
+            w.writerow([c, group] + ["" if e is None else f"{e:.4f}" for e in errs]
+                       + [f"{np.mean(errs):.4f}" if full else "",
+                          f"{summary.ce[c]:.4f}" if c in summary.ce else "",
+                          f"{summary.relative_ce[c]:.4f}" if c in summary.relative_ce else ""])
+    atomic_write_text(files["csv"], buf.getvalue())
+
+    lines = ["# ImageNet-C report", ""]
+    if not summary.complete:
+        lines += [f"**Incomplete**: missing {', '.join(summary.missing)} — mCE is over the "
+                  f"complete benchmark corruptions only.", ""]
+    lines += [f"- clean error: {_fmt(d['clean_error_percent'], 2)} %",
+              f"- mCE (AlexNet-normalised, 15 benchmark corruptions): {_fmt(summary.mce, 2)}",
+              f"- relative mCE: {_fmt(summary.relative_mce, 2)}",
+              f"- mean error, benchmark corruptions: {_fmt(summary.mean_error_benchmark, 2)} %",
+              f"- mean error, held-out corruptions: {_fmt(summary.mean_error_held_out, 2)} %", ""]
+    head = "| corruption | " + " | ".join(f"s{s}" for s in SEVERITIES) + " | mean | CE | rel. CE |"
+    sep = "|---" * 9 + "|"
+    for title, names in (("Benchmark corruptions (error %)", CORRUPTIONS),
+                         ("Held-out corruptions (error %, not in mCE)", HELD_OUT)):
+        rows = [c for c in names if c in table]
+        if not rows:
+            continue
+        lines += [f"## {title}", "", head, sep]
+        for c in rows:
+            errs = [None if e is None else 100 * e for e in table[c]]
+            mean = np.mean(errs) if all(e is not None for e in errs) else None
+            lines.append(f"| {c} | " + " | ".join(_fmt(e) for e in errs)
+                         + f" | {_fmt(mean)} | {_fmt(summary.ce.get(c))} | {_fmt(summary.relative_ce.get(c))} |")
+        lines.append("")
+    atomic_write_text(files["markdown"], "\n".join(lines))
+    _plot_heatmap(table, files["heatmap"])
+    _plot_bars(table, files["bars"], baseline_state, baseline_name)
+    return files
+
+
+def _save_figure(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def _plot_heatmap(table, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c for c in CORRUPTIONS + HELD_OUT if c in table]
+    grid = np.array([[np.nan if e is None else 100 * e for e in table[c]] for c in names], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.5))
+    im = ax.imshow(grid, cmap="magma_r", aspect="auto", vmin=0, vmax=100)
+    ax.set_xticks(range(5), [f"s{s}" for s in SEVERITIES])
+    ax.set_yticks(range(len(names)), names)
+    n_bench = sum(c in CORRUPTIONS for c in names)
+    if 0 < n_bench < len(names):
+        ax.axhline(n_bench - 0.5, color="cyan", lw=2)  # held-out below the line
+    for i in range(len(names)):
+        for j in range(5):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if grid[i, j] > 50 else "black")
+    fig.colorbar(im, ax=ax, label="top-1 error (%)")
+    ax.set_title("Error by corruption and severity (held-out below the line)")
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _plot_bars(table, path: Path, baseline_state, baseline_name) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c for c in CORRUPTIONS + HELD_OUT if c in table and all(e is not None for e in table[c])]
+    ours = [100 * np.mean(table[c]) for c in names]
+    if baseline_state is None:
+        base = {c: 100 * ALEXNET_ERRORS[c] for c in CORRUPTIONS}
+        baseline_name = baseline_name or "AlexNet (published)"
+    else:
+        bt = error_table(baseline_state)
+        base = {c: 100 * np.mean(v) for c, v in bt.items() if all(e is not None for e in v)}
+        baseline_name = baseline_name or "baseline"
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) + 2), 4))
+    ax.bar(x - 0.2, ours, 0.4, label="model")
+    ax.bar(x + 0.2, [base.get(c, np.nan) for c in names], 0.4, label=baseline_name)
+    ax.set_xticks(x, names, rotation=60, ha="right")
+    ax.set_ylabel("mean top-1 error over severities (%)")
+    n_bench = sum(c in CORRUPTIONS for c in names)
+    if 0 < n_bench < len(names):
+        ax.axvline(n_bench - 0.5, color="gray", ls="--")
+    ax.legend()
+    ax.set_title("Per-corruption error vs baseline (held-out right of the dashed line)")
+    _save_figure(fig, path)
+    plt.close(fig)

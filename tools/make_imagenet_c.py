@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Render an ImageNet-C-style folder from an ImageFolder validation set, the way the release was
+made: resize (shorter side) 256, centre crop 224, corrupt, JPEG quality 85; parallel over cores.
+
+    python tools/make_imagenet_c.py --val data/imagenet/val --out data/imagenet-c
+    python tools/make_imagenet_c.py --val data/classification/val --out /tmp/c --resize 96 --crop 80 \
+        --corruptions fog snow --severities 1 3 --format png
+"""
+import argparse
+import sys
+
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS
+from cvkit.robustness.folder import RELEASE_JPEG_QUALITY, write_imagenet_c
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--val", required=True, help="ImageFolder validation root (<val>/<class>/<img>)")
+    p.add_argument("--out", required=True, help="output root (<out>/<corruption>/<severity>/<class>/<img>)")
+    p.add_argument("--corruptions", nargs="+", default=list(ALL_CORRUPTIONS), metavar="NAME")
+    p.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    p.add_argument("--resize", type=int, default=256)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["jpeg", "png"], default="jpeg",
+                   help="jpeg (as released, quality --quality) or png (lossless)")
+    p.add_argument("--quality", type=int, default=RELEASE_JPEG_QUALITY)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    args = p.parse_args(argv)
+    try:
+        n = write_imagenet_c(args.val, args.out, args.corruptions, args.severities, args.resize,
+                             args.crop, args.seed, args.format, args.quality, args.workers)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} images under {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
