@@ -89,7 +89,7 @@ def test_glass_shuffle_equals_sequential_loop(delta):
         np.testing.assert_array_equal(ours[n], _sequential_glass_loop(x[n], dx[n], dy[n], delta))
 
 
-def test_published_glass_loop_copies_rather_than_swaps(ic):
+def test_published_glass_loop_copies_rather_than_swaps():
     """The claim behind glass_shuffle: on an HxWx3 array the package's tuple 'swap' is a copy."""
     x = np.arange(2 * 2 * 3).reshape(2, 2, 3)
     x[0, 0], x[1, 1] = x[1, 1], x[0, 0]

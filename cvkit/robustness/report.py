@@ -134,7 +134,7 @@ def _plot_bars(table, path: Path, baseline_state, baseline_name) -> None:
     n_bench = sum(c in CORRUPTIONS for c in names)
     if 0 < n_bench < len(names):
         ax.axvline(n_bench - 0.5, color="gray", ls="--")
-    ax.legend()
+    ax.legend(loc="lower left")
     ax.set_title("Per-corruption error vs baseline (held-out right of the dashed line)")
     _save_figure(fig, path)
     plt.close(fig)
