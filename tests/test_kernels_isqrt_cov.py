@@ -178,6 +178,12 @@ def test_cpu_tensor_without_interpreter_is_a_clear_error(monkeypatch):
         isqrt_cov_triton(torch.randn(1, 16, 2, 2))
 
 
+def test_empty_batch_gives_empty_result(interpret):
+    x = torch.randn(0, 16, 3, 3, requires_grad=True)
+    assert isqrt_cov_triton(x, 3).shape == (0, 136)
+    assert isqrt_cov_triton(x, 3, vectorize=False).shape == (0, 16, 16)
+
+
 def test_bad_arguments_are_clear_errors(interpret):
     with pytest.raises(ValueError, match=r"shape \(16, 4\)"):
         isqrt_cov_triton(torch.randn(16, 4))

@@ -127,28 +127,46 @@ def _products_kernel(A1, B1, A2, B2, A3, B3, E, F, SCALE, OUT,
     rm = ti * BLOCK + tl.arange(0, BLOCK)
     rn = tj * BLOCK + tl.arange(0, BLOCK)
     rk = tl.arange(0, BLOCK_K)
-    # Row block of each left factor. Every right factor here is symmetric (an iterate, or a
-    # backward matrix P, Q), so its column block is read as the row block rn, contiguous along k,
-    # and transposed on chip: 16-byte loads, and the K-major layout TF32 tensor cores need.
+    # Row block of each left factor, column block of each right factor. Every right factor here
+    # is symmetric (an iterate, or a backward matrix P, Q), so on the tensor cores (tf32, tf32x3)
+    # its column block is read as the row block rn, contiguous along k, and transposed on chip:
+    # 16-byte loads and the K-major layout TF32 wgmma needs (H100: tf32x3 4.8 -> 3.4 ms per
+    # forward+backward at B=128, d=256). The FMA path (ieee) keeps plain column blocks: with the
+    # transposed tile it went 4.5 -> 8.6 ms (docs/kernels.md).
     a_offs = base + rm[:, None] * d + rk[None, :]
-    b_offs = base + rn[:, None] * d + rk[None, :]
+    if PRECISION == "ieee":
+        b_offs = base + rk[:, None] * d + rn[None, :]
+    else:
+        b_offs = base + rn[:, None] * d + rk[None, :]
     acc = tl.full((BLOCK, BLOCK), 0.0, tl.float32)
     for k0 in range(0, d, BLOCK_K):
         a_mask = (rm[:, None] < d) & (rk[None, :] < d - k0)
-        b_mask = (rn[:, None] < d) & (rk[None, :] < d - k0)
-        acc = tl.dot(tl.load(A1 + a_offs, mask=a_mask, other=0.0),
-                     tl.trans(tl.load(B1 + b_offs, mask=b_mask, other=0.0)), acc,
+        if PRECISION == "ieee":
+            b_mask = (rk[:, None] < d - k0) & (rn[None, :] < d)
+        else:
+            b_mask = (rn[:, None] < d) & (rk[None, :] < d - k0)
+        b1 = tl.load(B1 + b_offs, mask=b_mask, other=0.0)
+        if PRECISION != "ieee":
+            b1 = tl.trans(b1)
+        acc = tl.dot(tl.load(A1 + a_offs, mask=a_mask, other=0.0), b1, acc,
                      input_precision=PRECISION)
         if NPROD >= 2:
-            acc = tl.dot(tl.load(A2 + a_offs, mask=a_mask, other=0.0),
-                         tl.trans(tl.load(B2 + b_offs, mask=b_mask, other=0.0)), acc,
+            b2 = tl.load(B2 + b_offs, mask=b_mask, other=0.0)
+            if PRECISION != "ieee":
+                b2 = tl.trans(b2)
+            acc = tl.dot(tl.load(A2 + a_offs, mask=a_mask, other=0.0), b2, acc,
                          input_precision=PRECISION)
         if NPROD >= 3:
-            acc = tl.dot(tl.load(A3 + a_offs, mask=a_mask, other=0.0),
-                         tl.trans(tl.load(B3 + b_offs, mask=b_mask, other=0.0)), acc,
+            b3 = tl.load(B3 + b_offs, mask=b_mask, other=0.0)
+            if PRECISION != "ieee":
+                b3 = tl.trans(b3)
+            acc = tl.dot(tl.load(A3 + a_offs, mask=a_mask, other=0.0), b3, acc,
                          input_precision=PRECISION)
         a_offs += BLOCK_K
-        b_offs += BLOCK_K
+        if PRECISION == "ieee":
+            b_offs += BLOCK_K * d
+        else:
+            b_offs += BLOCK_K
     if SYMMETRIC:
         if ti == tj:  # rounding makes acc[i, j] and acc[j, i] differ slightly: average them
             acc = 0.5 * (acc + tl.trans(acc))
@@ -290,8 +308,8 @@ def _batched_dot_kernel(X, Y, OUT, n, BLOCK: tl.constexpr):
 @triton.autotune(configs=_GRADX_CONFIGS, key=["d", "M", "batch_class", "PRECISION"])
 @triton.jit
 def _grad_input_kernel(H, X, MEAN, TRACE, GC, HA, GX, d, M, batch_class, stride_b, stride_c,
-                       stride_m, PRECISION: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       stride_m, PRECISION: tl.constexpr, BLOCK_C: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """dL/dX = (2/M) G_Sigma Xc with G_Sigma = H / t + s I, s = <G, C>/(2t) - <H, A>/t
     (t = tr Sigma, H = dL/dA from the Newton–Schulz backward): the product and the trace term in
     one pass, written in the input's own layout. Xc already has zero row means, so the centring
