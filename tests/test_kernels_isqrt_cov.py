@@ -101,13 +101,14 @@ def test_matrix_output_and_token_layout(interpret, layout, iters):
     assert torch.equal(out, out.transpose(1, 2))  # written exactly symmetric
 
 
-@pytest.mark.parametrize("d, batch, iters", [(40, 2, 3), (72, 1, 2)])
-def test_several_tiles_with_masked_edges(interpret, d, batch, iters):
+@pytest.mark.parametrize("d, batch, iters, precision", [(40, 2, 3, "ieee"), (72, 1, 2, "tf32x3")])
+def test_several_tiles_with_masked_edges(interpret, d, batch, iters, precision):
     """d > 32 spans several 32×32 tiles (interpreter config): upper tiles, mirrored tiles, the
-    tile-index decoding and masked edges."""
+    tile-index decoding and masked edges, with both ways of reading the right factor (column
+    blocks for "ieee", transposed row blocks otherwise; the interpreter computes in fp32)."""
     torch.manual_seed(d)
     x = torch.randn(batch, d, 3, 3) if d == 40 else torch.randn(batch, 7, d)
-    check_against_reference(x, iters, d == 40, tol=1e-5)
+    check_against_reference(x, iters, d == 40, tol=1e-5, precision=precision)
 
 
 def test_triu_order_is_row_major(interpret):
