@@ -21,7 +21,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from cvkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from cvkit.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize_batch,
+                                   train_transform)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -192,6 +193,7 @@ class ClassificationDataModule(LightningDataModule):
             of policy ops per image, 0 = off).
         num_workers: loader processes per device (None: CPU cores / devices, at most 8).
         pin_memory: None = when CUDA is available.
+        mean, std: normalisation, applied on the device (batches travel as uint8).
         strict: stop on a bad image file instead of skipping it with a warning.
         seed: sampler order and per-sample augmentation seed.
     """
@@ -221,9 +223,9 @@ class ClassificationDataModule(LightningDataModule):
         hp = self.hparams
         if train:
             tf = train_transform(hp.image_size, hp.scale, hp.ratio, hp.hflip, hp.color_jitter,
-                                 hp.randaugment, hp.randaugment_magnitude, hp.mean, hp.std)
+                                 hp.randaugment, hp.randaugment_magnitude, normalize=False)
         else:
-            tf = eval_transform(hp.image_size, hp.crop_pct, hp.mean, hp.std)
+            tf = eval_transform(hp.image_size, hp.crop_pct, normalize=False)
         return ImageFolderDataset(self.root / name, tf, strict=self.strict, seed=self.seed)
 
     @property
@@ -244,6 +246,11 @@ class ClassificationDataModule(LightningDataModule):
             raise ValueError(f"class folders differ between {self.train_set.root} "
                              f"({len(self.train_set.classes)}) and {self.val_set.root} "
                              f"({len(self.val_set.classes)})")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Images travel as uint8 and are normalised here, on the device (Lightning hook)."""
+        images, *rest = batch
+        return (normalize_batch(images, self.hparams.mean, self.hparams.std), *rest)
 
     # -- loaders --------------------------------------------------------------------------------
     def _world(self) -> tuple[int, int]:

@@ -12,11 +12,29 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _normalize_and_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
+def _to_tensor(mean: Sequence[float], std: Sequence[float], normalize: bool) -> list:
+    """CHW tensor; uint8 unless ``normalize`` (then float32, (x/255 - mean) / std).
+
+    The datamodule keeps images uint8 until they reach the device (4x less to copy between
+    worker processes and to the GPU) and normalises there: :func:`normalize_batch`.
+    """
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
-    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    ops = [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)] if normalize else []
+    return ops + [ToTensorV2()]
+
+
+def normalize_batch(images, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD):
+    """uint8 (B,3,H,W) -> float32 (x/255 - mean) / std, on the tensor's device; float passes."""
+    import torch
+
+    if images.dtype != torch.uint8:
+        return images
+    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    return (images.float() - m) / s
 
 
 def randaugment_like(num_ops: int = 2, magnitude: float = 0.5):
@@ -44,7 +62,8 @@ def randaugment_like(num_ops: int = 2, magnitude: float = 0.5):
 def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
                     ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
                     color_jitter: float = 0.4, randaugment: int = 0, randaugment_magnitude: float = 0.5,
-                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    normalize: bool = True):
     """Training pipeline; ``randaugment`` is the number of policy ops per image (0 = off)."""
     import albumentations as A
 
@@ -56,11 +75,12 @@ def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
         ops.append(A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0.0, p=1.0))
     if randaugment > 0:
         ops.append(randaugment_like(randaugment, randaugment_magnitude))
-    return A.Compose(ops + _normalize_and_tensor(mean, std))
+    return A.Compose(ops + _to_tensor(mean, std, normalize))
 
 
 def eval_transform(size: int = 224, crop_pct: float = 0.875,
-                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                   normalize: bool = True):
     """Resize the shorter side to ``round(size / crop_pct)``, centre crop ``size``."""
     import albumentations as A
 
@@ -68,4 +88,4 @@ def eval_transform(size: int = 224, crop_pct: float = 0.875,
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
     resize = int(round(size / crop_pct))
     return A.Compose([A.SmallestMaxSize(max_size=resize, p=1.0), A.CenterCrop(size, size, p=1.0)]
-                     + _normalize_and_tensor(mean, std))
+                     + _to_tensor(mean, std, normalize))

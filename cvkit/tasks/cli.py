@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, lazy_instance
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -31,8 +31,7 @@ class ClassificationCLI(LightningCLI):
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"default_root_dir": "runs/classification",
-                              "callbacks": [TrainingReport()],
-                              "plugins": [AtomicCheckpointIO()]},
+                              "callbacks": [lazy_instance(TrainingReport)]},
             # parse errors come back as exceptions; main() prints them as one line
             parser_kwargs={"exit_on_error": False},
             args=args, run=run, **kwargs)
@@ -48,6 +47,8 @@ class ClassificationCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
+        if not cfg.get("plugins"):
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         if cfg.get("logger") in (None, True):
             root = cfg.get("default_root_dir") or os.getcwd()
             # one run folder for both loggers and the checkpoints, so `--ckpt_path last` finds them

@@ -1,0 +1,94 @@
+"""Training input pipeline throughput: cvkit's (OpenCV decode + albumentations RandomResizedCrop,
+flip, normalise) beside torchvision's standard ``transforms`` pipeline (PIL decode +
+RandomResizedCrop + RandomHorizontalFlip + ToTensor + Normalize), same folder, same DataLoader
+settings (batch, workers, no pinning), timed round-robin over full passes of the folder."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from cvkit.benchmarks import machine_description
+from cvkit.benchmarks.timing import interleaved_median_seconds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default="data/classification",
+                        help="ImageFolder root holding train/ (default: the embedded synthetic set)")
+    parser.add_argument("--size", type=int, default=224, help="training crop size")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+
+
+def _torchvision_loader(split: Path, size: int, batch: int, workers: int, limit, worker_init):
+    from torchvision import datasets, transforms as T
+
+    tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    ds = datasets.ImageFolder(str(split), transform=tf)
+    if limit:
+        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
+                                       persistent_workers=workers > 0, worker_init_fn=worker_init,
+                                       drop_last=True)
+
+
+def _cvkit_loader(root: Path, size: int, batch: int, workers: int, limit):
+    from cvkit.data.datamodule import ClassificationDataModule
+
+    dm = ClassificationDataModule(root=str(root), batch_size=batch, image_size=size,
+                                  num_workers=workers, pin_memory=False, persistent_workers=True)
+    dm.setup("fit")
+    if limit:
+        dm.train_set.samples = dm.train_set.samples[:limit]
+    return dm, dm.train_dataloader()
+
+
+def run(args: argparse.Namespace) -> str:
+    from cvkit.data.datamodule import _worker_init
+
+    root = Path(args.root)
+    split = root / "train"
+    ours_dm, ours = _cvkit_loader(root, args.size, args.batch_size, args.workers, args.max_images)
+    ref = _torchvision_loader(split, args.size, args.batch_size, args.workers, args.max_images,
+                              _worker_init if args.workers else None)
+    n_images = len(ours) * args.batch_size
+    assert len(ref) * args.batch_size == n_images
+
+    def drain(loader, finish=lambda b: b):
+        def fn():
+            for batch in loader:
+                images = finish(batch)[0]  # normalised float32 batch in the main process
+                assert images.dtype == torch.float32 and images.shape[-1] == args.size
+        return fn
+
+    # cvkit ships uint8 from the workers and normalises the batch afterwards (on the GPU when
+    # training there); here on the CPU, in the main process, so both end as the same float batch
+    ours_finish = lambda b: ours_dm.on_after_batch_transfer(b, 0)  # noqa: E731
+    times = interleaved_median_seconds({"cvkit": drain(ours, ours_finish), "torchvision": drain(ref)},
+                                       repeats=args.repeats, warmup=1)
+    ips = {k: n_images / v for k, v in times.items()}
+    ratio = ips["cvkit"] / ips["torchvision"]
+    cmd = (f"python tools/benchmark.py data --root {args.root} --size {args.size} "
+           f"--batch-size {args.batch_size} --workers {args.workers} --repeats {args.repeats}"
+           + (f" --max-images {args.max_images}" if args.max_images else ""))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return "\n".join([
+        f"Training input pipeline, {n_images} images per pass from `{split}`, crop {args.size}, "
+        f"batch {args.batch_size}, {args.workers} workers, median of {args.repeats} interleaved passes.",
+        "",
+        "| pipeline | images/s | ratio |",
+        "|---|---:|---:|",
+        f"| cvkit: cv2.imdecode + albumentations RRC + flip, uint8 batches, then normalised | "
+        f"{ips['cvkit']:.0f} | {ratio:.2f}x |",
+        f"| torchvision: PIL + RandomResizedCrop + flip + ToTensor + Normalize | "
+        f"{ips['torchvision']:.0f} | 1.00x |",
+        "",
+        f"Command: `{cmd}`",
+        f"Machine: {machine_description()}; {os.cpu_count()} CPUs visible; 1-min load average at the "
+        f"end {load:.1f}.",
+    ])
