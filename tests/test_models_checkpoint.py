@@ -251,7 +251,7 @@ def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
     assert str(path) in msg and "missing keys" in msg and "layer1.0.conv3.weight" in msg
     assert "unexpected keys" not in msg  # every resnet18 name exists in resnet50
     assert "layer1.0.conv1.weight: checkpoint [64, 64, 3, 3] vs model [64, 64, 1, 1]" in msg
-    assert "fc.weight: checkpoint [1000, 512] vs model [1000, 2048]" in msg
+    assert "shape mismatches" in msg and "... and" in msg  # long lists are cut, with a count
     assert "\n" not in msg
 
 
@@ -307,10 +307,11 @@ def test_convert_tool_mmdet_legacy_mode(tmp_path):
     src = tmp_path / "det.pth"
     torch.save({"state_dict": {"backbone.conv1.weight": torch.ones(1)}}, src)
     tool = _convert_tool()
-    has_converter = importlib.util.find_spec("cvkit.det.convert") is not None
-    if has_converter:
+    try:
         from cvkit.det.convert import convert_legacy_mmdet_checkpoint
-
+    except ImportError:  # cvkit.det needs mmdet: the tool must say so, not crash
+        convert_legacy_mmdet_checkpoint = None
+    if convert_legacy_mmdet_checkpoint is not None:
         expected = convert_legacy_mmdet_checkpoint({"backbone.conv1.weight": torch.ones(1)})
         assert tool.main([str(src), str(tmp_path / "o.pth"), "--kind", "mmdet-legacy"]) == 0
         assert set(torch.load(tmp_path / "o.pth", weights_only=True)) == set(expected)

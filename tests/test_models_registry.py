@@ -15,10 +15,11 @@ HEAVY = {n for n in PRESETS if n.startswith(("vit_base", "resnet152", "eca_resne
 
 
 def small_kwargs(name: str) -> dict:
-    """Small inputs: 10 classes; a 32 px ViT (4 patches)."""
+    """Small inputs: 10 classes; a 32 px ViT (4 patches) of 2 blocks (the full depth is covered by
+    the checkpoint tests, which compare vit_small_patch16 with timm's 12-block model)."""
     kw = dict(num_classes=10)
     if PRESETS[name].family == "vit":
-        kw["img_size"] = 32
+        kw.update(img_size=32, depth=2)
     return kw
 
 
@@ -33,22 +34,27 @@ def _params(names):
 
 @pytest.mark.parametrize("name", _params(PRESETS))
 def test_preset_trains_and_matches_timm(name):
-    """timm.create_model("cvkit_<name>") builds the same model (same seed -> same weights and
-    logits); one training step runs with finite loss and every parameter gets a gradient;
-    features_only returns maps whose channels are the ones feature_info announces."""
+    """One training step runs with a finite loss and every parameter gets a gradient;
+    timm.create_model("cvkit_<name>", features_only=True) builds the same network (same seed ->
+    same weights, same maps as forward_intermediates) and its maps have the channels and strides
+    feature_info announces."""
     kw = small_kwargs(name)
     torch.manual_seed(0)
     model = cvkit.create_model(name, **kw)
     torch.manual_seed(0)
-    via_timm = timm.create_model(f"cvkit_{name}", **kw)
-    sd_a, sd_b = model.state_dict(), via_timm.state_dict()
-    assert sd_a.keys() == sd_b.keys()
-    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    feats = timm.create_model(f"cvkit_{name}", features_only=True, **kw)
+    own = model.state_dict()
+    for key, value in feats.state_dict().items():
+        assert torch.equal(own[key.removeprefix("model.")], value), key
     x = small_input(name)
-    model.eval(), via_timm.eval()
+    model.eval(), feats.eval()
     with torch.no_grad():
-        assert torch.equal(model(x), via_timm(x))
-    del via_timm
+        maps = feats(x)
+        ref = model.forward_intermediates(x, indices=feats.out_indices, intermediates_only=True)
+    assert len(maps) == len(ref) and all(torch.equal(a, b) for a, b in zip(maps, ref))
+    assert [m.shape[1] for m in maps] == feats.feature_info.channels()
+    assert [x.shape[-1] // m.shape[-1] for m in maps] == feats.feature_info.reduction()
+    del feats
 
     model.train()
     logits = model(x)
@@ -65,11 +71,20 @@ def test_preset_trains_and_matches_timm(name):
     assert set(model.no_weight_decay()) <= {n for n, _ in model.named_parameters()} | {
         "reg_token", "dist_token", "cls_token", "pos_embed"}
 
-    feats = timm.create_model(f"cvkit_{name}", features_only=True, **kw).eval()
+
+@pytest.mark.parametrize("name", ["eca_resnet18", "mobilenetv2_gcp", "vit_tiny_patch16_dhc2"])
+def test_timm_create_model_equals_cvkit(name):
+    kw = small_kwargs(name)
+    torch.manual_seed(0)
+    a = cvkit.create_model(name, **kw).eval()
+    torch.manual_seed(0)
+    b = timm.create_model(f"cvkit_{name}", **kw).eval()
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    x = small_input(name)
     with torch.no_grad():
-        maps = feats(x)
-    assert [m.shape[1] for m in maps] == feats.feature_info.channels()
-    assert [x.shape[-1] // m.shape[-1] for m in maps] == feats.feature_info.reduction()
+        assert torch.equal(a(x), b(x))
+    assert b.pretrained_cfg["architecture"] == f"cvkit_{name}"
 
 
 def test_list_models_and_timm_names():
@@ -77,7 +92,9 @@ def test_list_models_and_timm_names():
     assert cvkit.list_models("vit_small*") == sorted(n for n in PRESETS
                                                      if n.startswith("vit_small"))
     assert all(f"cvkit_{n}" in timm.list_models("cvkit_*") for n in PRESETS)
-    assert not set(PRESETS) & set(timm.list_models())  # no collision with timm's own names
+    # registered under cvkit_* only: timm's own resnet50 etc. stay untouched
+    assert set(timm.list_models("cvkit_*")) == {f"cvkit_{n}" for n in PRESETS}
+    assert timm.models.get_pretrained_cfg("resnet50").architecture == "resnet50"
     for family_preset in ("resnet50", "mobilenetv2", "vit_small_patch16"):
         cfg = timm.models.get_pretrained_cfg(f"cvkit_{family_preset}").to_dict()
         assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875

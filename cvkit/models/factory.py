@@ -44,7 +44,8 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
         from timm.models._features import FeatureGetterNet
 
         if out_indices is None:
-            out_indices = 3 if preset.family == "vit" else (0, 1, 2, 3, 4)
+            out_indices = (min(3, len(model.blocks)) if preset.family == "vit"
+                           else (0, 1, 2, 3, 4))
         cfg = model.pretrained_cfg
         model = FeatureGetterNet(model, out_indices=out_indices)
         model.pretrained_cfg = cfg

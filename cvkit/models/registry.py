@@ -153,7 +153,7 @@ def build(preset: Preset, pretrained: bool = False, **overrides) -> Any:
     kwargs = model_kwargs(preset, overrides)
     feature_cfg = dict(feature_cls="getter")
     if preset.family == "vit":
-        feature_cfg["out_indices"] = 3  # the last three blocks, as timm's ViT
+        feature_cfg["out_indices"] = min(3, kwargs["depth"])  # the last 3 blocks, as timm's ViT
     try:
         model = build_model_with_cfg(
             _family_builder(preset.family), TIMM_PREFIX + preset.name, pretrained,

@@ -29,8 +29,8 @@ def newton_schulz_macs(dim: int, iters: int) -> int:
     return products * dim ** 3
 
 
-def measure(name: str) -> tuple[float, float]:
-    """(parameters in millions, GMACs at 224²) of preset ``name``."""
+def measure(name: str) -> tuple[int, float]:
+    """(number of parameters, GMACs at 224²) of preset ``name``."""
     import cvkit
 
     model = cvkit.create_model(name).eval()
@@ -43,7 +43,7 @@ def measure(name: str) -> tuple[float, float]:
         (model.gcp.cov if model.gcp is not None else None)
     if pool is not None and hasattr(pool, "iters") and hasattr(pool, "dim"):
         macs += newton_schulz_macs(pool.dim or pool.in_channels, pool.iters)
-    return params / 1e6, macs / 1e9
+    return params, macs / 1e9
 
 
 def _fmt(value, digits=2) -> str:
@@ -54,12 +54,12 @@ def markdown(names: list[str] | None = None) -> str:
     from cvkit.models.registry import PRESETS
 
     names = names or sorted(PRESETS, key=_sort_key)
-    rows = ["| preset | params (M) | GMACs @224² | paper params (M) | paper GFLOPs | "
+    rows = ["| preset | params | GMACs @224² | paper params (M) | paper GFLOPs | "
             "paper top-1 (%) | source |", "|---|---|---|---|---|---|---|"]
     for name in names:
         params, gmacs = measure(name)
         paper = PRESETS[name].paper
-        rows.append(f"| `{name}` | {params:.2f} | {gmacs:.2f} | {_fmt(paper.get('params_m'))} | "
+        rows.append(f"| `{name}` | {params:,} | {gmacs:.2f} | {_fmt(paper.get('params_m'))} | "
                     f"{_fmt(paper.get('gflops'))} | {_fmt(paper.get('top1'))} | "
                     f"{paper.get('source', '')} |")
     return "\n".join(rows)
