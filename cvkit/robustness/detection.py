@@ -40,7 +40,7 @@ def with_corruption(cfg, corruption: str, severity: int, seed: int = 0):
 
 def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = ALL_CORRUPTIONS,
                       severities: Iterable[int] = SEVERITIES, seed: int = 0, device: str = "cpu",
-                      data_root: str | None = None, metric: str = "coco/bbox_mAP", resume: bool = True,
+                      data_root: str | None = None, metric: str = "bbox_mAP", resume: bool = True,
                       progress: bool = True) -> dict:
     """bbox AP (fraction, as ``CocoMetric`` reports it) per corruption/severity; returns the state
     ``{meta, clean_AP, AP: {c: {sev: ap}}, summary}`` and saves it to ``<out>/results.json``."""
@@ -71,9 +71,10 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
 
     def run(c):
         metrics = coco_test(c, str(checkpoint), data_root=data_root, accelerator=accelerator, devices=1)
-        if metric not in metrics:
-            raise ValueError(f"metric {metric!r} not in the evaluator's results {sorted(metrics)}")
-        return float(metrics[metric])
+        for key in (metric, f"coco/{metric}"):
+            if key in metrics:
+                return float(metrics[key])
+        raise ValueError(f"metric {metric!r} not in the evaluator's results {sorted(metrics)}")
 
     def save():
         state["summary"] = coco_c_summary(
