@@ -81,6 +81,9 @@ def test_coco_c_end_to_end_on_synthetic_coco(tmp_path, det_root, capsys):
     assert isinstance(state["clean_AP"], float) and set(state["AP"]) == {"fog"}
     assert 0.0 <= state["AP"]["fog"]["1"] <= 1.0
     assert state["summary"]["complete"] is False and "gaussian_noise" in state["summary"]["missing"]
+    for name in ("summary.json", "ap.csv", "report.md", "heatmap.png"):
+        assert (tmp_path / "out" / name).is_file()
+    assert "fog" in (tmp_path / "out" / "ap.csv").read_text()
     state["AP"]["fog"]["1"] = 0.5  # resume: a finished set is not recomputed
     (tmp_path / "out" / "results.json").write_text(json.dumps(state))
     assert tool.main(args) == 0

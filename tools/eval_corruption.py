@@ -63,7 +63,9 @@ def main(argv=None) -> int:
                                       severities=args.severities, seed=args.seed, device=device,
                                       data_root=args.data_root, resume=not args.no_resume,
                                       progress=not args.no_progress)
-            print(json.dumps(state["summary"], indent=1))
+            from cvkit.robustness.report import write_detection_reports
+            files = write_detection_reports(state, args.out)
+            print(Path(files["markdown"]).read_text())
             return 0
         from cvkit.robustness.evaluate import (FolderSource, OnTheFlySource, evaluate_classification,
                                                load_classifier)

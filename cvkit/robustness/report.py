@@ -86,7 +86,43 @@ def _save_figure(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def _plot_heatmap(table, path: Path) -> None:
+def write_detection_reports(state: dict, out_dir) -> dict[str, Path]:
+    """COCO-C reports: summary.json (mPC, rPC, per-corruption mean AP), ap.csv, report.md and
+    heatmap.png (AP by corruption and severity), benchmark and held-out corruptions apart."""
+    out_dir = Path(out_dir)
+    table = {c: [state["AP"].get(c, {}).get(str(s)) for s in SEVERITIES] for c in state["AP"]}
+    summary = state["summary"]
+    files = {"summary": out_dir / "summary.json", "csv": out_dir / "ap.csv",
+             "markdown": out_dir / "report.md", "heatmap": out_dir / "heatmap.png"}
+    atomic_write_text(files["summary"], json.dumps(summary, indent=1))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["corruption", "group"] + [f"AP_s{s}" for s in SEVERITIES] + ["mean_AP"])
+    lines = ["# COCO-C report", ""]
+    if not summary["complete"]:
+        lines += [f"**Incomplete**: missing {', '.join(summary['missing'])} — mPC is over the sets "
+                  f"evaluated.", ""]
+    lines += [f"- clean AP: {_fmt(100 * state['clean_AP'])}",
+              f"- mPC (mean AP over the benchmark corruptions and severities): "
+              f"{_fmt(None if summary['mPC'] is None else 100 * summary['mPC'])}",
+              f"- rPC: {_fmt(summary['rPC_percent'])} %",
+              f"- held-out mean AP: {_fmt(None if summary['held_out_mPC'] is None else 100 * summary['held_out_mPC'])}",
+              "", "| corruption | group | " + " | ".join(f"s{s}" for s in SEVERITIES) + " |", "|---" * 7 + "|"]
+    for group, names in (("benchmark", CORRUPTIONS), ("held_out", HELD_OUT)):
+        for c in names:
+            if c in table:
+                w.writerow([c, group] + ["" if v is None else f"{v:.4f}" for v in table[c]]
+                           + [f"{summary['per_corruption_mean_AP'].get(c, float('nan')):.4f}"])
+                lines.append(f"| {c} | {group} | " + " | ".join(
+                    _fmt(None if v is None else 100 * v) for v in table[c]) + " |")
+    atomic_write_text(files["csv"], buf.getvalue())
+    atomic_write_text(files["markdown"], "\n".join(lines) + "\n")
+    _plot_heatmap(table, files["heatmap"], label="bbox AP (%)", title="COCO-C AP by corruption and severity")
+    return files
+
+
+def _plot_heatmap(table, path: Path, label: str = "top-1 error (%)",
+                  title: str = "Error by corruption and severity") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -105,8 +141,8 @@ def _plot_heatmap(table, path: Path) -> None:
             if not np.isnan(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
                         color="white" if grid[i, j] > 50 else "black")
-    fig.colorbar(im, ax=ax, label="top-1 error (%)")
-    ax.set_title("Error by corruption and severity (held-out below the line)")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(f"{title} (held-out below the line)")
     _save_figure(fig, path)
     plt.close(fig)
 
