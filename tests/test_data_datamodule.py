@@ -81,14 +81,15 @@ def test_two_rank_batches_are_the_one_process_batch(tiny):
 
 
 def test_loader_resumes_mid_epoch_exactly(tiny):
-    """load_state_dict(epoch, batches) then iterate == the rest of an unbroken epoch, augmentation
+    """resume_at(epoch, batches) then iterate == the rest of an unbroken epoch, augmentation
     included (per-sample seeds), with worker processes."""
     def loader(progress=None):
         dm = ClassificationDataModule(root=str(tiny), batch_size=4, image_size=32, num_workers=1,
                                       seed=5, color_jitter=0.4)
         dm.setup("fit")
         dl = dm.train_dataloader()
-        dl._progress = progress
+        if progress is not None:
+            dl._progress = progress
         return dl
 
     full = loader()
@@ -98,7 +99,7 @@ def test_loader_resumes_mid_epoch_exactly(tiny):
     state = resumed.state_dict()
     assert state == {"epoch": 1, "batches": 2}
     fresh = loader()
-    fresh.load_state_dict(state)
+    fresh.resume_at(state)
     rest = list(fresh)
     assert len(rest) == len(unbroken) - 2
     for (a, ta, _), (b, tb, _) in zip(unbroken[2:], rest):

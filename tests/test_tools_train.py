@@ -115,7 +115,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_config(tmp_path: Path, name: str, tiny: Path, **overrides) -> Path:
+def _run_config(tmp_path: Path, name: str, tiny: Path, config_name: str | None = None,
+                **overrides) -> Path:
     cfg = {
         "seed_everything": 0,
         "trainer": {"default_root_dir": str(tmp_path / name), "accelerator": "cpu", "devices": 1,
@@ -130,8 +131,11 @@ def _run_config(tmp_path: Path, name: str, tiny: Path, **overrides) -> Path:
     }
     for key, value in overrides.items():
         section, _, field = key.partition("__")
-        cfg.setdefault(section, {})[field] = value
-    path = tmp_path / f"{name}.yaml"
+        if field:
+            cfg.setdefault(section, {})[field] = value
+        else:
+            cfg[section] = value
+    path = tmp_path / f"{config_name or name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -156,10 +160,15 @@ def _final(run_dir: Path):
 
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(tiny, tmp_path):
-    """2 ranks x batch 4 (gloo, SyncBatchNorm) == 1 process x batch 8: same weights and metrics."""
-    one = _run_config(tmp_path, "one", tiny, trainer__max_epochs=1)
+    """2 ranks x batch 4 (gloo) == 1 process x batch 8: same weights and metrics. A ViT (LayerNorm
+    only): BatchNorm would see 4 vs 8 samples, and torch's SyncBatchNorm runs on GPUs only."""
+    vit = {"model_name": "vit_tiny_patch16", "model_kwargs": {"img_size": 32, "depth": 2},
+           # SGD: AdamW would blow float-level noise in zero gradients (key biases) up to lr-size steps
+           "optimizer": {"name": "sgd", "lr": 0.01, "reference_batch": 8},
+           "schedule": {"name": "cosine", "per_iteration": True}}
+    one = _run_config(tmp_path, "one", tiny, trainer__max_epochs=1, model=vit)
     two = _run_config(tmp_path, "two", tiny, trainer__max_epochs=1, trainer__devices=2,
-                      trainer__strategy="ddp", trainer__sync_batchnorm=True, data__batch_size=4)
+                      trainer__strategy="ddp", data__batch_size=4, model=vit)
     _train(one)
     _train(two)
     (s1, w1), (s2, w2) = _final(tmp_path / "one"), _final(tmp_path / "two")
@@ -204,7 +213,7 @@ def test_sigkill_mid_epoch_then_resume_matches_unbroken_run(tiny, tmp_path):
     unbroken = _run_config(tmp_path, "unbroken", tiny)
     broken = _run_config(tmp_path, "broken", tiny, trainer__callbacks=[
         {"class_path": "killer.KillAt", "init_args": {"step": 6}}])
-    resume = _run_config(tmp_path, "broken", tiny)  # same run folder, no killer
+    resume = _run_config(tmp_path, "broken", tiny, config_name="resume")  # same run folder, no killer
     _train(unbroken)
     killed = _train(broken, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]

@@ -139,17 +139,20 @@ class ResumableDistributedSampler(DistributedSampler):
                  seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.skip = 0
+        self.iter_epoch = 0  # the epoch of the pass in progress
 
     def __iter__(self):
         indices = list(super().__iter__())
         skip, self.skip = self.skip, 0
-        epoch = self.epoch
+        epoch = self.iter_epoch = self.epoch
         return iter([(i, epoch) for i in indices[skip:]])
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader that Lightning treats as stateful: its state (epoch, batches consumed) goes into
-    the checkpoint and the next iteration after ``load_state_dict`` resumes mid-epoch."""
+    """The training loader. It reports its position (epoch, batches consumed) as ``state_dict`` so
+    Lightning treats it as resumable; the position is restored by the datamodule, whose state
+    Lightning loads *before* the first training iterator is created (a loader's own
+    ``load_state_dict`` comes after ``configure_optimizers`` may already have created it)."""
 
     def __init__(self, *args, progress: Optional[Callable[[], tuple[int, int]]] = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -160,9 +163,12 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": int(epoch), "batches": int(batches)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """No-op: see the class docstring and ClassificationDataModule.load_state_dict."""
+
+    def resume_at(self, state: dict[str, int]) -> None:
+        """Make the next pass start at ``state`` (as returned by ``state_dict``)."""
         epoch, batches = state["epoch"], state["batches"]
-        per_epoch = len(self)
-        if batches >= per_epoch:  # saved at the end of an epoch: start the next one
+        if batches >= len(self):  # saved at the end of an epoch: start the next one
             epoch, batches = epoch + 1, 0
         self.sampler.set_epoch(epoch)
         self.sampler.skip = batches * self.batch_size
@@ -216,7 +222,8 @@ class ClassificationDataModule(LightningDataModule):
         self.train_set: Optional[ImageFolderDataset] = None
         self.val_set: Optional[ImageFolderDataset] = None
         self.test_set: Optional[ImageFolderDataset] = None
-        self.bad_files: set[str] = set()
+        self._train_loader: Optional[ResumableDataLoader] = None
+        self._resume: Optional[dict[str, int]] = None
 
     # -- datasets -------------------------------------------------------------------------------
     def _split(self, name: str, train: bool) -> ImageFolderDataset:
@@ -273,8 +280,19 @@ class ClassificationDataModule(LightningDataModule):
         return kw
 
     def _progress(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        """(epoch of the pass in progress, batches of it consumed by the trainer)."""
+        loader = self._train_loader
+        epoch = loader.sampler.iter_epoch if loader is not None else 0
+        return epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where the training pass stands (for mid-epoch resume)."""
+        if self._train_loader is None or getattr(self, "trainer", None) is None:
+            return {}
+        return {"train_position": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = state_dict.get("train_position")
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
@@ -282,8 +300,13 @@ class ClassificationDataModule(LightningDataModule):
         world, rank = self._world()
         sampler = ResumableDistributedSampler(self.train_set, num_replicas=world, rank=rank,
                                               shuffle=True, seed=self.seed)
-        return ResumableDataLoader(self.train_set, sampler=sampler, drop_last=True,
-                                   progress=self._progress, **self._loader_kwargs())
+        loader = ResumableDataLoader(self.train_set, sampler=sampler, drop_last=True,
+                                     progress=self._progress, **self._loader_kwargs())
+        if self._resume:
+            loader.resume_at(self._resume)
+            self._resume = None
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:

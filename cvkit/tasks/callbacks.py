@@ -94,12 +94,13 @@ class TrainingReport(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # collectives (bad-file gather, log_dir's broadcast) on every rank, the writing on rank 0
         bad = pl_module.gather_bad_files() if hasattr(pl_module, "gather_bad_files") else []
-        self._write(trainer, pl_module, bad)
+        self._write(trainer, pl_module, bad, self.run_dir(trainer))
 
     @rank_zero_only
-    def _write(self, trainer: Trainer, pl_module: LightningModule, bad_files: list[str]) -> None:
-        out = self.run_dir(trainer)
+    def _write(self, trainer: Trainer, pl_module: LightningModule, bad_files: list[str],
+               out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         ckpt = trainer.checkpoint_callback
         h = self.history

@@ -79,7 +79,7 @@ def print_run_report(trainer) -> None:
         f"skipped image files: {s['skipped_files']}" if s["skipped_files"] else None,
         f"checkpoint: {ckpt}",
         f"curves:     {report.plot_path}",
-        f"summary:    {report.summary_path}   (TensorBoard: tensorboard --logdir {report.run_dir(trainer)})",
+        f"summary:    {report.summary_path}   (TensorBoard: tensorboard --logdir {report.summary_path.parent})",
         f"evaluate:   python tools/test.py --checkpoint {ckpt} --data {val}",
     ]
     print("\n".join(line for line in lines if line is not None), flush=True)
@@ -90,9 +90,8 @@ USER_ERRORS = (BadImageError, NonFiniteLossError, FileNotFoundError, ValueError)
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; errors a user can cause end as one line on stderr and exit code 1."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        ClassificationCLI(args=argv)
+        ClassificationCLI(args=None if argv is None else list(argv))
     except ArgumentError as e:
         print(f"error: bad option or config key: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
