@@ -6,7 +6,7 @@ SETUP_STAMP := $(VENV)/.cvkit-setup
 DATA_STAMP := data/.complete
 PYTEST_ARGS ?=
 
-.PHONY: setup data test clean-data
+.PHONY: setup data test demo clean-data
 
 setup: $(SETUP_STAMP)
 
@@ -21,6 +21,9 @@ $(DATA_STAMP): $(SETUP_STAMP) cvkit/data/synthetic.py cvkit/data/shapes.py
 
 test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup data
+	$(PY) tools/train.py
 
 clean-data:
 	rm -rf data/classification data/detection $(DATA_STAMP)
