@@ -64,7 +64,8 @@ class _ResidualBlock(nn.Module):
         out = self.body(x)
         if self.eca is not None:  # ECA rescale fused into the residual add and the ReLU
             return eca_residual(out, shortcut, self.eca.conv.weight, relu=True)
-        return self.relu(out + shortcut)
+        out += shortcut  # in place, as torchvision: BN's backward does not need its output
+        return self.relu(out)
 
     def forward_streams(self, streams: torch.Tensor) -> torch.Tensor:
         """Hyper-/frac-connection form: ``relu(HC(H, F))`` per stream (identity shortcut only)."""
