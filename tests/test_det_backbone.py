@@ -27,14 +27,15 @@ def test_feature_maps_match_feature_info():
 
 def test_frozen_stages_freeze_stem_and_layer1_and_keep_them_in_eval():
     backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3, 4), frozen_stages=1)
-    frozen = {n for n, p in backbone.body.named_parameters() if not p.requires_grad}
+    net = backbone.body.model  # the ResNet inside timm's FeatureGetterNet
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
     # stem (conv1/bn1) and layer1 feed feature 1; nothing of layer2..4 does
-    expected = {n for n, _ in backbone.body.named_parameters()
+    expected = {n for n, _ in net.named_parameters()
                 if n.split(".")[0] in {"conv1", "bn1", "layer1"}}
     assert frozen == expected and frozen
     backbone.train()
-    stem_bn = backbone.body.bn1
-    assert not stem_bn.training and backbone.body.layer2[0].bn1.training
+    stem_bn = net.bn1
+    assert not stem_bn.training and net.layer2[0].bn1.training
     before = stem_bn.running_mean.clone()
     backbone(torch.randn(2, 3, 64, 64))
     torch.testing.assert_close(stem_bn.running_mean, before)
@@ -60,7 +61,7 @@ def test_pretrained_init_cfg_loads_a_cvkit_classification_checkpoint(tmp_path):
     backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3, 4),
                       init_cfg=dict(type="Pretrained", checkpoint=str(path)))
     backbone.init_weights()
-    loaded = dict(backbone.body.named_parameters())
+    loaded = dict(backbone.body.model.named_parameters())
     for name, value in classifier.named_parameters():
         if not name.startswith("fc."):
             torch.testing.assert_close(loaded[name], value, rtol=0, atol=0, msg=name)

@@ -18,7 +18,7 @@ def _legacy_from_current(state: dict) -> dict:
     """What MMDetection 1.x saved for the same weights (written independently of the converter)."""
     legacy = {}
     for key, value in state.items():
-        key = key.replace("backbone.body.", "backbone.", 1).replace("roi_head.", "", 1)
+        key = key.replace("backbone.body.model.", "backbone.", 1).replace("roi_head.", "", 1)
         if key.startswith("bbox_head.fc_cls."):
             value = torch.cat([value[-1:], value[:-1]])            # background row first
         elif key.startswith("bbox_head.fc_reg."):

@@ -12,7 +12,8 @@ notes:
 
 Sigmoid classifiers (RPN, RetinaNet) never had a background output and are kept as they are.
 The backbone's keys are moved under the prefix of the backbone that replaces the legacy one
-(``backbone.body.`` for :class:`cvkit.det.backbone.CvkitBackbone`).
+(``backbone.body.model.`` for :class:`cvkit.det.backbone.CvkitBackbone`, whose ``body`` is timm's
+``FeatureGetterNet`` around the cvkit model).
 
 This module needs only torch: ``tools/convert_checkpoint.py --kind mmdet-legacy`` calls
 :func:`convert_legacy_mmdet_checkpoint`.
@@ -27,7 +28,7 @@ import torch
 #: Legacy two-stage RoI heads that mmdet 2.0 moved under ``roi_head``.
 LEGACY_ROI_HEADS = ("bbox_head", "mask_head")
 #: Where :class:`cvkit.det.backbone.CvkitBackbone` keeps the wrapped cvkit feature network.
-CVKIT_BACKBONE_PREFIX = "backbone.body."
+CVKIT_BACKBONE_PREFIX = "backbone.body.model."
 
 
 def _unwrap(checkpoint: Mapping[str, object]) -> Mapping[str, torch.Tensor]:

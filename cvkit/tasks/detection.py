@@ -263,7 +263,8 @@ class DetectionTask(L.LightningModule):
         losses = self.detector(**data, mode="loss")
         loss, log_vars = self.detector.parse_losses(losses)
         n = len(batch["inputs"])
-        self.log_dict({f"train/{k}": float(v) for k, v in log_vars.items()}, batch_size=n,
+        self.log_dict({f"train/{k}": float(v.detach() if torch.is_tensor(v) else v)
+                       for k, v in log_vars.items()}, batch_size=n,
                       prog_bar=False)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n,
                  prog_bar=True)
@@ -374,13 +375,13 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
     Writes ``work_dir/checkpoints/last.ckpt`` (Lightning, resumable) and ``work_dir/detector.pth``
     (for ``mmdet.apis.init_detector``).
     """
-    options = dict(cfg_options or {})
+    cfg = load_det_config(config, cfg_options)
     if backbone_checkpoint:
         if not osp.isfile(backbone_checkpoint):
             raise FileNotFoundError(f"backbone checkpoint not found: {backbone_checkpoint!r}")
-        options["model.backbone.init_cfg"] = dict(type="Pretrained", checkpoint=backbone_checkpoint)
+        cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=backbone_checkpoint)
     L.seed_everything(seed, workers=True, verbose=False)
-    task = DetectionTask(config, cfg_options=options, data_root=data_root, load_from=load_from)
+    task = DetectionTask(cfg, data_root=data_root, load_from=load_from)
     trainer = make_trainer(task.cfg, work_dir, **trainer_kwargs)
     trainer.fit(task, ckpt_path=resume)
     if trainer.is_global_zero:
