@@ -14,7 +14,7 @@ model = dict(
         type='CvkitBackbone',
         model_name='eca_resnet18',
         out_indices=(1, 2, 3, 4),
-        frozen_stages=-1,
+        frozen_stages=1,  # stem + layer1 keep the pretrained low-level filters (and save time)
         norm_eval=False,
         init_cfg=None),
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
