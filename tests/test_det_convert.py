@@ -49,7 +49,9 @@ def test_legacy_release_shapes_and_conversion_roundtrip(detector):
     assert legacy["module.bbox_head.fc_cls.weight"].shape[0] == 81
     assert legacy["module.bbox_head.fc_reg.weight"].shape[0] == 324
     assert legacy["module.mask_head.conv_logits.weight"].shape[0] == 81
-    assert "module.backbone.layer1.0.eca.conv.weight" in legacy
+    # the release's per-stage ECA kernel sizes (3, 5, 5, 7)
+    assert [legacy[f"module.backbone.layer{i}.0.eca.conv.weight"].shape[-1] for i in (1, 2, 3, 4)] \
+        == [3, 5, 5, 7]
 
     converted = convert_legacy_mmdet_checkpoint(_legacy_from_current(state))
     assert converted["roi_head.bbox_head.fc_reg.weight"].shape[0] == 320

@@ -2,4 +2,6 @@
 _base_ = './retinanet_r50_fpn_1x_coco.py'
 model = dict(backbone=dict(
     model_name='eca_resnet101',
+    # the released ECA-ResNet-101 (and the paper's detectors) use per-stage kernel sizes
+    model_kwargs=dict(eca_k_size=(3, 3, 5, 7)),
     init_cfg=dict(type='Pretrained', checkpoint='checkpoints/eca_resnet101_imagenet.pth')))
