@@ -20,7 +20,12 @@ def test_the_folder_has_the_issue_configs():
             "mask-rcnn_eca-r18_fpn_shapes", "retinanet_eca-r18_fpn_shapes"} <= names
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+HEAVY = ("r101", "vit")  # ResNet-101 / ViT detectors take tens of seconds per step on 2 CPU cores
+PARAMS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if any(h in p.stem for h in HEAVY)
+                       else []) for p in CONFIGS]
+
+
+@pytest.mark.parametrize("config", PARAMS)
 def test_config_builds_and_backpropagates_a_loss(config):
     from mmdet.testing import demo_mm_inputs
 
