@@ -380,6 +380,12 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
         if not osp.isfile(backbone_checkpoint):
             raise FileNotFoundError(f"backbone checkpoint not found: {backbone_checkpoint!r}")
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=backbone_checkpoint)
+    elif not load_from and not resume and not (cfg.model.get("backbone") or {}).get("init_cfg"):
+        import warnings
+
+        warnings.warn("the backbone starts from random weights: pass backbone_checkpoint "
+                      "(tools/train_det.py --backbone-checkpoint) to fine-tune a pretrained one",
+                      stacklevel=2)
     L.seed_everything(seed, workers=True, verbose=False)
     task = DetectionTask(cfg, data_root=data_root, load_from=load_from)
     trainer = make_trainer(task.cfg, work_dir, **trainer_kwargs)
