@@ -19,8 +19,9 @@ from cvkit.tasks.classification import ClassificationTask, NonFiniteLossError
 def fixed_batch_loss(task: ClassificationTask, dm: ClassificationDataModule) -> float:
     """CE on the whole (tiny, un-augmented) training split as one batch, in training mode (batch
     statistics: after a few steps BatchNorm's running averages still mostly hold their init)."""
-    images, targets, _ = next(iter(torch.utils.data.DataLoader(
+    batch = next(iter(torch.utils.data.DataLoader(
         dm.train_set, batch_size=len(dm.train_set), collate_fn=dm.train_dataloader().collate_fn)))
+    images, targets, _ = dm.on_after_batch_transfer(batch, 0)  # uint8 -> normalised float
     with torch.no_grad():
         return float(torch.nn.functional.cross_entropy(task(images), targets))
 
@@ -36,6 +37,7 @@ def fit(task, dm, tmp_path, steps, callbacks=()):
     return trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs,opt,lr,steps", [
     ("eca_resnet18", {}, "sgd", 0.01, 8),
     ("vit_tiny_patch16_hc2", dict(img_size=32, depth=2), "adamw", 1e-3, 12),

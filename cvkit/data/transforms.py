@@ -33,8 +33,8 @@ def normalize_batch(images, mean: Sequence[float] = IMAGENET_MEAN,
     if images.dtype != torch.uint8:
         return images
     m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    return (images.float() - m) / s
+    inv_s = 1.0 / (torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+    return images.float().sub_(m).mul_(inv_s)  # in place: one float buffer
 
 
 def randaugment_like(num_ops: int = 2, magnitude: float = 0.5):
