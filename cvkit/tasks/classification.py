@@ -27,11 +27,9 @@ class NonFiniteLossError(FloatingPointError):
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """A registered cvkit preset (``cvkit.create_model``), or a timm model by its timm name."""
-    try:
-        from cvkit.models import create_model as cvkit_create_model, list_models
-    except ImportError:  # TEMPORARY while the model zoo lands
-        list_models = None
-    if list_models is not None and list_models(name):
+    from cvkit.models import create_model as cvkit_create_model, list_models
+
+    if list_models(name):
         return cvkit_create_model(name, num_classes=num_classes, **kwargs)
     import timm
 
