@@ -17,7 +17,6 @@ always errors.
 from __future__ import annotations
 
 import logging
-import os
 import os.path as osp
 from collections import Counter
 
