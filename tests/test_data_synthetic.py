@@ -114,3 +114,14 @@ def test_cli_reports_unwritable_output_in_one_line(tmp_path):
     assert r.returncode == 1
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert str(blocker / "sub") in r.stderr and "Not a directory" in r.stderr
+
+
+def test_every_shape_fits_the_image_at_the_largest_scale():
+    """Regression: the aspect stretch made an L-shape larger than the image (numpy 'high - low < 0')."""
+    from cvkit.data.shapes import place_shape
+
+    for label in range(len(SHAPES)):
+        for seed in range(50):
+            s = place_shape(np.random.default_rng(seed), label, 48, (0.75, 0.75))
+            x0, y0, x1, y1 = s.bbox_xyxy
+            assert 0 <= x0 and 0 <= y0 and x1 <= 47 and y1 <= 47, (SHAPES[label], seed)

@@ -23,7 +23,12 @@ def _regular(n: int, radius: float = 1.0, phase: float = 0.0) -> np.ndarray:
 
 
 def unit_polygon(name: str) -> np.ndarray:
-    """Vertices (N, 2) of shape ``name`` centred at 0, fitting in [-1, 1]^2, counter-clockwise."""
+    """Vertices (N, 2) of shape ``name``, scaled so that they lie inside the unit circle."""
+    poly = _raw_polygon(name)
+    return poly / np.linalg.norm(poly, axis=1).max()
+
+
+def _raw_polygon(name: str) -> np.ndarray:
     if name == "circle":
         return _regular(40)
     if name == "triangle":
@@ -59,10 +64,10 @@ def unit_polygon(name: str) -> np.ndarray:
 
 
 def _random_colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
-    """An RGB colour at least 120 (Euclidean, 0-255) from ``avoid``, so shapes stay visible."""
+    """An RGB colour at least 160 (Euclidean, 0-255) from ``avoid``, so shapes stay visible."""
     for _ in range(100):
         c = rng.integers(0, 256, 3)
-        if avoid is None or np.linalg.norm(c - avoid) > 120:
+        if avoid is None or np.linalg.norm(c - avoid) > 160:
             return c
     return 255 - np.asarray(avoid).astype(int)
 
@@ -86,7 +91,7 @@ def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
         coarse = rng.random((6, 6)).astype(np.float32)
         w = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize(
             (size, size), Image.BICUBIC), dtype=np.float32) / 255
-    contrast = rng.uniform(0.15, 0.5)  # keep the background calmer than the shapes
+    contrast = rng.uniform(0.05, 0.25)  # keep the background calmer than the shapes
     w = 0.5 + (w - 0.5) * contrast
     img = c1 * (1 - w[..., None]) + c2 * w[..., None]
     img += rng.normal(0, 6, img.shape)
@@ -120,6 +125,9 @@ def place_shape(rng: np.random.Generator, label: int, size: int, scale: tuple[fl
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     radius = rng.uniform(*scale) * size / 2
     pts = poly @ rot.T * radius * np.array([rng.uniform(0.8, 1.2), 1.0])
+    span = (pts.max(0) - pts.min(0)).max()
+    if span > size - 3:  # never larger than the image (the aspect stretch can exceed the circle)
+        pts *= (size - 3) / span
     lo, hi = pts.min(0), pts.max(0)
     margin = 1.0
     cx = rng.uniform(margin - lo[0], size - 1 - margin - hi[0])

@@ -37,6 +37,7 @@ class SyntheticSpec:
     """What to generate. Defaults give ~10 MB: small enough for CPU tests, big enough to learn from."""
 
     seed: int = 0
+    generator_version: int = 2  # bump when shapes.py changes what it draws: forces regeneration
     cls_size: int = 96
     cls_train_per_class: int = 120
     cls_val_per_class: int = 40
@@ -141,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data", help="output folder (default: data)")
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
-    for field, default in asdict(SyntheticSpec()).items():
+    cli_fields = [f for f in asdict(SyntheticSpec()) if f != "generator_version"]
+    for field in cli_fields:
+        default = getattr(SyntheticSpec(), field)
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args(argv)
-    spec = SyntheticSpec(**{f: getattr(args, f) for f in asdict(SyntheticSpec())})
+    spec = SyntheticSpec(**{f: getattr(args, f) for f in cli_fields})
     try:
         made = generate(args.out, spec, force=args.force)
     except ValueError as e:
