@@ -88,3 +88,16 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(cls_root, tmp_path):
     assert state["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     assert not list((tmp_path / "ckpt").glob(".*.tmp"))  # no half-written temp files left
+
+
+def test_fine_tuning_from_a_checkpoint_with_another_class_count(tmp_path):
+    """ImageNet-style weights (here 7 classes) fine-tuned onto 3 classes: backbone loaded, new head."""
+    import cvkit
+
+    source = cvkit.create_model("resnet18", num_classes=7)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    task = ClassificationTask(model_name="resnet18", num_classes=3,
+                              pretrained_path=str(tmp_path / "r18.pth"))
+    assert task.model.get_classifier().out_features == 3
+    assert torch.equal(task.model.conv1.weight, source.conv1.weight)
+    assert torch.equal(task.model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)

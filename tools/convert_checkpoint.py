@@ -7,7 +7,7 @@
 and iSQRT-COV / fast-MPN-COV releases, torchvision and timm state dicts, cvkit/Lightning ``.ckpt``.
 ``--model NAME`` also checks the result by loading it strictly into ``cvkit.create_model(NAME)``
 (ECA kernel sizes and the GCP width are read from the checkpoint) and prints what it inferred.
-``--kind mmdet-legacy`` converts an MMDetection 2.x detector checkpoint with
+``--kind mmdet-legacy`` converts an MMDetection 1.x detector checkpoint (e.g. the ECA-Net Mask R-CNN release) with
 ``cvkit.det.convert.convert_legacy_mmdet_checkpoint``.
 """
 from __future__ import annotations

@@ -86,6 +86,8 @@ class ClassificationTask(LightningModule):
         kwargs = dict(model_kwargs or {})
         if pretrained_path:
             kwargs["checkpoint_path"] = pretrained_path
+            # fine-tuning: the data decides the classes; a head of another size is not loaded
+            kwargs.setdefault("reset_head", True)
         self.model = create_model(model_name, num_classes=num_classes, **kwargs)
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_loss_fn = nn.CrossEntropyLoss()
