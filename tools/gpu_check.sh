@@ -3,11 +3,11 @@
 # a CUDA machine with its own python3 (torch + triton + pytest), cvkit from the source tree:
 #   1. environment (GPU, clocks, torch/triton versions);
 #   2. smoke test: compiled forward+backward vs float64, ieee and tf32x3 (stops on failure);
-#   3. python tools/benchmark.py covpool --device cuda (Triton vs cvkit's PyTorch path vs the
-#      straightforward implementation, B in {32,128,256}, d in {128,256});
-#   4. precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in fp32 and
+#   3. the CUDA tests (PYTEST_LIMIT seconds);
+#   4. python tools/benchmark.py covpool --device cuda (Triton vs cvkit's PyTorch path vs the
+#      straightforward implementation, fp32 and TF32, B in {32,128,256}, d in {128,256});
+#   5. precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in fp32 and
 #      TF32: error vs float64 and forward+backward time (triton.testing.do_bench);
-#   5. the CUDA tests (last: the run fits a short device lease; PYTEST_LIMIT seconds).
 # Logs and reports go to $OUT (default ./gpu_out); a short summary is printed last.
 set -u
 OUT=${OUT:-gpu_out}
@@ -50,8 +50,13 @@ sys.exit(0 if ok else 1)
 EOF
 if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
 
+echo "== pytest (CUDA tests, compiled kernels)"
+timeout ${PYTEST_LIMIT:-90} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
+  > "$OUT/pytest.log" 2>&1
+echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
+
 echo "== covpool benchmark"
-TRITON_PRINT_AUTOTUNING=1 timeout 110 $PY tools/benchmark.py covpool --device cuda \
+TRITON_PRINT_AUTOTUNING=1 timeout 170 $PY tools/benchmark.py covpool --device cuda \
   > "$OUT/covpool_bench.log" 2>&1
 echo "benchmark exit $?"
 sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$OUT/covpool_bench.md"
@@ -121,12 +126,6 @@ for name in ("triton tf32x3",):
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=40))
 EOF
 echo "sweep exit $?"
-
-echo "== pytest (CUDA tests, compiled kernels)"
-timeout ${PYTEST_LIMIT:-60} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
-  > "$OUT/pytest.log" 2>&1
-echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
-
 
 echo "== summary"
 grep -h "smoke" "$OUT/smoke.log"

@@ -69,10 +69,17 @@ def _cvkit_triton(x, iters):
     return isqrt_cov(x, iters, backend="triton")
 
 
-def _fwd_bwd(fn, x, weight, iters):
+def _fwd_bwd(fn, x, weight, iters, matmul_precision="highest"):
+    """One forward+backward; ``matmul_precision="high"`` runs it with TF32 matmuls (PyTorch's
+    matmuls and cvkit's Triton kernels both follow ``torch.get_float32_matmul_precision``)."""
     def step():
-        x.grad = None
-        (fn(x, iters) * weight).sum().backward()
+        previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(matmul_precision)
+        try:
+            x.grad = None
+            (fn(x, iters) * weight).sum().backward()
+        finally:
+            torch.set_float32_matmul_precision(previous)
     return step
 
 
@@ -97,12 +104,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+TF32_SUFFIX = ", TF32"
+
+
 def _candidates(device: str) -> dict:
+    """name -> function. On CUDA the fp32 rows are followed by TF32 rows (the same functions under
+    ``set_float32_matmul_precision("high")``, names ending in TF32_SUFFIX), the option the issue
+    allows: compare a TF32 row with the TF32 straightforward row."""
     cands = {"straightforward (Ibar, autograd)": straightforward_isqrt_cov,
              "centred cov, autograd": centred_autograd_isqrt_cov,
              "cvkit isqrt_cov (torch)": _cvkit_torch}
     if device == "cuda":
         cands["cvkit isqrt_cov (triton)"] = _cvkit_triton
+        for name in ("straightforward (Ibar, autograd)", "cvkit isqrt_cov (torch)",
+                     "cvkit isqrt_cov (triton)"):
+            cands[name + TF32_SUFFIX] = cands[name]
     else:
         cands["cvkit torch, NS-adjoint method (CUDA's)"] = _cvkit_torch_ns
     return cands
@@ -146,7 +162,8 @@ def _measure(device, b, c, size, iters, repeats, seed):
     rows = {}
     steps = {}
     for name, fn in _candidates(device).items():
-        step = _fwd_bwd(fn, x, weight, iters)
+        step = _fwd_bwd(fn, x, weight, iters,
+                        "high" if name.endswith(TF32_SUFFIX) else "highest")
         try:
             step()  # warm-up and availability check (e.g. the Triton kernel)
         except (RuntimeError, ImportError, NotImplementedError) as e:
@@ -193,19 +210,26 @@ def run(args: argparse.Namespace) -> str:
                 "(live tensor storages, `cvkit.benchmarks.timing.cpu_peak_memory_bytes`)")
              + f". Matmul peak measured in this run: {peak_text}; TFLOP/s counts "
              "`nominal_flops` (3x the Newton-Schulz forward) for every candidate.", "",
-             "| B | d | candidate | ms | speed-up vs straightforward | extra peak MB | "
-             "memory vs straightforward | TFLOP/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Speed-up and memory columns compare with the straightforward row (and cvkit's "
+             "PyTorch path) of the same matmul precision.", "",
+             "| B | d | candidate | ms | speed-up vs straightforward | speed-up vs cvkit torch | "
+             "extra peak MB | memory vs straightforward | TFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for b in batches:
         for c in dims:
             rows = _measure(device, b, c, args.size, args.iters, args.repeats, args.seed)
-            base = rows.get(base_name, {})
             for name, r in rows.items():
                 if "error" in r:
-                    lines.append(f"| {b} | {c} | {name} | not run: {r['error']} | | | | |")
+                    lines.append(f"| {b} | {c} | {name} | not run: {r['error']} | | | | | |")
                     continue
+                suffix = TF32_SUFFIX if name.endswith(TF32_SUFFIX) else ""
+                base = rows.get(base_name + suffix, {})
+                torch_path = rows.get("cvkit isqrt_cov (torch)" + suffix, {})
                 speed = (f"{base['seconds'] / r['seconds']:.2f}x" if "seconds" in base else "")
+                vs_torch = (f"{torch_path['seconds'] / r['seconds']:.2f}x"
+                            if "seconds" in torch_path else "")
                 mem = (f"{r['peak'] / base['peak']:.2f}" if base.get("peak") else "")
                 lines.append(f"| {b} | {c} | {name} | {r['seconds'] * 1e3:.1f} | {speed} | "
-                             f"{r['peak'] / 2 ** 20:.1f} | {mem} | {r['tflops']:.3f} |")
+                             f"{vs_torch} | {r['peak'] / 2 ** 20:.1f} | {mem} | "
+                             f"{r['tflops']:.3f} |")
     return "\n".join(lines)
