@@ -2,8 +2,8 @@
 # Sec. 3: strides 4..32 built from the last stride-16 map only). The ViT keeps global attention and
 # resamples its 224-px position embedding to each input size (timm's dynamic_img_size). Optimiser as
 # ViTDet (AdamW, lr 1e-4, wd 0.1, no decay on norms, position embedding and class token) on mmdet's
-# 1x schedule and data; not a paper result.
-_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+# 1x schedule and COCO data (_base_/mask-rcnn_fpn_1x_coco.py); not a paper result.
+_base_ = './_base_/mask-rcnn_fpn_1x_coco.py'
 custom_imports = dict(imports=['cvkit.det'], allow_failed_imports=False)
 
 model = dict(
@@ -27,7 +27,4 @@ optim_wrapper = dict(
                        custom_keys={'pos_embed': dict(decay_mult=0.0),
                                     'cls_token': dict(decay_mult=0.0)}),
     clip_grad=dict(max_norm=1.0, norm_type=2))
-auto_scale_lr = dict(enable=True, base_batch_size=16)
-train_dataloader = dict(dataset=dict(type='CvkitCocoDataset'))
-val_dataloader = dict(dataset=dict(type='CvkitCocoDataset'))
-test_dataloader = dict(dataset=dict(type='CvkitCocoDataset'))
+auto_scale_lr = dict(base_batch_size=16)

@@ -1,5 +1,3 @@
 # RetinaNet + FPN, ResNet-101, ECA-Net paper recipe. Paper: 37.7 AP (ECA: 39.1).
-_base_ = './retinanet_r50_fpn_1x_coco.py'
-model = dict(backbone=dict(
-    model_name='resnet101',
-    init_cfg=dict(type='Pretrained', checkpoint='checkpoints/resnet101_imagenet.pth')))
+_base_ = ['./_base_/retinanet_fpn_1x_coco.py', './_base_/models/cvkit_resnet101.py']
+model = dict(backbone=_base_.cvkit_backbone)

@@ -1,21 +1,5 @@
 # RetinaNet + FPN on cvkit's ResNet-50, the ECA-Net paper's COCO recipe (Sec. 4.2, Table 7): 1x
 # schedule, SGD lr 0.01 at a global batch of 8. Paper: 35.6 AP (ECA: 37.3).
-# Only the differences from mmdet's own config are stated here.
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['cvkit.det'], allow_failed_imports=False)
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='CvkitBackbone',
-        model_name='resnet50',
-        out_indices=(1, 2, 3, 4),
-        frozen_stages=1,
-        norm_eval=True,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/resnet50_imagenet.pth')))
-
-optim_wrapper = dict(optimizer=dict(lr=0.01))
-auto_scale_lr = dict(enable=True, base_batch_size=8)
-train_dataloader = dict(batch_size=2, dataset=dict(type='CvkitCocoDataset'))
-val_dataloader = dict(dataset=dict(type='CvkitCocoDataset'))
-test_dataloader = dict(dataset=dict(type='CvkitCocoDataset'))
+# Only the differences from mmdet's own config are stated (in _base_/).
+_base_ = ['./_base_/retinanet_fpn_1x_coco.py', './_base_/models/cvkit_resnet50.py']
+model = dict(backbone=_base_.cvkit_backbone)

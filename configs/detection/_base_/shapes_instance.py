@@ -1,20 +1,15 @@
-# The embedded synthetic COCO set with masks (boxes + polygon masks, bbox and segm AP).
+# The embedded synthetic COCO set with masks: the pipelines of shapes_detection.py, loading the
+# polygon masks too; bbox and segm AP.
 _base_ = './shapes_detection.py'
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(160, 160), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(160, 160), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
+
+def _with_masks(pipeline):
+    return [dict(step, with_mask=True) if step['type'] == 'LoadAnnotations' else step
+            for step in pipeline]
+
+
+train_pipeline = _with_masks(_base_.train_pipeline)
+test_pipeline = _with_masks(_base_.test_pipeline)
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
