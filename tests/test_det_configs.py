@@ -36,7 +36,7 @@ def test_config_builds_and_backpropagates_a_loss(config):
         cfg.merge_from_dict({"model.train_cfg.rcnn.sampler.num": 32,
                              "model.train_cfg.rpn_proposal.max_per_img": 100})
     assert cfg.model.backbone.type == "CvkitBackbone"
-    assert "cvkit.det" in cfg.custom_imports.imports
+    assert "cvkit.det.register" in cfg.custom_imports.imports
     torch.manual_seed(0)
     detector = build_detector(cfg)
     detector.train()

@@ -4,7 +4,7 @@
 # ViTDet (AdamW, lr 1e-4, wd 0.1, no decay on norms, position embedding and class token) on mmdet's
 # 1x schedule and COCO data (_base_/mask-rcnn_fpn_1x_coco.py); not a paper result.
 _base_ = './_base_/mask-rcnn_fpn_1x_coco.py'
-custom_imports = dict(imports=['cvkit.det'], allow_failed_imports=False)
+custom_imports = dict(imports=['cvkit.det.register'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

@@ -1,18 +1,35 @@
-"""MMDetection integration: importing this package registers cvkit's pieces in mmdet's registries.
+"""MMDetection integration: cvkit's backbones, neck and dataset as mmdet modules.
 
-    custom_imports = dict(imports=['cvkit.det'], allow_failed_imports=False)   # in an mmdet config
+Importing this package imports nothing of mmdet or mmcv (``cvkit.det.convert`` needs only torch);
+the names below load on first use. mmdet learns about cvkit's modules when
+:mod:`cvkit.det.register` is imported, which an mmdet config asks for with
+
+    custom_imports = dict(imports=['cvkit.det.register'], allow_failed_imports=False)
+
+and :func:`cvkit.tasks.detection.load_det_config` (hence ``tools/*_det.py``) does itself.
 
 - ``CvkitBackbone`` (MODELS): any cvkit model through ``features_only`` (cvkit/det/backbone.py)
 - ``SimpleFeaturePyramid`` (MODELS): ViTDet's neck for single-scale ViTs (cvkit/det/simple_fpn.py)
 - ``CvkitCocoDataset`` (DATASETS): COCO with bad-sample checks, skip-and-count (cvkit/det/dataset.py)
-- :func:`convert_legacy_mmdet_checkpoint`: MMDetection 1.x detectors to mmdet 3 (cvkit/det/convert.py)
-
-Unlike ``cvkit`` itself, this package needs mmdet, mmcv and mmengine.
+- :func:`convert_legacy_mmdet_checkpoint`: MMDetection 1.x detectors to mmdet 3, torch only
+  (cvkit/det/convert.py)
 """
-from cvkit.det.backbone import CvkitBackbone
-from cvkit.det.convert import convert_legacy_mmdet_checkpoint
-from cvkit.det.dataset import CvkitCocoDataset
-from cvkit.det.simple_fpn import SimpleFeaturePyramid
+from __future__ import annotations
 
-__all__ = ["CvkitBackbone", "CvkitCocoDataset", "SimpleFeaturePyramid",
-           "convert_legacy_mmdet_checkpoint"]
+import importlib
+
+_EXPORTS = {
+    "CvkitBackbone": "cvkit.det.backbone",
+    "CvkitCocoDataset": "cvkit.det.dataset",
+    "SimpleFeaturePyramid": "cvkit.det.simple_fpn",
+    "convert_legacy_mmdet_checkpoint": "cvkit.det.convert",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cvkit.det' has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

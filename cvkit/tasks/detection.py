@@ -41,7 +41,7 @@ def load_det_config(config: Any, cfg_options: Mapping[str, Any] | None = None):
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)
-    import cvkit.det  # noqa: F401  registers cvkit backbones, necks and datasets
+    import cvkit.det.register  # noqa: F401  cvkit's backbones, neck and dataset in mmdet's registries
 
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)

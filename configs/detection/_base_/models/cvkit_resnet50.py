@@ -2,7 +2,7 @@
 # frozen, BN statistics frozen), initialised from an ImageNet classification checkpoint.
 # A detector config puts it in with `model = dict(backbone=_base_.cvkit_backbone)`; the backbone
 # fragments beside this file inherit it and state only what differs.
-custom_imports = dict(imports=['cvkit.det'], allow_failed_imports=False)
+custom_imports = dict(imports=['cvkit.det.register'], allow_failed_imports=False)
 
 cvkit_backbone = dict(
     _delete_=True,  # replaces mmdet's ResNet dict instead of merging into it
