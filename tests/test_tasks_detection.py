@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +218,102 @@ def test_train_tool_default_runs_on_the_embedded_data(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.0 <= metrics["bbox_mAP"] <= 1.0 and not math.isnan(metrics["bbox_mAP"])
     assert (tmp_path / "detector.pth").is_file()
+
+
+# -- AMP and DDP through Lightning ----------------------------------------------------------------
+def test_bf16_mixed_precision_trains_on_the_cpu(det_root, tmp_path):
+    """Lightning's bf16 autocast reaches the backbone and neck; the heads (mmcv NMS / RoIAlign,
+    losses) get fp32 maps; two steps give finite losses and move every trainable weight."""
+    from cvkit.tasks.detection import DetectionTask, make_trainer
+
+    torch.manual_seed(0)
+    task = DetectionTask(FASTER, data_root=str(det_root), cfg_options={
+        "model.backbone.init_cfg": None, "train_dataloader.dataset.indices": 4,
+        "train_dataloader.batch_size": 2})
+    dtypes = {"neck": set(), "rpn_head": set()}
+    task.detector.neck.register_forward_hook(lambda m, i, out: dtypes["neck"].add(out[0].dtype))
+    task.detector.rpn_head.register_forward_pre_hook(
+        lambda m, args: dtypes["rpn_head"].add(args[0][0].dtype))
+    before = {k: v.detach().clone() for k, v in task.detector.named_parameters()}
+    losses = []
+    import lightning as L
+
+    class RecordLoss(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = make_trainer(task.cfg, str(tmp_path), accelerator="cpu", devices=1,
+                           precision="bf16-mixed", max_epochs=1, limit_train_batches=2,
+                           limit_val_batches=0, logger=False)
+    trainer.callbacks.append(RecordLoss())
+    trainer.fit(task)
+    assert dtypes == {"neck": {torch.bfloat16}, "rpn_head": {torch.float32}}
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    trainable = {k for k, v in task.detector.named_parameters() if v.requires_grad}
+    frozen = set(before) - trainable
+    assert frozen, "the config freezes stem + layer1"
+    for name, value in task.detector.named_parameters():
+        assert torch.isfinite(value).all(), name
+        assert torch.equal(value, before[name]) == (name in frozen), name
+    assert "extract_feat" not in vars(task.detector)  # the autocast narrowing was undone
+
+
+DDP_RUN = """
+import json, os, sys
+import torch
+import cvkit.tasks.detection as detection
+sys.path.insert(0, {tools!r})
+import train_det
+
+runs = []
+train_detector = detection.train_detector
+
+def recording_train_detector(*args, **kwargs):  # keep this rank's task for the checks
+    runs.append(train_detector(*args, **kwargs))
+    return runs[-1]
+
+detection.train_detector = recording_train_detector
+rc = train_det.main(sys.argv[1:])
+task, metrics = runs[0]
+params = torch.cat([p.detach().double().flatten() for p in task.detector.parameters()])
+json.dump({{"rc": rc, "world_size": task.trainer.world_size, "steps": task.trainer.global_step,
+           "loss": float(task.trainer.callback_metrics["train/loss"]), "metrics": metrics,
+           "params": [float(params.sum()), float(params.square().sum())]}},
+          open(os.path.join({out!r}, "rank%d.json" % task.global_rank), "w"))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_train_and_evaluate(det_root, tmp_path):
+    """tools/train_det.py with --devices 2 --strategy ddp on the CPU (gloo): both ranks finish
+    with finite losses and identical weights (gradients all-reduced), each saw half of the 8
+    training images (2 steps of 2), and the COCO metrics gathered from both ranks are rank 0's."""
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_RUN.format(tools=str(REPO / "tools"), out=str(tmp_path)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MASTER_PORT=str(port),
+               PYTHONPATH=str(REPO))
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--work-dir", str(work), "--data-root", str(det_root),
+         "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--epochs", "1",
+         "--cfg-options", "train_dataloader.dataset.indices=8", "train_dataloader.batch_size=2",
+         "val_dataloader.dataset.indices=6", "val_dataloader.batch_size=2",
+         "model.backbone.init_cfg=None"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["rc"] == 0 and rank["world_size"] == 2 and rank["steps"] == 2
+        assert math.isfinite(rank["loss"])
+    assert ranks[0]["params"] == ranks[1]["params"]
+    metrics = ranks[0]["metrics"]
+    assert set(metrics) == {f"bbox_mAP{s}" for s in ("", "_50", "_75", "_s", "_m", "_l")}
+    assert all(v == -1.0 or 0.0 <= v <= 1.0 for v in metrics.values())
+    assert ranks[1]["metrics"] == metrics
+    # rank 0 alone reports: metrics.json, the printed JSON and the exported detector
+    assert json.loads((work / "metrics.json").read_text()) == metrics
+    assert proc.stdout.count("detector weights:") == 1
+    assert (work / "detector.pth").is_file()

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = args.work_dir or str(Path("work_dirs") / config.stem)
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     try:
-        _, metrics = train_detector(
+        task, metrics = train_detector(
             str(config), work_dir, data_root=args.data_root,
             backbone_checkpoint=args.backbone_checkpoint, load_from=args.load_from,
             resume=args.resume, cfg_options=parse_cfg_options(args.cfg_options), seed=args.seed,
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if task.global_rank != 0:  # DDP: the other ranks ran the same main(); rank 0 reports
+        return 0
     os.makedirs(work_dir, exist_ok=True)
     Path(work_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))

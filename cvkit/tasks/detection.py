@@ -14,7 +14,9 @@ The config is an ordinary mmdet 3 config (``configs/detection/*.py``): the same 
 * the evaluation (``val_evaluator`` / ``test_evaluator``: mmdet's ``CocoMetric``, i.e. pycocotools'
   COCOeval: AP, AP50, AP75, APs/m/l for ``bbox`` and ``segm``), run on every validation.
 
-AMP and DDP are Lightning's (``Trainer(precision='16-mixed', strategy='ddp')``).
+AMP and DDP are Lightning's (``Trainer(precision='16-mixed' | 'bf16-mixed', strategy='ddp')``).
+Under AMP the backbone and neck run in the low precision; the heads (box coding, NMS, RoIAlign,
+losses) run in fp32, as mmdet 2's ``force_fp32`` did: mmcv's CPU kernels have no bf16 version.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import copy
 import os
 import os.path as osp
 import tempfile
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import lightning as L
 import torch
@@ -258,9 +261,35 @@ class DetectionTask(L.LightningModule):
                 sched.load_state_dict(state)
             self._pending_scheduler_states = None
 
+    @contextmanager
+    def _autocast_features_only(self) -> Iterator[None]:
+        """Narrow Lightning's autocast (AMP) to the detector's ``extract_feat`` (backbone + neck,
+        most of the compute); everything after it runs in fp32 on fp32 feature maps. mmcv's CPU
+        ``nms`` / ``roi_align`` reject bf16 inputs, and fp32 box maths and losses are mmdet 2's
+        ``force_fp32`` policy. Without autocast this does nothing."""
+        device = self.device.type
+        if not torch.is_autocast_enabled(device):
+            yield
+            return
+        dtype = torch.get_autocast_dtype(device)
+        extract_feat = self.detector.extract_feat
+
+        def extract_feat_in_autocast(batch_inputs):
+            with torch.autocast(device, dtype=dtype):
+                feats = extract_feat(batch_inputs)
+            return tuple(f.float() for f in feats)
+
+        self.detector.extract_feat = extract_feat_in_autocast  # shadows the method for this step
+        try:
+            with torch.autocast(device, enabled=False):
+                yield
+        finally:
+            del self.detector.extract_feat
+
     def training_step(self, batch, batch_idx):
-        data = self.detector.data_preprocessor(batch, True)
-        losses = self.detector(**data, mode="loss")
+        with self._autocast_features_only():
+            data = self.detector.data_preprocessor(batch, True)
+            losses = self.detector(**data, mode="loss")
         loss, log_vars = self.detector.parse_losses(losses)
         n = len(batch["inputs"])
         self.log_dict({f"train/{k}": float(v.detach() if torch.is_tensor(v) else v)
@@ -284,7 +313,9 @@ class DetectionTask(L.LightningModule):
         return self._evaluators[split]
 
     def _eval_step(self, split: str, batch) -> None:
-        outputs = self.detector.val_step(batch) if split == "val" else self.detector.test_step(batch)
+        with self._autocast_features_only():
+            outputs = (self.detector.val_step(batch) if split == "val"
+                       else self.detector.test_step(batch))
         self._evaluator(split).process(data_samples=outputs, data_batch=batch)
         if self.show_dir and split == "test":
             self._draw(outputs)
@@ -299,8 +330,10 @@ class DetectionTask(L.LightningModule):
         metrics = {k[len(METRIC_PREFIX):] if k.startswith(METRIC_PREFIX) else k: float(v)
                    for k, v in raw.items() if isinstance(v, (int, float))}
         self.last_metrics = metrics
-        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=False,
-                      rank_zero_only=False)
+        # mmengine's Evaluator gathers every rank's results and broadcasts rank 0's metrics, so the
+        # values agree on every rank already; syncing them (a mean of equal numbers) is a no-op
+        # that keeps Lightning's distributed bookkeeping quiet.
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)
