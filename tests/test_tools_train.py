@@ -100,12 +100,17 @@ def test_missing_data_folder_is_one_line_error(tmp_path, capsys):
 
 
 def test_print_config(capsys):
+    demo = REPO / "configs/classification/demo.yaml"
     with pytest.raises(SystemExit) as e:
-        main(["fit", "--config", str(REPO / "configs/classification/demo.yaml"), "--print_config"])
+        main(["fit", "--config", str(demo), "--print_config"])
     assert e.value.code == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["model"]["model_name"] == "eca_resnet18"
-    assert cfg["model"]["optimizer"]["lr"] == 0.1 and cfg["checkpoint"]["save_last"] is True
+    recipe = yaml.safe_load(demo.read_text())
+    assert cfg["model"]["model_name"] == recipe["model"]["model_name"] == "eca_resnet18"
+    for key, value in recipe["model"]["optimizer"].items():  # the YAML's values, completed
+        assert cfg["model"]["optimizer"][key] == value, key
+    assert cfg["model"]["optimizer"]["betas"] == [0.9, 0.999]  # a default filled in
+    assert cfg["checkpoint"]["save_last"] is True
 
 
 # -- runs in subprocesses (DDP, SIGKILL) -------------------------------------------------------------

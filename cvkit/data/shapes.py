@@ -126,8 +126,8 @@ def place_shape(rng: np.random.Generator, label: int, size: int, scale: tuple[fl
     radius = rng.uniform(*scale) * size / 2
     pts = poly @ rot.T * radius * np.array([rng.uniform(0.8, 1.2), 1.0])
     span = (pts.max(0) - pts.min(0)).max()
-    if span > size - 3:  # never larger than the image (the aspect stretch can exceed the circle)
-        pts *= (size - 3) / span
+    if span > size - 4:  # never larger than the image (the aspect stretch can exceed the circle)
+        pts *= (size - 4) / span  # one pixel to spare: the placement range below stays >= 0
     lo, hi = pts.min(0), pts.max(0)
     margin = 1.0
     cx = rng.uniform(margin - lo[0], size - 1 - margin - hi[0])
@@ -156,9 +156,10 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def classification_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
-    """One shape of class ``label`` on a textured background, uint8 (size, size, 3)."""
+    """One large shape of class ``label`` (0.5-0.9 of the image across) on a textured background,
+    uint8 (size, size, 3)."""
     image = textured_background(rng, size)
-    return draw(image, [place_shape(rng, label, size, (0.35, 0.75))], rng)
+    return draw(image, [place_shape(rng, label, size, (0.5, 0.9))], rng)
 
 
 def detection_image(rng: np.random.Generator, size: int, num_classes: int, max_objects: int = 4

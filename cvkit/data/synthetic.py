@@ -37,9 +37,9 @@ class SyntheticSpec:
     """What to generate. Defaults give ~10 MB: small enough for CPU tests, big enough to learn from."""
 
     seed: int = 0
-    generator_version: int = 2  # bump when shapes.py changes what it draws: forces regeneration
+    generator_version: int = 3  # bump when shapes.py changes what it draws: forces regeneration
     cls_size: int = 96
-    cls_train_per_class: int = 120
+    cls_train_per_class: int = 500
     cls_val_per_class: int = 40
     det_size: int = 160
     det_classes: int = 5
