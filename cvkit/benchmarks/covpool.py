@@ -102,6 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="time each forward+backward replayed from a CUDA graph: GPU time "
+                             "without Python/launch overhead (peak memory from an eager step)")
 
 
 TF32_SUFFIX = ", TF32"
@@ -155,25 +158,39 @@ def _matmul_peak_tflops(device: str) -> dict[str, float]:
     return out
 
 
-def _measure(device, b, c, size, iters, repeats, seed):
+def _graphed(step):
+    """``step`` captured once in a CUDA graph (after warm-up on a side stream, as PyTorch's docs
+    prescribe); returns the replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def _measure(device, b, c, size, iters, repeats, seed, cuda_graph=False):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(b, c, size, size, generator=gen).to(device).requires_grad_()
     weight = torch.randn(c * (c + 1) // 2, generator=gen).to(device)
-    rows = {}
-    steps = {}
+    rows, steps, peaks = {}, {}, {}
     for name, fn in _candidates(device).items():
         step = _fwd_bwd(fn, x, weight, iters,
                         "high" if name.endswith(TF32_SUFFIX) else "highest")
         try:
             step()  # warm-up and availability check (e.g. the Triton kernel)
+            peaks[name] = _peak_bytes(step, device)
+            steps[name] = _graphed(step) if cuda_graph else step
         except (RuntimeError, ImportError, NotImplementedError) as e:
             rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"}
-            continue
-        steps[name] = step
     times = interleaved_median_seconds(steps, repeats=repeats, warmup=1, device=device)
     flops = nominal_flops(b, c, size * size, iters)
-    for name, step in steps.items():
-        rows[name] = {"seconds": times[name], "peak": _peak_bytes(step, device),
+    for name in steps:
+        rows[name] = {"seconds": times[name], "peak": peaks[name],
                       "tflops": flops / times[name] / 1e12}
     return rows
 
@@ -189,6 +206,8 @@ def _command(args) -> str:
     for flag, default in (("size", 14), ("iters", 5), ("repeats", 7), ("seed", 0)):
         if getattr(args, flag) != default:
             parts.append(f"--{flag} {getattr(args, flag)}")
+    if args.cuda_graph:
+        parts.append("--cuda-graph")
     return " ".join(parts)
 
 
@@ -196,6 +215,8 @@ def run(args: argparse.Namespace) -> str:
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("covpool benchmark: --device cuda but CUDA is not available")
+    if args.cuda_graph and device != "cuda":
+        raise SystemExit("covpool benchmark: --cuda-graph needs --device cuda")
     batches = args.batch or ([32] if device == "cpu" else [32, 128, 256])
     dims = args.dim or ([256] if device == "cpu" else [128, 256])
     peaks = _matmul_peak_tflops(device)
@@ -204,7 +225,9 @@ def run(args: argparse.Namespace) -> str:
     lines = [f"Command: `{_command(args)}`", "",
              f"Machine: {machine_description(device)}", "",
              f"Forward+backward of `(isqrt_cov(x) * w).sum()`, fp32, {args.size}x{args.size} map, "
-             f"{args.iters} iterations; median of {args.repeats} interleaved runs. Peak = extra "
+             f"{args.iters} iterations; median of {args.repeats} interleaved runs"
+             + (", each replayed from a CUDA graph (no Python or launch overhead)"
+                if args.cuda_graph else "") + ". Peak = extra "
              f"peak memory during one forward+backward "
              + ("(`torch.cuda.max_memory_allocated`)" if device == "cuda" else
                 "(live tensor storages, `cvkit.benchmarks.timing.cpu_peak_memory_bytes`)")
@@ -217,7 +240,8 @@ def run(args: argparse.Namespace) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for b in batches:
         for c in dims:
-            rows = _measure(device, b, c, args.size, args.iters, args.repeats, args.seed)
+            rows = _measure(device, b, c, args.size, args.iters, args.repeats, args.seed,
+                            args.cuda_graph)
             for name, r in rows.items():
                 if "error" in r:
                     lines.append(f"| {b} | {c} | {name} | not run: {r['error']} | | | | | |")
