@@ -1,6 +1,8 @@
 """ImageFolder datamodule: OpenCV decoding, bad files, missing folders, sampler order and resume."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -117,3 +119,24 @@ def test_num_classes_and_class_mismatch(tiny, tmp_path):
         next((tiny / "val").glob("*/*.jpg")).read_bytes())
     with pytest.raises(ValueError, match="class folders differ"):
         ClassificationDataModule(root=str(tiny)).setup("fit")
+
+
+def test_workers_fork_after_multithreaded_opencv_in_parent(tiny):
+    """A parent that used OpenCV's thread pool (any multi-threaded cv2 call) then forks loader
+    workers: without cvkit.data.datamodule.prepare_opencv_for_fork the worker hangs for ever in
+    its first cv2 call (measured: the first batch never came). Run in a fresh process, with a
+    deadline, so a hang fails the test instead of stalling the suite."""
+    script = f"""
+import cv2, numpy as np
+from cvkit.data.datamodule import ClassificationDataModule
+cv2.setNumThreads(2)
+cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (1000, 1000))  # the parent's pool is now alive
+dm = ClassificationDataModule(root={str(tiny)!r}, batch_size=4, image_size=32, num_workers=1,
+                              persistent_workers=False)
+dm.setup("fit")
+images, targets, bad = next(iter(dm.train_dataloader()))
+print("batch", tuple(images.shape), len(bad))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "batch (4, 3, 32, 32) 0" in done.stdout

@@ -187,6 +187,19 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def prepare_opencv_for_fork() -> None:
+    """Run OpenCV single-threaded in this (the parent) process before it forks loader workers.
+
+    OpenCV's thread pool does not survive ``fork``: a worker forked while the parent's pool threads
+    are alive (after any multi-threaded cv2 call in the parent) hangs for ever in its first cv2
+    call, ``cv2.setNumThreads`` included (its pool's condition variables still count the parent's
+    waiting threads). Shrinking the parent's pool to one thread joins those threads first. The
+    parent of a training run decodes nothing itself (workers do), so this costs it nothing."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 class ClassificationDataModule(LightningDataModule):
     """ImageFolder train/val data with the ImageNet recipes' augmentation.
 
@@ -276,6 +289,7 @@ class ClassificationDataModule(LightningDataModule):
                                   # own generator: creating an iterator leaves the global RNG alone
                                   generator=torch.Generator().manual_seed(self.seed))
         if workers > 0:
+            prepare_opencv_for_fork()
             kw.update(persistent_workers=hp.persistent_workers, worker_init_fn=_worker_init)
         return kw
 
