@@ -16,20 +16,12 @@ and :func:`cvkit.tasks.detection.load_det_config` (hence ``tools/*_det.py``) doe
 """
 from __future__ import annotations
 
-import importlib
+from cvkit._lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "CvkitBackbone": "cvkit.det.backbone",
     "CvkitCocoDataset": "cvkit.det.dataset",
     "SimpleFeaturePyramid": "cvkit.det.simple_fpn",
     "convert_legacy_mmdet_checkpoint": "cvkit.det.convert",
-}
+})
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'cvkit.det' has no attribute {name!r}")
-
-
-__all__ = list(_EXPORTS)
