@@ -1,6 +1,7 @@
 """Timing helpers shared by the benchmark suites."""
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from typing import Callable
@@ -28,21 +29,34 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
     return statistics.median(times)
 
 
-def interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
-                               warmup: int = 1, device: str = "cpu") -> dict[str, float]:
-    """Median times of several functions measured round-robin, so drift in machine load (other
-    processes, thermal state) hits each of them alike and their ratios stay fair."""
+def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
+                        warmup: int = 1, device: str = "cpu") -> dict[str, list[float]]:
+    """Times of several functions measured round-robin: round ``i`` of every function ran
+    back to back, so drift in machine load (other processes, thermal state) hits each of them
+    alike and per-round ratios stay fair. Each round runs them in a new (seeded) random order, so
+    no function always runs first or always follows the same one (the one before can leave
+    memory mapped or caches warm that the next one profits from)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     _sync(device)
+    order, rng = list(fns), random.Random(0)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name in order:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
+                               warmup: int = 1, device: str = "cpu") -> dict[str, float]:
+    """Median of :func:`interleaved_seconds` per function."""
+    times = interleaved_seconds(fns, repeats=repeats, warmup=warmup, device=device)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -62,7 +62,7 @@ class InvertedResidual(nn.Module):
             return self.branch(x)
         out = self.conv(x)
         if self.eca is not None:  # ECA rescale fused into the skip add
-            return eca_residual(out, x, self.eca.conv.weight, relu=False)
+            return eca_residual(out, x, self.eca.conv.weight, relu=False, inplace=True)
         return x + out
 
     def forward_streams(self, streams: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,7 @@ class _ResidualBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.body(x)
         if self.eca is not None:  # ECA rescale fused into the residual add and the ReLU
-            return eca_residual(out, shortcut, self.eca.conv.weight, relu=True)
+            return eca_residual(out, shortcut, self.eca.conv.weight, relu=True, inplace=True)
         out += shortcut  # in place, as torchvision: BN's backward does not need its output
         return self.relu(out)
 
