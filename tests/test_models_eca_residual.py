@@ -11,17 +11,19 @@ from cvkit.layers.eca import EcaModule
 from cvkit.models.eca_residual import eca_residual
 
 
+@pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_matches_unfused_eca_in_float64(relu, channels_last, inplace):
+def test_matches_unfused_eca_in_float64(relu, channels_last, inplace, k):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 16, 5, 4, dtype=torch.float64, generator=g)
     s = torch.randn(3, 16, 5, 4, dtype=torch.float64, generator=g)
     if channels_last:
         x, s = x.contiguous(memory_format=torch.channels_last), s.contiguous(
             memory_format=torch.channels_last)
-    eca = EcaModule(16, kernel_size=5).double()
+    eca = EcaModule(16, kernel_size=k).double()
+    torch.nn.init.normal_(eca.conv.weight, generator=g)
     x1, s1 = x.clone().requires_grad_(), s.clone().requires_grad_()
     ref = s1 + x1 * eca.gate(x1)
     ref = ref.relu() if relu else ref
@@ -41,13 +43,14 @@ def test_matches_unfused_eca_in_float64(relu, channels_last, inplace):
     torch.testing.assert_close(w.grad, eca.conv.weight.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 3, 7])
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("relu", [True, False])
-def test_gradcheck(relu, inplace):
+def test_gradcheck(relu, inplace, k):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 8, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
     s = torch.randn(2, 8, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
-    w = torch.randn(1, 1, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(1, 1, k, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda a, b, c: eca_residual(a.clone(), b, c, relu, inplace=inplace), (x, s, w))
 

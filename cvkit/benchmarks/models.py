@@ -3,10 +3,13 @@
 One step = forward, cross-entropy, backward, SGD (momentum 0.9, weight decay 1e-4) on a fixed
 batch. Targets (issue 4): eca_resnet50 <= 1.10x and resnet50_gcp <= 1.15x torchvision resnet50.
 
-Ratios are per round (each model's step over torchvision's step of the same round, which ran
-seconds apart), reported as the median over rounds with the lowest and highest round beside it. A
-second, independent torchvision resnet50 is timed as a control: its ratio should be 1 and shows
-how far this machine's noise moves a ratio.
+In each round every model (in a new random order) runs an untimed step and then its timed one,
+so the timed step finds the allocator as the same model's previous step left it, as in a training
+loop: on the CPU much of a step is page faults of freshly mapped activation memory, and how much
+depends on what ran just before. Ratios are per round (each model's step over torchvision's step
+of the same round), reported as the median over rounds with the lowest and highest round beside
+it. A second, independent torchvision resnet50 is timed as a control: its ratio should be 1 and
+shows how far this machine's noise moves a ratio.
 
 A third torchvision row, resnet50 with its last stage at stride 1 (``replace_stride_with_dilation``:
 14x14 maps at 224 px, the iSQRT-COV layout) and the usual average-pool head, is the cost of the GCP
@@ -36,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cvkit presets to time beside torchvision's resnet50")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=12, help="timed rounds (steps per model)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds (steps per model)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--channels-last", action="store_true",
                         help="run every model (torchvision's too) in channels_last")
@@ -78,12 +81,14 @@ def run(args: argparse.Namespace) -> str:
         model = model.to(args.device, memory_format=fmt).train()
         steps[name] = _step_fn(model, x, y)
     times = interleaved_seconds(steps, repeats=args.repeats, warmup=args.warmup,
-                                device=args.device)
+                                device=args.device, settle=1)
     cmd = "python tools/benchmark.py models " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     lines = [
         f"Training step (forward + backward + SGD), batch {args.batch} at {args.size}², "
         f"{'channels_last' if args.channels_last else 'NCHW'}, {args.device}; {args.repeats} "
-        f"rounds after {args.warmup} warm-up, every model once per round, in a new random order each round. Ratio: per round, over "
+        f"rounds after {args.warmup} warm-up; in each round every model, in a new random order, "
+        f"runs one untimed step and then its timed step (so it finds memory as its own previous "
+        f"step left it, as in training). Ratio: per round, over "
         f"{BASELINE}'s step of the same round; median over rounds, and the lowest and highest.",
         "",
         f"| model | step (s), median | × {BASELINE}, median | lowest – highest round | target |",

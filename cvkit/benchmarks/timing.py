@@ -30,12 +30,16 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
 
 
 def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
-                        warmup: int = 1, device: str = "cpu") -> dict[str, list[float]]:
+                        warmup: int = 1, device: str = "cpu",
+                        settle: int = 0) -> dict[str, list[float]]:
     """Times of several functions measured round-robin: round ``i`` of every function ran
     back to back, so drift in machine load (other processes, thermal state) hits each of them
     alike and per-round ratios stay fair. Each round runs them in a new (seeded) random order, so
     no function always runs first or always follows the same one (the one before can leave
-    memory mapped or caches warm that the next one profits from)."""
+    memory mapped or caches warm that the next one profits from). ``settle`` untimed calls
+    precede each timed one, so the timed call finds the state its own predecessor left, as in
+    a loop that calls the same function again and again (a training loop's step k follows
+    step k-1 of the same model, never another model's)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -46,6 +50,9 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
         rng.shuffle(order)
         for name in order:
             fn = fns[name]
+            for _ in range(settle):
+                fn()
+            _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)

@@ -48,14 +48,21 @@ def _masked_residual_dot(grad: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -
     return out
 
 
+def _channel_windows(v: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, C) -> (B, C, k): window ``j`` at channel ``c`` is ``v[c + j - (k - 1) // 2]``, zero
+    outside. ECA's 1-D convolution across channels (Eq. 12) is ``windows @ taps``: a few small
+    ops where ``F.conv1d`` and its two backward convolutions cost ~0.5 ms each per block here."""
+    pad = (k - 1) // 2
+    return F.pad(v, (pad, k - 1 - pad)).unfold(-1, k, 1)
+
+
 class _EcaResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shortcut, weight, relu: bool, inplace: bool):
         b, c, h, w = x.shape
-        pad = (weight.shape[-1] - 1) // 2
-        pooled = x.mean(dim=(2, 3)).unsqueeze(1)                          # (B, 1, C)
-        gate = torch.sigmoid(F.conv1d(pooled, weight.to(x.dtype), padding=pad))
-        gate = gate.view(b, c, 1, 1)
+        taps = weight.reshape(-1).to(x.dtype)
+        pooled = x.mean(dim=(2, 3))                                           # (B, C)
+        gate = torch.sigmoid(_channel_windows(pooled, taps.numel()) @ taps).view(b, c, 1, 1)
         if inplace:
             y = torch.addcmul(shortcut, x, gate, out=x)
             ctx.mark_dirty(x)
@@ -64,27 +71,30 @@ class _EcaResidual(torch.autograd.Function):
         if relu:
             y = y.relu_()
         ctx.save_for_backward(y, shortcut, gate, pooled, weight)
-        ctx.relu, ctx.pad = relu, pad
+        ctx.relu = relu
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         y, shortcut, gate, pooled, weight = ctx.saved_tensors
         b, c, h, w = y.shape
+        taps = weight.reshape(-1).to(y.dtype)
+        k = taps.numel()
         grad = torch.ops.aten.threshold_backward(grad_y, y, 0) if ctx.relu else grad_y
-        g = gate.view(b, 1, c)
         # dL/dz = dL/dg * g (1 - g) = (1 - g) * sum_hw grad * (g x), and g x = y - s where grad != 0
-        scaled_dot = _masked_residual_dot(grad, y, shortcut)
-        grad_z = scaled_dot.view(b, 1, c) * (1 - g)
+        g = gate.view(b, c)
+        grad_z = _masked_residual_dot(grad, y, shortcut).mul_(1 - g)         # (B, C)
         grad_w = None
         if ctx.needs_input_grad[2]:
-            grad_w = torch.nn.grad.conv1d_weight(pooled, weight.shape, grad_z,
-                                                 padding=ctx.pad).to(weight.dtype)
+            grad_w = torch.einsum("bck,bc->k", _channel_windows(pooled, k), grad_z)
+            grad_w = grad_w.view(weight.shape).to(weight.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_pooled = torch.nn.grad.conv1d_input(pooled.shape, weight.to(y.dtype), grad_z,
-                                                     padding=ctx.pad)
-            grad_x = torch.addcmul(grad_pooled.view(b, c, 1, 1) / (h * w), grad, gate)
+            # transpose of the window sum: the flipped taps over windows of grad_z
+            pad = (k - 1) // 2
+            windows = F.pad(grad_z, (k - 1 - pad, pad)).unfold(-1, k, 1)
+            grad_pooled = windows @ taps.flip(0)
+            grad_x = torch.addcmul(grad_pooled.div_(h * w).view(b, c, 1, 1), grad, gate)
         grad_shortcut = grad if ctx.needs_input_grad[1] else None
         return grad_x, grad_shortcut, grad_w, None, None
 
