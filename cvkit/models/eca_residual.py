@@ -16,8 +16,9 @@ masked by the ReLU, so the sigmoid's derivative ``g (1 - g)`` turns it into
 from the output ``y`` and the shortcut ``s``, which the next block and this block's first
 convolution save anyway. With ``inplace=True`` (the ResNet blocks, as torchvision's ``out +=
 identity``) the result is written into ``x``'s storage: BN's backward does not need its output.
-The backward is one ``threshold_backward`` (as without ECA), two per-channel dot products and one
-``addcmul`` writing ``grad_x = grad * g + d_pool / HW``. The test compares with the unfused form
+The backward is one ``threshold_backward`` (as without ECA), one per-channel dot product computed
+a few samples at a time and one ``addcmul`` writing ``grad_x = grad * g + d_pool / HW``; the
+k-tap convolution across channels is a window sum on the (B, C) pooled vector. The test compares with the unfused form
 in float64 and runs gradcheck. In float32 ``y - s`` carries the rounding of ``y``, so the gate's
 gradient has a relative error of about 1e-7 |s| / |g x| (2e-6 when the shortcut is 30x the
 rescaled branch; tested), far below the noise of a mini-batch gradient.
