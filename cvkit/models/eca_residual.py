@@ -14,7 +14,7 @@ masked by the ReLU, so the sigmoid's derivative ``g (1 - g)`` turns it into
     dL/dz[b, c] = (1 - g[b, c]) * sum_hw grad * (y - s)          (z: the gate's pre-activation)
 
 from the output ``y`` and the shortcut ``s``, which the next block and this block's first
-convolution save anyway. With ``inplace=True`` (the ResNet blocks, as torchvision's ``out +=
+convolution save anyway (all but a projection shortcut's output). With ``inplace=True`` (the ResNet blocks, as torchvision's ``out +=
 identity``) the result is written into ``x``'s storage: BN's backward does not need its output.
 The backward is one ``threshold_backward`` (as without ECA), one per-channel dot product computed
 a few samples at a time and one ``addcmul`` writing ``grad_x = grad * g + d_pool / HW``; the
