@@ -71,3 +71,19 @@ def test_float32_weight_gradient_with_a_dominant_shortcut(relu):
             upstream.to(dtype))
         grads[dtype] = wd.grad.double()
     torch.testing.assert_close(grads[torch.float32], grads[torch.float64], rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_chunked_dot_product_over_several_chunks(monkeypatch, channels_last):
+    """The backward's per-channel dot product, forced into chunks of 2 samples over a batch of 5
+    (a remainder chunk), equals the whole-batch einsum."""
+    from cvkit.models import eca_residual as module
+
+    monkeypatch.setattr(module, "_CHUNK_ELEMENTS", 2 * 6 * 4 * 3)
+    g = torch.Generator().manual_seed(3)
+    grad, y, s = (torch.randn(5, 6, 4, 3, dtype=torch.float64, generator=g) for _ in range(3))
+    if channels_last:
+        grad, y, s = (t.contiguous(memory_format=torch.channels_last) for t in (grad, y, s))
+    expected = torch.einsum("bchw,bchw->bc", grad, y - s)
+    torch.testing.assert_close(module._masked_residual_dot(grad, y, s), expected,
+                               rtol=1e-12, atol=1e-12)

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> str:
         f"ratio of median steps | target |",
         "|---|---|---|---|---|---|",
     ]
+    base_median = statistics.median(times[BASELINE])
     for name, t in times.items():
         ratios = [a / b for a, b in zip(t, times[BASELINE])]
         ratio = statistics.median(ratios)
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> str:
         verdict = ""
         if target is not None:
             verdict = f"≤ {target:.2f}× — {'met' if ratio <= target else 'NOT met'}"
-        of_medians = statistics.median(t) / statistics.median(times[BASELINE])
+        of_medians = statistics.median(t) / base_median
         lines.append(f"| {name} | {statistics.median(t):.3f} | {ratio:.3f} | "
                      f"{min(ratios):.3f} – {max(ratios):.3f} | {of_medians:.3f} | {verdict} |")
     lines += ["", f"Command: `{cmd}`", f"Machine: {machine_description(args.device)}"]

@@ -14,14 +14,15 @@ masked by the ReLU, so the sigmoid's derivative ``g (1 - g)`` turns it into
     dL/dz[b, c] = (1 - g[b, c]) * sum_hw grad * (y - s)          (z: the gate's pre-activation)
 
 from the output ``y`` and the shortcut ``s``, which the next block and this block's first
-convolution save anyway (all but a projection shortcut's output). With ``inplace=True`` (the ResNet blocks, as torchvision's ``out +=
-identity``) the result is written into ``x``'s storage: BN's backward does not need its output.
-The backward is one ``threshold_backward`` (as without ECA), one per-channel dot product computed
-a few samples at a time and one ``addcmul`` writing ``grad_x = grad * g + d_pool / HW``; the
-k-tap convolution across channels is a window sum on the (B, C) pooled vector. The test compares with the unfused form
-in float64 and runs gradcheck. In float32 ``y - s`` carries the rounding of ``y``, so the gate's
-gradient has a relative error of about 1e-7 |s| / |g x| (2e-6 when the shortcut is 30x the
-rescaled branch; tested), far below the noise of a mini-batch gradient.
+convolution save anyway (all but a projection shortcut's output). With ``inplace=True`` (the ResNet
+blocks, as torchvision's ``out += identity``) the result is written into ``x``'s storage: BN's
+backward does not need its output. The backward is one ``threshold_backward`` (as without ECA), one
+per-channel dot product computed a few samples at a time and one ``addcmul`` writing ``grad_x =
+grad * g + d_pool / HW``; the k-tap convolution across channels is a window sum on the (B, C)
+pooled vector. The test compares with the unfused form in float64 and runs gradcheck. In float32
+``y - s`` carries the rounding of ``y``, so the gate's gradient has a relative error of about 1e-7
+|s| / |g x| (2e-6 when the shortcut is 30x the rescaled branch; tested), far below the noise of a
+mini-batch gradient.
 
 The weights are those of :class:`cvkit.layers.eca.EcaModule` (``eca.conv.weight``, [1, 1, k]).
 """
@@ -49,12 +50,14 @@ def _masked_residual_dot(grad: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -
     return out
 
 
-def _channel_windows(v: torch.Tensor, k: int) -> torch.Tensor:
+def _channel_windows(v: torch.Tensor, k: int, transpose: bool = False) -> torch.Tensor:
     """(B, C) -> (B, C, k): window ``j`` at channel ``c`` is ``v[c + j - (k - 1) // 2]``, zero
     outside. ECA's 1-D convolution across channels (Eq. 12) is ``windows @ taps``: a few small
-    ops where ``F.conv1d`` and its two backward convolutions cost ~0.5 ms each per block here."""
+    ops where ``F.conv1d`` and its two backward convolutions cost ~0.5 ms each per block here.
+    ``transpose=True`` pads the other way round: ``windows @ taps.flip(0)`` is the adjoint."""
     pad = (k - 1) // 2
-    return F.pad(v, (pad, k - 1 - pad)).unfold(-1, k, 1)
+    left, right = (k - 1 - pad, pad) if transpose else (pad, k - 1 - pad)
+    return F.pad(v, (left, right)).unfold(-1, k, 1)
 
 
 class _EcaResidual(torch.autograd.Function):
@@ -91,10 +94,7 @@ class _EcaResidual(torch.autograd.Function):
             grad_w = grad_w.view(weight.shape).to(weight.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            # transpose of the window sum: the flipped taps over windows of grad_z
-            pad = (k - 1) // 2
-            windows = F.pad(grad_z, (k - 1 - pad, pad)).unfold(-1, k, 1)
-            grad_pooled = windows @ taps.flip(0)
+            grad_pooled = _channel_windows(grad_z, k, transpose=True) @ taps.flip(0)
             grad_x = torch.addcmul(grad_pooled.div_(h * w).view(b, c, 1, 1), grad, gate)
         grad_shortcut = grad if ctx.needs_input_grad[1] else None
         return grad_x, grad_shortcut, grad_w, None, None
