@@ -194,6 +194,52 @@ def test_bad_arguments_are_clear_errors(interpret):
         isqrt_cov_triton(torch.randn(1, 16, 2, 2), precision="fp16")
 
 
+def test_retain_graph_and_saved_tensor_hooks(interpret):
+    """The iterates are saved through autograd: a second backward with retain_graph=True gives the
+    same gradient, a third without it is autograd's own error, and saved-tensor hooks (here
+    here copies) see every saved matrix."""
+    x = torch.randn(2, 16, 3, 3, requires_grad=True)
+    packed = []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = isqrt_cov_triton(x, 3)
+    w = torch.randn_like(out)
+    (g1,) = torch.autograd.grad(out, x, w, retain_graph=True)
+    (g2,) = torch.autograd.grad(out, x, w, retain_graph=True)
+    assert torch.equal(g1, g2)
+    # x, out, A, mean, tr, sqrt(tr), (Y_k, Z_k) for k = 1, 2, T_k for k = 2, 3
+    assert packed.count((2, 2, 16, 16)) == 2 and packed.count((2, 16, 16)) == 3
+    torch.autograd.grad(out, x, w)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(out, x, w)
+
+
+@pytest.mark.parametrize("iters", [1, 2, 5])
+def test_backward_products_are_symmetric_two_product_sums(interpret, monkeypatch, iters):
+    """The backward differentiates the iteration forward: 2N - 1 product launches, every one a
+    symmetric sum of two products (half the tiles), dY_k and dZ_k paired in one launch."""
+    import cvkit.kernels.isqrt_cov as impl
+    calls = []
+    real = impl._products
+
+    def spy(k, out, prods, **kw):
+        calls.append((len(prods), kw.get("symmetric", True),
+                      any(isinstance(m, impl._Pair) for prod in prods for m in prod)))
+        return real(k, out, prods, **kw)
+
+    monkeypatch.setattr(impl, "_products", spy)
+    out = isqrt_cov_triton(torch.randn(2, 24, 4, 4, requires_grad=True), iters)
+    calls.clear()
+    out.sum().backward()
+    assert len(calls) == 2 * iters - 1
+    assert all(nprod == 2 and symmetric for nprod, symmetric, _ in calls)
+    assert sum(paired for *_, paired in calls) == max(0, iters - 2)
+
+
 def test_interpreter_variable_set_before_import():
     """TRITON_INTERPRET=1 in the environment before anything is imported works the same."""
     code = ("import torch; from cvkit.kernels import isqrt_cov_triton; "

@@ -272,10 +272,12 @@ def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M, bat
 
 
 @triton.jit
-def _grad_seed_kernel(G, SQRT_TRACE, P_OUT, d, VECTOR: tl.constexpr, BLOCK: tl.constexpr):
-    """P_N = sqrt(tr Sigma) * sym(dL/dC): the triu scatter (VECTOR) or (G + G^T)/2, and the
-    post-compensation scale, in one pass. Only the symmetric part of dL/dC reaches the input, and
-    with a symmetric seed every later backward matrix is symmetric too."""
+def _grad_seed_kernel(G, SQRT_TRACE, P_OUT, DZ_OUT, d, VECTOR: tl.constexpr, HAS_DZ: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """P = sqrt(tr Sigma) * sym(dL/dC): the triu scatter (VECTOR) or (G + G^T)/2, and the
+    post-compensation scale, in one pass; HAS_DZ also writes -P/2, the tangent dZ_1 = dT_1 of the
+    backward. Only the symmetric part of dL/dC reaches the input, and with a symmetric seed every
+    tangent of the backward is symmetric too."""
     b, ti, tj, t = _tile_coords(tl.program_id(0), d, BLOCK, False)
     r = (ti * BLOCK + tl.arange(0, BLOCK))[:, None]
     c = (tj * BLOCK + tl.arange(0, BLOCK))[None, :]
@@ -289,7 +291,10 @@ def _grad_seed_kernel(G, SQRT_TRACE, P_OUT, d, VECTOR: tl.constexpr, BLOCK: tl.c
     else:
         g = 0.5 * (tl.load(G + b * d * d + r * d + c, mask=mask, other=0.0)
                    + tl.load(G + b * d * d + c * d + r, mask=mask, other=0.0))
-    tl.store(P_OUT + b * d * d + r * d + c, g * tl.load(SQRT_TRACE + b), mask=mask)
+    p = g * tl.load(SQRT_TRACE + b)
+    tl.store(P_OUT + b * d * d + r * d + c, p, mask=mask)
+    if HAS_DZ:
+        tl.store(DZ_OUT + b * d * d + r * d + c, -0.5 * p, mask=mask)
 
 
 @triton.jit
