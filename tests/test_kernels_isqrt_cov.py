@@ -211,8 +211,9 @@ def test_retain_graph_and_saved_tensor_hooks(interpret):
     (g1,) = torch.autograd.grad(out, x, w, retain_graph=True)
     (g2,) = torch.autograd.grad(out, x, w, retain_graph=True)
     assert torch.equal(g1, g2)
-    # x, out, A, mean, tr, sqrt(tr), (Y_k, Z_k) for k = 1, 2, T_k for k = 2, 3
-    assert packed.count((2, 2, 16, 16)) == 2 and packed.count((2, 16, 16)) == 3
+    # x, C, A, the means, tr, sqrt(tr), (Y_k, Z_k) for k = 1, 2 stacked, T_k for k = 2, 3 stacked
+    assert sorted(packed) == sorted([(2, 16, 3, 3), (2, 136), (2, 16, 16), (2, 16), (2,), (2,),
+                                     (2, 2, 2, 16, 16), (2, 2, 16, 16)])
     torch.autograd.grad(out, x, w)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         torch.autograd.grad(out, x, w)
@@ -238,6 +239,41 @@ def test_backward_products_are_symmetric_two_product_sums(interpret, monkeypatch
     assert len(calls) == 2 * iters - 1
     assert all(nprod == 2 and symmetric for nprod, symmetric, _ in calls)
     assert sum(paired for *_, paired in calls) == max(0, iters - 2)
+
+
+def test_double_backward_is_a_clear_error(interpret):
+    x = torch.randn(2, 16, 3, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(isqrt_cov_triton(x, 3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="isqrt_cov_triton_backward.*no autograd formula"):
+        grad.sum().backward()
+
+
+def test_operators_pass_torch_library_opcheck(interpret):
+    """Forward and backward are torch.library custom operators: schema, fake (meta) shapes,
+    autograd registration and AOT dispatch checked by PyTorch's own opcheck."""
+    import cvkit.kernels.isqrt_cov as impl
+    x = torch.randn(2, 16, 3, 3, requires_grad=True)
+    for precision in ("ieee", impl._FOLLOW_TORCH):
+        torch.library.opcheck(impl._isqrt_cov_op, (x, 3, True, precision))
+    out = impl._isqrt_cov_op(x, 3, False, "ieee")
+    torch.library.opcheck(impl._isqrt_cov_backward_op,
+                          (torch.randn_like(out[0]), x.detach(), *(o.detach() for o in out), 3,
+                           False, "ieee"))
+
+
+def test_torch_compile_fullgraph_matches_eager(interpret):
+    """torch.compile keeps the Triton head whole in its graph (fullgraph=True: no graph break)
+    and gives the eager result and gradient."""
+    torch.manual_seed(0)
+    head = CovariancePooling(32, dim=16, backend="triton")
+    x = torch.randn(2, 32, 4, 4, requires_grad=True)
+    ref = head(x)
+    (grad_ref,) = torch.autograd.grad(ref.pow(2).sum(), x)
+    torch._dynamo.reset()
+    out = torch.compile(head, fullgraph=True)(x)
+    (grad,) = torch.autograd.grad(out.pow(2).sum(), x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
 
 
 def test_interpreter_variable_set_before_import():
@@ -289,3 +325,21 @@ def test_cuda_auto_backend_uses_triton_and_matches_torch(monkeypatch):
     (grad,) = torch.autograd.grad(out, x, g)
     (grad_ref,) = torch.autograd.grad(ref, x, g)
     assert rel_err(grad, grad_ref) < 1e-4
+
+
+@needs_cuda
+def test_cuda_graphs_through_torch_compile_reduce_overhead(monkeypatch):
+    """mode="reduce-overhead" records the head's launches (forward and backward) into CUDA graphs
+    and replays them: same output and gradient as eager over several steps."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.manual_seed(5)
+    head = CovariancePooling(256, dim=128, backend="triton").cuda()
+    compiled = torch.compile(head, mode="reduce-overhead", fullgraph=True)
+    for step in range(4):  # the first calls warm up and record, the later ones replay
+        x = torch.randn(8, 256, 14, 14, device="cuda", requires_grad=True)
+        ref = head(x)
+        (grad_ref,) = torch.autograd.grad(ref.pow(2).sum(), x)
+        out = compiled(x)
+        (grad,) = torch.autograd.grad(out.pow(2).sum(), x)
+        assert rel_err(out, ref) < 1e-5, step
+        assert rel_err(grad, grad_ref) < 1e-5, step

@@ -5,7 +5,8 @@
 #   2. smoke test: compiled forward+backward vs float64, ieee and tf32x3 (stops on failure);
 #   3. the CUDA tests (PYTEST_LIMIT seconds);
 #   4. python tools/benchmark.py covpool --device cuda (Triton vs cvkit's PyTorch path vs the
-#      straightforward implementation, fp32 and TF32, B in {32,128,256}, d in {128,256});
+#      straightforward implementation, fp32 and TF32, B in {32,128,256}, d in {128,256}), then the
+#      same at B=128, d=256 with --cuda-graph (GPU time without launch overhead);
 #   5. precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in fp32 and
 #      TF32: error vs float64 and forward+backward time (triton.testing.do_bench);
 # Logs and reports go to $OUT (default ./gpu_out); a short summary is printed last.
@@ -51,7 +52,7 @@ EOF
 if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
 
 echo "== pytest (CUDA tests, compiled kernels)"
-timeout ${PYTEST_LIMIT:-90} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
+timeout ${PYTEST_LIMIT:-150} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
   > "$OUT/pytest.log" 2>&1
 echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
 
@@ -60,6 +61,12 @@ TRITON_PRINT_AUTOTUNING=1 timeout 170 $PY tools/benchmark.py covpool --device cu
   > "$OUT/covpool_bench.log" 2>&1
 echo "benchmark exit $?"
 sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$OUT/covpool_bench.md"
+
+echo "== covpool benchmark, every candidate replayed from a CUDA graph (GPU time), B=128, d=256"
+timeout 120 $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 \
+  > "$OUT/covpool_graph.log" 2>&1
+echo "benchmark (CUDA graphs) exit $?"
+sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$OUT/covpool_graph.md"
 
 echo "== precision sweep"
 timeout 70 $PY - <<'EOF' > "$OUT/sweep.log" 2>&1
@@ -131,4 +138,5 @@ echo "== summary"
 grep -h "smoke" "$OUT/smoke.log"
 tail -n 3 "$OUT/pytest.log"
 cat "$OUT/covpool_bench.md"
+cat "$OUT/covpool_graph.md"
 sed -n '/^| candidate/,/^$/p' "$OUT/sweep.log"

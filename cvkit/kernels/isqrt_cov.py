@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 _KERNEL_FILE = Path(__file__).with_name("isqrt_cov_kernels.py")
 _LOADED: dict[bool, object] = {}
@@ -43,15 +42,27 @@ def _kernels():
     return _LOADED[interpret]
 
 
-def _resolve_precision(precision: str | None) -> str:
-    """``None`` follows ``torch.get_float32_matmul_precision()``: "highest" (PyTorch's default)
-    -> "tf32x3", whose error against float64 matched plain fp32 on an H100 (4.6e-7 vs 6.6e-7
-    relative, B=128, d=256) at 1.3x its speed; "high" or "medium" -> "tf32", as cuBLAS then uses
-    TF32 in the PyTorch path. "ieee" (fp32 FMA products) is chosen explicitly."""
+_FOLLOW_TORCH = "follow_torch"  # the operators' precision argument for precision=None
+
+
+def _check_precision(precision: str | None) -> str:
+    """The precision argument as the operators take it: checked here, resolved when they run
+    (torch.compile cannot trace ``torch.get_float32_matmul_precision``; a compiled graph follows
+    the setting at run time, as cuBLAS does)."""
     if precision is None:
-        return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        return _FOLLOW_TORCH
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
+    return precision
+
+
+def _resolve_precision(precision: str) -> str:
+    """``_FOLLOW_TORCH`` (precision=None) follows ``torch.get_float32_matmul_precision()``:
+    "highest" (PyTorch's default) -> "tf32x3", whose error against float64 matched plain fp32 on an H100 (4.6e-7 vs 6.6e-7
+    relative, B=128, d=256) at 1.3x its speed; "high" or "medium" -> "tf32", as cuBLAS then uses
+    TF32 in the PyTorch path. "ieee" (fp32 FMA products) is chosen explicitly."""
+    if precision == _FOLLOW_TORCH:
+        return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return precision
 
 
@@ -118,53 +129,53 @@ def _batch_class(batch: int) -> int:
     return int(batch >= 64)
 
 
+def _saved_shapes(x_shape, iters: int, vectorize: bool):
+    """Shapes of the forward's outputs: C, then what the backward needs: A (B,d,d), the channel
+    means (B,d), tr Sigma and its square root (B,), the pairs (Y_k, Z_k) for k = 1..N-1 stacked
+    as (N-1, 2, B, d, d), and T_k for k = 2..N as (N-1, B, d, d)."""
+    batch, d = x_shape[0], x_shape[1] if len(x_shape) == 4 else x_shape[2]
+    out = (batch, d * (d + 1) // 2) if vectorize else (batch, d, d)
+    n = iters - 1
+    return [out, (batch, d, d), (batch, d), (batch,), (batch,), (n, 2, batch, d, d),
+            (n, batch, d, d)]
+
+
 def _forward(x, iters, vectorize, precision):
-    """Runs the forward kernels; returns the output and what the backward needs: A, the channel
-    means, tr Sigma, its square root, the pairs (Y_k, Z_k) for k = 1..N-1 as (2, B, d, d) buffers,
-    and T_k for k = 2..N."""
+    """Runs the forward kernels; returns C and the tensors of ``_saved_shapes``."""
     k = _kernels()
     xm, d, m, (sb, sc, sm) = _as_channel_matrix(x)
     batch = xm.shape[0]
-    dev = xm.device
-    mean = torch.empty(batch, d, device=dev, dtype=torch.float32)
+    out, a, mean, trace, sqrt_trace, yzs, ts = (
+        torch.empty(shape, device=xm.device, dtype=torch.float32)
+        for shape in _saved_shapes(x.shape, iters, vectorize))
     var = torch.empty_like(mean)
     k._channel_stats_kernel[(batch * triton_cdiv(d, 32),)](
         xm, mean, var, d, m, sb, sc, sm, BLOCK_C=32, BLOCK_M=64)
-
-    def mat(*lead):
-        return torch.empty(*lead, batch, d, d, device=dev, dtype=torch.float32)
-
-    a, yz = mat(), mat(2)
-    trace = torch.empty(batch, device=dev, dtype=torch.float32)
-    sqrt_trace = torch.empty_like(trace)
+    z1 = yzs[0, 1] if iters >= 2 else torch.empty_like(a)  # Z_1 = T_1 (unused for N = 1)
     k._covariance_kernel[lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
                                                 (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),)](
-        xm, mean, var, a, yz[1], trace, sqrt_trace, d, m, _batch_class(batch), sb, sc, sm,
-        PRECISION=precision, BLOCK_D=max(16, 1 << (d - 1).bit_length()))  # yz[1] = Z_1 = T_1
+        xm, mean, var, a, z1, trace, sqrt_trace, d, m, _batch_class(batch), sb, sc, sm,
+        PRECISION=precision, BLOCK_D=max(16, 1 << (d - 1).bit_length()))
 
-    out = (torch.empty(batch, d * (d + 1) // 2, device=dev, dtype=torch.float32) if vectorize
-           else mat())
-    final = dict(scale=sqrt_trace, triu=vectorize, precision=precision)
-    yzs, ts = [], []
     saved = (a, mean, trace, sqrt_trace, yzs, ts)
+    final = dict(scale=sqrt_trace, triu=vectorize, precision=precision)
     if iters == 1:  # Y_1 = A T_1 = 1.5 A - 0.5 A A, times sqrt(tr Sigma)
         _products(k, out, [(a, a)], c_prod=-0.5, e=a, c_e=1.5, **final)
-        return out, saved
-    _products(k, yz[0], [(a, a)], c_prod=-0.5, e=a, c_e=1.5, precision=precision)
-    yzs.append(yz)
+        return (out, *saved)
+    _products(k, yzs[0, 0], [(a, a)], c_prod=-0.5, e=a, c_e=1.5, precision=precision)
     for step in range(2, iters + 1):
-        prev = yzs[-1]
-        t = _products(k, mat(), [(prev[1], prev[0])], c_prod=-0.5, c_eye=1.5,
+        prev = yzs[step - 2]
+        t = _products(k, ts[step - 2], [(prev[1], prev[0])], c_prod=-0.5, c_eye=1.5,
                       precision=precision)
-        ts.append(t)
         if step == iters:
             _products(k, out, [(prev[0], t)], **final)
         else:  # Y_k = Y_{k-1} T_k and Z_k = T_k Z_{k-1} = Z_{k-1} T_k in one launch
-            yzs.append(_products(k, mat(2), [(_pair(prev), t)], precision=precision))
-    return out, saved
+            _products(k, yzs[step - 1], [(_pair(prev), t)], precision=precision)
+    return (out, *saved)
 
 
-def _backward(grad_out, x, out, saved, iters, vectorize, precision):
+def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
+              precision):
     """dL/dA by forward-mode differentiation. Y_N = g(A) for a real polynomial g (every iterate is
     a polynomial in A), and at a symmetric A the Fréchet derivative L_g(A) of a polynomial is
     self-adjoint, so dL/dA = L_g(A)[P] with the seed P = dL/dY_N: the derivative of the iteration
@@ -180,7 +191,6 @@ def _backward(grad_out, x, out, saved, iters, vectorize, precision):
     batch = xm.shape[0]
     dev = xm.device
     grad_out = grad_out.contiguous().float()
-    a, mean, trace, sqrt_trace, yzs, ts = saved
 
     def mat(*lead):
         return torch.empty(*lead, batch, d, d, device=dev, dtype=torch.float32)
@@ -216,28 +226,55 @@ def _backward(grad_out, x, out, saved, iters, vectorize, precision):
     return grad_x
 
 
-class _ISqrtCovFunction(torch.autograd.Function):
-    """Forward and backward kernels as one autograd node. The forward keeps A, Y_1..Y_{N-1},
-    Z_1..Z_{N-1} and T_2..T_N (3N-2 d×d matrices per sample) for the backward instead of
-    recomputing them: GPU memory is cheaper than the extra products. All are saved through
-    ``save_for_backward``, so autograd frees them after the backward, keeps them for
-    ``retain_graph=True``, and saved-tensor hooks (e.g. offloading to the CPU) apply."""
+# The forward and the backward are custom operators (torch.library): opaque to torch.compile, which
+# keeps them whole in its graph (no graph break, fullgraph=True works, CUDA graphs can replay the
+# launches) instead of tracing into Triton's launcher. The forward returns the iterates the
+# backward needs as extra outputs (3N-2 d×d matrices per sample: A, Y_1..Y_{N-1}, Z_1..Z_{N-1},
+# T_2..T_N), kept rather than recomputed (GPU memory is cheaper than the products). They are saved
+# through save_for_backward: autograd frees them after the backward, keeps them for
+# retain_graph=True, and saved-tensor hooks (e.g. offloading to the CPU) apply.
+@torch.library.custom_op("cvkit::isqrt_cov_triton", mutates_args=())
+def _isqrt_cov_op(x: torch.Tensor, iters: int, vectorize: bool, precision: str
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor, torch.Tensor]:
+    return _forward(x, iters, vectorize, _resolve_precision(precision))
 
-    @staticmethod
-    def forward(ctx, x, iters, vectorize, precision):
-        out, (a, mean, trace, sqrt_trace, yzs, ts) = _forward(x, iters, vectorize, precision)
-        ctx.iters, ctx.vectorize, ctx.precision = iters, vectorize, precision
-        ctx.n_yz = len(yzs)
-        ctx.save_for_backward(x, out, a, mean, trace, sqrt_trace, *yzs, *ts)
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, out, a, mean, trace, sqrt_trace, *rest = ctx.saved_tensors
-        saved = (a, mean, trace, sqrt_trace, rest[:ctx.n_yz], rest[ctx.n_yz:])
-        grad_x = _backward(grad_out, x, out, saved, ctx.iters, ctx.vectorize, ctx.precision)
-        return grad_x.view_as(x), None, None, None
+@_isqrt_cov_op.register_fake
+def _isqrt_cov_fake(x, iters, vectorize, precision):
+    return tuple(x.new_empty(shape, dtype=torch.float32)
+                 for shape in _saved_shapes(x.shape, iters, vectorize))
+
+
+@torch.library.custom_op("cvkit::isqrt_cov_triton_backward", mutates_args=())
+def _isqrt_cov_backward_op(grad_out: torch.Tensor, x: torch.Tensor, out: torch.Tensor,
+                           a: torch.Tensor, mean: torch.Tensor, trace: torch.Tensor,
+                           sqrt_trace: torch.Tensor, yzs: torch.Tensor, ts: torch.Tensor,
+                           iters: int, vectorize: bool, precision: str) -> torch.Tensor:
+    return _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
+                     _resolve_precision(precision))
+
+
+@_isqrt_cov_backward_op.register_fake
+def _isqrt_cov_backward_fake(grad_out, x, *rest):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x, ctx.iters, ctx.vectorize, ctx.precision = inputs
+    ctx.save_for_backward(x, *output)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero gradients for the iterates
+
+
+def _isqrt_cov_autograd(ctx, grad_out, *_iterates):
+    if grad_out is None:
+        return None, None, None, None
+    return (_isqrt_cov_backward_op(grad_out, *ctx.saved_tensors, ctx.iters, ctx.vectorize,
+                                   ctx.precision), None, None, None)
+
+
+_isqrt_cov_op.register_autograd(_isqrt_cov_autograd, setup_context=_setup_context)
 
 
 def isqrt_cov_triton(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
@@ -261,9 +298,9 @@ def isqrt_cov_triton(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     if x.dim() not in (3, 4) or x.shape[1:].numel() == 0:
         raise ValueError(f"isqrt_cov_triton expects (B,C,H,W) maps or (B,N,C) tokens with "
                          f"channels and positions, got shape {tuple(x.shape)}")
-    precision = _resolve_precision(precision)
+    precision = _check_precision(precision)
     if x.shape[0] == 0:  # an empty batch gives an empty result (and a zero gradient)
         d = x.shape[1] if x.dim() == 4 else x.shape[2]
         shape = (0, d * (d + 1) // 2) if vectorize else (0, d, d)
         return x.float().sum() * 0 + torch.zeros(shape, device=x.device)
-    return _ISqrtCovFunction.apply(x.float(), iters, vectorize, precision)
+    return _isqrt_cov_op(x.float(), iters, vectorize, precision)[0]
