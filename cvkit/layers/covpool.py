@@ -252,35 +252,51 @@ class _IsqrtCovEigh(torch.autograd.Function):
         return grad_x.masked_fill_(~torch.isfinite(trace)[:, None, None], float("nan")), None
 
 
-def _newton_schulz(a: torch.Tensor, iters: int, keep_z: bool = False):
-    """Y_N of the coupled iteration (paper Eq. 2) with the fewest products, max(1, 3N - 3), and,
-    if keep_z, the list [Z_0 = None (the identity), Z_1, ..., Z_{N-1}] for the backward."""
+def _newton_schulz(a: torch.Tensor, iters: int) -> torch.Tensor:
+    """Y_N of the coupled iteration (paper Eq. 2) with the fewest products, max(1, 3N - 3)."""
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     t = 0.5 * (3.0 * eye - a)
     y = torch.matmul(a, t)
     z = t
-    zs = [None]
     for k in range(1, iters):
-        if keep_z:
-            zs.append(z)
-        t = 0.5 * (3.0 * eye - torch.matmul(z, y))
+        t = torch.baddbmm(eye, z, y, beta=1.5, alpha=-0.5)
         y_next = torch.matmul(y, t)
         if k + 1 < iters:
             z = torch.matmul(t, z)
         y = y_next
-    return y, zs
+    return y
+
+
+def _newton_schulz_derivative(a: torch.Tensor, e: torch.Tensor, iters: int):
+    """Y_N and its derivative along E, L(E) = d/dh Y_N(A + h E) at h = 0, by differentiating the
+    iteration forward (tangents dT, dY, dZ beside T, Y, Z; 9 products per step).
+
+    Y_N = g(A) for a real polynomial g, and at a symmetric A the Fréchet derivative of a
+    polynomial, L(E) = sum_k c_k sum_{i+j=k-1} A^i E A^j, is its own adjoint: the backward's
+    dL/dA for the incoming gradient G is L(G) (docs/covpool.md)."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    t, dt = 0.5 * (3.0 * eye - a), -0.5 * e                  # T_1 = (3I - A) / 2
+    y, dy = torch.matmul(a, t), torch.baddbmm(torch.matmul(e, t), a, dt)
+    z, dz = t, dt
+    for k in range(1, iters):
+        t = torch.baddbmm(eye, z, y, beta=1.5, alpha=-0.5)    # T = (3I - Z Y) / 2
+        dt = torch.baddbmm(torch.matmul(dz, y), z, dy).mul_(-0.5)
+        y, dy = torch.matmul(y, t), torch.baddbmm(torch.matmul(dy, t), y, dt)
+        if k + 1 < iters:
+            z, dz = torch.matmul(t, z), torch.baddbmm(torch.matmul(dt, z), t, dz)
+    return y, dy
 
 
 class _IsqrtCovNewtonSchulz(torch.autograd.Function):
-    """The Newton-Schulz matrix iteration with a hand-written adjoint (for GPUs, where batched
-    eigh is slow). Saves only the input; the backward recomputes and keeps only Z_0..Z_{N-1}
-    (N matrices, not the 3N iterates autograd would keep) and rebuilds Y_{k-1} = A Z_{k-1} (the
-    iterates are commuting polynomials in A) and T_k from them, newest first, freeing as it goes."""
+    """The Newton-Schulz matrix iteration with a hand-written backward (for GPUs, where batched
+    eigh is slow). Saves only the input; the backward recomputes the iterates alongside their
+    derivative along the incoming gradient (forward-mode, self-adjoint: _newton_schulz_derivative),
+    so it keeps no list of iterates: a few d×d matrices per sample at any N."""
 
     @staticmethod
     def forward(ctx, features, iters):
         a, trace, ok = _normalised(features, symmetrise=True)
-        y, _ = _newton_schulz(a, iters)
+        y = _newton_schulz(a, iters)
         s = torch.where(ok, trace, torch.zeros_like(trace)).sqrt()
         ctx.save_for_backward(features)
         ctx.iters = iters
@@ -291,32 +307,9 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
     def backward(ctx, grad_out):
         (features,) = ctx.saved_tensors
         a, trace, ok = _normalised(features, symmetrise=True)
-        y_n, zs = _newton_schulz(a, ctx.iters, keep_z=True)
+        y_n, grad_a = _newton_schulz_derivative(a, grad_out.contiguous(), ctx.iters)
         inner_g_y = (grad_out * y_n).sum((-2, -1))          # <G, Y_N>
         del y_n
-        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-        g_y, g_z = grad_out, None
-        while zs:
-            # step k: P = Z Y, T = (3I - P) / 2, Y' = Y T, Z' = T Z  (Z = None means I)
-            z = zs.pop()
-            y = a if z is None else torch.matmul(a, z)
-            t = 0.5 * (3.0 * eye - (y if z is None else torch.matmul(z, y)))
-            g_t = torch.matmul(y.transpose(-1, -2), g_y)
-            if g_z is not None:
-                g_t = g_t + (g_z if z is None else torch.matmul(g_z, z.transpose(-1, -2)))
-            g_p = g_t.mul_(-0.5)
-            g_y_prev = torch.matmul(g_y, t.transpose(-1, -2))
-            if z is None:                                     # P = Y_0
-                g_y_prev += g_p
-                g_z = None
-            else:
-                g_y_prev += torch.matmul(z.transpose(-1, -2), g_p)
-                g_z_prev = torch.matmul(g_p, y.transpose(-1, -2))
-                if g_z is not None:
-                    g_z_prev += torch.matmul(t.transpose(-1, -2), g_z)
-                g_z = g_z_prev
-            g_y = g_y_prev
-        grad_a = g_y
         inner_ga_a = (grad_a * a).sum((-2, -1))              # <dL/dA, A>
         # A was symmetrised; sym(grad_a) is not needed: the covariance backward symmetrises.
         grad_sigma = _trace_normalisation_backward(grad_a, inner_g_y, inner_ga_a, trace, ok)
