@@ -58,9 +58,10 @@ def _check_precision(precision: str | None) -> str:
 
 def _resolve_precision(precision: str) -> str:
     """``_FOLLOW_TORCH`` (precision=None) follows ``torch.get_float32_matmul_precision()``:
-    "highest" (PyTorch's default) -> "tf32x3", whose error against float64 matched plain fp32 on an H100 (4.6e-7 vs 6.6e-7
-    relative, B=128, d=256) at 1.3x its speed; "high" or "medium" -> "tf32", as cuBLAS then uses
-    TF32 in the PyTorch path. "ieee" (fp32 FMA products) is chosen explicitly."""
+    "highest" (PyTorch's default) -> "tf32x3", whose error against float64 matched plain fp32 on
+    an H100 (4.6e-7 vs 6.6e-7 relative, B=128, d=256) at 1.3x its speed; "high" or "medium" ->
+    "tf32", as cuBLAS then uses TF32 in the PyTorch path. "ieee" (fp32 FMA products) is chosen
+    explicitly."""
     if precision == _FOLLOW_TORCH:
         return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return precision
@@ -88,19 +89,18 @@ class _Pair(NamedTuple):
     offset: int
 
 
-def _pair(buf: torch.Tensor, swapped: bool = False) -> _Pair:
-    """(2, B, d, d) buffer as a paired operand, in order or swapped."""
-    n = buf[0].numel()
-    return _Pair(buf[1], -n) if swapped else _Pair(buf[0], n)
+def _pair(buf: torch.Tensor) -> _Pair:
+    """(2, B, d, d) buffer as a paired operand."""
+    return _Pair(buf[0], buf[0].numel())
 
 
-def _products(k, out, prods, *, symmetric=True, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0,
-              f=None, c_f=0.0, scale=None, triu=False, precision="ieee"):
-    """out = scale * (c_prod * sum(a @ b for a, b in prods) + c_eye I + c_e e + c_f f); with
-    paired operands (``_Pair``), two such sums in one launch, written to out[0] and out[1].
-    Right factors must be symmetric."""
+def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=None, triu=False,
+              precision="ieee"):
+    """out = scale * (c_prod * sum(a @ b for a, b in prods) + c_eye I + c_e e) for one or two
+    products whose sum is symmetric; with paired operands (``_Pair``), two such sums in one
+    launch, written to out[0] and out[1]. Right factors must be symmetric."""
     ops = [m for prod in prods for m in prod]
-    ops += [ops[0], ops[1]] * ((6 - len(ops)) // 2)
+    ops += [ops[0], ops[1]] * ((4 - len(ops)) // 2)
     ops += [e if e is not None else ops[0]]
     npair = 2 if any(isinstance(m, _Pair) for m in ops) else 1
     target = _pair(out) if npair == 2 else out  # a (2, B, d, d) buffer then
@@ -110,13 +110,12 @@ def _products(k, out, prods, *, symmetric=True, c_prod=1.0, c_eye=0.0, e=None, c
 
     def grid(meta):
         nt = triton_cdiv(d, meta["BLOCK"])
-        return (npair * batch * (nt * (nt + 1) // 2 if symmetric else nt * nt),)
+        return (npair * batch * (nt * (nt + 1) // 2),)
 
     k._products_kernel[grid](
-        *ptrs[:7], f if f is not None else ptrs[0], scale if scale is not None else ptrs[0],
-        ptrs[7], *offsets, c_prod, c_eye, c_e, c_f, d, batch, _batch_class(batch),
-        NPAIR=npair, NPROD=len(prods), SYMMETRIC=symmetric, HAS_E=e is not None,
-        HAS_F=f is not None, HAS_SCALE=scale is not None, OUT_TRIU=triu, PRECISION=precision)
+        *ptrs[:5], scale if scale is not None else ptrs[0], ptrs[5], *offsets, c_prod, c_eye,
+        c_e, d, batch, _batch_class(batch), NPAIR=npair, NPROD=len(prods), HAS_E=e is not None,
+        HAS_SCALE=scale is not None, OUT_TRIU=triu, PRECISION=precision)
     return out
 
 

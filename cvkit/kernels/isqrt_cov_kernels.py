@@ -6,8 +6,9 @@ Not imported directly: ``cvkit.kernels.isqrt_cov`` loads this file once per Trit
 
 All d×d matrices are contiguous (B, d, d) float32 buffers. Every Newton–Schulz iterate is a
 polynomial in A, so iterates are symmetric and commute; every sum of products built here is
-symmetric too, and ``_products_kernel`` with ``SYMMETRIC`` computes only the tiles on and above the
-diagonal and writes each off-diagonal tile twice (itself and its transpose).
+symmetric too (the backward's tangents are derivatives of such polynomials along a symmetric
+direction), so ``_products_kernel`` computes only the tiles on and above the diagonal and writes
+each off-diagonal tile twice (itself and its transpose).
 """
 import os
 
@@ -89,40 +90,36 @@ def _tile_coords(pid, d, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr):
 
 
 @triton.autotune(configs=_PRODUCT_CONFIGS,
-                 key=["d", "batch_class", "NPAIR", "NPROD", "SYMMETRIC", "HAS_E", "HAS_F",
-                      "HAS_SCALE", "OUT_TRIU", "PRECISION"])
+                 key=["d", "batch_class", "NPAIR", "NPROD", "HAS_E", "HAS_SCALE", "OUT_TRIU",
+                      "PRECISION"])
 @triton.jit
-def _products_kernel(A1, B1, A2, B2, A3, B3, E, F, SCALE, OUT,
-                     pair_a1, pair_b1, pair_a2, pair_b2, pair_a3, pair_b3, pair_e, pair_out,
-                     c_prod, c_eye, c_e, c_f, d, batch, batch_class,
-                     NPAIR: tl.constexpr, NPROD: tl.constexpr, SYMMETRIC: tl.constexpr,
-                     HAS_E: tl.constexpr, HAS_F: tl.constexpr, HAS_SCALE: tl.constexpr,
+def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, pair_a1, pair_b1, pair_a2, pair_b2, pair_e,
+                     pair_out, c_prod, c_eye, c_e, d, batch, batch_class, NPAIR: tl.constexpr,
+                     NPROD: tl.constexpr, HAS_E: tl.constexpr, HAS_SCALE: tl.constexpr,
                      OUT_TRIU: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr,
                      BLOCK_K: tl.constexpr):
-    """OUT = scale_b * (c_prod * (A1 B1 [+ A2 B2 [+ A3 B3]]) + c_eye I [+ c_e E] [+ c_f F]).
+    """OUT = scale_b * (c_prod * (A1 B1 [+ A2 B2]) + c_eye I [+ c_e E]), a symmetric result.
 
     One kernel serves every matrix product of the forward and backward, with the element-wise
-    part of each step as its epilogue (e.g. T = 1.5 I - 0.5 Z Y, or P' = PT + TP - 1.5 P + W Z).
-    SYMMETRIC: the result is symmetric; only upper tiles are computed, diagonal tiles are made
-    exactly symmetric, off-diagonal tiles are stored with their transposes. OUT_TRIU: write the
-    row-major upper triangle incl. the diagonal, (B, d(d+1)/2), instead of a d×d matrix.
-    NPAIR = 2 runs two such sums in one launch (e.g. Y_k = Y_{k-1} T_k and Z_k = Z_{k-1} T_k):
-    the second reads each operand pair_<name> elements further on (0 for a shared operand).
+    part of each step as its epilogue (e.g. T = 1.5 I - 0.5 Z Y, or dY_1 = 1.5 P - 0.5 (PA + AP)).
+    Only tiles on and above the diagonal are computed; diagonal tiles are made exactly symmetric,
+    off-diagonal tiles are stored with their transposes. OUT_TRIU: write the row-major upper
+    triangle incl. the diagonal, (B, d(d+1)/2), instead of a d×d matrix. NPAIR = 2 runs two such
+    sums in one launch (e.g. Y_k = Y_{k-1} T_k and Z_k = Z_{k-1} T_k): the second reads each
+    operand pair_<name> elements further on (0 for a shared operand).
     """
     pid = tl.program_id(0)
     if NPAIR == 2:
-        per_pair = batch * _n_tiles(d, BLOCK, SYMMETRIC)
+        per_pair = batch * _n_tiles(d, BLOCK, True)
         pair = (pid // per_pair).to(tl.int64)
         pid = pid % per_pair
         A1 += pair * pair_a1
         B1 += pair * pair_b1
         A2 += pair * pair_a2
         B2 += pair * pair_b2
-        A3 += pair * pair_a3
-        B3 += pair * pair_b3
         E += pair * pair_e
         OUT += pair * pair_out
-    b, ti, tj, t = _tile_coords(pid, d, BLOCK, SYMMETRIC)
+    b, ti, tj, t = _tile_coords(pid, d, BLOCK, True)
     base = b * d * d
     rm = ti * BLOCK + tl.arange(0, BLOCK)
     rn = tj * BLOCK + tl.arange(0, BLOCK)
@@ -156,27 +153,18 @@ def _products_kernel(A1, B1, A2, B2, A3, B3, E, F, SCALE, OUT,
                 b2 = tl.trans(b2)
             acc = tl.dot(tl.load(A2 + a_offs, mask=a_mask, other=0.0), b2, acc,
                          input_precision=PRECISION)
-        if NPROD >= 3:
-            b3 = tl.load(B3 + b_offs, mask=b_mask, other=0.0)
-            if PRECISION != "ieee":
-                b3 = tl.trans(b3)
-            acc = tl.dot(tl.load(A3 + a_offs, mask=a_mask, other=0.0), b3, acc,
-                         input_precision=PRECISION)
         a_offs += BLOCK_K
         if PRECISION == "ieee":
             b_offs += BLOCK_K * d
         else:
             b_offs += BLOCK_K
-    if SYMMETRIC:
-        if ti == tj:  # rounding makes acc[i, j] and acc[j, i] differ slightly: average them
-            acc = 0.5 * (acc + tl.trans(acc))
+    if ti == tj:  # rounding makes acc[i, j] and acc[j, i] differ slightly: average them
+        acc = 0.5 * (acc + tl.trans(acc))
     mask = (rm[:, None] < d) & (rn[None, :] < d)
     offs = rm[:, None] * d + rn[None, :]
     out = c_prod * acc + tl.where(rm[:, None] == rn[None, :], c_eye, 0.0)
     if HAS_E:
         out += c_e * tl.load(E + base + offs, mask=mask, other=0.0)
-    if HAS_F:
-        out += c_f * tl.load(F + base + offs, mask=mask, other=0.0)
     if HAS_SCALE:
         out = out * tl.load(SCALE + b)
     if OUT_TRIU:
@@ -187,10 +175,9 @@ def _products_kernel(A1, B1, A2, B2, A3, B3, E, F, SCALE, OUT,
         tl.store(OUT + b * (d * (d + 1) // 2) + idx, out, mask=mask & (r <= c))
     else:
         tl.store(OUT + base + offs, out, mask=mask)
-        if SYMMETRIC:
-            if ti != tj:
-                mirror = (rn[:, None] < d) & (rm[None, :] < d)
-                tl.store(OUT + base + rn[:, None] * d + rm[None, :], tl.trans(out), mask=mirror)
+        if ti != tj:
+            mirror = (rn[:, None] < d) & (rm[None, :] < d)
+            tl.store(OUT + base + rn[:, None] * d + rm[None, :], tl.trans(out), mask=mirror)
 
 
 @triton.jit
