@@ -111,6 +111,34 @@ def test_several_tiles_with_masked_edges(interpret, d, batch, iters, precision):
     check_against_reference(x, iters, d == 40, tol=1e-5, precision=precision)
 
 
+def test_channels_last_maps_are_read_in_place(interpret, monkeypatch):
+    """A channels_last map (what a conv net trained in channels_last feeds the head) is read with
+    its own strides, no NCHW copy, and its gradient comes back in the same layout."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 24, 5, 3)
+    x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
+    x_nchw = x.clone().requires_grad_()
+    copies = []
+    real_contiguous = torch.Tensor.contiguous
+
+    def spy(self, *args, **kwargs):
+        if self.data_ptr() == x_cl.data_ptr():
+            copies.append(self.shape)
+        return real_contiguous(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "contiguous", spy)
+    out_cl = isqrt_cov_triton(x_cl, 3)
+    g = torch.randn_like(out_cl)
+    (grad_cl,) = torch.autograd.grad(out_cl, x_cl, g)
+    assert copies == []
+    monkeypatch.setattr(torch.Tensor, "contiguous", real_contiguous)
+    out = isqrt_cov_triton(x_nchw, 3)
+    (grad,) = torch.autograd.grad(out, x_nchw, g)
+    torch.testing.assert_close(out_cl, out, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad_cl, grad, rtol=1e-6, atol=1e-8)
+    assert grad_cl.stride() == x_cl.stride()
+
+
 def test_triu_order_is_row_major(interpret):
     torch.manual_seed(0)
     x = torch.randn(2, 24, 3, 3)
@@ -255,10 +283,12 @@ def test_operators_pass_torch_library_opcheck(interpret):
     x = torch.randn(2, 16, 3, 3, requires_grad=True)
     for precision in ("ieee", impl._FOLLOW_TORCH):
         torch.library.opcheck(impl._isqrt_cov_op, (x, 3, True, precision))
-    out = impl._isqrt_cov_op(x, 3, False, "ieee")
-    torch.library.opcheck(impl._isqrt_cov_backward_op,
-                          (torch.randn_like(out[0]), x.detach(), *(o.detach() for o in out), 3,
-                           False, "ieee"))
+    for layout in (torch.contiguous_format, torch.channels_last):  # the gradient keeps it
+        xl = x.detach().to(memory_format=layout)
+        out = impl._isqrt_cov_op(xl, 3, False, "ieee")
+        torch.library.opcheck(impl._isqrt_cov_backward_op,
+                              (torch.randn_like(out[0]), xl, *(o.detach() for o in out), 3,
+                               False, "ieee"))
 
 
 def test_torch_compile_fullgraph_matches_eager(interpret):

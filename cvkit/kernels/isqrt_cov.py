@@ -69,10 +69,13 @@ def _resolve_precision(precision: str) -> str:
 
 def _as_channel_matrix(x: torch.Tensor) -> tuple[torch.Tensor, int, int, tuple[int, int, int]]:
     """(B,C,H,W) maps or (B,N,C) tokens -> the tensor, d, M and the (batch, channel, position)
-    strides that read it as X[b, c, m] without a copy."""
+    strides that read it as X[b, c, m]. NCHW-contiguous and channels_last maps and contiguous
+    tokens are read in place; other layouts are copied to NCHW / contiguous tokens first."""
     if x.dim() == 4:
-        x = x.contiguous()
         b, c, h, w = x.shape
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return x, c, h * w, (x.stride(0), 1, c)  # channels_last: a position is c apart
+        x = x.contiguous()
         return x, c, h * w, (x.stride(0), h * w, 1)
     if x.dim() == 3:
         x = x.contiguous()
@@ -256,7 +259,7 @@ def _isqrt_cov_backward_op(grad_out: torch.Tensor, x: torch.Tensor, out: torch.T
 
 @_isqrt_cov_backward_op.register_fake
 def _isqrt_cov_backward_fake(grad_out, x, *rest):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(_as_channel_matrix(x)[0])  # the input's layout, as the kernel writes
 
 
 def _setup_context(ctx, inputs, output):
