@@ -225,7 +225,7 @@ def test_bad_arguments_are_clear_errors(interpret):
 def test_retain_graph_and_saved_tensor_hooks(interpret):
     """The iterates are saved through autograd: a second backward with retain_graph=True gives the
     same gradient, a third without it is autograd's own error, and saved-tensor hooks (here
-    here copies) see every saved matrix."""
+    copies) see every saved matrix."""
     x = torch.randn(2, 16, 3, 3, requires_grad=True)
     packed = []
 
