@@ -203,7 +203,8 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
     gc = vec()
     k._batched_dot_kernel[(batch,)](grad_out, out, gc, out.numel() // batch, BLOCK=1024)
     p = mat()  # dL/dY_N = sqrt(tr Sigma) sym(dL/dC); its tangent dZ_1 = -P/2 into dyz[1]
-    dyz, spare = (mat(2), mat(2)) if iters >= 3 else (mat(2), None) if iters == 2 else (None, None)
+    dyz = mat(2) if iters >= 2 else None  # (dY_k, dZ_k), and a second buffer to ping-pong with
+    spare = mat(2) if iters >= 3 else None
     k._grad_seed_kernel[(batch * triton_cdiv(d, 32) ** 2,)](
         grad_out, sqrt_trace, p, p if dyz is None else dyz[1], d, VECTOR=vectorize,
         HAS_DZ=dyz is not None, BLOCK=32)
@@ -270,8 +271,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _isqrt_cov_autograd(ctx, grad_out, *_iterates):
-    if grad_out is None:
-        return None, None, None, None
+    # only C is differentiable, so autograd calls this with its gradient (never None)
     return (_isqrt_cov_backward_op(grad_out, *ctx.saved_tensors, ctx.iters, ctx.vectorize,
                                    ctx.precision), None, None, None)
 

@@ -252,45 +252,38 @@ class _IsqrtCovEigh(torch.autograd.Function):
         return grad_x.masked_fill_(~torch.isfinite(trace)[:, None, None], float("nan")), None
 
 
-def _newton_schulz(a: torch.Tensor, iters: int) -> torch.Tensor:
-    """Y_N of the coupled iteration (paper Eq. 2) with the fewest products, max(1, 3N - 3)."""
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    t = 0.5 * (3.0 * eye - a)
-    y = torch.matmul(a, t)
-    z = t
-    for k in range(1, iters):
-        t = torch.baddbmm(eye, z, y, beta=1.5, alpha=-0.5)
-        y_next = torch.matmul(y, t)
-        if k + 1 < iters:
-            z = torch.matmul(t, z)
-        y = y_next
-    return y
-
-
-def _newton_schulz_derivative(a: torch.Tensor, e: torch.Tensor, iters: int):
-    """Y_N and its derivative along E, L(E) = d/dh Y_N(A + h E) at h = 0, by differentiating the
-    iteration forward (tangents dT, dY, dZ beside T, Y, Z; 9 products per step).
+def _newton_schulz(a: torch.Tensor, iters: int, e: torch.Tensor | None = None):
+    """Y_N of the coupled iteration (paper Eq. 2) with the fewest products, max(1, 3N - 3); given
+    a direction E, also its derivative L(E) = d/dh Y_N(A + h E) at h = 0, by differentiating the
+    iteration forward (tangents dT, dY, dZ beside T, Y, Z; 6 more products per step).
 
     Y_N = g(A) for a real polynomial g, and at a symmetric A the Fréchet derivative of a
     polynomial, L(E) = sum_k c_k sum_{i+j=k-1} A^i E A^j, is its own adjoint: the backward's
-    dL/dA for the incoming gradient G is L(G) (docs/covpool.md)."""
+    dL/dA for the incoming gradient G is L(G) (docs/covpool.md). Returns Y_N, or (Y_N, L(E))."""
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    t, dt = 0.5 * (3.0 * eye - a), -0.5 * e                  # T_1 = (3I - A) / 2
-    y, dy = torch.matmul(a, t), torch.baddbmm(torch.matmul(e, t), a, dt)
-    z, dz = t, dt
+    t = 0.5 * (3.0 * eye - a)                                   # T_1 = (3I - A) / 2
+    y, z = torch.matmul(a, t), t
+    if e is not None:
+        dt = -0.5 * e
+        dy, dz = torch.baddbmm(torch.matmul(e, t), a, dt), dt
     for k in range(1, iters):
-        t = torch.baddbmm(eye, z, y, beta=1.5, alpha=-0.5)    # T = (3I - Z Y) / 2
-        dt = torch.baddbmm(torch.matmul(dz, y), z, dy).mul_(-0.5)
-        y, dy = torch.matmul(y, t), torch.baddbmm(torch.matmul(dy, t), y, dt)
-        if k + 1 < iters:
-            z, dz = torch.matmul(t, z), torch.baddbmm(torch.matmul(dt, z), t, dz)
-    return y, dy
+        last = k + 1 == iters
+        t = torch.baddbmm(eye, z, y, beta=1.5, alpha=-0.5)      # T = (3I - Z Y) / 2
+        if e is not None:  # tangents first: they read the previous Y and Z
+            dt = torch.baddbmm(torch.matmul(dz, y), z, dy).mul_(-0.5)
+            dy = torch.baddbmm(torch.matmul(dy, t), y, dt)
+            if not last:
+                dz = torch.baddbmm(torch.matmul(dt, z), t, dz)
+        y = torch.matmul(y, t)
+        if not last:
+            z = torch.matmul(t, z)
+    return y if e is None else (y, dy)
 
 
 class _IsqrtCovNewtonSchulz(torch.autograd.Function):
     """The Newton-Schulz matrix iteration with a hand-written backward (for GPUs, where batched
     eigh is slow). Saves only the input; the backward recomputes the iterates alongside their
-    derivative along the incoming gradient (forward-mode, self-adjoint: _newton_schulz_derivative),
+    derivative along the incoming gradient (forward-mode, self-adjoint: ``_newton_schulz``),
     so it keeps no list of iterates: a few d×d matrices per sample at any N."""
 
     @staticmethod
@@ -307,7 +300,7 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
     def backward(ctx, grad_out):
         (features,) = ctx.saved_tensors
         a, trace, ok = _normalised(features, symmetrise=True)
-        y_n, grad_a = _newton_schulz_derivative(a, grad_out.contiguous(), ctx.iters)
+        y_n, grad_a = _newton_schulz(a, ctx.iters, grad_out.contiguous())
         inner_g_y = (grad_out * y_n).sum((-2, -1))          # <G, Y_N>
         del y_n
         inner_ga_a = (grad_a * a).sum((-2, -1))              # <dL/dA, A>
