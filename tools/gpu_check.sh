@@ -3,20 +3,32 @@
 # a CUDA machine with its own python3 (torch + triton + pytest), cvkit from the source tree:
 #   1. environment (GPU, clocks, torch/triton versions);
 #   2. smoke test: compiled forward+backward vs float64, ieee and tf32x3 (stops on failure);
-#   3. the CUDA tests (PYTEST_LIMIT seconds);
-#   4. python tools/benchmark.py covpool --device cuda (Triton vs cvkit's PyTorch path vs the
-#      straightforward implementation, fp32 and TF32, B in {32,128,256}, d in {128,256}), then the
-#      same at B=128, d=256 with --cuda-graph (GPU time without launch overhead);
-#   5. precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in fp32 and
-#      TF32: error vs float64 and forward+backward time (triton.testing.do_bench);
-# Logs and reports go to $OUT (default ./gpu_out); a short summary is printed last. The step
-# timeouts add up to 570 s, inside the device tool's 600 s per command.
+#   3. python tools/benchmark.py covpool --device cuda --batch 128 (the issue's target shape first:
+#      Triton vs cvkit's PyTorch path vs the straightforward implementation, fp32 and TF32,
+#      d in {128,256}; autotuning choices logged), then the same at B=128, d=256 with
+#      --cuda-graph (GPU time without launch overhead);
+#   4. the CUDA tests;
+#   5. the benchmark at B in {32, 256};
+#   6. precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in fp32 and
+#      TF32: error vs float64 and forward+backward time (triton.testing.do_bench), and GPU time
+#      per kernel (torch profiler).
+# Most important first: a step that runs out of time loses only its own report. Logs and reports
+# go to $OUT (default ./gpu_out; 8 files), with each step's duration; a short summary is printed last. The
+# step timeouts add up to 570 s, inside the device tool's 600 s per command.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
+MD=$(mktemp -d)  # the Markdown tables cut from the logs (the device tool returns 8 files)
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 PY=${PY:-python3}
+STEP=start
+STEP_T0=$SECONDS
+step() {  # logs how long the previous step took
+  echo "$STEP $((SECONDS - STEP_T0)) s" >> "$OUT/durations.txt"
+  STEP=$1
+  STEP_T0=$SECONDS
+}
 
 {
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
@@ -27,7 +39,8 @@ PY=${PY:-python3}
 cat "$OUT/env.txt"
 
 echo "== smoke"
-timeout 100 $PY - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
+step smoke
+timeout 90 $PY - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
 import sys, time, torch
 sys.path.insert(0, "tests")
 from test_kernels_isqrt_cov import reference, rel_err
@@ -52,25 +65,36 @@ sys.exit(0 if ok else 1)
 EOF
 if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
 
+echo "== covpool benchmark, B=128 (the target shape)"
+step bench128
+TRITON_PRINT_AUTOTUNING=1 timeout 110 $PY tools/benchmark.py covpool --device cuda --batch 128 \
+  > "$OUT/covpool_bench.log" 2>&1
+echo "benchmark exit $?"
+sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$MD/covpool_bench.md"
+
+echo "== covpool benchmark, every candidate replayed from a CUDA graph (GPU time), B=128, d=256"
+step graph
+timeout 80 $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 \
+  > "$OUT/covpool_graph.log" 2>&1
+echo "benchmark (CUDA graphs) exit $?"
+sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$MD/covpool_graph.md"
+
 echo "== pytest (CUDA tests, compiled kernels)"
-timeout ${PYTEST_LIMIT:-130} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
+step pytest
+timeout ${PYTEST_LIMIT:-120} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
   > "$OUT/pytest.log" 2>&1
 echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
 
-echo "== covpool benchmark"
-TRITON_PRINT_AUTOTUNING=1 timeout 170 $PY tools/benchmark.py covpool --device cuda \
-  > "$OUT/covpool_bench.log" 2>&1
+echo "== covpool benchmark, B in {32, 256}"
+step bench_rest
+timeout 110 $PY tools/benchmark.py covpool --device cuda --batch 32 256 \
+  > "$OUT/covpool_bench_rest.log" 2>&1
 echo "benchmark exit $?"
-sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$OUT/covpool_bench.md"
-
-echo "== covpool benchmark, every candidate replayed from a CUDA graph (GPU time), B=128, d=256"
-timeout 100 $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 \
-  > "$OUT/covpool_graph.log" 2>&1
-echo "benchmark (CUDA graphs) exit $?"
-sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$OUT/covpool_graph.md"
+sed -n '/^Command:/,$p' "$OUT/covpool_bench_rest.log" > "$MD/covpool_bench_rest.md"
 
 echo "== precision sweep"
-timeout 70 $PY - <<'EOF' > "$OUT/sweep.log" 2>&1
+step sweep
+timeout 60 $PY - <<'EOF' > "$OUT/sweep.log" 2>&1
 import sys, torch
 from triton.testing import do_bench
 sys.path.insert(0, "tests")
@@ -107,8 +131,8 @@ rows = []
 for name, run in cands.items():
     out, grad = run()
     eo, eg = rel_err(out, ref), rel_err(grad, ref_grad)
-    fb = do_bench(lambda: run(), warmup=50, rep=400, return_mode="median")
-    fw = do_bench(lambda: run(False), warmup=50, rep=300, return_mode="median")
+    fb = do_bench(lambda: run(), warmup=25, rep=200, return_mode="median")
+    fw = do_bench(lambda: run(False), warmup=25, rep=150, return_mode="median")
     rows.append((name, eo, eg, fw, fb))
     print(name, eo, eg, fw, fb, flush=True)
 torch.set_float32_matmul_precision("highest")
@@ -135,9 +159,13 @@ for name in ("triton tf32x3",):
 EOF
 echo "sweep exit $?"
 
+step summary
 echo "== summary"
+cat "$OUT/durations.txt"
+grep -h "best config" "$OUT/covpool_bench.log" | sort | uniq -c | head -n 40
 grep -h "smoke" "$OUT/smoke.log"
 tail -n 3 "$OUT/pytest.log"
-cat "$OUT/covpool_bench.md"
-cat "$OUT/covpool_graph.md"
+cat "$MD/covpool_bench.md"
+cat "$MD/covpool_graph.md"
+cat "$MD/covpool_bench_rest.md"
 sed -n '/^| candidate/,/^$/p' "$OUT/sweep.log"

@@ -47,9 +47,15 @@ def _sum(x, axis):
 
 # Output tile BLOCK×BLOCK (square, so a tile's mirror is a tile), reduction step BLOCK_K. Under the
 # interpreter, 32×32 tiles keep the program count (its cost) low; d > 32 gives several tiles.
-# Two configs each: every config is compiled per kernel variant and precision (seconds apiece).
+# Every config is compiled per kernel variant and precision (seconds apiece), so the lists are
+# short. 64×64 tiles won at d = 256 on the H100 (runs 1-4, k-step 32); a product launch there moves
+# about as many bytes as its tensor-core work takes (docs/kernels.md), so the two added configs
+# try deeper pipelines: a 64-wide k-step, and a fourth stage. A config that does not fit in shared
+# memory fails to compile and the autotuner drops it.
 _PRODUCT_CONFIGS = _configs(
     [({"BLOCK": 64, "BLOCK_K": 32}, 4, 3),
+     ({"BLOCK": 64, "BLOCK_K": 32}, 4, 4),
+     ({"BLOCK": 64, "BLOCK_K": 64}, 4, 3),
      ({"BLOCK": 128, "BLOCK_K": 32}, 8, 2)],
     {"BLOCK": 32, "BLOCK_K": 32})
 _GRADX_CONFIGS = _configs(
