@@ -379,5 +379,7 @@ def test_cuda_graphs_through_torch_compile_reduce_overhead(monkeypatch):
         (grad_ref,) = torch.autograd.grad(ref.pow(2).sum(), x)
         out = compiled(x)
         (grad,) = torch.autograd.grad(out.pow(2).sum(), x)
-        assert rel_err(out, ref) < 1e-5, step
-        assert rel_err(grad, grad_ref) < 1e-5, step
+        # 1e-4, as against the PyTorch path: inductor's compiled 1x1 convolution and batch norm
+        # around the kernels round differently from eager's (1.4e-5 seen on an H100)
+        assert rel_err(out, ref) < 1e-4, step
+        assert rel_err(grad, grad_ref) < 1e-4, step

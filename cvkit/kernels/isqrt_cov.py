@@ -85,6 +85,17 @@ def _as_channel_matrix(x: torch.Tensor) -> tuple[torch.Tensor, int, int, tuple[i
                      f"{tuple(x.shape)}")
 
 
+def _layout_args(m: int, strides: tuple[int, int, int]) -> tuple[tuple[int, ...], int]:
+    """(M, stride_b, stride_c, stride_m) for the kernels that read the input, each divided by 4
+    where 4 divides it, and a bit mask saying which (bit i for value i): the kernels multiply them
+    back by a compile-time 4 (``_unpack`` in the kernel file: 4-byte loads of 14x14 maps
+    otherwise)."""
+    values = (m, *strides)
+    quarter = [v % 4 == 0 and v != 0 for v in values]
+    return (tuple(v // 4 if q else v for v, q in zip(values, quarter)),
+            sum(1 << i for i, q in enumerate(quarter) if q))
+
+
 class _Pair(NamedTuple):
     """An operand of a two-sum launch: ``first`` for the first sum, the matrix ``offset``
     elements on (negative: before) for the second."""
@@ -151,13 +162,14 @@ def _forward(x, iters, vectorize, precision):
         torch.empty(shape, device=xm.device, dtype=torch.float32)
         for shape in _saved_shapes(x.shape, iters, vectorize))
     var = torch.empty_like(mean)
+    (mq, sbq, scq, smq), mults = _layout_args(m, (sb, sc, sm))
     k._channel_stats_kernel[(batch * triton_cdiv(d, 32),)](
-        xm, mean, var, d, m, sb, sc, sm, BLOCK_C=32, BLOCK_M=64)
+        xm, mean, var, d, mq, sbq, scq, smq, MULTS=mults, BLOCK_C=32, BLOCK_M=64)
     z1 = yzs[0, 1] if iters >= 2 else torch.empty_like(a)  # Z_1 = T_1 (unused for N = 1)
     k._covariance_kernel[lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
                                                 (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),)](
-        xm, mean, var, a, z1, trace, sqrt_trace, d, m, _batch_class(batch), sb, sc, sm,
-        PRECISION=precision, BLOCK_D=max(16, 1 << (d - 1).bit_length()))
+        xm, mean, var, a, z1, trace, sqrt_trace, d, mq, _batch_class(batch), sbq, scq, smq,
+        MULTS=mults, PRECISION=precision, BLOCK_D=max(16, 1 << (d - 1).bit_length()))
 
     saved = (a, mean, trace, sqrt_trace, yzs, ts)
     final = dict(scale=sqrt_trace, triu=vectorize, precision=precision)
@@ -222,10 +234,11 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
     ha = vec()
     k._batched_dot_kernel[(batch,)](h, a, ha, d * d, BLOCK=1024)  # <dL/dA, A>
     grad_x = torch.empty_like(xm)
+    (mq, sbq, scq, smq), mults = _layout_args(m, (sb, sc, sm))
     k._grad_input_kernel[lambda meta: (batch * triton_cdiv(d, meta["BLOCK_C"]) *
                                        triton_cdiv(m, meta["BLOCK_M"]),)](
-        h, xm, mean, trace, gc, ha, grad_x, d, m, _batch_class(batch), sb, sc, sm,
-        PRECISION=precision)
+        h, xm, mean, trace, gc, ha, grad_x, d, mq, _batch_class(batch), sbq, scq, smq,
+        MULTS=mults, PRECISION=precision)
     return grad_x
 
 

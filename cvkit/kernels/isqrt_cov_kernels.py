@@ -47,15 +47,9 @@ def _sum(x, axis):
 
 # Output tile BLOCK×BLOCK (square, so a tile's mirror is a tile), reduction step BLOCK_K. Under the
 # interpreter, 32×32 tiles keep the program count (its cost) low; d > 32 gives several tiles.
-# Every config is compiled per kernel variant and precision (seconds apiece), so the lists are
-# short. 64×64 tiles won at d = 256 on the H100 (runs 1-4, k-step 32); a product launch there moves
-# about as many bytes as its tensor-core work takes (docs/kernels.md), so the two added configs
-# try deeper pipelines: a 64-wide k-step, and a fourth stage. A config that does not fit in shared
-# memory fails to compile and the autotuner drops it.
+# Two configs each: every config is compiled per kernel variant and precision (seconds apiece).
 _PRODUCT_CONFIGS = _configs(
     [({"BLOCK": 64, "BLOCK_K": 32}, 4, 3),
-     ({"BLOCK": 64, "BLOCK_K": 32}, 4, 4),
-     ({"BLOCK": 64, "BLOCK_K": 64}, 4, 3),
      ({"BLOCK": 128, "BLOCK_K": 32}, 8, 2)],
     {"BLOCK": 32, "BLOCK_K": 32})
 _GRADX_CONFIGS = _configs(
@@ -187,10 +181,11 @@ def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, pair_a1, pair_b1, pair_a2, p
 
 
 @triton.jit
-def _channel_stats_kernel(X, MEAN, VAR, d, M, stride_b, stride_c, stride_m,
+def _channel_stats_kernel(X, MEAN, VAR, d, M, stride_b, stride_c, stride_m, MULTS: tl.constexpr,
                           BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     """Per channel: mean over the M positions and the biased variance (two passes, so the
     variance has no cancellation); tr(Sigma) is the sum of the variances."""
+    M, stride_b, stride_c, stride_m = _unpack(M, stride_b, stride_c, stride_m, MULTS)
     pid = tl.program_id(0)
     ncb = _cdiv(d, BLOCK_C)
     b = (pid // ncb).to(tl.int64)
@@ -215,6 +210,16 @@ def _channel_stats_kernel(X, MEAN, VAR, d, M, stride_b, stride_c, stride_m,
 
 
 @triton.jit
+def _unpack(M, stride_b, stride_c, stride_m, MULTS: tl.constexpr):
+    """The position count and strides, each passed divided by 4 where bit i of MULTS is set
+    (``isqrt_cov._layout_args``). Triton specialises an int argument only on divisibility by 16,
+    so a 14x14 map (M = 196, channel stride 196) would otherwise compile to 4-byte loads;
+    multiplying by a compile-time 4 here proves 16-byte alignment, so loads and stores vectorise."""
+    return (M * (1 + 3 * (MULTS & 1)), stride_b * (1 + 3 * ((MULTS >> 1) & 1)),
+            stride_c * (1 + 3 * ((MULTS >> 2) & 1)), stride_m * (1 + 3 * ((MULTS >> 3) & 1)))
+
+
+@triton.jit
 def _load_centred(X, MEAN, b, rows, cols, d, M, stride_b, stride_c, stride_m):
     """X[b, rows, cols] - mean[b, rows]; zero outside the matrix."""
     mask = (rows[:, None] < d) & (cols[None, :] < M)
@@ -224,14 +229,15 @@ def _load_centred(X, MEAN, b, rows, cols, d, M, stride_b, stride_c, stride_m):
     return tl.where(mask, x - mu[:, None], 0.0)
 
 
-@triton.autotune(configs=_PRODUCT_CONFIGS, key=["d", "M", "batch_class", "PRECISION"])
+@triton.autotune(configs=_PRODUCT_CONFIGS, key=["d", "M", "batch_class", "MULTS", "PRECISION"])
 @triton.jit
 def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M, batch_class,
-                       stride_b, stride_c, stride_m, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
+                       stride_b, stride_c, stride_m, MULTS: tl.constexpr, PRECISION: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
     """Sigma = Xc Xc^T / M on centred features (Eq. 1, no M×M centring matrix), then in the
     epilogue A = Sigma / tr(Sigma) (the pre-normalisation) and Z_1 = T_1 = 1.5 I - 0.5 A (the first
     Newton–Schulz step needs no product). Only upper tiles are computed (Sigma is symmetric)."""
+    M, stride_b, stride_c, stride_m = _unpack(M, stride_b, stride_c, stride_m, MULTS)
     b, ti, tj, t = _tile_coords(tl.program_id(0), d, BLOCK, True)
     rm = ti * BLOCK + tl.arange(0, BLOCK)
     rn = tj * BLOCK + tl.arange(0, BLOCK)
@@ -303,15 +309,16 @@ def _batched_dot_kernel(X, Y, OUT, n, BLOCK: tl.constexpr):
     tl.store(OUT + b, _sum(acc, axis=0))
 
 
-@triton.autotune(configs=_GRADX_CONFIGS, key=["d", "M", "batch_class", "PRECISION"])
+@triton.autotune(configs=_GRADX_CONFIGS, key=["d", "M", "batch_class", "MULTS", "PRECISION"])
 @triton.jit
 def _grad_input_kernel(H, X, MEAN, TRACE, GC, HA, GX, d, M, batch_class, stride_b, stride_c,
-                       stride_m, PRECISION: tl.constexpr, BLOCK_C: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                       stride_m, MULTS: tl.constexpr, PRECISION: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """dL/dX = (2/M) G_Sigma Xc with G_Sigma = H / t + s I, s = <G, C>/(2t) - <H, A>/t
     (t = tr Sigma, H = dL/dA from the Newton–Schulz backward): the product and the trace term in
     one pass, written in the input's own layout. Xc already has zero row means, so the centring
     needs no extra term."""
+    M, stride_b, stride_c, stride_m = _unpack(M, stride_b, stride_c, stride_m, MULTS)
     pid = tl.program_id(0)
     ncb = _cdiv(d, BLOCK_C)
     nmb = _cdiv(M, BLOCK_M)
