@@ -111,6 +111,21 @@ def test_several_tiles_with_masked_edges(interpret, d, batch, iters, precision):
     check_against_reference(x, iters, d == 40, tol=1e-5, precision=precision)
 
 
+@pytest.mark.parametrize("m, strides, mask", [
+    (196, (50176, 196, 1), 0b0111),   # 14x14 NCHW map, d = 256: all but the unit stride
+    (196, (50176, 1, 256), 0b1011),   # the same map channels_last
+    (25, (1000, 25, 1), 0b0010),      # 5x5: only the batch stride
+    (49, (49 * 7, 1, 7), 0b0000)])    # tokens, d = 7: nothing divisible by 4
+def test_layout_args_quarter_what_4_divides(m, strides, mask):
+    """The input-reading kernels get M and the strides divided by 4 where 4 divides them and
+    multiply back by a compile-time 4 (16-byte alignment Triton can see): the mask says which,
+    and the values restore exactly. Odd and even layouts are both run by the tests above."""
+    from cvkit.kernels.isqrt_cov import _layout_args
+    values, got = _layout_args(m, strides)
+    assert got == mask
+    assert tuple(v * (4 if got >> i & 1 else 1) for i, v in enumerate(values)) == (m, *strides)
+
+
 def test_channels_last_maps_are_read_in_place(interpret, monkeypatch):
     """A channels_last map (what a conv net trained in channels_last feeds the head) is read with
     its own strides, no NCHW copy, and its gradient comes back in the same layout."""
