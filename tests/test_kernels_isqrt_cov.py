@@ -398,3 +398,29 @@ def test_cuda_graphs_through_torch_compile_reduce_overhead(monkeypatch):
         # around the kernels round differently from eager's (1.4e-5 seen on an H100)
         assert rel_err(out, ref) < 1e-4, step
         assert rel_err(grad, grad_ref) < 1e-4, step
+
+
+def test_tile_benchmark_forces_each_config_and_checks_it(interpret):
+    """``tools/benchmark.py covpool-tiles`` launches the product kernel with each given tile config
+    instead of the autotuner's (the config reaches the kernel: tiles of 16 and 32 both agree with
+    the autotuned launch), for the four launch kinds of a step, and models a step per config."""
+    import argparse
+
+    from cvkit.benchmarks import covpool_tiles as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--device", "cpu", "--batch", "1", "--dim", "40", "--precision",
+                              "ieee", "--configs", "32,32,4,1", "16,16,4,1"])
+    report = bench.run(args)
+    assert "--configs 32,32,4,1 16,16,4,1" in report
+    rows = [line for line in report.splitlines() if line.startswith("| forward") or
+            line.startswith("| backward")]
+    assert len(rows) == 4 * 3  # autotuned + 2 configs per launch kind
+    diffs = {row: float(row.split("|")[-2].strip()) for row in rows}
+    assert all(diff < 1e-6 for diff in diffs.values()), diffs  # rounding only; no "WRONG"
+    # 16-wide k-steps sum in another order than the autotuned 32: the config reached the kernel
+    assert any(diff > 0 for row, diff in diffs.items() if "| 16,16,4,1 |" in row), diffs
+    assert "| 16,16,4,1 |" in report.split("modelled product time")[1]
+    with pytest.raises(SystemExit, match="BLOCK,BLOCK_K,WARPS,STAGES"):
+        bench.parse_config("64,32")

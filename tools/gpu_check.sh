@@ -7,16 +7,19 @@
 #      Triton vs cvkit's PyTorch path vs the straightforward implementation, fp32 and TF32,
 #      d in {128,256}; autotuning choices logged), then the same at B=128, d=256 with
 #      --cuda-graph (GPU time without launch overhead);
-#   4. the CUDA tests;
-#   5. the benchmark at B in {32, 256};
-#   6. precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in fp32 and
+#   4. python tools/benchmark.py covpool-tiles --device cuda: the product kernel per launch kind
+#      under a grid of tile configs, beside the autotuner's choice (to choose the config list);
+#   5. the CUDA tests;
+#   6. the benchmark at B in {32, 256};
+#   7. precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in fp32 and
 #      TF32: error vs float64 and forward+backward time (triton.testing.do_bench), and GPU time
 #      per kernel (torch profiler).
-# Most important first: a step that runs out of time loses only its own report. Logs and reports
-# go to $OUT (default ./gpu_out; 8 files), with each step's duration; a short summary is printed last. The
-# step timeouts add up to 560 s, inside the device tool's 600 s per command; on a fresh H100 the
-# steps took 54, 51, 16, 74, 55 and 43 s (2026-11-27; the CUDA tests compile the most: they
-# needed over 110 s on another fresh machine).
+# Most important first: a step that runs out of time loses only its own report. Logs go to $OUT
+# (default ./gpu_out; 8 files, the most the device tool returns; run.txt holds the environment and
+# each step's duration); a short summary is printed last. The step timeouts add up to 580 s,
+# inside the device tool's 600 s per command; on a fresh H100 the steps other than the tile step
+# took 54, 51, 16, 74, 55 and 43 s (2026-11-27; the CUDA tests compile the most: they needed over
+# 110 s on another fresh machine).
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -27,7 +30,7 @@ PY=${PY:-python3}
 STEP=start
 STEP_T0=$SECONDS
 step() {  # logs how long the previous step took
-  echo "$STEP $((SECONDS - STEP_T0)) s" >> "$OUT/durations.txt"
+  echo "$STEP $((SECONDS - STEP_T0)) s" >> "$OUT/run.txt"
   STEP=$1
   STEP_T0=$SECONDS
 }
@@ -37,12 +40,13 @@ step() {  # logs how long the previous step took
     --format=csv
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   $PY -m pip list 2>/dev/null | grep -i -E "^(pytest|timm|torch|triton) "
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+} > "$OUT/run.txt" 2>&1
+cat "$OUT/run.txt"
+echo "== step durations" >> "$OUT/run.txt"
 
 echo "== smoke"
 step smoke
-timeout 100 $PY - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
+timeout 80 $PY - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
 import sys, time, torch
 sys.path.insert(0, "tests")
 from test_kernels_isqrt_cov import reference, rel_err
@@ -69,27 +73,32 @@ if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
 
 echo "== covpool benchmark, B=128 (the target shape)"
 step bench128
-TRITON_PRINT_AUTOTUNING=1 timeout 100 $PY tools/benchmark.py covpool --device cuda --batch 128 \
+TRITON_PRINT_AUTOTUNING=1 timeout 80 $PY tools/benchmark.py covpool --device cuda --batch 128 \
   > "$OUT/covpool_bench.log" 2>&1
 echo "benchmark exit $?"
 sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$MD/covpool_bench.md"
 
 echo "== covpool benchmark, every candidate replayed from a CUDA graph (GPU time), B=128, d=256"
 step graph
-timeout 60 $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 \
+timeout 40 $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 \
   > "$OUT/covpool_graph.log" 2>&1
 echo "benchmark (CUDA graphs) exit $?"
 sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$MD/covpool_graph.md"
 
+echo "== product kernel per launch kind and tile config, B=128, d=256"
+step tiles
+timeout 110 $PY tools/benchmark.py covpool-tiles --device cuda > "$OUT/tiles.log" 2>&1
+echo "tiles exit $?"
+
 echo "== pytest (CUDA tests, compiled kernels)"
 step pytest
-timeout ${PYTEST_LIMIT:-150} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
+timeout ${PYTEST_LIMIT:-130} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
   > "$OUT/pytest.log" 2>&1
 echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
 
 echo "== covpool benchmark, B in {32, 256}"
 step bench_rest
-timeout 90 $PY tools/benchmark.py covpool --device cuda --batch 32 256 \
+timeout 80 $PY tools/benchmark.py covpool --device cuda --batch 32 256 \
   > "$OUT/covpool_bench_rest.log" 2>&1
 echo "benchmark exit $?"
 sed -n '/^Command:/,$p' "$OUT/covpool_bench_rest.log" > "$MD/covpool_bench_rest.md"
@@ -163,11 +172,12 @@ echo "sweep exit $?"
 
 step summary
 echo "== summary"
-cat "$OUT/durations.txt"
+sed -n '/== step durations/,$p' "$OUT/run.txt"
 grep -h "best config" "$OUT/covpool_bench.log" | sort | uniq -c | head -n 40
 grep -h "smoke" "$OUT/smoke.log"
 tail -n 3 "$OUT/pytest.log"
 cat "$MD/covpool_bench.md"
 cat "$MD/covpool_graph.md"
 cat "$MD/covpool_bench_rest.md"
+sed -n '/modelled product time/,$p' "$OUT/tiles.log"
 sed -n '/^| candidate/,/^$/p' "$OUT/sweep.log"

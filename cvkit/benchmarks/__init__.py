@@ -14,6 +14,7 @@ import torch
 
 SUITES = {
     "covpool": "iSQRT-COV forward+backward time and peak memory (CPU, or --device cuda)",
+    "covpool-tiles": "the iSQRT-COV Triton product kernel per launch kind and tile config (CUDA)",
     "models": "training-step time of cvkit presets beside torchvision's resnet50",
     "data": "training input pipeline images/s beside torchvision transforms",
     "corruptions": "ImageNet-C corruptions beside the imagecorruptions package",
@@ -37,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in SUITES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         try:
-            modules[name] = importlib.import_module(f"cvkit.benchmarks.{name}")
+            module = f"cvkit.benchmarks.{name.replace('-', '_')}"
+            modules[name] = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name != f"cvkit.benchmarks.{name}":
+            if e.name != module:
                 raise
             continue
         modules[name].add_arguments(p)

@@ -109,10 +109,12 @@ def _pair(buf: torch.Tensor) -> _Pair:
 
 
 def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=None, triu=False,
-              precision="ieee"):
+              precision="ieee", config=None):
     """out = scale * (c_prod * sum(a @ b for a, b in prods) + c_eye I + c_e e) for one or two
     products whose sum is symmetric; with paired operands (``_Pair``), two such sums in one
-    launch, written to out[0] and out[1]. Right factors must be symmetric."""
+    launch, written to out[0] and out[1]. Right factors must be symmetric. ``config`` (BLOCK,
+    BLOCK_K, num_warps, num_stages) launches that tile config instead of the autotuner's choice
+    (``tools/benchmark.py covpool-tiles``)."""
     ops = [m for prod in prods for m in prod]
     ops += [ops[0], ops[1]] * ((4 - len(ops)) // 2)
     ops += [e if e is not None else ops[0]]
@@ -126,10 +128,11 @@ def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=No
         nt = triton_cdiv(d, meta["BLOCK"])
         return (npair * batch * (nt * (nt + 1) // 2),)
 
-    k._products_kernel[grid](
+    kernel = k._products_kernel if config is None else k._products_kernel.fn
+    kernel[grid](
         *ptrs[:5], scale if scale is not None else ptrs[0], ptrs[5], *offsets, c_prod, c_eye,
         c_e, d, batch, _batch_class(batch), NPAIR=npair, NPROD=len(prods), HAS_E=e is not None,
-        HAS_SCALE=scale is not None, OUT_TRIU=triu, PRECISION=precision)
+        HAS_SCALE=scale is not None, OUT_TRIU=triu, PRECISION=precision, **(config or {}))
     return out
 
 
