@@ -101,3 +101,42 @@ def test_fine_tuning_from_a_checkpoint_with_another_class_count(tmp_path):
     assert task.model.get_classifier().out_features == 3
     assert torch.equal(task.model.conv1.weight, source.conv1.weight)
     assert torch.equal(task.model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+
+
+@pytest.mark.slow
+def test_compile_option_compiles_in_place_and_checkpoints_load_uncompiled(cls_root, tmp_path):
+    """``compile`` compiles the model in place (nn.Module.compile): training runs through the
+    compiled module and learns, the checkpoint keeps eager keys and loads into an uncompiled task
+    with the same outputs; a bad option is refused when the task is built, naming it."""
+    torch.manual_seed(0)
+    root = tiny_imagefolder(cls_root, tmp_path / "data", classes=4, train=4, val=1)
+    dm = ClassificationDataModule(root=str(root), batch_size=16, image_size=32, num_workers=0,
+                                  scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)
+    dm.setup("fit")
+    opts = dict(name="adamw", lr=1e-3, reference_batch=16, weight_decay=0.0)
+    kwargs = dict(img_size=32, depth=2)
+    task = ClassificationTask("vit_tiny_patch16_hc2", num_classes=4, model_kwargs=kwargs,
+                              optimizer=opts, schedule=dict(name="constant"),
+                              compile={"backend": "eager"})
+    calls = []
+    task.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    before = fixed_batch_loss(task, dm)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(task, dm, tmp_path, steps=12, callbacks=[ckpt])
+    assert task.model._compiled_call_impl is not None  # compiled in place, not wrapped
+    assert len(calls) >= 12
+    after = fixed_batch_loss(task, dm)
+    assert after < 0.7 * before, (before, after)
+
+    state = torch.load(ckpt.last_model_path, weights_only=True)
+    assert not any("_orig_mod" in key for key in state["state_dict"])
+    eager = ClassificationTask("vit_tiny_patch16_hc2", num_classes=4, model_kwargs=kwargs)
+    eager.load_state_dict(state["state_dict"])
+    x = torch.randn(2, 3, 32, 32)
+    task.eval(), eager.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(eager(x), task(x), rtol=1e-5, atol=1e-5)
+
+    with pytest.raises(ValueError, match="bad compile option .*'fast'"):
+        ClassificationTask("vit_tiny_patch16_hc2", num_classes=4, model_kwargs=kwargs,
+                           compile={"fast": True})

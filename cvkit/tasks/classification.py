@@ -8,6 +8,7 @@ options. A non-finite loss stops the run with a one-line error; checkpoints alre
 """
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import asdict
 from typing import Any, Optional, Union
@@ -52,6 +53,21 @@ def _as(cls, value):
     raise TypeError(f"expected {cls.__name__} or dict, got {type(value).__name__}")
 
 
+def _compile_options(value) -> Optional[dict[str, Any]]:
+    """The ``compile`` argument as ``torch.compile`` keywords (None: no compilation); unknown
+    keys are reported here, not at the first training step."""
+    if value is None or value is False:
+        return None
+    options = {} if value is True else dict(value)
+    try:
+        inspect.signature(torch.compile).bind(None, **options)
+    except TypeError as e:
+        raise ValueError(f"bad compile option {options}: {e} (torch.compile takes "
+                         f"{', '.join(list(inspect.signature(torch.compile).parameters)[1:])})"
+                         ) from None
+    return options
+
+
 class ClassificationTask(LightningModule):
     """Train / evaluate an image classifier.
 
@@ -67,6 +83,10 @@ class ClassificationTask(LightningModule):
         mixup_prob, mixup_switch_prob: timm Mixup's probability to apply / to pick cutmix.
         ema_decay: keep an EMA of the weights (Lightning's EMAWeightAveraging); None = off.
         channels_last: NHWC memory format for model and inputs (faster convs under AMP on GPU).
+        compile: ``torch.compile`` the model in place (``nn.Module.compile``: checkpoints keep
+            their keys and load uncompiled): True for the defaults, or its options, e.g.
+            ``{mode: reduce-overhead}`` (CUDA graphs: no per-launch cost for the ~24 launches of
+            the Triton covariance kernels, docs/kernels.md). None / False = eager.
     """
 
     def __init__(self, model_name: str = "eca_resnet50", num_classes: int = 1000,
@@ -75,8 +95,10 @@ class ClassificationTask(LightningModule):
                  schedule: Union[LRSchedule, dict, None] = None,
                  label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
                  mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5,
-                 ema_decay: Optional[float] = None, channels_last: bool = False):
+                 ema_decay: Optional[float] = None, channels_last: bool = False,
+                 compile: Union[bool, dict[str, Any], None] = None):
         super().__init__()
+        self._compile_options = _compile_options(compile)
         self.optimizer_cfg = _as(OptimizerConfig, optimizer)
         self.schedule = _as(LRSchedule, schedule)
         # hyper-parameters as plain dicts: checkpoints stay loadable with weights_only=True
@@ -106,6 +128,7 @@ class ClassificationTask(LightningModule):
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.test_top1 = self.val_top1.clone()
         self.test_top5 = self.val_top5.clone()
+        self._compiled = False
         self.bad_files: set[str] = set()
         self.global_batch: Optional[int] = None
         self.scaled_lr: Optional[float] = None
@@ -114,6 +137,9 @@ class ClassificationTask(LightningModule):
     def configure_model(self) -> None:
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self._compile_options is not None and not self._compiled:
+            self.model.compile(**self._compile_options)  # Lightning calls this once per stage
+            self._compiled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last and x.dim() == 4:
