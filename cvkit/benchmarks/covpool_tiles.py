@@ -83,6 +83,16 @@ def _launches(k, batch, d, precision, gen, device):
     return dict(zip(KINDS, calls))
 
 
+def _compile_errors() -> tuple[type, ...]:
+    """What Triton raises for a config that does not fit or build (shared memory, registers)."""
+    from triton.compiler import errors as compiler_errors
+    from triton.runtime import errors as runtime_errors
+
+    names = ((runtime_errors, "OutOfResources"), (runtime_errors, "PTXASError"),
+             (compiler_errors, "CompilationError"))
+    return tuple(getattr(mod, name) for mod, name in names if hasattr(mod, name))
+
+
 def _timer(device):
     if device == "cuda":
         from triton.testing import do_bench
@@ -116,8 +126,8 @@ def run(args: argparse.Namespace) -> str:
     lines = [
         f"Command: `python tools/benchmark.py covpool-tiles --device {device} --batch {b} "
         f"--dim {d} --precision {args.precision}"
-        + ("" if list(args.configs) == list(DEFAULT_CONFIGS) else " --configs " + " ".join(args.configs))
-        + "`", "",
+        + ("" if list(args.configs) == list(DEFAULT_CONFIGS)
+           else " --configs " + " ".join(args.configs)) + "`", "",
         f"Machine: {machine_description(device)}", "",
         f"One product launch of `isqrt_cov`'s Triton kernel per row (B={b}, d={d}, "
         f"{args.precision}), median of "
@@ -129,6 +139,7 @@ def run(args: argparse.Namespace) -> str:
         "| launch | config | us | TFLOP/s | GB/s | of copy bandwidth | max rel diff vs autotuned |",
         "|---|---|---|---|---|---|---|"]
     modelled: dict[str, float] = {}
+    compile_errors = _compile_errors()
     for kind, launch in launches.items():
         nprod, nsum, reads, writes, count = KINDS[kind]
         flops = 2.0 * d ** 3 * b * nprod * nsum
@@ -140,7 +151,7 @@ def run(args: argparse.Namespace) -> str:
             try:
                 diff = ((fn() - ref).norm() / ref.norm()).item()
                 sec = timer(fn)
-            except Exception as e:  # a config that does not fit (shared memory, registers)
+            except compile_errors as e:
                 lines.append(f"| {kind} | {text} | does not compile: "
                              f"{type(e).__name__}: {str(e).splitlines()[0][:80]} | | | | |")
                 modelled[text] = float("inf")
@@ -151,7 +162,7 @@ def run(args: argparse.Namespace) -> str:
                          f"{diff:.1e}{flag} |")
             modelled[text] = modelled.get(text, 0.0) + count * sec
     lines += ["", "The 18 product launches of a forward+backward (N = 5) modelled per config as "
-              + ", ".join(f"{v[4]} x {k}" for k, v in KINDS.items()) + ":", "",
+              + ", ".join(f"{v[4]} x {name}" for name, v in KINDS.items()) + ":", "",
               "| config | modelled product time per step, ms |", "|---|---|"]
     for text, sec in sorted(modelled.items(), key=lambda kv: kv[1]):
         lines.append(f"| {text} | {sec * 1e3:.3f} |" if sec != float("inf")
