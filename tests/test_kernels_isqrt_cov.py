@@ -266,22 +266,64 @@ def test_retain_graph_and_saved_tensor_hooks(interpret):
 def test_backward_is_2n_minus_1_two_product_launches(interpret, monkeypatch, iters):
     """The backward differentiates the iteration forward: 2N - 1 product launches (each computes
     the tiles of a symmetric result on and above the diagonal only), each a sum of two products,
-    dY_k and dZ_k paired in one launch for k = 2..N-1."""
+    dY_k and dZ_k paired in one launch for k = 2..N-1; the last, which writes dL/dA, also sums
+    <dL/dA, A> (no launch of its own)."""
     import cvkit.kernels.isqrt_cov as impl
-    calls = []
+    calls, dots = [], []
     real = impl._products
 
     def spy(k, out, prods, **kw):
         calls.append((len(prods), any(isinstance(m, impl._Pair) for prod in prods for m in prod)))
+        dots.append(kw.get("dot") is not None)
         return real(k, out, prods, **kw)
 
     monkeypatch.setattr(impl, "_products", spy)
     out = isqrt_cov_triton(torch.randn(2, 24, 4, 4, requires_grad=True), iters)
     calls.clear()
+    dots.clear()
     out.sum().backward()
     assert len(calls) == 2 * iters - 1
+    assert dots == [False] * (2 * iters - 2) + [True]
     assert all(nprod == 2 for nprod, _ in calls)
     assert sum(paired for _, paired in calls) == max(0, iters - 2)
+
+
+@pytest.mark.parametrize("config", [None, {"BLOCK": 16, "BLOCK_K": 16, "num_warps": 2,
+                                             "num_stages": 1}])
+def test_dot_partial_sums_cover_every_slot(interpret, config):
+    """The per-sample dots of the input gradient come as per-tile partial sums: from a product
+    launch (<out, m>, off-diagonal tiles counted twice) and from the seed kernel (<G, C>, the
+    stored triangle or a symmetric matrix). The kernels write every slot of the buffer, zeros
+    where no tile of the chosen size lands (a buffer filled with NaN first sums exactly), whatever
+    tile config runs (the interpreter's 32, or a forced 16: six tiles at d = 40)."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    k = impl._kernels()
+    torch.manual_seed(0)
+    batch, d = 3, 40
+    sym = torch.randn(4, batch, d, d, dtype=torch.float64)
+    sym = (sym + sym.transpose(-1, -2)).div(8 * d ** 0.5)
+    a, b, m = sym[0].float(), (sym[1] @ sym[1]).float(), sym[2].float()
+    part = impl._dot_partials(k, batch, d, "cpu").fill_(float("nan"))
+    out = impl._products(k, torch.empty_like(a), [(a, b), (b, a)], dot=(m, part),
+                         precision="ieee", config=config)
+    expected = (out.double() * m.double()).sum((1, 2))
+    torch.testing.assert_close(part.double().sum(1), expected, rtol=1e-5, atol=1e-6)
+
+    rows, cols = torch.triu_indices(d, d)
+    sqrt_trace = torch.rand(batch) + 0.5
+    for vector in (True, False):
+        c = sym[3][:, rows, cols] if vector else sym[3]
+        g = torch.randn_like(c)
+        gc = impl._partials(batch, 4, "cpu").fill_(float("nan"))
+        p = torch.empty(batch, d, d)
+        k._grad_seed_kernel[(batch * 4,)](g.float(), c.float(), sqrt_trace, p, p, gc, d,
+                                          VECTOR=vector, HAS_DZ=False, GC_SLOTS=gc.shape[1],
+                                          BLOCK=32)
+        torch.testing.assert_close(gc.double().sum(1), (g * c).sum(tuple(range(1, c.dim()))),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="dot= needs a single unscaled"):
+        impl._products(k, torch.empty_like(a), [(a, b)], dot=(m, part), triu=True)
 
 
 def test_double_backward_is_a_clear_error(interpret):
@@ -403,7 +445,8 @@ def test_cuda_graphs_through_torch_compile_reduce_overhead(monkeypatch):
 def test_tile_benchmark_forces_each_config_and_checks_it(interpret):
     """``tools/benchmark.py covpool-tiles`` launches the product kernel with each given tile config
     instead of the autotuner's (the config reaches the kernel: tiles of 16 and 32 both agree with
-    the autotuned launch), for the four launch kinds of a step, and models a step per config."""
+    the autotuned launch), for the four launch kinds of a step, after compiling the grid in worker
+    processes (``--jobs``), models a step per config and ends with the chosen config list."""
     import argparse
 
     from cvkit.benchmarks import covpool_tiles as bench
@@ -411,9 +454,10 @@ def test_tile_benchmark_forces_each_config_and_checks_it(interpret):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--device", "cpu", "--batch", "1", "--dim", "40", "--precision",
-                              "ieee", "--configs", "32,32,4,1", "16,16,4,1"])
+                              "ieee", "--configs", "32,32,4,1", "16,16,4,1", "--jobs", "2"])
     report = bench.run(args)
     assert "--configs 32,32,4,1 16,16,4,1" in report
+    assert "in 2 processes: 8 of 8 launches" in report  # 2 configs x 4 launch kinds
     rows = [line for line in report.splitlines() if line.startswith("| forward") or
             line.startswith("| backward")]
     assert len(rows) == 4 * 3  # autotuned + 2 configs per launch kind
@@ -422,5 +466,80 @@ def test_tile_benchmark_forces_each_config_and_checks_it(interpret):
     # 16-wide k-steps sum in another order than the autotuned 32: the config reached the kernel
     assert any(diff > 0 for row, diff in diffs.items() if "| 16,16,4,1 |" in row), diffs
     assert "| 16,16,4,1 |" in report.split("modelled product time")[1]
+    chosen = report.splitlines()[-1]
+    assert chosen.startswith("CVKIT_ISQRT_COV_PRODUCT_CONFIGS=")
+    assert set(chosen.split("=")[1].split(";")) <= {"32,32,4,1", "16,16,4,1"}
     with pytest.raises(SystemExit, match="BLOCK,BLOCK_K,WARPS,STAGES"):
         bench.parse_config("64,32")
+
+
+def test_tile_choice_is_the_fastest_config_of_each_launch_kind():
+    """The chosen list: each launch kind's fastest config (never the "autotuned" row), once,
+    ordered by the modelled step time (launch counts per kind: 6, 3, 6, 3)."""
+    from cvkit.benchmarks.covpool_tiles import KINDS, choose
+
+    t_kind, pair_kind, dt_kind, dpair_kind = KINDS
+    times = {t_kind: {"autotuned": 1.0, "a": 3.0, "b": 2.0},
+             pair_kind: {"autotuned": 1.0, "a": 2.0, "b": 4.0},
+             dt_kind: {"a": 5.0, "b": 4.0, "c": 4.5},
+             dpair_kind: {"a": 6.0, "c": 5.0}}  # "b" wrong or not compiled for this kind
+    # a: 6*3 + 3*2 + 6*5 + 3*6 = 72; b: inf (missing a kind); c: inf
+    assert choose(times) == ["a", "b", "c"]
+    assert choose({t_kind: {"autotuned": 1.0, "x": 2.0}, pair_kind: {"x": 1.0}}) == ["x"]
+    assert choose({t_kind: {}}) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("64,32,4", "four integers"), ("64,32,4,x", "four integers"),
+    ("48,32,4,3", "BLOCK must be a power of two >= 16, got 48"),
+    ("64,8,4,3", "BLOCK_K must be a power of two >= 16, got 8"),
+    ("64,32,3,3", "WARPS must be a power of two, got 3"), ("64,32,4,0", "STAGES must be >= 1"),
+    (" ; ", "no tile config given")])
+def test_tile_config_text_is_validated(text, message):
+    """A bad ``CVKIT_ISQRT_COV_PRODUCT_CONFIGS`` names the variable, the entry and the rule."""
+    from cvkit.kernels.tile_configs import (format_tile_config, parse_tile_config,
+                                            parse_tile_configs)
+
+    with pytest.raises(ValueError, match="CVKIT_ISQRT_COV_PRODUCT_CONFIGS") as info:
+        parse_tile_configs(text)
+    assert message in str(info.value)
+    configs = parse_tile_configs("64,32,4,3; 128,32,8,2  16,16,1,1")
+    assert [format_tile_config(c) for c in configs] == ["64,32,4,3", "128,32,8,2", "16,16,1,1"]
+    assert parse_tile_config("64,32,4,3") == {"BLOCK": 64, "BLOCK_K": 32, "num_warps": 4,
+                                              "num_stages": 3}
+
+
+def test_product_configs_from_the_environment_reach_the_kernels():
+    """``CVKIT_ISQRT_COV_PRODUCT_CONFIGS`` replaces the product kernels' autotune list (read when
+    the kernel file loads, so in a fresh process), and the result stays right: 16x16 tiles with
+    16-wide k-steps at d = 40 (partial tiles) against the float64 reference."""
+    script = """
+import torch
+from cvkit.kernels.isqrt_cov import _kernels
+from cvkit.kernels import isqrt_cov_triton
+from test_kernels_isqrt_cov import reference, rel_err
+k = _kernels()
+for kernel in (k._products_kernel, k._covariance_kernel):
+    cfgs = [(c.kwargs["BLOCK"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+            for c in kernel.configs]
+    assert cfgs == [(16, 16, 2, 1)], cfgs
+torch.manual_seed(0)
+x = torch.randn(2, 40, 5, 5, dtype=torch.float64).float().requires_grad_()
+out = isqrt_cov_triton(x, 3, precision="ieee")
+x64 = x.detach().double().requires_grad_()
+ref = reference(x64, 3)
+g = torch.randn_like(ref)
+(gx,) = torch.autograd.grad(out, x, g.float())
+(gr,) = torch.autograd.grad(ref, x64, g)
+print(rel_err(out, ref), rel_err(gx, gr))
+assert rel_err(out, ref) < 1e-5 and rel_err(gx, gr) < 1e-5
+"""
+    env = dict(os.environ, TRITON_INTERPRET="1", CVKIT_ISQRT_COV_PRODUCT_CONFIGS="16,16,2,1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    bad = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=dict(env, CVKIT_ISQRT_COV_PRODUCT_CONFIGS="64,32"), timeout=300)
+    assert bad.returncode != 0
+    assert "CVKIT_ISQRT_COV_PRODUCT_CONFIGS: expected BLOCK,BLOCK_K,WARPS,STAGES" in bad.stderr

@@ -1,59 +1,55 @@
 #!/usr/bin/env bash
 # One prepared GPU check for the iSQRT-COV Triton kernels (issue 6), run from the repository root on
 # a CUDA machine with its own python3 (torch + triton + pytest), cvkit from the source tree:
-#   1. environment (GPU, clocks, torch/triton versions);
-#   2. smoke test: compiled forward+backward vs float64, ieee and tf32x3 (stops on failure);
-#   3. python tools/benchmark.py covpool --device cuda --batch 128 (the issue's target shape first:
-#      Triton vs cvkit's PyTorch path vs the straightforward implementation, fp32 and TF32,
-#      d in {128,256}; autotuning choices logged), then the same at B=128, d=256 with
-#      --cuda-graph (GPU time without launch overhead);
-#   4. python tools/benchmark.py covpool-tiles --device cuda: the product kernel per launch kind
-#      under a grid of tile configs, beside the autotuner's choice (to choose the config list);
-#   5. the CUDA tests;
-#   6. the benchmark at B in {32, 256};
-#   7. precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in fp32 and
-#      TF32: error vs float64 and forward+backward time (triton.testing.do_bench), and GPU time
-#      per kernel (torch profiler).
-# Most important first: a step that runs out of time loses only its own report. Logs go to $OUT
-# (default ./gpu_out; 8 files, the most the device tool returns; run.txt holds the environment and
-# each step's duration); a short summary is printed last. The step timeouts add up to 580 s,
-# inside the device tool's 600 s per command; on a fresh H100 the steps other than the tile step
-# took 54, 51, 16, 74, 55 and 43 s (2026-11-27; the CUDA tests compile the most: they needed over
-# 110 s on another fresh machine).
+#   bash tools/gpu_check.sh [STEP ...]      (default: smoke bench128 graph tiles tuned pytest)
+# Steps, in the default order (most important first: a step that runs out of time loses only its
+# own report):
+#   smoke      compiled forward+backward vs float64, ieee and tf32x3 (stops the run on failure);
+#   bench128   python tools/benchmark.py covpool --device cuda --batch 128: the issue's target
+#              shape, Triton vs cvkit's PyTorch path vs the straightforward implementation, fp32
+#              and TF32, d in {128,256}; autotuning choices logged;
+#   graph      the same at B=128, d=256 with --cuda-graph (GPU time without launch overhead);
+#   tiles      python tools/benchmark.py covpool-tiles --device cuda: the product kernel per launch
+#              kind under a grid of tile configs beside the autotuner's choice; it ends with a
+#              chosen config list (the fastest config of each launch kind);
+#   tuned      with that list as CVKIT_ISQRT_COV_PRODUCT_CONFIGS: a tf32x3 smoke case at B=128,
+#              d=256 (compiles the kernels), then the graph and wall-clock benchmarks there
+#              without the TF32 rows (appended to tiles.log): what the chosen list would give if
+#              it replaced the configs in the kernel file;
+#   pytest     the CUDA tests (the configs in the kernel file);
+# and, not in the default list (measured in BENCHMARKS.md run 6; for a second call):
+#   bench_rest the benchmark at B in {32, 256};
+#   sweep      precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in
+#              fp32 and TF32, error vs float64 and time (triton.testing.do_bench), and GPU time
+#              per kernel (torch profiler).
+# Logs go to $OUT (default ./gpu_out; at most 8 files, what the device tool returns; run.txt holds
+# the environment and each step's duration); a short summary is printed last. The default steps'
+# time limits add up to 580 s, inside the device tool's 600 s per command; on a fresh H100 smoke,
+# bench128, graph, pytest, bench_rest and sweep took 54, 51, 16, 74, 55 and 43 s (2026-11-27; the
+# CUDA tests compile the most: over 110 s on another fresh machine); tiles and tuned never ran.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 MD=$(mktemp -d)  # the Markdown tables cut from the logs (the device tool returns 8 files)
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-unset TRITON_INTERPRET
+unset TRITON_INTERPRET CVKIT_ISQRT_COV_PRODUCT_CONFIGS
 PY=${PY:-python3}
-STEP=start
-STEP_T0=$SECONDS
-step() {  # logs how long the previous step took
-  echo "$STEP $((SECONDS - STEP_T0)) s" >> "$OUT/run.txt"
-  STEP=$1
-  STEP_T0=$SECONDS
-}
+STEPS=("$@")
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(smoke bench128 graph tiles tuned pytest)
 
-{
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
-    --format=csv
-  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  $PY -m pip list 2>/dev/null | grep -i -E "^(pytest|timm|torch|triton) "
-} > "$OUT/run.txt" 2>&1
-cat "$OUT/run.txt"
-echo "== step durations" >> "$OUT/run.txt"
-
-echo "== smoke"
-step smoke
-timeout 80 $PY - <<'EOF' 2>&1 | tee "$OUT/smoke.log"
+# The smoke test, a script taking "all" (two shapes, ieee and tf32x3) or "target" (tf32x3 at the
+# benchmark's B=128, d=256: the same kernel variants, compiled once for both); exits non-zero if
+# an error is over 1e-4.
+cat > "$MD/smoke.py" <<'EOF'
 import sys, time, torch
 sys.path.insert(0, "tests")
 from test_kernels_isqrt_cov import reference, rel_err
 from cvkit.kernels import isqrt_cov_triton
+cases = [("ieee", (3, 208, 14, 14), 5, True), ("tf32x3", (2, 196, 256), 3, False)]
+if sys.argv[1] == "target":
+    cases = [("tf32x3", (128, 256, 14, 14), 5, True)]
 ok = True
-for precision, shape, iters, vectorize in [("ieee", (3, 208, 14, 14), 5, True),
-                                           ("tf32x3", (2, 196, 256), 3, False)]:
+for precision, shape, iters, vectorize in cases:
     torch.manual_seed(0)
     t0 = time.time()
     x = torch.randn(*shape, device="cuda", requires_grad=True)
@@ -69,43 +65,64 @@ for precision, shape, iters, vectorize in [("ieee", (3, 208, 14, 14), 5, True),
           f"{eo:.2e} grad {eg:.2e} ({time.time() - t0:.1f} s incl. compile+autotune)")
 sys.exit(0 if ok else 1)
 EOF
-if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
 
-echo "== covpool benchmark, B=128 (the target shape)"
-step bench128
-TRITON_PRINT_AUTOTUNING=1 timeout 80 $PY tools/benchmark.py covpool --device cuda --batch 128 \
-  > "$OUT/covpool_bench.log" 2>&1
-echo "benchmark exit $?"
-sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$MD/covpool_bench.md"
+step_smoke() {
+  timeout 80 $PY "$MD/smoke.py" all 2>&1 | tee "$OUT/smoke.log"
+  if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
+}
 
-echo "== covpool benchmark, every candidate replayed from a CUDA graph (GPU time), B=128, d=256"
-step graph
-timeout 40 $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 \
-  > "$OUT/covpool_graph.log" 2>&1
-echo "benchmark (CUDA graphs) exit $?"
-sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$MD/covpool_graph.md"
+step_bench128() {
+  TRITON_PRINT_AUTOTUNING=1 timeout 80 $PY tools/benchmark.py covpool --device cuda --batch 128 \
+    > "$OUT/covpool_bench.log" 2>&1
+  echo "benchmark exit $?"
+  sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$MD/covpool_bench.md"
+}
 
-echo "== product kernel per launch kind and tile config, B=128, d=256"
-step tiles
-timeout 110 $PY tools/benchmark.py covpool-tiles --device cuda > "$OUT/tiles.log" 2>&1
-echo "tiles exit $?"
+step_graph() {
+  timeout 40 $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 \
+    > "$OUT/covpool_graph.log" 2>&1
+  echo "benchmark (CUDA graphs) exit $?"
+  sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$MD/covpool_graph.md"
+}
 
-echo "== pytest (CUDA tests, compiled kernels)"
-step pytest
-timeout ${PYTEST_LIMIT:-130} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
-  > "$OUT/pytest.log" 2>&1
-echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
+step_tiles() {
+  timeout 100 $PY tools/benchmark.py covpool-tiles --device cuda > "$OUT/tiles.log" 2>&1
+  echo "tiles exit $?"
+}
 
-echo "== covpool benchmark, B in {32, 256}"
-step bench_rest
-timeout 80 $PY tools/benchmark.py covpool --device cuda --batch 32 256 \
-  > "$OUT/covpool_bench_rest.log" 2>&1
-echo "benchmark exit $?"
-sed -n '/^Command:/,$p' "$OUT/covpool_bench_rest.log" > "$MD/covpool_bench_rest.md"
+step_tuned() {
+  local choice
+  choice=$(sed -n 's/^CVKIT_ISQRT_COV_PRODUCT_CONFIGS=//p' "$OUT/tiles.log" 2>/dev/null | tail -n 1)
+  if [ -z "$choice" ]; then echo "no chosen config list in $OUT/tiles.log: skipped"; return; fi
+  echo "chosen: $choice"
+  {
+    echo; echo "== tuned: CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice"
+    CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice timeout 90 $PY "$MD/smoke.py" target
+    echo "tuned smoke exit $?"
+    CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice TRITON_PRINT_AUTOTUNING=1 timeout 30 $PY \
+      tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 --no-tf32
+    echo "tuned benchmark (CUDA graphs) exit $?"
+    CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice timeout 30 $PY \
+      tools/benchmark.py covpool --device cuda --batch 128 --dim 256 --no-tf32
+    echo "tuned benchmark exit $?"
+  } >> "$OUT/tiles.log" 2>&1
+}
 
-echo "== precision sweep"
-step sweep
-timeout 60 $PY - <<'EOF' > "$OUT/sweep.log" 2>&1
+step_pytest() {
+  timeout ${PYTEST_LIMIT:-130} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda \
+    -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+  echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
+}
+
+step_bench_rest() {
+  timeout 80 $PY tools/benchmark.py covpool --device cuda --batch 32 256 \
+    > "$OUT/covpool_bench_rest.log" 2>&1
+  echo "benchmark exit $?"
+  sed -n '/^Command:/,$p' "$OUT/covpool_bench_rest.log" > "$MD/covpool_bench_rest.md"
+}
+
+step_sweep() {
+  timeout 60 $PY - <<'EOF' > "$OUT/sweep.log" 2>&1
 import sys, torch
 from triton.testing import do_bench
 sys.path.insert(0, "tests")
@@ -168,16 +185,33 @@ for name in ("triton tf32x3",):
     print(f"\n{name}: GPU time per kernel over 5 passes")
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=40))
 EOF
-echo "sweep exit $?"
+  echo "sweep exit $?"
+}
 
-step summary
+{
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
+    --format=csv
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  $PY -m pip list 2>/dev/null | grep -i -E "^(pytest|timm|torch|triton) "
+  echo "steps: ${STEPS[*]}"
+} > "$OUT/run.txt" 2>&1
+cat "$OUT/run.txt"
+echo "== step durations" >> "$OUT/run.txt"
+for name in "${STEPS[@]}"; do
+  if ! declare -F "step_$name" > /dev/null; then echo "unknown step: $name"; exit 2; fi
+done
+for name in "${STEPS[@]}"; do
+  echo "== $name"
+  t0=$SECONDS
+  "step_$name"
+  echo "$name $((SECONDS - t0)) s" >> "$OUT/run.txt"
+done
+
 echo "== summary"
 sed -n '/== step durations/,$p' "$OUT/run.txt"
-grep -h "best config" "$OUT/covpool_bench.log" | sort | uniq -c | head -n 40
-grep -h "smoke" "$OUT/smoke.log"
-tail -n 3 "$OUT/pytest.log"
-cat "$MD/covpool_bench.md"
-cat "$MD/covpool_graph.md"
-cat "$MD/covpool_bench_rest.md"
-sed -n '/modelled product time/,$p' "$OUT/tiles.log"
-sed -n '/^| candidate/,/^$/p' "$OUT/sweep.log"
+grep -h "best config" "$OUT/covpool_bench.log" 2>/dev/null | sort | uniq -c | head -n 40
+grep -h "smoke" "$OUT/smoke.log" "$OUT/tiles.log" 2>/dev/null
+tail -n 3 "$OUT/pytest.log" 2>/dev/null
+cat "$MD"/*.md 2>/dev/null
+sed -n '/modelled product time/,$p' "$OUT/tiles.log" 2>/dev/null
+sed -n '/^| candidate/,/^$/p' "$OUT/sweep.log" 2>/dev/null

@@ -10,11 +10,13 @@ time, peak memory and achieved TFLOP/s against a matmul peak measured in the sam
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
 from cvkit.benchmarks import machine_description
 from cvkit.benchmarks.timing import cpu_peak_memory_bytes, interleaved_median_seconds
+from cvkit.kernels.tile_configs import ENV_VAR
 from cvkit.layers.covpool import _isqrt_cov_torch, isqrt_cov, triu_vectorize
 
 
@@ -105,23 +107,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graph", action="store_true",
                         help="time each forward+backward replayed from a CUDA graph: GPU time "
                              "without Python/launch overhead (peak memory from an eager step)")
+    parser.add_argument("--no-tf32", action="store_true",
+                        help="on CUDA, leave out the TF32 rows (fewer Triton kernels to compile)")
 
 
 TF32_SUFFIX = ", TF32"
 
 
-def _candidates(device: str) -> dict:
-    """name -> function. On CUDA the fp32 rows are followed by TF32 rows (the same functions under
-    ``set_float32_matmul_precision("high")``, names ending in TF32_SUFFIX), the option the issue
-    allows: compare a TF32 row with the TF32 straightforward row."""
+def _candidates(device: str, tf32: bool = True) -> dict:
+    """name -> function. On CUDA the fp32 rows are followed by TF32 rows unless ``tf32`` is false
+    (the same functions under ``set_float32_matmul_precision("high")``, names ending in
+    TF32_SUFFIX), the option the issue allows: compare a TF32 row with the TF32 straightforward
+    row."""
     cands = {"straightforward (Ibar, autograd)": straightforward_isqrt_cov,
              "centred cov, autograd": centred_autograd_isqrt_cov,
              "cvkit isqrt_cov (torch)": _cvkit_torch}
     if device == "cuda":
         cands["cvkit isqrt_cov (triton)"] = _cvkit_triton
-        for name in ("straightforward (Ibar, autograd)", "cvkit isqrt_cov (torch)",
-                     "cvkit isqrt_cov (triton)"):
-            cands[name + TF32_SUFFIX] = cands[name]
+        if tf32:
+            for name in ("straightforward (Ibar, autograd)", "cvkit isqrt_cov (torch)",
+                         "cvkit isqrt_cov (triton)"):
+                cands[name + TF32_SUFFIX] = cands[name]
     else:
         cands["cvkit torch, NS-adjoint method (CUDA's)"] = _cvkit_torch_ns
     return cands
@@ -173,12 +179,12 @@ def _graphed(step):
     return graph.replay
 
 
-def _measure(device, b, c, size, iters, repeats, seed, cuda_graph=False):
+def _measure(device, b, c, size, iters, repeats, seed, cuda_graph=False, tf32=True):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(b, c, size, size, generator=gen).to(device).requires_grad_()
     weight = torch.randn(c * (c + 1) // 2, generator=gen).to(device)
     rows, steps, peaks = {}, {}, {}
-    for name, fn in _candidates(device).items():
+    for name, fn in _candidates(device, tf32).items():
         step = _fwd_bwd(fn, x, weight, iters,
                         "high" if name.endswith(TF32_SUFFIX) else "highest")
         try:
@@ -196,7 +202,11 @@ def _measure(device, b, c, size, iters, repeats, seed, cuda_graph=False):
 
 
 def _command(args) -> str:
-    parts = ["python tools/benchmark.py covpool"]
+    """The command line, with the kernels' tile-config override when one is set (it changes
+    what the Triton rows measure)."""
+    override = os.environ.get(ENV_VAR, "").strip()
+    parts = [f'{ENV_VAR}="{override}"'] if override else []
+    parts.append("python tools/benchmark.py covpool")
     if args.device != "cpu":
         parts.append(f"--device {args.device}")
     if args.batch is not None:
@@ -208,6 +218,8 @@ def _command(args) -> str:
             parts.append(f"--{flag} {getattr(args, flag)}")
     if args.cuda_graph:
         parts.append("--cuda-graph")
+    if args.no_tf32:
+        parts.append("--no-tf32")
     return " ".join(parts)
 
 
@@ -241,7 +253,7 @@ def run(args: argparse.Namespace) -> str:
     for b in batches:
         for c in dims:
             rows = _measure(device, b, c, args.size, args.iters, args.repeats, args.seed,
-                            args.cuda_graph)
+                            args.cuda_graph, not args.no_tf32)
             for name, r in rows.items():
                 if "error" in r:
                     lines.append(f"| {b} | {c} | {name} | not run: {r['error']} | | | | | |")

@@ -8,7 +8,14 @@ suite times the four launch kinds of a Newton-Schulz step, forward and backward,
 config of a grid, beside the autotuner's choice, so the config list can be chosen from
 measurements: time, achieved TFLOP/s (2 d^3 per product, full matrices) and bytes moved per second
 (distinct matrices read and written once) against a device-to-device copy measured in the same
-run. Each config's result is checked against the autotuned launch's.
+run. Each config's result is checked against the autotuned launch's. It ends with a config list
+chosen from the measurements (the fastest config of each launch kind), as the value of
+``CVKIT_ISQRT_COV_PRODUCT_CONFIGS`` (``cvkit/kernels/tile_configs.py``), which makes the kernels
+autotune over exactly that list in a later run.
+
+Compiling the grid (every config for every launch kind) is most of the suite's time, so with
+``--jobs N`` N worker processes compile it first, in parallel; the timing process then finds
+each kernel in Triton's on-disk cache.
 
 On the CPU it runs only under ``TRITON_INTERPRET=1`` (times meaningless; for tests).
 """
@@ -16,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import torch
 
 from cvkit.benchmarks import machine_description
 from cvkit.benchmarks.timing import median_seconds
 from cvkit.kernels.isqrt_cov import PRECISIONS, _kernels, _pair, _products
+from cvkit.kernels.tile_configs import ENV_VAR, FIELDS, parse_tile_config
 
 # BLOCK, BLOCK_K, num_warps, num_stages
 DEFAULT_CONFIGS = ("64,32,4,2", "64,32,4,3", "64,32,4,4", "64,64,4,2", "64,64,4,3",
@@ -44,19 +55,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--precision", default="tf32x3", choices=PRECISIONS)
-    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
-                        metavar="BLOCK,BLOCK_K,WARPS,STAGES",
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), metavar=FIELDS,
                         help="tile configs to time (default: a grid of %d)" % len(DEFAULT_CONFIGS))
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="processes that compile the grid before timing (default: up to 8 "
+                             "on cuda, none on cpu; 0 or 1: compile while timing)")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def parse_config(text: str) -> dict:
     """"64,32,4,3" -> the launch keywords of ``_products(..., config=)``."""
     try:
-        block, block_k, warps, stages = (int(v) for v in text.split(","))
-    except ValueError:
-        raise SystemExit(f"covpool-tiles: --configs takes BLOCK,BLOCK_K,WARPS,STAGES, got {text!r}")
-    return {"BLOCK": block, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+        return parse_tile_config(text, "covpool-tiles --configs")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def _launches(k, batch, d, precision, gen, device):
@@ -109,6 +121,61 @@ def _copy_bandwidth(device) -> float:
     return 2 * src.numel() * 4 / _timer(device)(lambda: dst.copy_(src))
 
 
+# Worker processes of ``precompile``: each builds the launches once, then compiles (launches once)
+# the (config, kind) pairs it is given; the kernels land in Triton's on-disk cache.
+_WORKER_LAUNCHES: dict = {}
+
+
+def _init_worker(batch, d, precision, seed, device):
+    gen = torch.Generator().manual_seed(seed)
+    _WORKER_LAUNCHES.update(_launches(_kernels(), batch, d, precision, gen, device))
+
+
+def _compile_one(task) -> bool:
+    text, kind = task
+    try:
+        _WORKER_LAUNCHES[kind](parse_tile_config(text))
+    except _compile_errors():
+        return False  # reported by the timing process, which meets the same error
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return True
+
+
+def precompile(args: argparse.Namespace, jobs: int) -> str:
+    """Compiles every (config, launch kind) of the grid in ``jobs`` processes (spawned: CUDA does
+    not survive a fork); returns a line for the report."""
+    tasks = [(text, kind) for text in args.configs for kind in KINDS]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(args.batch, args.dim, args.precision, args.seed,
+                                       args.device)) as pool:
+        built = sum(pool.map(_compile_one, tasks))
+    return (f"Compiled before timing in {jobs} processes: {built} of {len(tasks)} launches "
+            f"(configs x launch kinds) in {time.perf_counter() - t0:.0f} s.")
+
+
+def modelled_step(times: dict[str, dict[str, float]], text: str) -> float:
+    """Seconds of the 18 product launches of a step with config ``text`` for every launch kind
+    (``times[kind][config]``; inf where it lacks a kind: did not compile, or was wrong)."""
+    return sum(KINDS[kind][4] * per_config.get(text, float("inf"))
+               for kind, per_config in times.items())
+
+
+def choose(times: dict[str, dict[str, float]]) -> list[str]:
+    """The fastest config of each launch kind (``times[kind][config]`` in seconds, only configs
+    that compiled and agreed with the autotuned launch; "autotuned" itself is not a config),
+    without repeats, ordered by their modelled time per step (a config missing a kind last)."""
+    winners = []
+    for per_config in times.values():
+        valid = {text: sec for text, sec in per_config.items() if text != "autotuned"}
+        if valid:
+            best = min(valid, key=valid.get)
+            if best not in winners:
+                winners.append(best)
+    return sorted(winners, key=lambda text: modelled_step(times, text))
+
+
 def run(args: argparse.Namespace) -> str:
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -116,6 +183,9 @@ def run(args: argparse.Namespace) -> str:
     if device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise SystemExit("covpool-tiles: the CPU runs the kernels only under TRITON_INTERPRET=1")
     configs = {text: parse_config(text) for text in args.configs}
+    jobs = args.jobs if args.jobs is not None else (
+        min(8, os.cpu_count() or 1, len(configs) * len(KINDS)) if device == "cuda" else 0)
+    compiled_line = precompile(args, jobs) if jobs > 1 else ""
     gen = torch.Generator().manual_seed(args.seed)
     k = _kernels()
     b, d = args.batch, args.dim
@@ -135,10 +205,12 @@ def run(args: argparse.Namespace) -> str:
         ". TFLOP/s: 2 d^3 per product "
         "(full matrices; the kernel computes the upper tiles only). GB/s: distinct matrices read "
         f"and written once; a 1 GiB device-to-device copy moved {bandwidth / 1e9:.0f} GB/s "
-        "(read + written) in this run. Config = BLOCK, BLOCK_K, warps, stages.", "",
+        "(read + written) in this run. Config = BLOCK, BLOCK_K, warps, stages."
+        + (" " + compiled_line if compiled_line else ""), "",
         "| launch | config | us | TFLOP/s | GB/s | of copy bandwidth | max rel diff vs autotuned |",
         "|---|---|---|---|---|---|---|"]
-    modelled: dict[str, float] = {}
+    times: dict[str, dict[str, float]] = {}
+    failed: set[str] = set()  # configs that do not compile for some launch kind
     compile_errors = _compile_errors()
     for kind, launch in launches.items():
         nprod, nsum, reads, writes, count = KINDS[kind]
@@ -147,6 +219,7 @@ def run(args: argparse.Namespace) -> str:
         ref = launch(None).clone()  # the autotuner's choice, also the reference values
         rows = {"autotuned": lambda: launch(None)}
         rows.update({text: (lambda cfg: lambda: launch(cfg))(cfg) for text, cfg in configs.items()})
+        times[kind] = {}
         for text, fn in rows.items():
             try:
                 diff = ((fn() - ref).norm() / ref.norm()).item()
@@ -154,17 +227,28 @@ def run(args: argparse.Namespace) -> str:
             except compile_errors as e:
                 lines.append(f"| {kind} | {text} | does not compile: "
                              f"{type(e).__name__}: {str(e).splitlines()[0][:80]} | | | | |")
-                modelled[text] = float("inf")
+                failed.add(text)
                 continue
-            flag = "" if diff < 1e-4 else " WRONG"
+            wrong = diff >= 1e-4
             lines.append(f"| {kind} | {text} | {sec * 1e6:.1f} | {flops / sec / 1e12:.1f} | "
                          f"{moved / sec / 1e9:.0f} | {moved / sec / bandwidth:.2f} | "
-                         f"{diff:.1e}{flag} |")
-            modelled[text] = modelled.get(text, 0.0) + count * sec
+                         f"{diff:.1e}{' WRONG' if wrong else ''} |")
+            if not wrong:
+                times[kind][text] = sec
+    modelled = {text: modelled_step(times, text) for text in ["autotuned", *configs]}
     lines += ["", "The 18 product launches of a forward+backward (N = 5) modelled per config as "
               + ", ".join(f"{v[4]} x {name}" for name, v in KINDS.items()) + ":", "",
               "| config | modelled product time per step, ms |", "|---|---|"]
     for text, sec in sorted(modelled.items(), key=lambda kv: kv[1]):
-        lines.append(f"| {text} | {sec * 1e3:.3f} |" if sec != float("inf")
-                     else f"| {text} | does not compile for every launch |")
+        lines.append(f"| {text} | {sec * 1e3:.3f} |" if sec != float("inf") else
+                     f"| {text} | {'does not compile' if text in failed else 'wrong'} "
+                     "for some launch kind |")
+    chosen = choose(times)
+    best_mix = sum(KINDS[kind][4] * min((sec for text, sec in per_config.items()
+                                         if text != "autotuned"), default=float("inf"))
+                   for kind, per_config in times.items())
+    lines += ["", f"Chosen: the fastest config of each launch kind ({len(chosen)} distinct), "
+              f"modelled {best_mix * 1e3:.3f} ms per step if the autotuner picks each kind's "
+              f"fastest (the kernels autotune over the list given as {ENV_VAR}):", "",
+              f"{ENV_VAR}={';'.join(chosen)}"]
     return "\n".join(lines)

@@ -108,13 +108,29 @@ def _pair(buf: torch.Tensor) -> _Pair:
     return _Pair(buf[0], buf[0].numel())
 
 
+def _partials(batch: int, tiles: int, device) -> torch.Tensor:
+    """A (B, slots) buffer for per-tile partial sums of a per-sample dot product, slots a power
+    of two >= ``tiles`` (the kernels zero the slots no tile writes)."""
+    return torch.empty(batch, max(16, 1 << (tiles - 1).bit_length()), device=device,
+                       dtype=torch.float32)
+
+
+def _dot_partials(k, batch: int, d: int, device) -> torch.Tensor:
+    """The partial-sum buffer of a product launch with ``dot=``: as many slots as its most tiles
+    (the smallest BLOCK among the autotuner's configs)."""
+    block = min(cfg.kwargs["BLOCK"] for cfg in k._products_kernel.configs)
+    nt = triton_cdiv(d, block)
+    return _partials(batch, nt * (nt + 1) // 2, device)
+
+
 def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=None, triu=False,
-              precision="ieee", config=None):
+              dot=None, precision="ieee", config=None):
     """out = scale * (c_prod * sum(a @ b for a, b in prods) + c_eye I + c_e e) for one or two
     products whose sum is symmetric; with paired operands (``_Pair``), two such sums in one
-    launch, written to out[0] and out[1]. Right factors must be symmetric. ``config`` (BLOCK,
-    BLOCK_K, num_warps, num_stages) launches that tile config instead of the autotuner's choice
-    (``tools/benchmark.py covpool-tiles``)."""
+    launch, written to out[0] and out[1]. Right factors must be symmetric. ``dot=(m, partials)``
+    (a single d×d sum only, ``partials`` from ``_dot_partials``): also the partial sums of
+    <out, m> per sample, m symmetric. ``config`` (BLOCK, BLOCK_K, num_warps, num_stages) launches
+    that tile config instead of the autotuner's choice (``tools/benchmark.py covpool-tiles``)."""
     ops = [m for prod in prods for m in prod]
     ops += [ops[0], ops[1]] * ((4 - len(ops)) // 2)
     ops += [e if e is not None else ops[0]]
@@ -123,6 +139,9 @@ def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=No
     ptrs = [m.first if isinstance(m, _Pair) else m for m in ops + [target]]
     offsets = [m.offset if isinstance(m, _Pair) else 0 for m in ops + [target]]
     batch, d = ptrs[0].shape[0], ptrs[0].shape[-1]
+    if dot is not None and (npair == 2 or triu or scale is not None):
+        raise ValueError("_products: dot= needs a single unscaled d×d sum")
+    dot_with, dot_part = dot if dot is not None else (ptrs[0], ptrs[0])
 
     def grid(meta):
         nt = triton_cdiv(d, meta["BLOCK"])
@@ -130,9 +149,11 @@ def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=No
 
     kernel = k._products_kernel if config is None else k._products_kernel.fn
     kernel[grid](
-        *ptrs[:5], scale if scale is not None else ptrs[0], ptrs[5], *offsets, c_prod, c_eye,
-        c_e, d, batch, _batch_class(batch), NPAIR=npair, NPROD=len(prods), HAS_E=e is not None,
-        HAS_SCALE=scale is not None, OUT_TRIU=triu, PRECISION=precision, **(config or {}))
+        *ptrs[:5], scale if scale is not None else ptrs[0], ptrs[5], dot_with, dot_part, *offsets,
+        c_prod, c_eye, c_e, d, batch, _batch_class(batch), NPAIR=npair, NPROD=len(prods),
+        HAS_E=e is not None, HAS_SCALE=scale is not None, OUT_TRIU=triu, HAS_DOT=dot is not None,
+        DOT_SLOTS=dot_part.shape[1] if dot is not None else 1, PRECISION=precision,
+        **(config or {}))
     return out
 
 
@@ -212,36 +233,33 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
     def mat(*lead):
         return torch.empty(*lead, batch, d, d, device=dev, dtype=torch.float32)
 
-    def vec():
-        return torch.empty(batch, device=dev, dtype=torch.float32)
-
-    gc = vec()
-    k._batched_dot_kernel[(batch,)](grad_out, out, gc, out.numel() // batch, BLOCK=1024)
     p = mat()  # dL/dY_N = sqrt(tr Sigma) sym(dL/dC); its tangent dZ_1 = -P/2 into dyz[1]
     dyz = mat(2) if iters >= 2 else None  # (dY_k, dZ_k), and a second buffer to ping-pong with
     spare = mat(2) if iters >= 3 else None
-    k._grad_seed_kernel[(batch * triton_cdiv(d, 32) ** 2,)](
-        grad_out, sqrt_trace, p, p if dyz is None else dyz[1], d, VECTOR=vectorize,
-        HAS_DZ=dyz is not None, BLOCK=32)
+    seed_tiles = triton_cdiv(d, 32) ** 2
+    gc_part = _partials(batch, seed_tiles, dev)  # <dL/dC, C>, summed by the input gradient
+    k._grad_seed_kernel[(batch * seed_tiles,)](
+        grad_out, out, sqrt_trace, p, p if dyz is None else dyz[1], gc_part, d, VECTOR=vectorize,
+        HAS_DZ=dyz is not None, GC_SLOTS=gc_part.shape[1], BLOCK=32)
+    ha_part = _dot_partials(k, batch, d, dev)  # <dL/dA, A>, from the launch that writes dL/dA
     h = _products(k, mat() if dyz is None else dyz[0], [(p, a), (a, p)], c_prod=-0.5, e=p,
-                  c_e=1.5, precision=precision)  # dY_1
+                  c_e=1.5, dot=(a, ha_part) if iters == 1 else None, precision=precision)  # dY_1
     dt = mat() if iters >= 2 else None
     for step in range(2, iters + 1):
         yz, t = yzs[step - 2], ts[step - 2]  # Y_{k-1}, Z_{k-1} and T_k for k = step
         _products(k, dt, [(dyz[1], yz[0]), (yz[1], dyz[0])], c_prod=-0.5, precision=precision)
         if step == iters:  # dL/dA = dY_N, into P's buffer (P is not needed after step 1)
-            h = _products(k, p, [(dyz[0], t), (yz[0], dt)], precision=precision)
+            h = _products(k, p, [(dyz[0], t), (yz[0], dt)], dot=(a, ha_part),
+                          precision=precision)
         else:
             dyz, spare = _products(k, spare, [(_pair(dyz), t), (_pair(yz), dt)],
                                    precision=precision), dyz
-    ha = vec()
-    k._batched_dot_kernel[(batch,)](h, a, ha, d * d, BLOCK=1024)  # <dL/dA, A>
     grad_x = torch.empty_like(xm)
     (mq, sbq, scq, smq), mults = _layout_args(m, (sb, sc, sm))
     k._grad_input_kernel[lambda meta: (batch * triton_cdiv(d, meta["BLOCK_C"]) *
                                        triton_cdiv(m, meta["BLOCK_M"]),)](
-        h, xm, mean, trace, gc, ha, grad_x, d, mq, _batch_class(batch), sbq, scq, smq,
-        MULTS=mults, PRECISION=precision)
+        h, xm, mean, trace, gc_part, ha_part, grad_x, d, mq, _batch_class(batch), sbq, scq, smq,
+        MULTS=mults, GC_SLOTS=gc_part.shape[1], HA_SLOTS=ha_part.shape[1], PRECISION=precision)
     return grad_x
 
 

@@ -15,12 +15,19 @@ import os
 import triton
 import triton.language as tl
 
+from cvkit.kernels.tile_configs import product_configs_from_env
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 TINY_TRACE: tl.constexpr = tl.constexpr(1e-30)  # the same threshold as cvkit.layers.covpool
 
 
-def _configs(cuda_configs, interpret_config):
-    """A short autotune list on the GPU; one config under the interpreter (no timing there)."""
+def _configs(cuda_configs, interpret_config, override=None):
+    """A short autotune list on the GPU; one config under the interpreter (no timing there);
+    ``override`` (parsed ``tile_configs`` dicts) replaces either."""
+    if override:
+        return [triton.Config({"BLOCK": c["BLOCK"], "BLOCK_K": c["BLOCK_K"]},
+                              num_warps=c["num_warps"], num_stages=c["num_stages"])
+                for c in override]
     if INTERPRET:
         return [triton.Config(interpret_config, num_warps=4, num_stages=1)]
     return [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in cuda_configs]
@@ -48,10 +55,11 @@ def _sum(x, axis):
 # Output tile BLOCK×BLOCK (square, so a tile's mirror is a tile), reduction step BLOCK_K. Under the
 # interpreter, 32×32 tiles keep the program count (its cost) low; d > 32 gives several tiles.
 # Two configs each: every config is compiled per kernel variant and precision (seconds apiece).
+# CVKIT_ISQRT_COV_PRODUCT_CONFIGS replaces the product configs (``tile_configs``).
 _PRODUCT_CONFIGS = _configs(
     [({"BLOCK": 64, "BLOCK_K": 32}, 4, 3),
      ({"BLOCK": 128, "BLOCK_K": 32}, 8, 2)],
-    {"BLOCK": 32, "BLOCK_K": 32})
+    {"BLOCK": 32, "BLOCK_K": 32}, product_configs_from_env())
 _GRADX_CONFIGS = _configs(
     [({"BLOCK_C": 64, "BLOCK_M": 64, "BLOCK_K": 32}, 4, 3),
      ({"BLOCK_C": 128, "BLOCK_M": 64, "BLOCK_K": 32}, 8, 3)],
@@ -89,14 +97,31 @@ def _tile_coords(pid, d, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr):
     return b.to(tl.int64), ti, tj, t
 
 
+@triton.jit
+def _store_partial(PART, b, t, n, value, SLOTS: tl.constexpr):
+    """PART[b, t] = value, one partial sum of a per-sample dot product per tile t < n; the program
+    of tile 0 also zeroes PART[b, n:SLOTS], so a reader sums all SLOTS whatever the tile size (the
+    autotuner's choice) was. A fixed order, unlike atomic adds: the same bits on every run."""
+    tl.store(PART + b * SLOTS + t, value)
+    if t == 0:
+        slots = tl.arange(0, SLOTS)
+        tl.store(PART + b * SLOTS + slots, tl.full((SLOTS,), 0.0, tl.float32), mask=slots >= n)
+
+
+@triton.jit
+def _sum_partials(PART, b, SLOTS: tl.constexpr):
+    return _sum(tl.load(PART + b * SLOTS + tl.arange(0, SLOTS)), axis=0)
+
+
 @triton.autotune(configs=_PRODUCT_CONFIGS,
                  key=["d", "batch_class", "NPAIR", "NPROD", "HAS_E", "HAS_SCALE", "OUT_TRIU",
-                      "PRECISION"])
+                      "HAS_DOT", "PRECISION"])
 @triton.jit
-def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, pair_a1, pair_b1, pair_a2, pair_b2, pair_e,
-                     pair_out, c_prod, c_eye, c_e, d, batch, batch_class, NPAIR: tl.constexpr,
-                     NPROD: tl.constexpr, HAS_E: tl.constexpr, HAS_SCALE: tl.constexpr,
-                     OUT_TRIU: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr,
+def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, DOT_WITH, DOT_PART, pair_a1, pair_b1, pair_a2,
+                     pair_b2, pair_e, pair_out, c_prod, c_eye, c_e, d, batch, batch_class,
+                     NPAIR: tl.constexpr, NPROD: tl.constexpr, HAS_E: tl.constexpr,
+                     HAS_SCALE: tl.constexpr, OUT_TRIU: tl.constexpr, HAS_DOT: tl.constexpr,
+                     DOT_SLOTS: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr,
                      BLOCK_K: tl.constexpr):
     """OUT = scale_b * (c_prod * (A1 B1 [+ A2 B2]) + c_eye I [+ c_e E]), a symmetric result.
 
@@ -106,7 +131,9 @@ def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, pair_a1, pair_b1, pair_a2, p
     off-diagonal tiles are stored with their transposes. OUT_TRIU: write the row-major upper
     triangle incl. the diagonal, (B, d(d+1)/2), instead of a d×d matrix. NPAIR = 2 runs two such
     sums in one launch (e.g. Y_k = Y_{k-1} T_k and Z_k = Z_{k-1} T_k): the second reads each
-    operand pair_<name> elements further on (0 for a shared operand).
+    operand pair_<name> elements further on (0 for a shared operand). HAS_DOT: also the partial
+    sums of <OUT, DOT_WITH> per sample (DOT_WITH symmetric, so an off-diagonal tile counts twice)
+    into DOT_PART (B, DOT_SLOTS), for the input gradient's <dL/dA, A> without a launch of its own.
     """
     pid = tl.program_id(0)
     if NPAIR == 2:
@@ -167,6 +194,11 @@ def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, pair_a1, pair_b1, pair_a2, p
         out += c_e * tl.load(E + base + offs, mask=mask, other=0.0)
     if HAS_SCALE:
         out = out * tl.load(SCALE + b)
+    if HAS_DOT:
+        part = _sum(_sum(out * tl.load(DOT_WITH + base + offs, mask=mask, other=0.0), axis=1),
+                    axis=0)
+        _store_partial(DOT_PART, b, t, _n_tiles(d, BLOCK, True),
+                       tl.where(ti == tj, part, 2.0 * part), DOT_SLOTS)
     if OUT_TRIU:
         # Row-major upper triangle incl. diagonal: (r, c), r <= c -> r*d - r(r-1)/2 + (c - r).
         r = rm[:, None]
@@ -271,53 +303,48 @@ def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M, bat
 
 
 @triton.jit
-def _grad_seed_kernel(G, SQRT_TRACE, P_OUT, DZ_OUT, d, VECTOR: tl.constexpr, HAS_DZ: tl.constexpr,
-                      BLOCK: tl.constexpr):
+def _grad_seed_kernel(G, C, SQRT_TRACE, P_OUT, DZ_OUT, GC_PART, d, VECTOR: tl.constexpr,
+                      HAS_DZ: tl.constexpr, GC_SLOTS: tl.constexpr, BLOCK: tl.constexpr):
     """P = sqrt(tr Sigma) * sym(dL/dC): the triu scatter (VECTOR) or (G + G^T)/2, and the
     post-compensation scale, in one pass; HAS_DZ also writes -P/2, the tangent dZ_1 = dT_1 of the
     backward. Only the symmetric part of dL/dC reaches the input, and with a symmetric seed every
-    tangent of the backward is symmetric too."""
+    tangent of the backward is symmetric too. Also the partial sums of <G, C> per sample into
+    GC_PART: <sym(G), C> over the whole matrix, which equals <G, C> over the stored triangle
+    (off-diagonal entries halved and counted twice) or over a symmetric C."""
     b, ti, tj, t = _tile_coords(tl.program_id(0), d, BLOCK, False)
     r = (ti * BLOCK + tl.arange(0, BLOCK))[:, None]
-    c = (tj * BLOCK + tl.arange(0, BLOCK))[None, :]
-    mask = (r < d) & (c < d)
+    col = (tj * BLOCK + tl.arange(0, BLOCK))[None, :]
+    mask = (r < d) & (col < d)
     if VECTOR:
-        lo = tl.minimum(r, c)
-        hi = tl.maximum(r, c)
-        idx = lo * d - lo * (lo - 1) // 2 + (hi - lo)
-        g = tl.load(G + b * (d * (d + 1) // 2) + idx, mask=mask, other=0.0)
-        g = tl.where(r == c, g, 0.5 * g)
+        lo = tl.minimum(r, col)
+        hi = tl.maximum(r, col)
+        idx = b * (d * (d + 1) // 2) + lo * d - lo * (lo - 1) // 2 + (hi - lo)
+        g = tl.load(G + idx, mask=mask, other=0.0)
+        g = tl.where(r == col, g, 0.5 * g)
+        c = tl.load(C + idx, mask=mask, other=0.0)
     else:
-        g = 0.5 * (tl.load(G + b * d * d + r * d + c, mask=mask, other=0.0)
-                   + tl.load(G + b * d * d + c * d + r, mask=mask, other=0.0))
+        g = 0.5 * (tl.load(G + b * d * d + r * d + col, mask=mask, other=0.0)
+                   + tl.load(G + b * d * d + col * d + r, mask=mask, other=0.0))
+        c = tl.load(C + b * d * d + r * d + col, mask=mask, other=0.0)
+    _store_partial(GC_PART, b, t, _n_tiles(d, BLOCK, False), _sum(_sum(g * c, axis=1), axis=0),
+                   GC_SLOTS)
     p = g * tl.load(SQRT_TRACE + b)
-    tl.store(P_OUT + b * d * d + r * d + c, p, mask=mask)
+    tl.store(P_OUT + b * d * d + r * d + col, p, mask=mask)
     if HAS_DZ:
-        tl.store(DZ_OUT + b * d * d + r * d + c, -0.5 * p, mask=mask)
-
-
-@triton.jit
-def _batched_dot_kernel(X, Y, OUT, n, BLOCK: tl.constexpr):
-    """OUT[b] = <X[b], Y[b]> over n contiguous elements per batch element."""
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    acc = tl.full((BLOCK,), 0.0, tl.float32)
-    for i0 in range(0, n, BLOCK):
-        mask = i0 + offs < n
-        acc += (tl.load(X + b * n + i0 + offs, mask=mask, other=0.0)
-                * tl.load(Y + b * n + i0 + offs, mask=mask, other=0.0))
-    tl.store(OUT + b, _sum(acc, axis=0))
+        tl.store(DZ_OUT + b * d * d + r * d + col, -0.5 * p, mask=mask)
 
 
 @triton.autotune(configs=_GRADX_CONFIGS, key=["d", "M", "batch_class", "MULTS", "PRECISION"])
 @triton.jit
-def _grad_input_kernel(H, X, MEAN, TRACE, GC, HA, GX, d, M, batch_class, stride_b, stride_c,
-                       stride_m, MULTS: tl.constexpr, PRECISION: tl.constexpr,
-                       BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _grad_input_kernel(H, X, MEAN, TRACE, GC_PART, HA_PART, GX, d, M, batch_class, stride_b,
+                       stride_c, stride_m, MULTS: tl.constexpr, GC_SLOTS: tl.constexpr,
+                       HA_SLOTS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_C: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """dL/dX = (2/M) G_Sigma Xc with G_Sigma = H / t + s I, s = <G, C>/(2t) - <H, A>/t
-    (t = tr Sigma, H = dL/dA from the Newton–Schulz backward): the product and the trace term in
-    one pass, written in the input's own layout. Xc already has zero row means, so the centring
-    needs no extra term."""
+    (t = tr Sigma, H = dL/dA from the Newton–Schulz backward; the two dots summed from the
+    partial sums of the seed and the last backward launch): the product and the trace term in one
+    pass, written in the input's own layout. Xc already has zero row means, so the centring needs
+    no extra term."""
     M, stride_b, stride_c, stride_m = _unpack(M, stride_b, stride_c, stride_m, MULTS)
     pid = tl.program_id(0)
     ncb = _cdiv(d, BLOCK_C)
@@ -335,7 +362,7 @@ def _grad_input_kernel(H, X, MEAN, TRACE, GC, HA, GX, d, M, batch_class, stride_
         acc = tl.dot(h, _load_centred(X, MEAN, b, kk, rmm, d, M, stride_b, stride_c, stride_m), acc,
                      input_precision=PRECISION)
     t = tl.load(TRACE + b)
-    s = tl.load(GC + b) / (2.0 * t) - tl.load(HA + b) / t
+    s = _sum_partials(GC_PART, b, GC_SLOTS) / (2.0 * t) - _sum_partials(HA_PART, b, HA_SLOTS) / t
     xc = _load_centred(X, MEAN, b, rc, rmm, d, M, stride_b, stride_c, stride_m)
     out = (2.0 / (M * t)) * acc + (2.0 * s / M) * xc
     mask = (rc[:, None] < d) & (rmm[None, :] < M)
