@@ -473,6 +473,29 @@ def test_tile_benchmark_forces_each_config_and_checks_it(interpret):
         bench.parse_config("64,32")
 
 
+def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch):
+    """Compiling ahead is a head start only: if the worker processes fail, the report says so and
+    every config is still compiled and timed by the timing process."""
+    import argparse
+
+    from cvkit.benchmarks import covpool_tiles as bench
+
+    class BrokenPool:
+        def __init__(self, *args, **kwargs):
+            raise OSError("cannot spawn")
+
+    monkeypatch.setattr(bench, "ProcessPoolExecutor", BrokenPool)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    report = bench.run(parser.parse_args(["--device", "cpu", "--batch", "1", "--dim", "16",
+                                          "--configs", "16,16,4,1", "--jobs", "2"]))
+    assert ("Compiling in 2 processes failed (OSError: cannot spawn); compiled while timing."
+            in report)
+    assert sum(line.startswith("| ") and "| 16,16,4,1 |" in line
+               for line in report.split("modelled product time")[0].splitlines()) == 4
+    assert report.splitlines()[-1] == "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=16,16,4,1"
+
+
 def test_tile_choice_is_the_fastest_config_of_each_launch_kind():
     """The chosen list: each launch kind's fastest config (never the "autotuned" row), once,
     ordered by the modelled step time (launch counts per kind: 6, 3, 6, 3)."""
