@@ -324,6 +324,9 @@ def test_dot_partial_sums_cover_every_slot(interpret, config):
                                    rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="dot= needs a single unscaled"):
         impl._products(k, torch.empty_like(a), [(a, b)], dot=(m, part), triu=True)
+    with pytest.raises(ValueError, match="BLOCK=16 gives more tiles at d=40 than the 4 slots"):
+        impl._products(k, torch.empty_like(a), [(a, b)], dot=(m, part[:, :4]),
+                       config={"BLOCK": 16, "BLOCK_K": 16, "num_warps": 2, "num_stages": 1})
 
 
 def test_double_backward_is_a_clear_error(interpret):

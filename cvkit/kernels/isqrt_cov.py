@@ -141,6 +141,11 @@ def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=No
     batch, d = ptrs[0].shape[0], ptrs[0].shape[-1]
     if dot is not None and (npair == 2 or triu or scale is not None):
         raise ValueError("_products: dot= needs a single unscaled d×d sum")
+    if dot is not None and config is not None:  # more tiles than the autotuner's configs have
+        nt = triton_cdiv(d, config["BLOCK"])
+        if nt * (nt + 1) // 2 > dot[1].shape[1]:
+            raise ValueError(f"_products: BLOCK={config['BLOCK']} gives more tiles at d={d} than "
+                             f"the {dot[1].shape[1]} slots of the partial-sum buffer")
     dot_with, dot_part = dot if dot is not None else (ptrs[0], ptrs[0])
 
     def grid(meta):
