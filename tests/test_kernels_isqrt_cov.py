@@ -501,8 +501,9 @@ def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch)
 
 def test_tile_choice_is_the_fastest_config_of_each_launch_kind():
     """The chosen list: each launch kind's fastest config (never the "autotuned" row), once,
-    ordered by the modelled step time (launch counts per kind: 6, 3, 6, 3)."""
-    from cvkit.benchmarks.covpool_tiles import KINDS, choose
+    ordered by the modelled step time (launch counts per kind: 6, 3, 6, 3); with more winners than
+    ``max_configs``, the set of that size whose per-kind best gives the least modelled time."""
+    from cvkit.benchmarks.covpool_tiles import KINDS, choose, modelled_list
 
     t_kind, pair_kind, dt_kind, dpair_kind = KINDS
     times = {t_kind: {"autotuned": 1.0, "a": 3.0, "b": 2.0},
@@ -510,7 +511,11 @@ def test_tile_choice_is_the_fastest_config_of_each_launch_kind():
              dt_kind: {"a": 5.0, "b": 4.0, "c": 4.5},
              dpair_kind: {"a": 6.0, "c": 5.0}}  # "b" wrong or not compiled for this kind
     # a: 6*3 + 3*2 + 6*5 + 3*6 = 72; b: inf (missing a kind); c: inf
-    assert choose(times) == ["a", "b", "c"]
+    assert choose(times, max_configs=3) == ["a", "b", "c"]
+    # pairs: (a, b) 6*2 + 3*2 + 6*4 + 3*6 = 60, (a, c) 66, (b, c) 63
+    assert modelled_list(times, ["a", "b"]) == 60.0
+    assert modelled_list(times, ["b", "c"]) == 63.0
+    assert choose(times) == ["a", "b"]  # at most 2 by default
     assert choose({t_kind: {"autotuned": 1.0, "x": 2.0}, pair_kind: {"x": 1.0}}) == ["x"]
     assert choose({t_kind: {}}) == []
 

@@ -11,12 +11,13 @@
 #   graph      the same at B=128, d=256 with --cuda-graph (GPU time without launch overhead);
 #   tiles      python tools/benchmark.py covpool-tiles --device cuda: the product kernel per launch
 #              kind under a grid of tile configs beside the autotuner's choice; it ends with a
-#              chosen config list (the fastest config of each launch kind);
+#              chosen config list (at most 2 configs, as in the kernel file, so the compile time
+#              stays the same);
 #   tuned      with that list as CVKIT_ISQRT_COV_PRODUCT_CONFIGS: a tf32x3 smoke case at B=128,
 #              d=256 (compiles the kernels), then the graph and wall-clock benchmarks there
 #              without the TF32 rows (appended to tiles.log): what the chosen list would give if
-#              it replaced the configs in the kernel file;
-#   pytest     the CUDA tests (the configs in the kernel file);
+#              it replaced the configs in the kernel file; the steps after it use the list too;
+#   pytest     the CUDA tests (with the chosen list after `tuned`, else the kernel file's);
 # and, not in the default list (measured in BENCHMARKS.md run 6; for a second call):
 #   bench_rest the benchmark at B in {32, 256};
 #   sweep      precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in
@@ -34,6 +35,7 @@ MD=$(mktemp -d)  # the Markdown tables cut from the logs (the device tool return
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET CVKIT_ISQRT_COV_PRODUCT_CONFIGS
 PY=${PY:-python3}
+CHOSEN=  # the config list chosen by the tiles step, set by the tuned step
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(smoke bench128 graph tiles tuned pytest)
 
@@ -95,6 +97,7 @@ step_tuned() {
   choice=$(sed -n 's/^CVKIT_ISQRT_COV_PRODUCT_CONFIGS=//p' "$OUT/tiles.log" 2>/dev/null | tail -n 1)
   if [ -z "$choice" ]; then echo "no chosen config list in $OUT/tiles.log: skipped"; return; fi
   echo "chosen: $choice"
+  CHOSEN=$choice
   {
     echo; echo "== tuned: CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice"
     CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice timeout 90 $PY "$MD/smoke.py" target
@@ -109,8 +112,10 @@ step_tuned() {
 }
 
 step_pytest() {
-  timeout ${PYTEST_LIMIT:-130} $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda \
-    -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+  echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=${CHOSEN:-unset, the list in the kernel file}" > "$OUT/pytest.log"
+  env ${CHOSEN:+CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$CHOSEN} timeout ${PYTEST_LIMIT:-130} \
+    $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
+    >> "$OUT/pytest.log" 2>&1
   echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
 }
 

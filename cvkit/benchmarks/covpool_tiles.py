@@ -9,7 +9,8 @@ config of a grid, beside the autotuner's choice, so the config list can be chose
 measurements: time, achieved TFLOP/s (2 d^3 per product, full matrices) and bytes moved per second
 (distinct matrices read and written once) against a device-to-device copy measured in the same
 run. Each config's result is checked against the autotuned launch's. It ends with a config list
-chosen from the measurements (the fastest config of each launch kind), as the value of
+chosen from the measurements (the fastest config of each launch kind, at most ``--max-configs``),
+as the value of
 ``CVKIT_ISQRT_COV_PRODUCT_CONFIGS`` (``cvkit/kernels/tile_configs.py``), which makes the kernels
 autotune over exactly that list in a later run.
 
@@ -25,6 +26,7 @@ import argparse
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from itertools import combinations
 from multiprocessing import get_context
 
 import torch
@@ -60,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=None,
                         help="processes that compile the grid before timing (default: up to 8 "
                              "on cuda, none on cpu; 0 or 1: compile while timing)")
+    parser.add_argument("--max-configs", type=int, default=2,
+                        help="most configs in the chosen list (default 2, as in the kernel file)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -166,10 +170,20 @@ def modelled_step(times: dict[str, dict[str, float]], text: str) -> float:
                for kind, per_config in times.items())
 
 
-def choose(times: dict[str, dict[str, float]]) -> list[str]:
-    """The fastest config of each launch kind (``times[kind][config]`` in seconds, only configs
-    that compiled and agreed with the autotuned launch; "autotuned" itself is not a config),
-    without repeats, ordered by their modelled time per step (a config missing a kind last)."""
+def modelled_list(times: dict[str, dict[str, float]], texts) -> float:
+    """Seconds of the 18 product launches of a step if the autotuner picks, per launch kind, the
+    fastest config of the list ``texts``."""
+    return sum(KINDS[kind][4] * min((per_config[t] for t in texts if t in per_config),
+                                    default=float("inf"))
+               for kind, per_config in times.items())
+
+
+def choose(times: dict[str, dict[str, float]], max_configs: int = 2) -> list[str]:
+    """A config list for the autotuner from ``times[kind][config]`` (seconds; only configs that
+    compiled and agreed with the autotuned launch; "autotuned" itself is not a config): the
+    fastest config of each launch kind, or, if those are more than ``max_configs`` (each config
+    is compiled per kernel variant and precision), the ``max_configs`` configs with the least
+    modelled step time. Ordered by their own modelled step time (a config missing a kind last)."""
     winners = []
     for per_config in times.values():
         valid = {text: sec for text, sec in per_config.items() if text != "autotuned"}
@@ -177,6 +191,11 @@ def choose(times: dict[str, dict[str, float]]) -> list[str]:
             best = min(valid, key=valid.get)
             if best not in winners:
                 winners.append(best)
+    if len(winners) > max_configs:
+        candidates = sorted({t for per_config in times.values() for t in per_config}
+                            - {"autotuned"})
+        winners = list(min(combinations(candidates, max_configs),
+                           key=lambda texts: modelled_list(times, texts)))
     return sorted(winners, key=lambda text: modelled_step(times, text))
 
 
@@ -247,12 +266,10 @@ def run(args: argparse.Namespace) -> str:
         lines.append(f"| {text} | {sec * 1e3:.3f} |" if sec != float("inf") else
                      f"| {text} | {'does not compile' if text in failed else 'wrong'} "
                      "for some launch kind |")
-    chosen = choose(times)
-    best_mix = sum(KINDS[kind][4] * min((sec for text, sec in per_config.items()
-                                         if text != "autotuned"), default=float("inf"))
-                   for kind, per_config in times.items())
-    lines += ["", f"Chosen: the fastest config of each launch kind ({len(chosen)} distinct), "
-              f"modelled {best_mix * 1e3:.3f} ms per step if the autotuner picks each kind's "
-              f"fastest (the kernels autotune over the list given as {ENV_VAR}):", "",
+    chosen = choose(times, args.max_configs)
+    lines += ["", f"Chosen (at most {args.max_configs} configs: the fastest of each launch kind, "
+              "or the set with the least modelled time): modelled "
+              f"{modelled_list(times, chosen) * 1e3:.3f} ms per step with the autotuner picking "
+              f"per launch kind; {ENV_VAR} makes the kernels autotune over this list:", "",
               f"{ENV_VAR}={';'.join(chosen)}"]
     return "\n".join(lines)
