@@ -10,9 +10,8 @@ measurements: time, achieved TFLOP/s (2 d^3 per product, full matrices) and byte
 (distinct matrices read and written once) against a device-to-device copy measured in the same
 run. Each config's result is checked against the autotuned launch's. It ends with a config list
 chosen from the measurements (the fastest config of each launch kind, at most ``--max-configs``),
-as the value of
-``CVKIT_ISQRT_COV_PRODUCT_CONFIGS`` (``cvkit/kernels/tile_configs.py``), which makes the kernels
-autotune over exactly that list in a later run.
+as the value of ``CVKIT_ISQRT_COV_PRODUCT_CONFIGS`` (``cvkit/kernels/tile_configs.py``), which
+makes the kernels autotune over exactly that list in a later run.
 
 Compiling the grid (every config for every launch kind) is most of the suite's time, so with
 ``--jobs N`` N worker processes compile it first, in parallel; the timing process then finds
