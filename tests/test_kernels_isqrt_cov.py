@@ -8,6 +8,7 @@ CPU, 1e-4 on the GPU (d up to 512, five iterations; observed ~1e-6); "tf32x3" 1e
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -386,9 +387,29 @@ def test_interpreter_variable_set_before_import():
     assert done.stdout.strip() == "True"
 
 
+def test_launches_are_guarded_by_the_tensor_device():
+    """Triton launches on the current CUDA device: the operators make the input's device current
+    (a tensor on cuda:1 while cuda:0 is current is then read from its own GPU; on two GPUs:
+    ``test_cuda_second_device``); on the CPU there is nothing to guard."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    guard = impl._device_guard(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(impl._device_guard(torch.device("cpu")), contextlib.nullcontext)
+
+
 # ------------------------------------------------------------------------------------------------
 # CUDA GPU, compiled kernels (need the hardware; CI has none)
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_second_device_while_the_first_is_current(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.manual_seed(11)
+    x = torch.randn(3, 64, 7, 7, device="cuda:1")
+    with torch.cuda.device(0):
+        check_against_reference(x, 5, True, tol=1e-4, precision="ieee")
+
+
 @needs_cuda
 @pytest.mark.parametrize("d, batch, iters", [(208, 5, 5), (256, 3, 1), (256, 2, 5), (512, 2, 5)])
 def test_cuda_fp32_matches_float64(monkeypatch, d, batch, iters):

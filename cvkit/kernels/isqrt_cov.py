@@ -10,6 +10,7 @@ derivative at a symmetric matrix is self-adjoint). Design and tolerances: docs/k
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -268,6 +269,13 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
     return grad_x
 
 
+def _device_guard(device: torch.device):
+    """Makes ``device`` current while the kernels launch: Triton launches on the current CUDA
+    device and stream, so a tensor on cuda:1 while cuda:0 is current would otherwise be read from
+    the wrong GPU (an error, or silently wrong values). Nothing to do on the CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 # The forward and the backward are custom operators (torch.library): opaque to torch.compile, which
 # keeps them whole in its graph (no graph break, fullgraph=True works, CUDA graphs can replay the
 # launches) instead of tracing into Triton's launcher. The forward returns the iterates the
@@ -279,7 +287,8 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
 def _isqrt_cov_op(x: torch.Tensor, iters: int, vectorize: bool, precision: str
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                              torch.Tensor, torch.Tensor]:
-    return _forward(x, iters, vectorize, _resolve_precision(precision))
+    with _device_guard(x.device):
+        return _forward(x, iters, vectorize, _resolve_precision(precision))
 
 
 @_isqrt_cov_op.register_fake
@@ -293,8 +302,9 @@ def _isqrt_cov_backward_op(grad_out: torch.Tensor, x: torch.Tensor, out: torch.T
                            a: torch.Tensor, mean: torch.Tensor, trace: torch.Tensor,
                            sqrt_trace: torch.Tensor, yzs: torch.Tensor, ts: torch.Tensor,
                            iters: int, vectorize: bool, precision: str) -> torch.Tensor:
-    return _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
-                     _resolve_precision(precision))
+    with _device_guard(x.device):
+        return _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
+                         _resolve_precision(precision))
 
 
 @_isqrt_cov_backward_op.register_fake
