@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check for the iSQRT-COV Triton kernels (issue 6), run from the repository root on
 # a CUDA machine with its own python3 (torch + triton + pytest), cvkit from the source tree:
-#   bash tools/gpu_check.sh [STEP ...]      (default: smoke bench128 graph tiles tuned pytest)
-# Steps, in the default order (most important first: a step that runs out of time loses only its
-# own report):
+#   bash tools/gpu_check.sh [STEP ...]      (default: all of them, in this order)
+# Steps, most important first (a step that runs out of time loses only its own report):
 #   smoke      compiled forward+backward vs float64, ieee and tf32x3 (stops the run on failure);
 #   bench128   python tools/benchmark.py covpool --device cuda --batch 128: the issue's target
 #              shape, Triton vs cvkit's PyTorch path vs the straightforward implementation, fp32
@@ -16,16 +15,17 @@
 #   tuned      with that list as CVKIT_ISQRT_COV_PRODUCT_CONFIGS: a tf32x3 smoke case at B=128,
 #              d=256 (compiles the kernels), then the graph and wall-clock benchmarks there
 #              without the TF32 rows (appended to tiles.log): what the chosen list would give if
-#              it replaced the configs in the kernel file; the steps after it use the list too;
-#   pytest     the CUDA tests (with the chosen list after `tuned`, else the kernel file's);
-# and, not in the default list (measured in BENCHMARKS.md run 6; for a second call):
+#              it replaced the configs in the kernel file; the steps after it use the list too
+#              (their logs say so);
+#   pytest     the CUDA tests;
 #   bench_rest the benchmark at B in {32, 256};
 #   sweep      precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in
 #              fp32 and TF32, error vs float64 and time (triton.testing.do_bench), and GPU time
 #              per kernel (torch profiler).
 # Logs go to $OUT (default ./gpu_out; at most 8 files, what the device tool returns; run.txt holds
-# the environment and each step's duration); a short summary is printed last. The default steps'
-# time limits add up to 580 s, inside the device tool's 600 s per command; on a fresh H100 smoke,
+# the environment and each step's duration); a short summary is printed last. Each step has a
+# time limit, cut to what is left of $BUDGET (default 570 s, inside the device tool's 600 s per
+# command); a step with under 20 s left is skipped and logged as such. On a fresh H100 smoke,
 # bench128, graph, pytest, bench_rest and sweep took 54, 51, 16, 74, 55 and 43 s (2026-11-27; the
 # CUDA tests compile the most: over 110 s on another fresh machine); tiles and tuned never ran.
 set -u
@@ -35,9 +35,18 @@ MD=$(mktemp -d)  # the Markdown tables cut from the logs (the device tool return
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET CVKIT_ISQRT_COV_PRODUCT_CONFIGS
 PY=${PY:-python3}
-CHOSEN=  # the config list chosen by the tiles step, set by the tuned step
+BUDGET=${BUDGET:-570}
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(smoke bench128 graph tiles tuned pytest)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(smoke bench128 graph tiles tuned pytest bench_rest sweep)
+
+configs_line() {  # which tile configs the product kernels autotune over, for a log's first line
+  echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=${CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-(unset: kernel file)}"
+}
+
+limit() {  # a step's time limit $1, cut to what is left of the budget
+  local left=$((BUDGET - SECONDS))
+  echo $(($1 < left ? $1 : (left > 1 ? left : 1)))
+}
 
 # The smoke test, a script taking "all" (two shapes, ieee and tf32x3) or "target" (tf32x3 at the
 # benchmark's B=128, d=256: the same kernel variants, compiled once for both); exits non-zero if
@@ -69,26 +78,28 @@ sys.exit(0 if ok else 1)
 EOF
 
 step_smoke() {
-  timeout 80 $PY "$MD/smoke.py" all 2>&1 | tee "$OUT/smoke.log"
+  timeout $(limit 80) $PY "$MD/smoke.py" all 2>&1 | tee "$OUT/smoke.log"
   if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
 }
 
 step_bench128() {
-  TRITON_PRINT_AUTOTUNING=1 timeout 80 $PY tools/benchmark.py covpool --device cuda --batch 128 \
+  TRITON_PRINT_AUTOTUNING=1 timeout $(limit 80) $PY tools/benchmark.py covpool --device cuda \
+    --batch 128 \
     > "$OUT/covpool_bench.log" 2>&1
   echo "benchmark exit $?"
   sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$MD/covpool_bench.md"
 }
 
 step_graph() {
-  timeout 40 $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 \
+  timeout $(limit 40) $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 \
+    --dim 256 \
     > "$OUT/covpool_graph.log" 2>&1
   echo "benchmark (CUDA graphs) exit $?"
   sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$MD/covpool_graph.md"
 }
 
 step_tiles() {
-  timeout 100 $PY tools/benchmark.py covpool-tiles --device cuda > "$OUT/tiles.log" 2>&1
+  timeout $(limit 100) $PY tools/benchmark.py covpool-tiles --device cuda > "$OUT/tiles.log" 2>&1
   echo "tiles exit $?"
 }
 
@@ -96,38 +107,38 @@ step_tuned() {
   local choice
   choice=$(sed -n 's/^CVKIT_ISQRT_COV_PRODUCT_CONFIGS=//p' "$OUT/tiles.log" 2>/dev/null | tail -n 1)
   if [ -z "$choice" ]; then echo "no chosen config list in $OUT/tiles.log: skipped"; return; fi
-  echo "chosen: $choice"
-  CHOSEN=$choice
+  echo "chosen: $choice (for this and the later steps)"
+  export CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice
   {
     echo; echo "== tuned: CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice"
-    CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice timeout 90 $PY "$MD/smoke.py" target
+    timeout $(limit 90) $PY "$MD/smoke.py" target
     echo "tuned smoke exit $?"
-    CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice TRITON_PRINT_AUTOTUNING=1 timeout 30 $PY \
-      tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256 --no-tf32
+    TRITON_PRINT_AUTOTUNING=1 timeout $(limit 30) $PY tools/benchmark.py covpool --device cuda \
+      --cuda-graph --batch 128 --dim 256 --no-tf32
     echo "tuned benchmark (CUDA graphs) exit $?"
-    CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice timeout 30 $PY \
-      tools/benchmark.py covpool --device cuda --batch 128 --dim 256 --no-tf32
+    timeout $(limit 30) $PY tools/benchmark.py covpool --device cuda --batch 128 --dim 256 \
+      --no-tf32
     echo "tuned benchmark exit $?"
   } >> "$OUT/tiles.log" 2>&1
 }
 
 step_pytest() {
-  echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=${CHOSEN:-unset, the list in the kernel file}" > "$OUT/pytest.log"
-  env ${CHOSEN:+CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$CHOSEN} timeout ${PYTEST_LIMIT:-130} \
-    $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda -p no:cacheprovider \
-    >> "$OUT/pytest.log" 2>&1
+  configs_line > "$OUT/pytest.log"
+  timeout $(limit 130) $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda \
+    -p no:cacheprovider >> "$OUT/pytest.log" 2>&1
   echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
 }
 
 step_bench_rest() {
-  timeout 80 $PY tools/benchmark.py covpool --device cuda --batch 32 256 \
+  timeout $(limit 80) $PY tools/benchmark.py covpool --device cuda --batch 32 256 \
     > "$OUT/covpool_bench_rest.log" 2>&1
   echo "benchmark exit $?"
   sed -n '/^Command:/,$p' "$OUT/covpool_bench_rest.log" > "$MD/covpool_bench_rest.md"
 }
 
 step_sweep() {
-  timeout 60 $PY - <<'EOF' > "$OUT/sweep.log" 2>&1
+  configs_line > "$OUT/sweep.log"
+  timeout $(limit 60) $PY - <<'EOF' >> "$OUT/sweep.log" 2>&1
 import sys, torch
 from triton.testing import do_bench
 sys.path.insert(0, "tests")
@@ -196,8 +207,9 @@ EOF
 {
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
     --format=csv
-  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  $PY -m pip list 2>/dev/null | grep -i -E "^(pytest|timm|torch|triton) "
+  timeout 30 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton',
+    triton.__version__)"
+  timeout 30 $PY -m pip list 2>/dev/null | grep -i -E "^(pytest|timm|torch|triton) "
   echo "steps: ${STEPS[*]}"
 } > "$OUT/run.txt" 2>&1
 cat "$OUT/run.txt"
@@ -207,6 +219,10 @@ for name in "${STEPS[@]}"; do
 done
 for name in "${STEPS[@]}"; do
   echo "== $name"
+  if [ $((BUDGET - SECONDS)) -lt 20 ]; then
+    echo "$name skipped: $((BUDGET - SECONDS)) s left of $BUDGET s" | tee -a "$OUT/run.txt"
+    continue
+  fi
   t0=$SECONDS
   "step_$name"
   echo "$name $((SECONDS - t0)) s" >> "$OUT/run.txt"
