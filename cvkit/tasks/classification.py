@@ -85,7 +85,7 @@ class ClassificationTask(LightningModule):
         channels_last: NHWC memory format for model and inputs (faster convs under AMP on GPU).
         compile: ``torch.compile`` the model in place (``nn.Module.compile``: checkpoints keep
             their keys and load uncompiled): True for the defaults, or its options, e.g.
-            ``{mode: reduce-overhead}`` (CUDA graphs: no per-launch cost for the ~24 launches of
+            ``{mode: reduce-overhead}`` (CUDA graphs: no per-launch cost for the ~22 launches of
             the Triton covariance kernels, docs/kernels.md). None / False = eager.
     """
 
