@@ -236,3 +236,4 @@ tail -n 3 "$OUT/pytest.log" 2>/dev/null
 cat "$MD"/*.md 2>/dev/null
 sed -n '/modelled product time/,$p' "$OUT/tiles.log" 2>/dev/null
 sed -n '/^| candidate/,/^$/p' "$OUT/sweep.log" 2>/dev/null
+exit 0  # a failed step says so in its log and the summary; the run itself went through

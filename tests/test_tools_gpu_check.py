@@ -1,0 +1,76 @@
+"""tools/gpu_check.sh, the one GPU script of issue 6, driven on the CPU by a stand-in interpreter
+that records its arguments (the GPU machine runs it for real): step order, the chosen tile
+configs reaching the later steps, the time budget, and a one-line error for an unknown step."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHOICE = "64,32,4,3;128,32,8,2"
+
+# Records each call; plays the tile benchmark's last line so that the tuned step finds a choice.
+STUB = f"""#!/usr/bin/env bash
+echo "call: $* | configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" >> "$STUB_LOG"
+case "$*" in *covpool-tiles*) echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS={CHOICE}";; esac
+exit 0
+"""
+
+
+def run_check(tmp_path, *steps, budget=570):
+    stub = tmp_path / "python3"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PY=str(stub), BUDGET=str(budget),
+               STUB_LOG=str(tmp_path / "calls.log"))
+    env.pop("CVKIT_ISQRT_COV_PRODUCT_CONFIGS", None)
+    done = subprocess.run(["bash", "tools/gpu_check.sh", *steps], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    log = tmp_path / "calls.log"
+    return done, out, log.read_text().splitlines() if log.exists() else []
+
+
+def test_chosen_configs_reach_the_steps_after_tuned(tmp_path):
+    done, out, calls = run_check(tmp_path, "graph", "tiles", "tuned", "pytest", "sweep")
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [c for c in calls  # the environment probes aside (one spans two lines)
+             if c.startswith("call: ") and "import torch" not in c and "pip list" not in c]
+    # graph and tiles with the kernel file's configs; tuned's three runs and later steps with the
+    # chosen list
+    assert "--cuda-graph --batch 128" in calls[0] and calls[0].endswith("configs=")
+    assert "covpool-tiles" in calls[1] and calls[1].endswith("configs=")
+    assert calls[2].endswith("smoke.py target | configs=" + CHOICE)
+    assert "--cuda-graph --batch 128 --dim 256 --no-tf32" in calls[3]
+    assert "--batch 128 --dim 256 --no-tf32" in calls[4] and "--cuda-graph" not in calls[4]
+    assert "-m pytest tests/test_kernels_isqrt_cov.py" in calls[5]
+    assert calls[5].endswith("configs=" + CHOICE) and calls[6].endswith("configs=" + CHOICE)
+    assert len(calls) == 7
+    assert (out / "pytest.log").read_text().splitlines()[0] == (
+        "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=" + CHOICE)
+    assert "== tuned: CVKIT_ISQRT_COV_PRODUCT_CONFIGS=" + CHOICE in (out / "tiles.log").read_text()
+    durations = (out / "run.txt").read_text().split("== step durations")[1].split()
+    assert durations[::3] == ["graph", "tiles", "tuned", "pytest", "sweep"]
+
+
+def test_tuned_without_a_choice_is_skipped_and_the_kernel_file_configs_stay(tmp_path):
+    done, out, calls = run_check(tmp_path, "tuned", "pytest")
+    assert done.returncode == 0
+    assert "no chosen config list" in done.stdout
+    assert (out / "pytest.log").read_text().startswith(
+        "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=(unset: kernel file)")
+
+
+def test_steps_past_the_budget_are_skipped_and_logged(tmp_path):
+    done, out, calls = run_check(tmp_path, "bench_rest", "sweep", budget=15)
+    assert done.returncode == 0
+    log = (out / "run.txt").read_text()
+    assert "bench_rest skipped:" in log and "sweep skipped:" in log
+    assert not any("--batch 32 256" in c for c in calls)
+
+
+def test_unknown_step_is_a_one_line_error(tmp_path):
+    done, _, _ = run_check(tmp_path, "smoke", "benchmark")
+    assert done.returncode == 2
+    assert "unknown step: benchmark" in done.stdout
