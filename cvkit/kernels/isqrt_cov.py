@@ -109,11 +109,15 @@ def _pair(buf: torch.Tensor) -> _Pair:
     return _Pair(buf[0], buf[0].numel())
 
 
+def _block_for(n: int) -> int:
+    """The smallest power of two >= n and >= 16: a ``tl.arange`` length that covers n."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
 def _partials(batch: int, tiles: int, device) -> torch.Tensor:
-    """A (B, slots) buffer for per-tile partial sums of a per-sample dot product, slots a power
-    of two >= ``tiles`` (the kernels zero the slots no tile writes)."""
-    return torch.empty(batch, max(16, 1 << (tiles - 1).bit_length()), device=device,
-                       dtype=torch.float32)
+    """A (B, slots) buffer for per-tile partial sums of a per-sample dot product, ``_block_for``
+    slots (the kernels zero the slots no tile writes)."""
+    return torch.empty(batch, _block_for(tiles), device=device, dtype=torch.float32)
 
 
 def _dot_partials(k, batch: int, d: int, device) -> torch.Tensor:
@@ -199,7 +203,7 @@ def _forward(x, iters, vectorize, precision):
     k._covariance_kernel[lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
                                                 (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),)](
         xm, mean, var, a, z1, trace, sqrt_trace, d, mq, _batch_class(batch), sbq, scq, smq,
-        MULTS=mults, PRECISION=precision, BLOCK_D=max(16, 1 << (d - 1).bit_length()))
+        MULTS=mults, PRECISION=precision, BLOCK_D=_block_for(d))
 
     saved = (a, mean, trace, sqrt_trace, yzs, ts)
     final = dict(scale=sqrt_trace, triu=vectorize, precision=precision)
