@@ -289,6 +289,39 @@ def test_backward_is_2n_minus_1_two_product_launches(interpret, monkeypatch, ite
     assert sum(paired for _, paired in calls) == max(0, iters - 2)
 
 
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+@pytest.mark.parametrize("nprod", [1, 2])
+def test_paired_launch_computes_both_sums_with_shared_right_factors(interpret, precision, nprod):
+    """A paired launch (e.g. Y_k = Y_{k-1} T_k and Z_k = Z_{k-1} T_k, or the backward's
+    (dY_k, dZ_k)) computes a tile of both sums in each program, loading each right-factor tile
+    once: both outputs equal float64, at d = 40 (several tiles, masked edges), with the epilogue
+    (c_prod, c_eye, E) applied to each. A paired right factor is refused."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    k = impl._kernels()
+    torch.manual_seed(0)
+    batch, d = 2, 40
+    m = torch.randn(batch, d, d, dtype=torch.float64)
+    a = (m + m.transpose(1, 2)) / (8 * d) ** 0.5
+    powers = [a]  # polynomials in one symmetric matrix: every sum below is symmetric
+    for _ in range(6):
+        powers.append(powers[-1] @ a)
+    lefts = [torch.stack(powers[0:2]), torch.stack(powers[2:4])][:nprod]
+    rights, e = [powers[4], powers[5]][:nprod], torch.stack(powers[5:7])
+    out = torch.full((2, batch, d, d), float("nan"))
+    impl._products(k, out, [(impl._pair(left.float()), right.float())
+                            for left, right in zip(lefts, rights)],
+                   c_prod=-0.5, c_eye=1.5, e=impl._pair(e.float()), c_e=0.25,
+                   precision=precision)
+    eye = torch.eye(d, dtype=torch.float64)
+    for i in range(2):
+        expected = (-0.5 * sum(left[i] @ right for left, right in zip(lefts, rights))
+                    + 1.5 * eye + 0.25 * e[i])
+        assert rel_err(out[i], expected) < 1e-6
+    with pytest.raises(ValueError, match="shares its right factors"):
+        impl._products(k, out, [(a.float(), impl._pair(lefts[0].float()))])
+
+
 @pytest.mark.parametrize("config", [None, {"BLOCK": 16, "BLOCK_K": 16, "num_warps": 2,
                                              "num_stages": 1}])
 def test_dot_partial_sums_cover_every_slot(interpret, config):
