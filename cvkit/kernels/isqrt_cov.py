@@ -131,22 +131,18 @@ def _dot_partials(k, batch: int, d: int, device) -> torch.Tensor:
 def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=None, triu=False,
               dot=None, precision="ieee", config=None):
     """out = scale * (c_prod * sum(a @ b for a, b in prods) + c_eye I + c_e e) for one or two
-    products whose sum is symmetric; with paired left factors (``_Pair``), two such sums with
-    the same right factors in one launch (each program computes a tile of both), written to
-    out[0] and out[1]. Right factors must be symmetric, and are never paired.
-    ``dot=(m, partials)`` (a single d×d sum only, ``partials`` from ``_dot_partials``): also the
-    partial sums of <out, m> per sample, m symmetric. ``config`` (BLOCK, BLOCK_K, num_warps, num_stages) launches
+    products whose sum is symmetric; with paired operands (``_Pair``), two such sums in one
+    launch, written to out[0] and out[1]. Right factors must be symmetric. ``dot=(m, partials)``
+    (a single d×d sum only, ``partials`` from ``_dot_partials``): also the partial sums of
+    <out, m> per sample, m symmetric. ``config`` (BLOCK, BLOCK_K, num_warps, num_stages) launches
     that tile config instead of the autotuner's choice (``tools/benchmark.py covpool-tiles``)."""
-    if any(isinstance(right, _Pair) for _, right in prods):
-        raise ValueError("_products: a paired launch shares its right factors; pair left factors")
     ops = [m for prod in prods for m in prod]
     ops += [ops[0], ops[1]] * ((4 - len(ops)) // 2)
     ops += [e if e is not None else ops[0]]
     npair = 2 if any(isinstance(m, _Pair) for m in ops) else 1
     target = _pair(out) if npair == 2 else out  # a (2, B, d, d) buffer then
     ptrs = [m.first if isinstance(m, _Pair) else m for m in ops + [target]]
-    offsets = [m.offset if isinstance(m, _Pair) else 0  # of A1, A2, E and OUT (B1, B2 shared)
-               for m in (ops[0], ops[2], ops[4], target)]
+    offsets = [m.offset if isinstance(m, _Pair) else 0 for m in ops + [target]]
     batch, d = ptrs[0].shape[0], ptrs[0].shape[-1]
     if dot is not None and (npair == 2 or triu or scale is not None):
         raise ValueError("_products: dot= needs a single unscaled d×d sum")
@@ -159,7 +155,7 @@ def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=No
 
     def grid(meta):
         nt = triton_cdiv(d, meta["BLOCK"])
-        return (batch * (nt * (nt + 1) // 2),)
+        return (npair * batch * (nt * (nt + 1) // 2),)
 
     kernel = k._products_kernel if config is None else k._products_kernel.fn
     kernel[grid](

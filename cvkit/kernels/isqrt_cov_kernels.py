@@ -115,16 +115,80 @@ def _sum_partials(PART, b, SLOTS: tl.constexpr):
     return _sum(tl.load(PART + b * SLOTS + tl.arange(0, SLOTS)), axis=0)
 
 
+@triton.autotune(configs=_PRODUCT_CONFIGS,
+                 key=["d", "batch_class", "NPAIR", "NPROD", "HAS_E", "HAS_SCALE", "OUT_TRIU",
+                      "HAS_DOT", "PRECISION"])
 @triton.jit
-def _finish_tile(acc, OUT, E, SCALE, DOT_WITH, DOT_PART, b, t, ti, tj, rm, rn, c_prod, c_eye, c_e,
-                 d, HAS_E: tl.constexpr, HAS_SCALE: tl.constexpr, OUT_TRIU: tl.constexpr,
-                 HAS_DOT: tl.constexpr, DOT_SLOTS: tl.constexpr, BLOCK: tl.constexpr):
-    """The epilogue of one output tile of ``_products_kernel``: exact symmetry on the diagonal,
-    out = scale_b * (c_prod * acc + c_eye I [+ c_e E]), the optional dot partial sum, and the
-    store (with the mirrored tile, or into the row-major upper triangle)."""
+def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, DOT_WITH, DOT_PART, pair_a1, pair_b1, pair_a2,
+                     pair_b2, pair_e, pair_out, c_prod, c_eye, c_e, d, batch, batch_class,
+                     NPAIR: tl.constexpr, NPROD: tl.constexpr, HAS_E: tl.constexpr,
+                     HAS_SCALE: tl.constexpr, OUT_TRIU: tl.constexpr, HAS_DOT: tl.constexpr,
+                     DOT_SLOTS: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """OUT = scale_b * (c_prod * (A1 B1 [+ A2 B2]) + c_eye I [+ c_e E]), a symmetric result.
+
+    One kernel serves every matrix product of the forward and backward, with the element-wise
+    part of each step as its epilogue (e.g. T = 1.5 I - 0.5 Z Y, or dY_1 = 1.5 P - 0.5 (PA + AP)).
+    Only tiles on and above the diagonal are computed; diagonal tiles are made exactly symmetric,
+    off-diagonal tiles are stored with their transposes. OUT_TRIU: write the row-major upper
+    triangle incl. the diagonal, (B, d(d+1)/2), instead of a d×d matrix. NPAIR = 2 runs two such
+    sums in one launch (e.g. Y_k = Y_{k-1} T_k and Z_k = Z_{k-1} T_k): the second reads each
+    operand pair_<name> elements further on (0 for a shared operand). HAS_DOT: also the partial
+    sums of <OUT, DOT_WITH> per sample (DOT_WITH symmetric, so an off-diagonal tile counts twice)
+    into DOT_PART (B, DOT_SLOTS), for the input gradient's <dL/dA, A> without a launch of its own.
+    """
+    pid = tl.program_id(0)
+    if NPAIR == 2:
+        per_pair = batch * _n_tiles(d, BLOCK, True)
+        pair = (pid // per_pair).to(tl.int64)
+        pid = pid % per_pair
+        A1 += pair * pair_a1
+        B1 += pair * pair_b1
+        A2 += pair * pair_a2
+        B2 += pair * pair_b2
+        E += pair * pair_e
+        OUT += pair * pair_out
+    b, ti, tj, t = _tile_coords(pid, d, BLOCK, True)
+    base = b * d * d
+    rm = ti * BLOCK + tl.arange(0, BLOCK)
+    rn = tj * BLOCK + tl.arange(0, BLOCK)
+    rk = tl.arange(0, BLOCK_K)
+    # Row block of each left factor, column block of each right factor. Every right factor here
+    # is symmetric (an iterate, or a backward matrix P, Q), so on the tensor cores (tf32, tf32x3)
+    # its column block is read as the row block rn, contiguous along k, and transposed on chip:
+    # 16-byte loads and the K-major layout TF32 wgmma needs (H100: tf32x3 4.8 -> 3.4 ms per
+    # forward+backward at B=128, d=256). The FMA path (ieee) keeps plain column blocks: with the
+    # transposed tile it went 4.5 -> 8.6 ms (docs/kernels.md).
+    a_offs = base + rm[:, None] * d + rk[None, :]
+    if PRECISION == "ieee":
+        b_offs = base + rk[:, None] * d + rn[None, :]
+    else:
+        b_offs = base + rn[:, None] * d + rk[None, :]
+    acc = tl.full((BLOCK, BLOCK), 0.0, tl.float32)
+    for k0 in range(0, d, BLOCK_K):
+        a_mask = (rm[:, None] < d) & (rk[None, :] < d - k0)
+        if PRECISION == "ieee":
+            b_mask = (rk[:, None] < d - k0) & (rn[None, :] < d)
+        else:
+            b_mask = (rn[:, None] < d) & (rk[None, :] < d - k0)
+        b1 = tl.load(B1 + b_offs, mask=b_mask, other=0.0)
+        if PRECISION != "ieee":
+            b1 = tl.trans(b1)
+        acc = tl.dot(tl.load(A1 + a_offs, mask=a_mask, other=0.0), b1, acc,
+                     input_precision=PRECISION)
+        if NPROD >= 2:
+            b2 = tl.load(B2 + b_offs, mask=b_mask, other=0.0)
+            if PRECISION != "ieee":
+                b2 = tl.trans(b2)
+            acc = tl.dot(tl.load(A2 + a_offs, mask=a_mask, other=0.0), b2, acc,
+                         input_precision=PRECISION)
+        a_offs += BLOCK_K
+        if PRECISION == "ieee":
+            b_offs += BLOCK_K * d
+        else:
+            b_offs += BLOCK_K
     if ti == tj:  # rounding makes acc[i, j] and acc[j, i] differ slightly: average them
         acc = 0.5 * (acc + tl.trans(acc))
-    base = b * d * d
     mask = (rm[:, None] < d) & (rn[None, :] < d)
     offs = rm[:, None] * d + rn[None, :]
     out = c_prod * acc + tl.where(rm[:, None] == rn[None, :], c_eye, 0.0)
@@ -148,82 +212,6 @@ def _finish_tile(acc, OUT, E, SCALE, DOT_WITH, DOT_PART, b, t, ti, tj, rm, rn, c
         if ti != tj:
             mirror = (rn[:, None] < d) & (rm[None, :] < d)
             tl.store(OUT + base + rn[:, None] * d + rm[None, :], tl.trans(out), mask=mirror)
-
-
-@triton.autotune(configs=_PRODUCT_CONFIGS,
-                 key=["d", "batch_class", "NPAIR", "NPROD", "HAS_E", "HAS_SCALE", "OUT_TRIU",
-                      "HAS_DOT", "PRECISION"])
-@triton.jit
-def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, DOT_WITH, DOT_PART, pair_a1, pair_a2, pair_e,
-                     pair_out, c_prod, c_eye, c_e, d, batch, batch_class, NPAIR: tl.constexpr,
-                     NPROD: tl.constexpr, HAS_E: tl.constexpr, HAS_SCALE: tl.constexpr,
-                     OUT_TRIU: tl.constexpr, HAS_DOT: tl.constexpr, DOT_SLOTS: tl.constexpr,
-                     PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
-    """OUT = scale_b * (c_prod * (A1 B1 [+ A2 B2]) + c_eye I [+ c_e E]), a symmetric result.
-
-    One kernel serves every matrix product of the forward and backward, with the element-wise
-    part of each step as its epilogue (e.g. T = 1.5 I - 0.5 Z Y, or dY_1 = 1.5 P - 0.5 (PA + AP)).
-    Only tiles on and above the diagonal are computed; diagonal tiles are made exactly symmetric,
-    off-diagonal tiles are stored with their transposes. OUT_TRIU: write the row-major upper
-    triangle incl. the diagonal, (B, d(d+1)/2), instead of a d×d matrix. NPAIR = 2 computes a
-    second such sum with the same right factors in the same program (e.g. Y_k = Y_{k-1} T_k and
-    Z_k = Z_{k-1} T_k): its left factors, E and output are pair_<name> elements further on; each
-    right-factor tile is loaded (and, for tf32x3, split) once for both. HAS_DOT: also the partial
-    sums of <OUT, DOT_WITH> per sample (DOT_WITH symmetric, so an off-diagonal tile counts twice)
-    into DOT_PART (B, DOT_SLOTS), for the input gradient's <dL/dA, A> without a launch of its own.
-    """
-    b, ti, tj, t = _tile_coords(tl.program_id(0), d, BLOCK, True)
-    base = b * d * d
-    rm = ti * BLOCK + tl.arange(0, BLOCK)
-    rn = tj * BLOCK + tl.arange(0, BLOCK)
-    rk = tl.arange(0, BLOCK_K)
-    # Row block of each left factor, column block of each right factor. Every right factor here
-    # is symmetric (an iterate, or a backward matrix P, Q), so on the tensor cores (tf32, tf32x3)
-    # its column block is read as the row block rn, contiguous along k, and transposed on chip:
-    # 16-byte loads and the K-major layout TF32 wgmma needs (H100: tf32x3 4.8 -> 3.4 ms per
-    # forward+backward at B=128, d=256). The FMA path (ieee) keeps plain column blocks: with the
-    # transposed tile it went 4.5 -> 8.6 ms (docs/kernels.md).
-    a_offs = base + rm[:, None] * d + rk[None, :]
-    if PRECISION == "ieee":
-        b_offs = base + rk[:, None] * d + rn[None, :]
-    else:
-        b_offs = base + rn[:, None] * d + rk[None, :]
-    acc = tl.full((BLOCK, BLOCK), 0.0, tl.float32)
-    acc_pair = tl.full((BLOCK, BLOCK), 0.0, tl.float32)  # the second sum (NPAIR = 2)
-    for k0 in range(0, d, BLOCK_K):
-        a_mask = (rm[:, None] < d) & (rk[None, :] < d - k0)
-        if PRECISION == "ieee":
-            b_mask = (rk[:, None] < d - k0) & (rn[None, :] < d)
-        else:
-            b_mask = (rn[:, None] < d) & (rk[None, :] < d - k0)
-        b1 = tl.load(B1 + b_offs, mask=b_mask, other=0.0)
-        if PRECISION != "ieee":
-            b1 = tl.trans(b1)
-        acc = tl.dot(tl.load(A1 + a_offs, mask=a_mask, other=0.0), b1, acc,
-                     input_precision=PRECISION)
-        if NPAIR == 2:
-            acc_pair = tl.dot(tl.load(A1 + pair_a1 + a_offs, mask=a_mask, other=0.0), b1,
-                              acc_pair, input_precision=PRECISION)
-        if NPROD >= 2:
-            b2 = tl.load(B2 + b_offs, mask=b_mask, other=0.0)
-            if PRECISION != "ieee":
-                b2 = tl.trans(b2)
-            acc = tl.dot(tl.load(A2 + a_offs, mask=a_mask, other=0.0), b2, acc,
-                         input_precision=PRECISION)
-            if NPAIR == 2:
-                acc_pair = tl.dot(tl.load(A2 + pair_a2 + a_offs, mask=a_mask, other=0.0), b2,
-                                  acc_pair, input_precision=PRECISION)
-        a_offs += BLOCK_K
-        if PRECISION == "ieee":
-            b_offs += BLOCK_K * d
-        else:
-            b_offs += BLOCK_K
-    _finish_tile(acc, OUT, E, SCALE, DOT_WITH, DOT_PART, b, t, ti, tj, rm, rn, c_prod, c_eye, c_e,
-                 d, HAS_E, HAS_SCALE, OUT_TRIU, HAS_DOT, DOT_SLOTS, BLOCK)
-    if NPAIR == 2:
-        _finish_tile(acc_pair, OUT + pair_out, E + pair_e, SCALE, DOT_WITH, DOT_PART, b, t, ti, tj,
-                     rm, rn, c_prod, c_eye, c_e, d, HAS_E, HAS_SCALE, OUT_TRIU, False, DOT_SLOTS,
-                     BLOCK)
 
 
 @triton.jit
