@@ -1,6 +1,7 @@
 """tools/gpu_check.sh, the one GPU script of issue 6, driven on the CPU by a stand-in interpreter
 that records its arguments (the GPU machine runs it for real): step order, the chosen tile
-configs reaching the later steps, the time budget, and a one-line error for an unknown step."""
+configs reaching the later steps, the baseline tree's cvkit first on the path, the time budget,
+and a one-line error for an unknown step."""
 from __future__ import annotations
 
 import os
@@ -12,20 +13,23 @@ CHOICE = "64,32,4,3;128,32,8,2"
 
 # Records each call; plays the tile benchmark's last line so that the tuned step finds a choice.
 STUB = f"""#!/usr/bin/env bash
-echo "call: $* | configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" >> "$STUB_LOG"
+echo "call: $* | pythonpath=$PYTHONPATH | configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" \
+    >> "$STUB_LOG"
 case "$*" in *covpool-tiles*) echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS={CHOICE}";; esac
 exit 0
 """
 
 
-def run_check(tmp_path, *steps, budget=570):
+def run_check(tmp_path, *steps, budget=570, **extra_env):
     stub = tmp_path / "python3"
     stub.write_text(STUB)
     stub.chmod(0o755)
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PY=str(stub), BUDGET=str(budget),
-               STUB_LOG=str(tmp_path / "calls.log"))
+               STUB_LOG=str(tmp_path / "calls.log"), **extra_env)
     env.pop("CVKIT_ISQRT_COV_PRODUCT_CONFIGS", None)
+    if "BASELINE_DIR" not in extra_env:
+        env.pop("BASELINE_DIR", None)
     done = subprocess.run(["bash", "tools/gpu_check.sh", *steps], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     log = tmp_path / "calls.log"
@@ -41,7 +45,7 @@ def test_chosen_configs_reach_the_steps_after_tuned(tmp_path):
     # chosen list
     assert "--cuda-graph --batch 128" in calls[0] and calls[0].endswith("configs=")
     assert "covpool-tiles" in calls[1] and calls[1].endswith("configs=")
-    assert calls[2].endswith("smoke.py target | configs=" + CHOICE)
+    assert "smoke.py target |" in calls[2] and calls[2].endswith("configs=" + CHOICE)
     assert "--cuda-graph --batch 128 --dim 256 --no-tf32" in calls[3]
     assert "--batch 128 --dim 256 --no-tf32" in calls[4] and "--cuda-graph" not in calls[4]
     assert "-m pytest tests/test_kernels_isqrt_cov.py" in calls[5]
@@ -74,3 +78,24 @@ def test_unknown_step_is_a_one_line_error(tmp_path):
     done, _, _ = run_check(tmp_path, "smoke", "benchmark")
     assert done.returncode == 2
     assert "unknown step: benchmark" in done.stdout
+
+
+def test_baseline_benchmarks_the_older_cvkit_in_the_same_call(tmp_path):
+    base = tmp_path / "baseline"
+    (base / "cvkit").mkdir(parents=True)
+    done, out, calls = run_check(tmp_path, "graph", "baseline", BASELINE_DIR=str(base))
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [c for c in calls if "tools/benchmark.py covpool" in c]
+    assert len(calls) == 2
+    assert str(base) not in calls[0]  # the graph step: this tree's cvkit
+    assert "--cuda-graph --batch 128 --dim 256 --no-tf32" in calls[1]
+    assert f"pythonpath={base}:." in calls[1]  # ahead of this tree
+    assert f"== baseline: cvkit from {base}" in (out / "covpool_graph.log").read_text()
+    assert "baseline" in (out / "run.txt").read_text().split("== step durations")[1]
+
+
+def test_baseline_without_a_cvkit_folder_is_skipped(tmp_path):
+    done, out, calls = run_check(tmp_path, "baseline", BASELINE_DIR=str(tmp_path / "missing"))
+    assert done.returncode == 0
+    assert "baseline: no cvkit/ in BASELINE_DIR=" in done.stdout
+    assert not [c for c in calls if "tools/benchmark.py" in c]

@@ -8,6 +8,11 @@
 #              shape, Triton vs cvkit's PyTorch path vs the straightforward implementation, fp32
 #              and TF32, d in {128,256}; autotuning choices logged;
 #   graph      the same at B=128, d=256 with --cuda-graph (GPU time without launch overhead);
+#   baseline   the graph benchmark (fp32 rows) of an older cvkit, for an A/B in the same call:
+#              BASELINE_DIR names a folder holding its cvkit/ package, e.g. made here with
+#              `mkdir -p .gpu_baseline && git archive REV cvkit | tar -x -C .gpu_baseline` (a
+#              folder git ignores: name it in the device tool's `carry`, or it does not travel);
+#              appended to covpool_graph.log; skipped without BASELINE_DIR;
 #   tiles      python tools/benchmark.py covpool-tiles --device cuda: the product kernel per launch
 #              kind under a grid of tile configs beside the autotuner's choice; it ends with a
 #              chosen config list (at most 2 configs, as in the kernel file, so the compile time
@@ -26,8 +31,8 @@
 # the environment and each step's duration); a short summary is printed last. Each step has a
 # time limit, cut to what is left of $BUDGET (default 570 s, inside the device tool's 600 s per
 # command); a step with under 20 s left is skipped and logged as such. On a fresh H100 smoke,
-# bench128, graph, pytest, bench_rest and sweep took 54, 51, 16, 74, 55 and 43 s (2026-11-27; the
-# CUDA tests compile the most: over 110 s on another fresh machine); tiles and tuned never ran.
+# bench128, graph, tiles, tuned, pytest, bench_rest and sweep took 69, 59, 20, 30, 50, 130, 68 and
+# 49 s (2026-11-27, run 7 in BENCHMARKS.md: 475 s of the 570).
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -37,7 +42,7 @@ unset TRITON_INTERPRET CVKIT_ISQRT_COV_PRODUCT_CONFIGS
 PY=${PY:-python3}
 BUDGET=${BUDGET:-570}
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(smoke bench128 graph tiles tuned pytest bench_rest sweep)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(smoke bench128 graph baseline tiles tuned pytest bench_rest sweep)
 
 configs_line() {  # which tile configs the product kernels autotune over, for a log's first line
   echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=${CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-(unset: kernel file)}"
@@ -96,6 +101,21 @@ step_graph() {
     > "$OUT/covpool_graph.log" 2>&1
   echo "benchmark (CUDA graphs) exit $?"
   sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$MD/covpool_graph.md"
+}
+
+step_baseline() {
+  if [ -z "${BASELINE_DIR:-}" ] || [ ! -d "$BASELINE_DIR/cvkit" ]; then
+    echo "baseline: no cvkit/ in BASELINE_DIR='${BASELINE_DIR:-}': skipped"; return
+  fi
+  {
+    echo; echo "== baseline: cvkit from $BASELINE_DIR ($(configs_line))"
+    # tools/ first on sys.path, then PYTHONPATH in order: the baseline's cvkit wins over ./cvkit
+    PYTHONPATH=$BASELINE_DIR:$PYTHONPATH timeout $(limit 40) $PY tools/benchmark.py covpool \
+      --device cuda --cuda-graph --batch 128 --dim 256 --no-tf32
+    echo "baseline benchmark (CUDA graphs) exit $?"
+  } >> "$OUT/covpool_graph.log" 2>&1
+  sed -n '/^== baseline/,$p' "$OUT/covpool_graph.log" | grep "^==\|^| 128" \
+    > "$MD/covpool_graph_baseline.md"
 }
 
 step_tiles() {

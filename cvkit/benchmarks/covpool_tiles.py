@@ -1,8 +1,8 @@
 """``python tools/benchmark.py covpool-tiles --device cuda``: the Triton product kernel of
 ``isqrt_cov`` per launch kind and tile config.
 
-The 18 product launches are 84 % of a forward+backward's GPU time at B=128, d=256 on an H100
-(BENCHMARKS.md, run 6), and the autotuner only chooses among the configs in
+The 18 product launches are 87 % of a forward+backward's GPU time at B=128, d=256 on an H100
+(BENCHMARKS.md, run 7), and the autotuner only chooses among the configs in
 ``cvkit/kernels/isqrt_cov_kernels.py`` (each one costs compile time on every kernel variant). This
 suite times the four launch kinds of a Newton-Schulz step, forward and backward, under each
 config of a grid, beside the autotuner's choice, so the config list can be chosen from
