@@ -289,6 +289,41 @@ def test_backward_is_2n_minus_1_two_product_launches(interpret, monkeypatch, ite
     assert sum(paired for _, paired in calls) == max(0, iters - 2)
 
 
+def test_autotuned_launches_reuse_the_autotuners_choice(interpret, monkeypatch):
+    """Triton's Autotuner.run rebuilds its key from every argument on each call (host time per
+    launch), so cvkit remembers the config it chose per kernel and key and launches that config
+    through the kernel's JIT function afterwards: each key goes through the autotuner once, the
+    results are the same bits, and a new key (another d) is autotuned again."""
+    import cvkit.kernels.isqrt_cov as impl
+    from triton.runtime.autotuner import Autotuner
+
+    monkeypatch.setattr(impl, "_CHOSEN", {})
+    tuned = []
+    real_run = Autotuner.run
+
+    def spy(self, *args, **kwargs):
+        tuned.append(self.base_fn.__name__)
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Autotuner, "run", spy)
+    x = torch.randn(2, 24, 4, 4, requires_grad=True)
+
+    def step():
+        out = isqrt_cov_triton(x, 3)
+        return out, torch.autograd.grad(out.sum(), x)[0]
+
+    out, grad = step()
+    # N = 3: 8 product-launch keys (Y_1, T_k, the paired forward, the last forward; dY_1, dT_k,
+    # the paired backward, the last backward), the covariance and the input gradient
+    assert len(tuned) == len(impl._CHOSEN) == 10
+    assert sorted(set(tuned)) == ["_covariance_kernel", "_grad_input_kernel", "_products_kernel"]
+    again, grad_again = step()
+    assert len(tuned) == 10  # every launch of the second step bypassed the autotuner
+    assert torch.equal(again, out) and torch.equal(grad_again, grad)
+    isqrt_cov_triton(torch.randn(2, 40, 4, 4), 3)
+    assert len(tuned) == 15  # d is part of the key: the forward's 4 product keys + covariance
+
+
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
 @pytest.mark.parametrize("nprod", [1, 2])
 def test_paired_launch_computes_both_sums(interpret, precision, nprod):
@@ -549,6 +584,32 @@ def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch)
     assert sum(line.startswith("| ") and "| 16,16,4,1 |" in line
                for line in report.split("modelled product time")[0].splitlines()) == 4
     assert report.splitlines()[-1] == "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=16,16,4,1"
+
+
+def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatch, capsys):
+    """``tools/benchmark.py covpool-host`` times the compiled-mode launch path with every Triton
+    launch a no-op (no GPU, no compilation): 22 launches per forward+backward at N = 5, both
+    candidates reported; afterwards the kernels launch for real again and no choice made with the
+    no-op timings is left in the autotuners or in cvkit's remembered choices."""
+    import cvkit.kernels.isqrt_cov as impl
+    from cvkit.benchmarks import main
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(impl, "_CHOSEN", {})
+    k = impl._kernels()
+    tuners = (k._products_kernel, k._covariance_kernel, k._grad_input_kernel)
+    caches = [dict(kernel.cache) for kernel in tuners]  # what earlier CUDA tests left, if any
+    assert main(["covpool-host", "--batch", "1", "--dim", "40", "--size", "3", "--steps", "2",
+                 "--repeats", "1"]) == 0
+    report = capsys.readouterr().out
+    assert "22 launches per step" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| cvkit (chosen config reused per key)", "| every launch through Triton's Autotuner.run"]
+    for kernel, cache in zip(tuners, caches):
+        assert "run" not in vars(kernel.fn) and "_bench" not in vars(kernel)
+        assert kernel.cache == cache
+    assert "run" not in vars(k._grad_seed_kernel) and impl._CHOSEN == {}
 
 
 def test_tile_choice_is_the_fastest_config_of_each_launch_kind():

@@ -98,15 +98,39 @@ def _layout_args(m: int, strides: tuple[int, int, int]) -> tuple[tuple[int, ...]
 
 
 class _Pair(NamedTuple):
-    """An operand of a two-sum launch: ``first`` for the first sum, the matrix ``offset``
-    elements on (negative: before) for the second."""
+    """An operand of a two-sum launch: ``first`` (its data pointer) for the first sum, the matrix
+    ``offset`` elements on for the second."""
     first: torch.Tensor
     offset: int
 
 
 def _pair(buf: torch.Tensor) -> _Pair:
-    """(2, B, d, d) buffer as a paired operand."""
-    return _Pair(buf[0], buf[0].numel())
+    """A contiguous (2, B, d, d) buffer as a paired operand (the buffer itself, not buf[0]: a view
+    costs microseconds of host time per launch)."""
+    return _Pair(buf, buf.stride(0))
+
+
+# The autotuner's choice per kernel and autotuning key, remembered after the first launch with that
+# key. Later launches call the kernel's JIT function with it directly: Triton's Autotuner.run
+# rebuilds its key from every argument on each call (a membership test per argument in a list),
+# 0.16 ms of host time per forward+backward (22 launches) on this project's 2-core CPU machine
+# (`python tools/benchmark.py covpool-host`, BENCHMARKS.md).
+_CHOSEN: dict[tuple, dict] = {}
+
+
+def _launch_autotuned(kernel, grid, args, meta):
+    """``kernel[grid](*args, **meta)`` for a ``triton.autotune`` kernel; once the autotuner has
+    chosen for this key (its own key: the arguments it names; every tensor here is float32, the
+    dtypes it adds are the same), the chosen config's JIT launch."""
+    named = dict(zip(kernel.arg_names, args))
+    named.update(meta)
+    key = (kernel, *(named[name] for name in kernel.keys))
+    chosen = _CHOSEN.get(key)
+    if chosen is None:
+        kernel[grid](*args, **meta)
+        _CHOSEN[key] = kernel.best_config.all_kwargs()
+    else:
+        kernel.fn[grid](*args, **meta, **chosen)
 
 
 def _block_for(n: int) -> int:
@@ -143,7 +167,7 @@ def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=No
     target = _pair(out) if npair == 2 else out  # a (2, B, d, d) buffer then
     ptrs = [m.first if isinstance(m, _Pair) else m for m in ops + [target]]
     offsets = [m.offset if isinstance(m, _Pair) else 0 for m in ops + [target]]
-    batch, d = ptrs[0].shape[0], ptrs[0].shape[-1]
+    batch, d = ptrs[0].shape[-3], ptrs[0].shape[-1]
     if dot is not None and (npair == 2 or triu or scale is not None):
         raise ValueError("_products: dot= needs a single unscaled d×d sum")
     if dot is not None and config is not None:  # more tiles than the autotuner's configs have
@@ -157,13 +181,15 @@ def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=No
         nt = triton_cdiv(d, meta["BLOCK"])
         return (npair * batch * (nt * (nt + 1) // 2),)
 
-    kernel = k._products_kernel if config is None else k._products_kernel.fn
-    kernel[grid](
-        *ptrs[:5], scale if scale is not None else ptrs[0], ptrs[5], dot_with, dot_part, *offsets,
-        c_prod, c_eye, c_e, d, batch, _batch_class(batch), NPAIR=npair, NPROD=len(prods),
-        HAS_E=e is not None, HAS_SCALE=scale is not None, OUT_TRIU=triu, HAS_DOT=dot is not None,
-        DOT_SLOTS=dot_part.shape[1] if dot is not None else 1, PRECISION=precision,
-        **(config or {}))
+    args = (*ptrs[:5], scale if scale is not None else ptrs[0], ptrs[5], dot_with, dot_part,
+            *offsets, c_prod, c_eye, c_e, d, batch, _batch_class(batch))
+    meta = dict(NPAIR=npair, NPROD=len(prods), HAS_E=e is not None, HAS_SCALE=scale is not None,
+                OUT_TRIU=triu, HAS_DOT=dot is not None,
+                DOT_SLOTS=dot_part.shape[1] if dot is not None else 1, PRECISION=precision)
+    if config is None:
+        _launch_autotuned(k._products_kernel, grid, args, meta)
+    else:
+        k._products_kernel.fn[grid](*args, **meta, **config)
     return out
 
 
@@ -200,10 +226,11 @@ def _forward(x, iters, vectorize, precision):
     k._channel_stats_kernel[(batch * triton_cdiv(d, 32),)](
         xm, mean, var, d, mq, sbq, scq, smq, MULTS=mults, BLOCK_C=32, BLOCK_M=64)
     z1 = yzs[0, 1] if iters >= 2 else torch.empty_like(a)  # Z_1 = T_1 (unused for N = 1)
-    k._covariance_kernel[lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
-                                                (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),)](
-        xm, mean, var, a, z1, trace, sqrt_trace, d, mq, _batch_class(batch), sbq, scq, smq,
-        MULTS=mults, PRECISION=precision, BLOCK_D=_block_for(d))
+    _launch_autotuned(
+        k._covariance_kernel, lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
+                                                     (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),),
+        (xm, mean, var, a, z1, trace, sqrt_trace, d, mq, _batch_class(batch), sbq, scq, smq),
+        dict(MULTS=mults, PRECISION=precision, BLOCK_D=_block_for(d)))
 
     saved = (a, mean, trace, sqrt_trace, yzs, ts)
     final = dict(scale=sqrt_trace, triu=vectorize, precision=precision)
@@ -266,10 +293,12 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
                                    precision=precision), dyz
     grad_x = torch.empty_like(xm)
     (mq, sbq, scq, smq), mults = _layout_args(m, (sb, sc, sm))
-    k._grad_input_kernel[lambda meta: (batch * triton_cdiv(d, meta["BLOCK_C"]) *
-                                       triton_cdiv(m, meta["BLOCK_M"]),)](
-        h, xm, mean, trace, gc_part, ha_part, grad_x, d, mq, _batch_class(batch), sbq, scq, smq,
-        MULTS=mults, GC_SLOTS=gc_part.shape[1], HA_SLOTS=ha_part.shape[1], PRECISION=precision)
+    _launch_autotuned(
+        k._grad_input_kernel, lambda meta: (batch * triton_cdiv(d, meta["BLOCK_C"]) *
+                                            triton_cdiv(m, meta["BLOCK_M"]),),
+        (h, xm, mean, trace, gc_part, ha_part, grad_x, d, mq, _batch_class(batch), sbq, scq, smq),
+        dict(MULTS=mults, GC_SLOTS=gc_part.shape[1], HA_SLOTS=ha_part.shape[1],
+             PRECISION=precision))
     return grad_x
 
 
