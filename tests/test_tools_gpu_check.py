@@ -99,3 +99,11 @@ def test_baseline_without_a_cvkit_folder_is_skipped(tmp_path):
     assert done.returncode == 0
     assert "baseline: no cvkit/ in BASELINE_DIR=" in done.stdout
     assert not [c for c in calls if "tools/benchmark.py" in c]
+
+
+def test_host_step_runs_the_launch_path_benchmark(tmp_path):
+    done, out, calls = run_check(tmp_path, "host")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [c for c in calls if "tools/benchmark.py" in c][0].startswith(
+        "call: tools/benchmark.py covpool-host |")
+    assert "host benchmark exit 0" in (out / "covpool_bench.log").read_text()

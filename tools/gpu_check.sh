@@ -8,6 +8,9 @@
 #              shape, Triton vs cvkit's PyTorch path vs the straightforward implementation, fp32
 #              and TF32, d in {128,256}; autotuning choices logged;
 #   graph      the same at B=128, d=256 with --cuda-graph (GPU time without launch overhead);
+#   host       python tools/benchmark.py covpool-host: the launch path's host time with every
+#              launch a no-op, on this machine's CPU (wall-clock minus GPU time minus this is
+#              roughly Triton's JIT launcher); appended to covpool_bench.log;
 #   baseline   the graph benchmark (fp32 rows) of an older cvkit, for an A/B in the same call:
 #              BASELINE_DIR names a folder holding its cvkit/ package, e.g. made here with
 #              `mkdir -p .gpu_baseline && git archive REV cvkit | tar -x -C .gpu_baseline` (a
@@ -42,7 +45,8 @@ unset TRITON_INTERPRET CVKIT_ISQRT_COV_PRODUCT_CONFIGS
 PY=${PY:-python3}
 BUDGET=${BUDGET:-570}
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(smoke bench128 graph baseline tiles tuned pytest bench_rest sweep)
+[ ${#STEPS[@]} -gt 0 ] ||
+  STEPS=(smoke bench128 graph host baseline tiles tuned pytest bench_rest sweep)
 
 configs_line() {  # which tile configs the product kernels autotune over, for a log's first line
   echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=${CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-(unset: kernel file)}"
@@ -101,6 +105,14 @@ step_graph() {
     > "$OUT/covpool_graph.log" 2>&1
   echo "benchmark (CUDA graphs) exit $?"
   sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$MD/covpool_graph.md"
+}
+
+step_host() {
+  {
+    echo; timeout $(limit 40) $PY tools/benchmark.py covpool-host
+    echo "host benchmark exit $?"
+  } >> "$OUT/covpool_bench.log" 2>&1
+  sed -n '/^Host time of one Triton/,/^Machine:/p' "$OUT/covpool_bench.log" > "$MD/covpool_host.md"
 }
 
 step_baseline() {
@@ -219,7 +231,8 @@ for name in ("triton tf32x3",):
             cands[name]()
         torch.cuda.synchronize()
     print(f"\n{name}: GPU time per kernel over 5 passes")
-    print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=40))
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=12,
+                                    max_name_column_width=40))
 EOF
   echo "sweep exit $?"
 }
