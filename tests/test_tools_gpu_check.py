@@ -86,11 +86,16 @@ def test_baseline_benchmarks_the_older_cvkit_in_the_same_call(tmp_path):
     done, out, calls = run_check(tmp_path, "graph", "baseline", BASELINE_DIR=str(base))
     assert done.returncode == 0, done.stdout + done.stderr
     calls = [c for c in calls if "tools/benchmark.py covpool" in c]
-    assert len(calls) == 2
+    assert len(calls) == 5  # the graph step, then the baseline's and this tree's pair
     assert str(base) not in calls[0]  # the graph step: this tree's cvkit
-    assert "--cuda-graph --batch 128 --dim 256 --no-tf32" in calls[1]
-    assert f"pythonpath={base}:." in calls[1]  # ahead of this tree
-    assert f"== baseline: cvkit from {base}" in (out / "covpool_graph.log").read_text()
+    for call, cuda_graph in zip(calls[1:], [True, False, True, False]):
+        assert "--batch 128 --dim 256 --no-tf32" in call
+        assert ("--cuda-graph" in call) == cuda_graph
+    assert all(f"pythonpath={base}:." in c for c in calls[1:3])  # ahead of this tree
+    assert all(f"pythonpath=.:." in c or "pythonpath=. |" in c for c in calls[3:])
+    log = (out / "covpool_graph.log").read_text()
+    assert f"== baseline step: cvkit from {base} --cuda-graph" in log
+    assert "== baseline step: cvkit from . (wall-clock)" in log
     assert "baseline" in (out / "run.txt").read_text().split("== step durations")[1]
 
 

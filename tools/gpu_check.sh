@@ -11,7 +11,8 @@
 #   host       python tools/benchmark.py covpool-host: the launch path's host time with every
 #              launch a no-op, on this machine's CPU (wall-clock minus GPU time minus this is
 #              roughly Triton's JIT launcher); appended to covpool_bench.log;
-#   baseline   the graph benchmark (fp32 rows) of an older cvkit, for an A/B in the same call:
+#   baseline   the graph and wall-clock benchmarks at B=128, d=256 (fp32 rows) of an older cvkit
+#              and then of this tree, for an A/B in the same call (on the same warm GPU):
 #              BASELINE_DIR names a folder holding its cvkit/ package, e.g. made here with
 #              `mkdir -p .gpu_baseline && git archive REV cvkit | tar -x -C .gpu_baseline` (a
 #              folder git ignores: name it in the device tool's `carry`, or it does not travel);
@@ -119,14 +120,17 @@ step_baseline() {
   if [ -z "${BASELINE_DIR:-}" ] || [ ! -d "$BASELINE_DIR/cvkit" ]; then
     echo "baseline: no cvkit/ in BASELINE_DIR='${BASELINE_DIR:-}': skipped"; return
   fi
-  {
-    echo; echo "== baseline: cvkit from $BASELINE_DIR ($(configs_line))"
-    # tools/ first on sys.path, then PYTHONPATH in order: the baseline's cvkit wins over ./cvkit
-    PYTHONPATH=$BASELINE_DIR:$PYTHONPATH timeout $(limit 40) $PY tools/benchmark.py covpool \
-      --device cuda --cuda-graph --batch 128 --dim 256 --no-tf32
-    echo "baseline benchmark (CUDA graphs) exit $?"
-  } >> "$OUT/covpool_graph.log" 2>&1
-  sed -n '/^== baseline/,$p' "$OUT/covpool_graph.log" | grep "^==\|^| 128" \
+  local tree flag
+  for tree in "$BASELINE_DIR" .; do
+    for flag in --cuda-graph ""; do  # GPU time, then wall-clock
+      echo; echo "== baseline step: cvkit from $tree ${flag:-(wall-clock)} ($(configs_line))"
+      # tools/ first on sys.path, then PYTHONPATH in order: the baseline's cvkit wins over ./cvkit
+      PYTHONPATH=$tree:$PYTHONPATH timeout $(limit 40) $PY tools/benchmark.py covpool \
+        --device cuda --batch 128 --dim 256 --no-tf32 $flag
+      echo "exit $?"
+    done
+  done >> "$OUT/covpool_graph.log" 2>&1
+  sed -n '/^== baseline step/,$p' "$OUT/covpool_graph.log" | grep "^==\|^| 128" \
     > "$MD/covpool_graph_baseline.md"
 }
 
