@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> str:
         "operators, autograd and Triton's autotuner layer; not Triton's JIT launcher. Median of "
         f"{args.repeats} interleaved rounds of {args.steps} steps.",
         "",
-        "| candidate | host ms per forward+backward | per launch, us | vs Autotuner.run each launch |",
+        "| candidate | host ms per forward+backward | per launch, us "
+        "| vs Autotuner.run each launch |",
         "|---|---|---|---|",
     ]
     for name, value in ms.items():
