@@ -20,6 +20,7 @@ import statistics
 
 import torch
 
+import cvkit.kernels.isqrt_cov as impl
 from cvkit.benchmarks import machine_description
 from cvkit.benchmarks.timing import interleaved_seconds
 
@@ -41,8 +42,6 @@ def no_op_launches(k, launches: list[str]):
     no-op that appends the kernel's name to ``launches``), and an autotuner times every config
     alike, so it picks its first (no compilation, no GPU). The autotuners' choices and cvkit's
     remembered ones are put back as they were afterwards."""
-    import cvkit.kernels.isqrt_cov as impl
-
     chosen = dict(impl._CHOSEN)
     jit_functions, autotuners = [], []
     for name in dir(k):
@@ -71,8 +70,6 @@ def no_op_launches(k, launches: list[str]):
 
 
 def run(args: argparse.Namespace) -> str:
-    import cvkit.kernels.isqrt_cov as impl
-
     if impl._interpreting():
         raise SystemExit("covpool-host times the compiled-mode launch path: unset TRITON_INTERPRET")
     k = impl._kernels()
