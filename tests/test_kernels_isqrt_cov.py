@@ -383,12 +383,21 @@ def test_dot_partial_sums_cover_every_slot(interpret, config):
         c = sym[3][:, rows, cols] if vector else sym[3]
         g = torch.randn_like(c)
         gc = impl._partials(batch, 4, "cpu").fill_(float("nan"))
-        p = torch.empty(batch, d, d)
-        k._grad_seed_kernel[(batch * 4,)](g.float(), c.float(), sqrt_trace, p, p, gc, d,
-                                          VECTOR=vector, HAS_DZ=False, GC_SLOTS=gc.shape[1],
-                                          BLOCK=32)
+        s = torch.empty(batch, d, d)
+        k._grad_seed_kernel[(batch * 4,)](g.float(), c.float(), sqrt_trace, s, gc, d,
+                                          VECTOR=vector, GC_SLOTS=gc.shape[1], BLOCK=32)
         torch.testing.assert_close(gc.double().sum(1), (g * c).sum(tuple(range(1, c.dim()))),
                                    rtol=1e-5, atol=1e-6)
+        # the seed tangent S = -P/2 = -sqrt(tr Sigma) sym(dL/dC) / 2
+        full = torch.zeros(batch, d, d, dtype=torch.float64)
+        if vector:
+            full[:, rows, cols] = g
+            full = full + full.transpose(1, 2) - torch.diag_embed(full.diagonal(0, 1, 2))
+            sym_g = torch.where(torch.eye(d, dtype=torch.bool), full, full / 2)
+        else:
+            sym_g = (g + g.transpose(1, 2)) / 2
+        torch.testing.assert_close(s.double(), -0.5 * sqrt_trace.double()[:, None, None] * sym_g,
+                                   rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="dot= needs a single unscaled"):
         impl._products(k, torch.empty_like(a), [(a, b)], dot=(m, part), triu=True)
     with pytest.raises(ValueError, match="BLOCK=16 gives more tiles at d=40 than the 4 slots"):

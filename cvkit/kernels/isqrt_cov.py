@@ -258,6 +258,7 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
         dT_k = -0.5 (dZ_{k-1} Y_{k-1} + Z_{k-1} dY_{k-1}),
         dY_k = dY_{k-1} T_k + Y_{k-1} dT_k,     dZ_k = dZ_{k-1} T_k + Z_{k-1} dT_k
     from dY_0 = P, dZ_0 = 0 (so dZ_1 = dT_1 = -P/2 and dY_1 = 1.5 P - 0.5 (P A + A P)).
+    The seed is stored once, as -P/2.
     Every tangent is symmetric (the derivative of a polynomial in A along a symmetric direction),
     so each is a symmetric two-product launch, dY_k and dZ_k in one: 3 d³-products per step with
     half the tiles computed, against 5 for the reverse recursion with its non-symmetric Y P."""
@@ -270,23 +271,25 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
     def mat(*lead):
         return torch.empty(*lead, batch, d, d, device=dev, dtype=torch.float32)
 
-    p = mat()  # dL/dY_N = sqrt(tr Sigma) sym(dL/dC); its tangent dZ_1 = -P/2 into dyz[1]
     dyz = mat(2) if iters >= 2 else None  # (dY_k, dZ_k), and a second buffer to ping-pong with
     spare = mat(2) if iters >= 3 else None
+    # The seed as S = dZ_1 = -P/2 (P = sqrt(tr Sigma) sym(dL/dC) = dL/dY_N), its only copy
+    s = mat() if dyz is None else dyz[1]
     seed_tiles = triton_cdiv(d, 32) ** 2
     gc_part = _partials(batch, seed_tiles, dev)  # <dL/dC, C>, summed by the input gradient
     k._grad_seed_kernel[(batch * seed_tiles,)](
-        grad_out, out, sqrt_trace, p, p if dyz is None else dyz[1], gc_part, d, VECTOR=vectorize,
-        HAS_DZ=dyz is not None, GC_SLOTS=gc_part.shape[1], BLOCK=32)
+        grad_out, out, sqrt_trace, s, gc_part, d, VECTOR=vectorize, GC_SLOTS=gc_part.shape[1],
+        BLOCK=32)
     ha_part = _dot_partials(k, batch, d, dev)  # <dL/dA, A>, from the launch that writes dL/dA
-    h = _products(k, mat() if dyz is None else dyz[0], [(p, a), (a, p)], c_prod=-0.5, e=p,
-                  c_e=1.5, dot=(a, ha_part) if iters == 1 else None, precision=precision)  # dY_1
+    # dY_1 = 1.5 P - 0.5 (P A + A P) = (S A + A S) - 3 S: the same numbers (P = -2 S exactly)
+    h = _products(k, mat() if dyz is None else dyz[0], [(s, a), (a, s)], e=s, c_e=-3.0,
+                  dot=(a, ha_part) if iters == 1 else None, precision=precision)
     dt = mat() if iters >= 2 else None
     for step in range(2, iters + 1):
         yz, t = yzs[step - 2], ts[step - 2]  # Y_{k-1}, Z_{k-1} and T_k for k = step
         _products(k, dt, [(dyz[1], yz[0]), (yz[1], dyz[0])], c_prod=-0.5, precision=precision)
-        if step == iters:  # dL/dA = dY_N, into P's buffer (P is not needed after step 1)
-            h = _products(k, p, [(dyz[0], t), (yz[0], dt)], dot=(a, ha_part),
+        if step == iters:  # dL/dA = dY_N, into dZ_{N-1}'s buffer (dT_N holds what it gave)
+            h = _products(k, dyz[1], [(dyz[0], t), (yz[0], dt)], dot=(a, ha_part),
                           precision=precision)
         else:
             dyz, spare = _products(k, spare, [(_pair(dyz), t), (_pair(yz), dt)],

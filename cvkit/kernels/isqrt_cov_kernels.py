@@ -305,14 +305,15 @@ def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M, bat
 
 
 @triton.jit
-def _grad_seed_kernel(G, C, SQRT_TRACE, P_OUT, DZ_OUT, GC_PART, d, VECTOR: tl.constexpr,
-                      HAS_DZ: tl.constexpr, GC_SLOTS: tl.constexpr, BLOCK: tl.constexpr):
-    """P = sqrt(tr Sigma) * sym(dL/dC): the triu scatter (VECTOR) or (G + G^T)/2, and the
-    post-compensation scale, in one pass; HAS_DZ also writes -P/2, the tangent dZ_1 = dT_1 of the
-    backward. Only the symmetric part of dL/dC reaches the input, and with a symmetric seed every
-    tangent of the backward is symmetric too. Also the partial sums of <G, C> per sample into
-    GC_PART: <sym(G), C> over the whole matrix, which equals <G, C> over the stored triangle
-    (off-diagonal entries halved and counted twice) or over a symmetric C."""
+def _grad_seed_kernel(G, C, SQRT_TRACE, S_OUT, GC_PART, d, VECTOR: tl.constexpr,
+                      GC_SLOTS: tl.constexpr, BLOCK: tl.constexpr):
+    """S = -P/2 with P = sqrt(tr Sigma) * sym(dL/dC): the triu scatter (VECTOR) or (G + G^T)/2, and
+    the post-compensation scale, in one pass. S is the backward's first tangent dZ_1 = dT_1 and
+    its only copy of the seed (P = -2 S; scaling by a power of two is exact). Only the symmetric
+    part of dL/dC reaches the input, and with a symmetric seed every tangent of the backward is
+    symmetric too. Also the partial sums of <G, C> per sample into GC_PART: <sym(G), C> over the
+    whole matrix, which equals <G, C> over the stored triangle (off-diagonal entries halved and
+    counted twice) or over a symmetric C."""
     b, ti, tj, t = _tile_coords(tl.program_id(0), d, BLOCK, False)
     r = (ti * BLOCK + tl.arange(0, BLOCK))[:, None]
     col = (tj * BLOCK + tl.arange(0, BLOCK))[None, :]
@@ -330,10 +331,7 @@ def _grad_seed_kernel(G, C, SQRT_TRACE, P_OUT, DZ_OUT, GC_PART, d, VECTOR: tl.co
         c = tl.load(C + b * d * d + r * d + col, mask=mask, other=0.0)
     _store_partial(GC_PART, b, t, _n_tiles(d, BLOCK, False), _sum(_sum(g * c, axis=1), axis=0),
                    GC_SLOTS)
-    p = g * tl.load(SQRT_TRACE + b)
-    tl.store(P_OUT + b * d * d + r * d + col, p, mask=mask)
-    if HAS_DZ:
-        tl.store(DZ_OUT + b * d * d + r * d + col, -0.5 * p, mask=mask)
+    tl.store(S_OUT + b * d * d + r * d + col, g * (-0.5 * tl.load(SQRT_TRACE + b)), mask=mask)
 
 
 @triton.autotune(configs=_GRADX_CONFIGS, key=["d", "M", "batch_class", "MULTS", "PRECISION"])
