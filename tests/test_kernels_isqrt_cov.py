@@ -598,27 +598,50 @@ def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch)
 def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatch, capsys):
     """``tools/benchmark.py covpool-host`` times the compiled-mode launch path with every Triton
     launch a no-op (no GPU, no compilation): 22 launches per forward+backward at N = 5, both
-    candidates reported; afterwards the kernels launch for real again and no choice made with the
-    no-op timings is left in the autotuners or in cvkit's remembered choices."""
+    candidates reported, each launch timed per kernel (18 products, one of each other kernel);
+    the "Autotuner.run" candidate really sends every launch through the autotuner; afterwards the
+    kernels launch for real again and no choice made with the no-op timings is left in the
+    autotuners or in cvkit's remembered choices."""
     import cvkit.kernels.isqrt_cov as impl
-    from cvkit.benchmarks import main
+    from cvkit.benchmarks import covpool_host, main
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(impl, "_CHOSEN", {})
+    chosen = {}
+    monkeypatch.setattr(impl, "_CHOSEN", chosen)
     k = impl._kernels()
     tuners = (k._products_kernel, k._covariance_kernel, k._grad_input_kernel)
     caches = [dict(kernel.cache) for kernel in tuners]  # what earlier CUDA tests left, if any
+    through_autotuner = {True: 0, False: 0}  # autotuner launches in steps that remember / not
+    original_run = type(k._products_kernel).run
+
+    def counting_run(tuner, *args, **kwargs):
+        through_autotuner[isinstance(impl._CHOSEN, covpool_host._Forgetful)] += 1
+        return original_run(tuner, *args, **kwargs)
+    monkeypatch.setattr(type(k._products_kernel), "run", counting_run)
     assert main(["covpool-host", "--batch", "1", "--dim", "40", "--size", "3", "--steps", "2",
                  "--repeats", "1"]) == 0
     report = capsys.readouterr().out
-    assert "22 launches per step" in report
-    rows = [line for line in report.splitlines() if line.startswith("| ") and "ms" not in line]
-    assert [r.split(" | ")[0] for r in rows] == [
-        "| cvkit (chosen config reused per key)", "| every launch through Triton's Autotuner.run"]
+    assert "22 launches per step, each a no-op" in report
+    rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
+    assert [r[0] for r in rows if r[0].startswith("| c") or r[0].startswith("| e")] == [
+        "| candidate", "| cvkit (chosen config reused per key)",
+        "| every launch through Triton's Autotuner.run"]
+    launches = {r[0][2:]: r[1] for r in rows if r[0].startswith("| _")}
+    assert launches == {"_channel_stats_kernel": "1", "_covariance_kernel": "1",
+                        "_grad_input_kernel": "1", "_grad_seed_kernel": "1",
+                        "_products_kernel": "18"}
+    # forgetful steps (a warm-up and 2 timed): all 20 autotuned launches through the autotuner;
+    # remembering ones: only the first launch per key (10 keys) in the whole run
+    assert through_autotuner == {True: 3 * 20, False: 10}
     for kernel, cache in zip(tuners, caches):
         assert "run" not in vars(kernel.fn) and "_bench" not in vars(kernel)
         assert kernel.cache == cache
-    assert "run" not in vars(k._grad_seed_kernel) and impl._CHOSEN == {}
+    assert "run" not in vars(k._grad_seed_kernel)
+    assert impl._CHOSEN is chosen and chosen == {}
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device cuda: no CUDA device here"):
+        main(["covpool-host", "--device", "cuda"])
 
 
 def test_tile_choice_is_the_fastest_config_of_each_launch_kind():

@@ -109,6 +109,9 @@ def test_baseline_without_a_cvkit_folder_is_skipped(tmp_path):
 def test_host_step_runs_the_launch_path_benchmark(tmp_path):
     done, out, calls = run_check(tmp_path, "host")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert [c for c in calls if "tools/benchmark.py" in c][0].startswith(
-        "call: tools/benchmark.py covpool-host |")
-    assert "host benchmark exit 0" in (out / "covpool_bench.log").read_text()
+    bench = [c for c in calls if "tools/benchmark.py" in c]
+    assert bench[0].startswith("call: tools/benchmark.py covpool-host |")
+    assert bench[1].startswith("call: tools/benchmark.py covpool-host --device cuda --steps 20 |")
+    assert len(bench) == 2
+    log = (out / "covpool_bench.log").read_text()
+    assert "host benchmark exit 0" in log and "host benchmark (CUDA) exit 0" in log

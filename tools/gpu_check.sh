@@ -9,8 +9,9 @@
 #              and TF32, d in {128,256}; autotuning choices logged;
 #   graph      the same at B=128, d=256 with --cuda-graph (GPU time without launch overhead);
 #   host       python tools/benchmark.py covpool-host: the launch path's host time with every
-#              launch a no-op, on this machine's CPU (wall-clock minus GPU time minus this is
-#              roughly Triton's JIT launcher); appended to covpool_bench.log;
+#              launch a no-op, on this machine's CPU; then with --device cuda at B=128, d=256:
+#              host time until a step returns against its wall-clock, and each kernel's time in
+#              Triton's JIT launcher; appended to covpool_bench.log;
 #   baseline   the graph and wall-clock benchmarks at B=128, d=256 (fp32 rows) of an older cvkit
 #              and then of this tree, for an A/B in the same call (on the same warm GPU):
 #              BASELINE_DIR names a folder holding its cvkit/ package, e.g. made here with
@@ -112,6 +113,8 @@ step_host() {
   {
     echo; timeout $(limit 40) $PY tools/benchmark.py covpool-host
     echo "host benchmark exit $?"
+    echo; timeout $(limit 90) $PY tools/benchmark.py covpool-host --device cuda --steps 20
+    echo "host benchmark (CUDA) exit $?"
   } >> "$OUT/covpool_bench.log" 2>&1
   sed -n '/^Host time of one Triton/,/^Machine:/p' "$OUT/covpool_bench.log" > "$MD/covpool_host.md"
 }

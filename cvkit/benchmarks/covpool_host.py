@@ -1,39 +1,89 @@
-"""``python tools/benchmark.py covpool-host``: host time of the Triton iSQRT-COV forward+backward,
-measured without a GPU.
+"""``python tools/benchmark.py covpool-host [--device cuda]``: host time of the Triton iSQRT-COV
+forward+backward, and how much of it is Triton's kernel launcher.
 
-A synchronised step of the Triton path costs more host time than GPU time on the H100 (~22 kernel
-launches; BENCHMARKS.md, run 7), so the host side is worth measuring on its own. Here every Triton
-JIT launch is replaced by a no-op and the kernels never compile: what is timed is cvkit's launch
-sequence, the custom operators, autograd and Triton's autotuner layer, on this machine's CPU.
-Triton's JIT launcher itself (argument binding, the driver call) is not included: it needs a GPU.
-The outputs are uninitialised memory; only the time counts.
+A synchronised step of the Triton path took more wall-clock than GPU time on the H100 (4.0-4.8 ms
+for 2.1-2.2 ms, BENCHMARKS.md run 7): the host side is worth measuring on its own.
 
-Two candidates, interleaved: cvkit as it launches (each kernel's tile config chosen once per
-autotuning key, then launched directly), and every launch through Triton's ``Autotuner.run`` (the
-remembered choices cleared before each launch).
+- On the CPU (default) every Triton JIT launch is a no-op and the kernels never compile: what is
+  timed is cvkit's launch sequence, the custom operators, autograd and Triton's autotuner layer,
+  on this machine's CPU, not Triton's JIT launcher. The outputs are uninitialised memory.
+- With ``--device cuda`` the kernels run. Per step: the host time until the step returns (every
+  kernel enqueued) and the wall-clock of the synchronised step. When the two are close, the GPU
+  waits for the host.
+
+Both modes time each JIT launch on its own as well (``kernel.fn.run``: Triton's argument binding,
+specialisation, cache lookup and driver call, or the no-op), per kernel; the rest of the host time
+is cvkit's side. Two candidates, interleaved: cvkit as it launches (each kernel's tile config
+chosen once per autotuning key, then launched directly), and every launch through Triton's
+``Autotuner.run`` (nothing remembered).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import platform
+import random
 import statistics
+import time
+from collections import defaultdict
 
 import torch
 
 import cvkit.kernels.isqrt_cov as impl
 from cvkit.benchmarks import machine_description
-from cvkit.benchmarks.timing import interleaved_seconds
+
+CVKIT = "cvkit (chosen config reused per key)"
+AUTOTUNER = "every launch through Triton's Autotuner.run"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=2,
-                        help="batch size (launch overhead does not depend on it; small keeps the "
-                             "CPU allocator's cost of big buffers out)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cpu: every launch a no-op (no GPU needed); cuda: the kernels run")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default 2 on the CPU: launch overhead does not depend "
+                             "on it and a small one keeps the CPU allocator's cost of big buffers "
+                             "out; 128 on CUDA, the issue's target shape)")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--size", type=int, default=14, help="feature map side (M = size^2)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--steps", type=int, default=50, help="forward+backward steps per round")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
+
+
+def _jit_functions(k) -> list[tuple[str, object]]:
+    """(name, JIT function) of every kernel of the kernel module ``k``, and its autotuners."""
+    found = []
+    for name in dir(k):
+        obj = getattr(k, name)
+        if name.endswith("_kernel") and hasattr(obj, "fn") and hasattr(obj, "configs"):
+            found.append((name, obj.fn))
+        elif name.endswith("_kernel") and hasattr(obj, "run"):
+            found.append((name, obj))
+    return found
+
+
+def _autotuners(k) -> list:
+    return [getattr(k, name) for name in dir(k)
+            if name.endswith("_kernel") and hasattr(getattr(k, name), "configs")]
+
+
+@contextlib.contextmanager
+def _patched_runs(k, make_run):
+    """Each JIT function's ``run`` replaced by ``make_run(name, previous_run)`` (an instance
+    attribute over the class's method); put back as it was afterwards, so patches nest."""
+    saved = []
+    try:
+        for name, fn in _jit_functions(k):
+            saved.append((fn, vars(fn).get("run")))
+            fn.run = make_run(name, fn.run)
+        yield
+    finally:
+        for fn, previous in reversed(saved):
+            if previous is None:
+                del fn.run  # the class's method again
+            else:
+                fn.run = previous
 
 
 @contextlib.contextmanager
@@ -43,72 +93,167 @@ def no_op_launches(k, launches: list[str]):
     alike, so it picks its first (no compilation, no GPU). The autotuners' choices and cvkit's
     remembered ones are put back as they were afterwards."""
     chosen = dict(impl._CHOSEN)
-    jit_functions, autotuners = [], []
-    for name in dir(k):
-        obj = getattr(k, name)
-        if name.endswith("_kernel") and hasattr(obj, "fn") and hasattr(obj, "configs"):
-            autotuners.append(obj)
-            jit_functions.append((name, obj.fn))
-        elif name.endswith("_kernel") and hasattr(obj, "run"):
-            jit_functions.append((name, obj))
+    autotuners = _autotuners(k)
     caches = [dict(tuner.cache) for tuner in autotuners]
+
+    def no_op(name, _previous):
+        return lambda *args, **kwargs: launches.append(name)
     try:
-        for name, fn in jit_functions:
-            fn.run = (lambda kernel: lambda *args, **kwargs: launches.append(kernel))(name)
-        for tuner in autotuners:
-            tuner._bench = lambda *args, config, **kwargs: 1.0
-        yield
+        with _patched_runs(k, no_op):
+            for tuner in autotuners:
+                tuner._bench = lambda *args, config, **kwargs: 1.0
+            yield
     finally:
-        for _, fn in jit_functions:
-            del fn.run  # the class's method again
         for tuner, cache in zip(autotuners, caches):
-            del tuner._bench
+            vars(tuner).pop("_bench", None)
             tuner.cache.clear()
             tuner.cache.update(cache)
         impl._CHOSEN.clear()
         impl._CHOSEN.update(chosen)
 
 
+@contextlib.contextmanager
+def timed_launches(k, seconds: dict[str, list[float]]):
+    """Every JIT launch of the kernel module ``k`` (real, or a no-op inside ``no_op_launches``)
+    timed on the host: ``seconds[kernel name]`` gets one entry per launch."""
+    def timed(name, previous):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            result = previous(*args, **kwargs)
+            seconds[name].append(time.perf_counter() - t0)
+            return result
+        return run
+    with _patched_runs(k, timed):
+        yield
+
+
+class _Forgetful(dict):
+    """In place of ``isqrt_cov._CHOSEN``: remembers no choice, so every launch goes through
+    Triton's ``Autotuner.run``."""
+
+    def __setitem__(self, key, value):
+        pass
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_times(steps: dict, repeats: int, per_round: int, device: str
+               ) -> dict[str, tuple[list[float], list[float]]]:
+    """Per candidate, the host seconds until each step returned and the seconds until the device
+    finished it (the same on the CPU), one step at a time from an idle device, the candidates in
+    a new random order each round."""
+    times = {name: ([], []) for name in steps}
+    order, rng = list(steps), random.Random(0)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order:
+            for _ in range(per_round):
+                _sync(device)
+                t0 = time.perf_counter()
+                steps[name]()
+                t1 = time.perf_counter()
+                _sync(device)
+                times[name][0].append(t1 - t0)
+                times[name][1].append(time.perf_counter() - t0)
+    return times
+
+
 def run(args: argparse.Namespace) -> str:
     if impl._interpreting():
         raise SystemExit("covpool-host times the compiled-mode launch path: unset TRITON_INTERPRET")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("covpool-host --device cuda: no CUDA device here (the default, --device "
+                         "cpu, times the launch path with no-op launches instead)")
+    batch = args.batch or (128 if args.device == "cuda" else 2)
     k = impl._kernels()
-    x = torch.randn(args.batch, args.dim, args.size, args.size, requires_grad=True)
-    launches: list[str] = []
+    x = torch.randn(batch, args.dim, args.size, args.size, device=args.device,
+                    requires_grad=True)
+    grad = None
 
-    def steps(forget_choices: bool):
-        def go():
-            for _ in range(args.steps):
-                if forget_choices:
-                    impl._CHOSEN.clear()
+    def step_of(remember: bool):
+        def step():
+            nonlocal grad
+            chosen = impl._CHOSEN
+            if not remember:
+                impl._CHOSEN = _Forgetful()
+            try:
                 out = impl._isqrt_cov_op(x, args.iters, True, "tf32x3")[0]
-                out.backward(torch.ones_like(out))
-        return go
+                if grad is None:
+                    grad = torch.ones_like(out)
+                out.backward(grad)
+            finally:
+                impl._CHOSEN = chosen
+        return step
 
-    cands = {"cvkit (chosen config reused per key)": steps(False),
-             "every launch through Triton's Autotuner.run": steps(True)}
-    with no_op_launches(k, launches):
-        times = interleaved_seconds(cands, repeats=args.repeats, warmup=1)
-        launches.clear()
-        steps(False)()
-    per_step = len(launches) // args.steps
-    ms = {name: statistics.median(t) / args.steps * 1e3 for name, t in times.items()}
-    base = ms["every launch through Triton's Autotuner.run"]
+    steps = {CVKIT: step_of(True), AUTOTUNER: step_of(False)}
+    seconds: dict[str, list[float]] = defaultdict(list)
+    launches: list[str] = []
+    no_ops = no_op_launches(k, launches) if args.device == "cpu" else contextlib.nullcontext()
+    with no_ops:
+        for step in steps.values():  # compiles and autotunes on a GPU
+            step()
+        times = step_times(steps, args.repeats, args.steps, args.device)
+        _sync(args.device)
+        with timed_launches(k, seconds):
+            for _ in range(args.steps):
+                steps[CVKIT]()
+        _sync(args.device)
+    return _report(args, batch, times, seconds)
+
+
+def _report(args, batch: int, times, seconds) -> str:
+    per_step = sum(len(v) for v in seconds.values()) // args.steps
+    host = {name: statistics.median(t[0]) * 1e3 for name, t in times.items()}
+    wall = {name: statistics.median(t[1]) * 1e3 for name, t in times.items()}
+    cpu = args.device == "cpu"
     lines = [
-        f"Host time of one Triton iSQRT-COV forward+backward without a GPU (B={args.batch}, "
+        f"Host time of one Triton iSQRT-COV forward+backward on {args.device} (B={batch}, "
         f"d={args.dim}, {args.size}x{args.size}, {args.iters} iterations, tf32x3 kernels; "
-        f"{per_step} launches per step, each a no-op): cvkit's launch sequence, the custom "
-        "operators, autograd and Triton's autotuner layer; not Triton's JIT launcher. Median of "
-        f"{args.repeats} interleaved rounds of {args.steps} steps.",
+        f"{per_step} launches per step" + (", each a no-op" if cpu else "") + "): "
+        + ("cvkit's launch sequence, the custom operators, autograd and Triton's autotuner layer;"
+           " not Triton's JIT launcher" if cpu else
+           "until the step returns with every kernel enqueued, and until the GPU finished it")
+        + f". Medians per step, {args.repeats} interleaved rounds of {args.steps} steps, each "
+        "from an idle device.",
         "",
-        "| candidate | host ms per forward+backward | per launch, us "
-        "| vs Autotuner.run each launch |",
-        "|---|---|---|---|",
+        "| candidate | host ms until the step returns | wall-clock ms, synchronised "
+        "| host per launch, us | host vs Autotuner.run each launch |",
+        "|---|---|---|---|---|",
     ]
-    for name, value in ms.items():
-        lines.append(f"| {name} | {value:.3f} | {value * 1e3 / per_step:.1f} | "
-                     f"{base / value:.2f}x |")
-    lines += ["", f"Command: `python tools/benchmark.py covpool-host --batch {args.batch} --dim "
-              f"{args.dim} --size {args.size} --iters {args.iters} --steps {args.steps} "
-              f"--repeats {args.repeats}`", f"Machine: {machine_description('cpu')}"]
+    for name in times:
+        lines.append(f"| {name} | {host[name]:.3f} | {wall[name]:.3f} | "
+                     f"{host[name] * 1e3 / per_step:.1f} | {host[AUTOTUNER] / host[name]:.2f}x |")
+    launcher = "the no-op in place of Triton's JIT launcher" if cpu else "Triton's JIT launcher"
+    lines += ["", f"Where cvkit's host time goes ({args.steps} more steps, each launch timed on "
+              f"its own: {launcher}, per kernel; the rest is cvkit's side, the custom operators "
+              "and autograd):", "",
+              "| part | launches per step | us per launch | ms per step |", "|---|---|---|---|"]
+    in_launches = 0.0
+    for name, values in sorted(seconds.items()):
+        per_launch = statistics.median(values) * 1e6
+        total = sum(values) / args.steps * 1e3
+        in_launches += total
+        lines.append(f"| {name} | {len(values) // args.steps} | {per_launch:.1f} | {total:.3f} |")
+    lines += [f"| all launches | {per_step} | | {in_launches:.3f} |",
+              f"| the rest (host ms until return {host[CVKIT]:.3f} minus the launches) | | | "
+              f"{host[CVKIT] - in_launches:.3f} |"]
+    batch_arg = "" if args.batch is None else f" --batch {args.batch}"
+    lines += ["", f"Command: `python tools/benchmark.py covpool-host --device {args.device}"
+              f"{batch_arg} --dim {args.dim} --size {args.size} --iters {args.iters} --steps "
+              f"{args.steps} --repeats {args.repeats}`",
+              f"Machine: {machine_description(args.device)}; CPU: {_cpu_name()}, "
+              f"{os.cpu_count()} cores"]
     return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (host time depends on it more than on the GPU)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
