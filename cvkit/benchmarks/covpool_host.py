@@ -229,16 +229,18 @@ def _report(args, batch: int, times, seconds) -> str:
     launcher = "the no-op in place of Triton's JIT launcher" if cpu else "Triton's JIT launcher"
     lines += ["", f"Where cvkit's host time goes ({args.steps} more steps, each launch timed on "
               f"its own: {launcher}, per kernel; the rest is cvkit's side, the custom operators "
-              "and autograd):", "",
-              "| part | launches per step | us per launch | ms per step |", "|---|---|---|---|"]
+              "and autograd; a launch that waits for the GPU shows as the slowest):", "",
+              "| part | launches per step | median us per launch | slowest launch, us "
+              "| ms per step |", "|---|---|---|---|---|"]
     in_launches = 0.0
     for name, values in sorted(seconds.items()):
-        per_launch = statistics.median(values) * 1e6
         total = sum(values) / args.steps * 1e3
         in_launches += total
-        lines.append(f"| {name} | {len(values) // args.steps} | {per_launch:.1f} | {total:.3f} |")
-    lines += [f"| all launches | {per_step} | | {in_launches:.3f} |",
-              f"| the rest (host ms until return {host[CVKIT]:.3f} minus the launches) | | | "
+        lines.append(f"| {name} | {len(values) // args.steps} | "
+                     f"{statistics.median(values) * 1e6:.1f} | {max(values) * 1e6:.1f} | "
+                     f"{total:.3f} |")
+    lines += [f"| all launches | {per_step} | | | {in_launches:.3f} |",
+              f"| the rest (host ms until return {host[CVKIT]:.3f} minus the launches) | | | | "
               f"{host[CVKIT] - in_launches:.3f} |"]
     batch_arg = "" if args.batch is None else f" --batch {args.batch}"
     lines += ["", f"Command: `python tools/benchmark.py covpool-host --device {args.device}"

@@ -113,7 +113,7 @@ def _pair(buf: torch.Tensor) -> _Pair:
 # The autotuner's choice per kernel and autotuning key, remembered after the first launch with that
 # key. Later launches call the kernel's JIT function with it directly: Triton's Autotuner.run
 # rebuilds its key from every argument on each call (a membership test per argument in a list),
-# 0.32 ms of host time per forward+backward (22 launches) on this project's 2-core CPU machine
+# ~0.3 ms of host time per forward+backward (22 launches) on this project's 2-core CPU machine
 # (`python tools/benchmark.py covpool-host`, BENCHMARKS.md).
 _CHOSEN: dict[tuple, dict] = {}
 
