@@ -598,7 +598,8 @@ def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch)
 def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatch, capsys):
     """``tools/benchmark.py covpool-host`` times the compiled-mode launch path with every Triton
     launch a no-op (no GPU, no compilation): 22 launches per forward+backward at N = 5, both
-    candidates reported, each launch timed per kernel (18 products, one of each other kernel);
+    candidates reported, each launch timed per kernel (18 products, one of each other kernel), a
+    profile of the host side;
     the "Autotuner.run" candidate really sends every launch through the autotuner; afterwards the
     kernels launch for real again and no choice made with the no-op timings is left in the
     autotuners or in cvkit's remembered choices."""
@@ -622,6 +623,8 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
                  "--repeats", "1"]) == 0
     report = capsys.readouterr().out
     assert "22 launches per step, each a no-op" in report
+    profile = report.split("Host-side profile of 5 steps")[1]
+    assert "cvkit::isqrt_cov_triton_backward" in profile and "# of Calls" in profile
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
     assert [r[0] for r in rows if r[0].startswith("| c") or r[0].startswith("| e")] == [
         "| candidate", "| cvkit (chosen config reused per key)",

@@ -9,7 +9,9 @@ for 2.1-2.2 ms, BENCHMARKS.md run 7): the host side is worth measuring on its ow
   on this machine's CPU, not Triton's JIT launcher. The outputs are uninitialised memory.
 - With ``--device cuda`` the kernels run. Per step: the host time until the step returns (every
   kernel enqueued) and the wall-clock of the synchronised step. When the two are close, the GPU
-  waits for the host.
+  waits for the host. PyTorch's profiler shows the host side call by call (the CUDA runtime and
+  driver calls too), and ``torch.cuda.set_sync_debug_mode`` names any synchronising call PyTorch
+  makes in a step.
 
 Both modes time each JIT launch on its own as well (``kernel.fn.run``: Triton's argument binding,
 specialisation, cache lookup and driver call, or the no-op), per kernel; the rest of the host time
@@ -26,6 +28,7 @@ import platform
 import random
 import statistics
 import time
+import warnings
 from collections import defaultdict
 
 import torch
@@ -201,7 +204,40 @@ def run(args: argparse.Namespace) -> str:
             for _ in range(args.steps):
                 steps[CVKIT]()
         _sync(args.device)
-    return _report(args, batch, times, seconds)
+        extra = host_profile(steps[CVKIT], args.device)
+    return _report(args, batch, times, seconds) + "\n\n" + extra
+
+
+def host_profile(step, device: str, steps: int = 5) -> str:
+    """The host side of ``steps`` steps as PyTorch's profiler sees it (the CUDA runtime and driver
+    calls too, on a GPU: a synchronising call shows by name), and on a GPU the synchronising calls
+    PyTorch itself reports (``torch.cuda.set_sync_debug_mode``) during one step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15,
+                                      max_name_column_width=45)
+    lines = [f"Host-side profile of {steps} steps (torch.profiler, by self CPU time; the profiler "
+             "adds its own overhead):", "", "```", table.rstrip(), "```"]
+    if device == "cuda":
+        previous = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step()
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
+        syncs = [str(w.message).splitlines()[0] for w in caught
+                 if "synchroniz" in str(w.message).lower()]
+        lines += ["", f"Synchronising calls PyTorch reports in one step: {len(syncs)}"
+                  + "".join(f"\n- {m}" for m in sorted(set(syncs)))]
+    return "\n".join(lines)
 
 
 def _report(args, batch: int, times, seconds) -> str:
