@@ -10,8 +10,9 @@
 #   graph      the same at B=128, d=256 with --cuda-graph (GPU time without launch overhead);
 #   host       python tools/benchmark.py covpool-host: the launch path's host time with every
 #              launch a no-op, on this machine's CPU; then with --device cuda at B=128, d=256:
-#              host time until a step returns against its wall-clock, and each kernel's time in
-#              Triton's JIT launcher; appended to covpool_bench.log;
+#              host time until a step returns against its wall-clock, each kernel's time in
+#              Triton's JIT launcher, a host-side torch.profiler table (CUDA runtime and driver
+#              calls) and the synchronising calls PyTorch reports; appended to covpool_bench.log;
 #   baseline   the graph and wall-clock benchmarks at B=128, d=256 (fp32 rows) of an older cvkit
 #              and then of this tree, for an A/B in the same call (on the same warm GPU):
 #              BASELINE_DIR names a folder holding its cvkit/ package, e.g. made here with
