@@ -406,10 +406,44 @@ def test_dot_partial_sums_cover_every_slot(interpret, config):
 
 
 def test_double_backward_is_a_clear_error(interpret):
+    """Eager mode (the autograd.Function) and the custom operators (what torch.compile gets)
+    both refuse a second derivative with PyTorch's own message."""
+    import cvkit.kernels.isqrt_cov as impl
+
     x = torch.randn(2, 16, 3, 3, requires_grad=True)
     (grad,) = torch.autograd.grad(isqrt_cov_triton(x, 3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="isqrt_cov_triton has no second derivative"):
+        grad.sum().backward()
+    out = impl._isqrt_cov_op(x, 3, True, "ieee")[0]
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="isqrt_cov_triton_backward.*no autograd formula"):
         grad.sum().backward()
+
+
+def test_eager_mode_uses_the_function_and_torch_compile_the_operators(interpret, monkeypatch):
+    """Eager calls go through ``_IsqrtCovFunction`` (no custom-operator dispatch: less host time
+    per step), torch.compile through the custom operators (kept whole in its graph); the same
+    numbers either way."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    calls = []
+    apply = impl._IsqrtCovFunction.apply
+    monkeypatch.setattr(impl._IsqrtCovFunction, "apply",
+                        lambda *args: calls.append(1) or apply(*args))
+    x = torch.randn(2, 16, 3, 3, requires_grad=True)
+    eager = isqrt_cov_triton(x, 3)
+    (grad_eager,) = torch.autograd.grad(eager.sum(), x)
+    assert calls == [1]
+
+    def refuse(*args):
+        raise AssertionError("the autograd.Function under torch.compile")
+    monkeypatch.setattr(impl._IsqrtCovFunction, "apply", refuse)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: isqrt_cov_triton(t, 3), fullgraph=True, backend="eager")
+    out = compiled(x)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+    torch.testing.assert_close(grad, grad_eager, rtol=0, atol=0)
 
 
 def test_operators_pass_torch_library_opcheck(interpret):
@@ -624,17 +658,19 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
     report = capsys.readouterr().out
     assert "22 launches per step, each a no-op" in report
     profile = report.split("Host-side profile of 5 steps")[1]
-    assert "cvkit::isqrt_cov_triton_backward" in profile and "# of Calls" in profile
+    assert "_IsqrtCovFunctionBackward" in profile and "# of Calls" in profile
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
-    assert [r[0] for r in rows if r[0].startswith("| c") or r[0].startswith("| e")] == [
+    assert [r[0] for r in rows if r[0][2] in "ce" or r[0].startswith("| the same")] == [
         "| candidate", "| cvkit (chosen config reused per key)",
+        "| the same through the custom operators (torch.compile's path)",
         "| every launch through Triton's Autotuner.run"]
     launches = {r[0][2:]: r[1] for r in rows if r[0].startswith("| _")}
     assert launches == {"_channel_stats_kernel": "1", "_covariance_kernel": "1",
                         "_grad_input_kernel": "1", "_grad_seed_kernel": "1",
                         "_products_kernel": "18"}
     # forgetful steps (a warm-up and 2 timed): all 20 autotuned launches through the autotuner;
-    # remembering ones: only the first launch per key (10 keys) in the whole run
+    # remembering ones (both other candidates): only the first launch per key (10 keys) in the
+    # whole run
     assert through_autotuner == {True: 3 * 20, False: 10}
     for kernel, cache in zip(tuners, caches):
         assert "run" not in vars(kernel.fn) and "_bench" not in vars(kernel)

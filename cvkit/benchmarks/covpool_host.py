@@ -15,8 +15,10 @@ for 2.1-2.2 ms, BENCHMARKS.md run 7): the host side is worth measuring on its ow
 
 Both modes time each JIT launch on its own as well (``kernel.fn.run``: Triton's argument binding,
 specialisation, cache lookup and driver call, or the no-op), per kernel; the rest of the host time
-is cvkit's side. Two candidates, interleaved: cvkit as it launches (each kernel's tile config
-chosen once per autotuning key, then launched directly), and every launch through Triton's
+is cvkit's side. Three candidates, interleaved: cvkit as it launches in eager mode (an
+``autograd.Function``; each kernel's tile config chosen once per autotuning key, then launched
+directly), the same through the custom operators that torch.compile puts in its graph (called
+eagerly here: their dispatch costs host time), and every launch through Triton's
 ``Autotuner.run`` (nothing remembered).
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ import cvkit.kernels.isqrt_cov as impl
 from cvkit.benchmarks import machine_description
 
 CVKIT = "cvkit (chosen config reused per key)"
+OPERATORS = "the same through the custom operators (torch.compile's path)"
 AUTOTUNER = "every launch through Triton's Autotuner.run"
 
 
@@ -176,14 +179,14 @@ def run(args: argparse.Namespace) -> str:
                     requires_grad=True)
     grad = None
 
-    def step_of(remember: bool):
+    def step_of(remember: bool, function=impl._isqrt_cov):
         def step():
             nonlocal grad
             chosen = impl._CHOSEN
             if not remember:
                 impl._CHOSEN = _Forgetful()
             try:
-                out = impl._isqrt_cov_op(x, args.iters, True, "tf32x3")[0]
+                out = function(x, args.iters, True, "tf32x3")[0]
                 if grad is None:
                     grad = torch.ones_like(out)
                 out.backward(grad)
@@ -191,7 +194,8 @@ def run(args: argparse.Namespace) -> str:
                 impl._CHOSEN = chosen
         return step
 
-    steps = {CVKIT: step_of(True), AUTOTUNER: step_of(False)}
+    steps = {CVKIT: step_of(True), OPERATORS: step_of(True, impl._isqrt_cov_op),
+             AUTOTUNER: step_of(False)}
     seconds: dict[str, list[float]] = defaultdict(list)
     launches: list[str] = []
     no_ops = no_op_launches(k, launches) if args.device == "cpu" else contextlib.nullcontext()

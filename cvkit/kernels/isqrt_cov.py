@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch._C import _functions  # DelayedError, as torch.autograd.function.once_differentiable
 
 _KERNEL_FILE = Path(__file__).with_name("isqrt_cov_kernels.py")
 _LOADED: dict[bool, object] = {}
@@ -312,6 +313,18 @@ def _device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def _run_forward(x, iters, vectorize, precision):
+    with _device_guard(x.device):
+        return _forward(x, iters, vectorize, _resolve_precision(precision))
+
+
+def _run_backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
+                  precision):
+    with _device_guard(x.device):
+        return _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
+                         _resolve_precision(precision))
+
+
 # The forward and the backward are custom operators (torch.library): opaque to torch.compile, which
 # keeps them whole in its graph (no graph break, fullgraph=True works, CUDA graphs can replay the
 # launches) instead of tracing into Triton's launcher. The forward returns the iterates the
@@ -323,8 +336,7 @@ def _device_guard(device: torch.device):
 def _isqrt_cov_op(x: torch.Tensor, iters: int, vectorize: bool, precision: str
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                              torch.Tensor, torch.Tensor]:
-    with _device_guard(x.device):
-        return _forward(x, iters, vectorize, _resolve_precision(precision))
+    return _run_forward(x, iters, vectorize, precision)
 
 
 @_isqrt_cov_op.register_fake
@@ -338,9 +350,8 @@ def _isqrt_cov_backward_op(grad_out: torch.Tensor, x: torch.Tensor, out: torch.T
                            a: torch.Tensor, mean: torch.Tensor, trace: torch.Tensor,
                            sqrt_trace: torch.Tensor, yzs: torch.Tensor, ts: torch.Tensor,
                            iters: int, vectorize: bool, precision: str) -> torch.Tensor:
-    with _device_guard(x.device):
-        return _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
-                         _resolve_precision(precision))
+    return _run_backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
+                         precision)
 
 
 @_isqrt_cov_backward_op.register_fake
@@ -362,6 +373,41 @@ def _isqrt_cov_autograd(ctx, grad_out, *_iterates):
 
 
 _isqrt_cov_op.register_autograd(_isqrt_cov_autograd, setup_context=_setup_context)
+
+
+class _IsqrtCovFunction(torch.autograd.Function):
+    """The same forward and backward in eager mode, without the custom operators' dispatch, which
+    cost ~70 us of host time per forward+backward on this project's 2-core machine (a step's 22
+    launches take ~0.5 ms there: BENCHMARKS.md, covpool-host). torch.compile gets the operators
+    (``_isqrt_cov``)."""
+
+    @staticmethod
+    def forward(ctx, x, iters, vectorize, precision):
+        output = _run_forward(x, iters, vectorize, precision)
+        _setup_context(ctx, (x, iters, vectorize, precision), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_out, *_iterates):
+        with torch.no_grad():
+            grad_x = _run_backward(grad_out, *ctx.saved_tensors, ctx.iters, ctx.vectorize,
+                                   ctx.precision)
+        if torch.is_grad_enabled():  # create_graph=True: differentiating grad_x again raises, as
+            # through the operators. (PyTorch's @once_differentiable does this only when an
+            # incoming gradient requires grad; with the saved input requiring it, its error would
+            # be "element 0 of tensors does not require grad".)
+            grad_x = _functions.DelayedError(
+                b"isqrt_cov_triton has no second derivative (its backward is Triton kernels)",
+                1)(grad_x.detach().requires_grad_())
+        return grad_x, None, None, None
+
+
+def _isqrt_cov(x, iters, vectorize, precision):
+    """C and the saved iterates: through the custom operators while torch.compile traces, through
+    ``_IsqrtCovFunction`` in eager mode."""
+    if torch.compiler.is_compiling():
+        return _isqrt_cov_op(x, iters, vectorize, precision)
+    return _IsqrtCovFunction.apply(x, iters, vectorize, precision)
 
 
 def isqrt_cov_triton(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
@@ -390,4 +436,4 @@ def isqrt_cov_triton(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
         d = x.shape[1] if x.dim() == 4 else x.shape[2]
         shape = (0, d * (d + 1) // 2) if vectorize else (0, d, d)
         return x.float().sum() * 0 + torch.zeros(shape, device=x.device)
-    return _isqrt_cov_op(x.float(), iters, vectorize, precision)[0]
+    return _isqrt_cov(x.float(), iters, vectorize, precision)[0]
