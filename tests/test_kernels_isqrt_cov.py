@@ -630,15 +630,17 @@ def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch)
 
 
 def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatch, capsys):
-    """``tools/benchmark.py covpool-host`` times the compiled-mode launch path with every Triton
-    launch a no-op (no GPU, no compilation): 22 launches per forward+backward at N = 5, both
-    candidates reported, each launch timed per kernel (18 products, one of each other kernel), a
-    profile of the host side;
-    the "Autotuner.run" candidate really sends every launch through the autotuner; afterwards the
-    kernels launch for real again and no choice made with the no-op timings is left in the
-    autotuners or in cvkit's remembered choices."""
+    """``tools/benchmark.py covpool-host`` times the compiled-mode launch path on the CPU: every
+    launch goes through Triton's JIT launcher to a stand-in compiled kernel (no GPU, no
+    compilation): 22 launches per forward+backward at N = 5, three candidates reported, each
+    launch timed per kernel (18 products, one of each other kernel), a profile of the host side;
+    the "Autotuner.run" candidate really sends every launch through the autotuner; afterwards
+    Triton's driver, the JIT functions' caches, the autotuners' choices and cvkit's remembered
+    ones are as they were."""
     import cvkit.kernels.isqrt_cov as impl
     from cvkit.benchmarks import covpool_host, main
+
+    from triton.runtime import driver
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     chosen = {}
@@ -646,6 +648,9 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
     k = impl._kernels()
     tuners = (k._products_kernel, k._covariance_kernel, k._grad_input_kernel)
     caches = [dict(kernel.cache) for kernel in tuners]  # what earlier CUDA tests left, if any
+    jit_functions = [t.fn for t in tuners] + [k._grad_seed_kernel, k._channel_stats_kernel]
+    jit_caches = [fn.device_caches for fn in jit_functions]
+    active_driver = driver._active
     through_autotuner = {True: 0, False: 0}  # autotuner launches in steps that remember / not
     original_run = type(k._products_kernel).run
 
@@ -656,7 +661,8 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
     assert main(["covpool-host", "--batch", "1", "--dim", "40", "--size", "3", "--steps", "2",
                  "--repeats", "1"]) == 0
     report = capsys.readouterr().out
-    assert "22 launches per step, each a no-op" in report
+    assert ("22 launches per step, each through Triton's JIT launcher to a stand-in compiled "
+            "kernel" in report)
     profile = report.split("Host-side profile of 5 steps")[1]
     assert "_IsqrtCovFunctionBackward" in profile and "# of Calls" in profile
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
@@ -673,9 +679,13 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
     # whole run
     assert through_autotuner == {True: 3 * 20, False: 10}
     for kernel, cache in zip(tuners, caches):
-        assert "run" not in vars(kernel.fn) and "_bench" not in vars(kernel)
-        assert kernel.cache == cache
-    assert "run" not in vars(k._grad_seed_kernel)
+        assert "_bench" not in vars(kernel) and kernel.cache == cache
+    for fn, jit_cache in zip(jit_functions, jit_caches):
+        assert "run" not in vars(fn) and "_do_compile" not in vars(fn)
+        assert fn.device_caches is jit_cache
+        assert not any(isinstance(kernel, covpool_host._StandInKernel)
+                       for entry in jit_cache.values() for kernel in entry[0].values())
+    assert driver._active is active_driver
     assert impl._CHOSEN is chosen and chosen == {}
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -4,9 +4,12 @@ forward+backward, and how much of it is Triton's kernel launcher.
 A synchronised step of the Triton path took more wall-clock than GPU time on the H100 (4.0-4.8 ms
 for 2.1-2.2 ms, BENCHMARKS.md run 7): the host side is worth measuring on its own.
 
-- On the CPU (default) every Triton JIT launch is a no-op and the kernels never compile: what is
-  timed is cvkit's launch sequence, the custom operators, autograd and Triton's autotuner layer,
-  on this machine's CPU, not Triton's JIT launcher. The outputs are uninitialised memory.
+- On the CPU (default) every launch goes through Triton's JIT launcher (argument binding,
+  specialisation, cache key and lookup) to a stand-in compiled kernel that does nothing, with a
+  stand-in driver: the kernels never compile. What is timed is the whole host side but the
+  compiled kernel's C launcher and the driver call (a few us per launch): cvkit's launch
+  sequence, autograd and Triton's launcher, on this machine's CPU. The outputs are uninitialised
+  memory.
 - With ``--device cuda`` the kernels run. Per step: the host time until the step returns (every
   kernel enqueued) and the wall-clock of the synchronised step. When the two are close, the GPU
   waits for the host. PyTorch's profiler shows the host side call by call (the CUDA runtime and
@@ -14,8 +17,8 @@ for 2.1-2.2 ms, BENCHMARKS.md run 7): the host side is worth measuring on its ow
   makes in a step.
 
 Both modes time each JIT launch on its own as well (``kernel.fn.run``: Triton's argument binding,
-specialisation, cache lookup and driver call, or the no-op), per kernel; the rest of the host time
-is cvkit's side. Three candidates, interleaved: cvkit as it launches in eager mode (an
+specialisation, cache lookup and the launch, real or stand-in), per kernel; the rest of the host
+time is cvkit's side. Three candidates, interleaved: cvkit as it launches in eager mode (an
 ``autograd.Function``; each kernel's tile config chosen once per autotuning key, then launched
 directly), the same through the custom operators that torch.compile puts in its graph (called
 eagerly here: their dispatch costs host time), and every launch through Triton's
@@ -45,7 +48,8 @@ AUTOTUNER = "every launch through Triton's Autotuner.run"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="cpu: every launch a no-op (no GPU needed); cuda: the kernels run")
+                        help="cpu: launches stop at a stand-in compiled kernel (no GPU needed); "
+                             "cuda: the kernels run")
     parser.add_argument("--batch", type=int, default=None,
                         help="batch size (default 2 on the CPU: launch overhead does not depend "
                              "on it and a small one keeps the CPU allocator's cost of big buffers "
@@ -92,25 +96,71 @@ def _patched_runs(k, make_run):
                 fn.run = previous
 
 
+class _StandInDriver:
+    """Triton's active driver while the CPU is measured: device 0, stream 0, an sm_90 target (what
+    the binder and the cache key need; nothing reaches a GPU)."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+        return GPUTarget("cuda", 90, 32)
+
+
+class _StandInKernel:
+    """Stands in for a compiled kernel in a JIT function's cache: ``JITFunction.run`` finds it
+    and calls its ``run``, which records the launch and does nothing else."""
+    function = packed_metadata = None
+
+    def __init__(self, name: str, launches: list[str]):
+        self.name, self.launches = name, launches
+
+    def launch_metadata(self, *args):
+        return None
+
+    def run(self, *args):
+        self.launches.append(self.name)
+
+
 @contextlib.contextmanager
-def no_op_launches(k, launches: list[str]):
-    """Every kernel of the kernel module ``k`` launches nothing (its JIT function's ``run`` is a
-    no-op that appends the kernel's name to ``launches``), and an autotuner times every config
-    alike, so it picks its first (no compilation, no GPU). The autotuners' choices and cvkit's
-    remembered ones are put back as they were afterwards."""
+def stand_in_launches(k, launches: list[str]):
+    """Every launch of the kernel module ``k`` goes through Triton's real JIT path (argument
+    binding, specialisation, cache key and lookup; Triton 3.6 and 3.8 alike) down to a stand-in
+    compiled kernel whose launch appends the kernel's name to ``launches``: no compilation, no
+    GPU. An autotuner times every config alike, so it picks its first. Triton's driver, the JIT
+    functions' caches, the autotuners' choices and cvkit's remembered ones are put back as they
+    were afterwards."""
+    from triton.runtime import driver
+
     chosen = dict(impl._CHOSEN)
     autotuners = _autotuners(k)
-    caches = [dict(tuner.cache) for tuner in autotuners]
-
-    def no_op(name, _previous):
-        return lambda *args, **kwargs: launches.append(name)
+    tuner_caches = [dict(tuner.cache) for tuner in autotuners]
+    previous_driver = driver._active
+    jit_caches = []
+    driver.set_active(_StandInDriver())
     try:
-        with _patched_runs(k, no_op):
-            for tuner in autotuners:
-                tuner._bench = lambda *args, config, **kwargs: 1.0
-            yield
+        for name, fn in _jit_functions(k):
+            jit_caches.append((fn, fn.device_caches))
+            fn.device_caches = defaultdict(fn.create_binder)  # none of the real compiled kernels
+
+            def compile_stand_in(key, signature, device, *rest, _fn=fn,
+                                 _kernel=_StandInKernel(name, launches)):
+                _fn.device_caches[device][0][key] = _kernel  # as _do_compile caches a kernel
+                return _kernel
+            fn._do_compile = compile_stand_in
+        for tuner in autotuners:
+            tuner._bench = lambda *args, config, **kwargs: 1.0
+        yield
     finally:
-        for tuner, cache in zip(autotuners, caches):
+        driver.set_active(previous_driver)
+        for fn, caches in jit_caches:
+            fn.device_caches = caches
+            vars(fn).pop("_do_compile", None)
+        for tuner, cache in zip(autotuners, tuner_caches):
             vars(tuner).pop("_bench", None)
             tuner.cache.clear()
             tuner.cache.update(cache)
@@ -120,8 +170,8 @@ def no_op_launches(k, launches: list[str]):
 
 @contextlib.contextmanager
 def timed_launches(k, seconds: dict[str, list[float]]):
-    """Every JIT launch of the kernel module ``k`` (real, or a no-op inside ``no_op_launches``)
-    timed on the host: ``seconds[kernel name]`` gets one entry per launch."""
+    """Every JIT launch of the kernel module ``k`` (real, or inside ``stand_in_launches``) timed on
+    the host: ``seconds[kernel name]`` gets one entry per launch."""
     def timed(name, previous):
         def run(*args, **kwargs):
             t0 = time.perf_counter()
@@ -172,7 +222,7 @@ def run(args: argparse.Namespace) -> str:
         raise SystemExit("covpool-host times the compiled-mode launch path: unset TRITON_INTERPRET")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("covpool-host --device cuda: no CUDA device here (the default, --device "
-                         "cpu, times the launch path with no-op launches instead)")
+                         "cpu, times the launch path down to stand-in compiled kernels instead)")
     batch = args.batch or (128 if args.device == "cuda" else 2)
     k = impl._kernels()
     x = torch.randn(batch, args.dim, args.size, args.size, device=args.device,
@@ -198,8 +248,9 @@ def run(args: argparse.Namespace) -> str:
              AUTOTUNER: step_of(False)}
     seconds: dict[str, list[float]] = defaultdict(list)
     launches: list[str] = []
-    no_ops = no_op_launches(k, launches) if args.device == "cpu" else contextlib.nullcontext()
-    with no_ops:
+    stand_in = (stand_in_launches(k, launches) if args.device == "cpu"
+                else contextlib.nullcontext())
+    with stand_in:
         for step in steps.values():  # compiles and autotunes on a GPU
             step()
         times = step_times(steps, args.repeats, args.steps, args.device)
@@ -252,10 +303,11 @@ def _report(args, batch: int, times, seconds) -> str:
     lines = [
         f"Host time of one Triton iSQRT-COV forward+backward on {args.device} (B={batch}, "
         f"d={args.dim}, {args.size}x{args.size}, {args.iters} iterations, tf32x3 kernels; "
-        f"{per_step} launches per step" + (", each a no-op" if cpu else "") + "): "
-        + ("cvkit's launch sequence, the custom operators, autograd and Triton's autotuner layer;"
-           " not Triton's JIT launcher" if cpu else
-           "until the step returns with every kernel enqueued, and until the GPU finished it")
+        f"{per_step} launches per step"
+        + (", each through Triton's JIT launcher to a stand-in compiled kernel that does "
+           "nothing): cvkit's launch sequence, autograd and Triton's launcher, not the compiled "
+           "kernel's C launcher and the driver call" if cpu else
+           "): until the step returns with every kernel enqueued, and until the GPU finished it")
         + f". Medians per step, {args.repeats} interleaved rounds of {args.steps} steps, each "
         "from an idle device.",
         "",
@@ -266,10 +318,11 @@ def _report(args, batch: int, times, seconds) -> str:
     for name in times:
         lines.append(f"| {name} | {host[name]:.3f} | {wall[name]:.3f} | "
                      f"{host[name] * 1e3 / per_step:.1f} | {host[AUTOTUNER] / host[name]:.2f}x |")
-    launcher = "the no-op in place of Triton's JIT launcher" if cpu else "Triton's JIT launcher"
+    launcher = ("Triton's JIT launcher down to the stand-in kernel" if cpu else
+                "Triton's JIT launcher")
     lines += ["", f"Where cvkit's host time goes ({args.steps} more steps, each launch timed on "
-              f"its own: {launcher}, per kernel; the rest is cvkit's side, the custom operators "
-              "and autograd; a launch that waits for the GPU shows as the slowest):", "",
+              f"its own: {launcher}, per kernel; the rest is cvkit's side and autograd; a launch "
+              "that waits for the GPU shows as the slowest):", "",
               "| part | launches per step | median us per launch | slowest launch, us "
               "| ms per step |", "|---|---|---|---|---|"]
     in_launches = 0.0
