@@ -301,8 +301,12 @@ def test_autotuned_launches_reuse_the_autotuners_choice(interpret, monkeypatch):
     tuned = []
     real_run = Autotuner.run
 
+    triton_keys = set()  # the autotuner's key, built as Autotuner.run does (dtypes aside)
+
     def spy(self, *args, **kwargs):
         tuned.append(self.base_fn.__name__)
+        named = {**dict(zip(self.arg_names, args)), **kwargs}
+        triton_keys.add((self.base_fn.__name__, *(named[k] for k in self.keys)))
         return real_run(self, *args, **kwargs)
 
     monkeypatch.setattr(Autotuner, "run", spy)
@@ -317,6 +321,7 @@ def test_autotuned_launches_reuse_the_autotuners_choice(interpret, monkeypatch):
     # the paired backward, the last backward), the covariance and the input gradient
     assert len(tuned) == len(impl._CHOSEN) == 10
     assert sorted(set(tuned)) == ["_covariance_kernel", "_grad_input_kernel", "_products_kernel"]
+    assert {(key[0].base_fn.__name__, *key[1:]) for key in impl._CHOSEN} == triton_keys
     again, grad_again = step()
     assert len(tuned) == 10  # every launch of the second step bypassed the autotuner
     assert torch.equal(again, out) and torch.equal(grad_again, grad)

@@ -119,13 +119,26 @@ def _pair(buf: torch.Tensor) -> _Pair:
 _CHOSEN: dict[tuple, dict] = {}
 
 
+# Where each autotuned kernel's key arguments are: a position among the positional arguments of
+# its launches, or a keyword; per (kernel, number of positional arguments).
+_KEY_PLACES: dict[tuple, tuple] = {}
+
+
+def _autotune_key(kernel, args, meta) -> tuple:
+    """The autotuner's own key for ``kernel[grid](*args, **meta)``: the arguments it names
+    (``kernel.keys``; the dtypes it adds are left out, every tensor here is float32)."""
+    places = _KEY_PLACES.get((kernel, len(args)))
+    if places is None:
+        positions = {name: i for i, name in enumerate(kernel.arg_names[:len(args)])}
+        places = _KEY_PLACES[kernel, len(args)] = tuple(positions.get(name, name)
+                                                         for name in kernel.keys)
+    return (kernel, *(args[p] if isinstance(p, int) else meta[p] for p in places))
+
+
 def _launch_autotuned(kernel, grid, args, meta):
     """``kernel[grid](*args, **meta)`` for a ``triton.autotune`` kernel; once the autotuner has
-    chosen for this key (its own key: the arguments it names; every tensor here is float32, the
-    dtypes it adds are the same), the chosen config's JIT launch."""
-    named = dict(zip(kernel.arg_names, args))
-    named.update(meta)
-    key = (kernel, *(named[name] for name in kernel.keys))
+    chosen for this key, the chosen config's JIT launch."""
+    key = _autotune_key(kernel, args, meta)
     chosen = _CHOSEN.get(key)
     if chosen is None:
         kernel[grid](*args, **meta)
