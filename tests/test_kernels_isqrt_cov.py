@@ -546,6 +546,31 @@ def test_cuda_tensor_core_precisions(monkeypatch, precision, tol):
 
 
 @needs_cuda
+def test_cuda_direct_launches_give_the_same_bits(monkeypatch):
+    """Direct launches (CVKIT_ISQRT_COV_DIRECT_LAUNCH=1) run the compiled kernels the JIT
+    functions returned: the same output and gradient bits as JIT launches, over repeated steps (the
+    plan's replays), for an aligned input, one 4 bytes off 16-byte alignment and tokens."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.manual_seed(5)
+    storage = torch.randn(3 * 208 * 7 * 7 + 1, device="cuda")
+    inputs = [storage[:-1].view(3, 208, 7, 7), storage[1:].view(3, 208, 7, 7),
+              torch.randn(2, 50, 96, device="cuda")]
+    for x in inputs:
+        x = x.detach().requires_grad_()
+        results = []
+        for direct in (False, True, True, True):
+            monkeypatch.setattr(impl, "_DIRECT", direct)
+            out = isqrt_cov_triton(x, 5, precision="tf32x3")
+            (grad,) = torch.autograd.grad((out * out).sum(), x)
+            results.append((out, grad))
+        for out, grad in results[1:]:
+            assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+    assert len(impl._PLANS) >= 6
+
+
+@needs_cuda
 def test_cuda_auto_backend_uses_triton_and_matches_torch(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     torch.manual_seed(3)
@@ -634,10 +659,81 @@ def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch)
     assert report.splitlines()[-1] == "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=16,16,4,1"
 
 
+def _launch_record(launches):
+    """(stand-in kernel, argument structure) per launch: tensors as (shape, stride), the rest as
+    they are."""
+    return [(kernel, tuple((tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
+                           for a in args)) for kernel, args in launches]
+
+
+def test_direct_launches_replay_the_kernels_triton_would_pick(monkeypatch):
+    """With direct launches on (CVKIT_ISQRT_COV_DIRECT_LAUNCH=1), the first forward+backward with
+    a plan key goes through Triton's JIT functions and records the compiled kernels; later ones
+    launch them directly. On the CPU every launch goes through Triton's real JIT path to a
+    stand-in compiled kernel per Triton cache key (covpool-host's), so this checks that a plan
+    launches exactly the kernels Triton's own specialisation would pick, with the same grid and
+    argument list (every compile-time argument included, as JITFunction.run passes them), and
+    that the plan key follows what Triton specialises on: the input's 16-byte alignment (a view
+    one element in), its shape. The compiled call itself needs a GPU (a CUDA test)."""
+    import cvkit.kernels.isqrt_cov as impl
+    from cvkit.benchmarks.covpool_host import stand_in_launches
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(impl, "_CHOSEN", {})
+    k = impl._kernels()
+    launches = []
+    storage = torch.randn(2 * 24 * 4 * 4 + 1)
+
+    def step(x, direct):
+        monkeypatch.setattr(impl, "_DIRECT", direct)
+        launches.clear()
+        out = impl._isqrt_cov(x, 3, True, "tf32x3")[0]
+        out.backward(torch.ones_like(out))
+        return _launch_record(launches)
+
+    with stand_in_launches(k, launches):
+        plans = impl._PLANS
+        aligned = storage[:-1].view(2, 24, 4, 4).requires_grad_()
+        via_jit = step(aligned, False)
+        assert len(via_jit) == 14 and not plans  # N = 3: 14 launches; no plan without the flag
+        recording = step(aligned, True)
+        assert len(plans) == 2  # the forward's and the backward's
+        replayed = step(aligned, True)
+        assert via_jit == recording == replayed
+        assert all(len(args) == len(kernel_args) for (_, args), (_, kernel_args)
+                   in zip(replayed, via_jit))
+
+        shifted = storage[1:].view(2, 24, 4, 4).requires_grad_()  # 4 bytes off 16-byte alignment
+        assert shifted.data_ptr() % 16 != 0
+        via_jit_shifted = step(shifted, False)
+        assert step(shifted, True) == step(shifted, True) == via_jit_shifted
+        assert len(plans) == 4
+        # the kernels that read the input are specialised on its alignment, the others are not
+        changed = {kernel.name for (kernel, _), (other, _) in zip(via_jit, via_jit_shifted)
+                   if kernel is not other}
+        assert changed == {"_channel_stats_kernel", "_covariance_kernel", "_grad_input_kernel"}
+
+        bigger = torch.randn(3, 24, 4, 4, requires_grad=True)
+        assert step(bigger, True) == step(bigger, False)
+        assert len(plans) == 6
+    assert impl._PLANS == {}  # the stand-in kernels' plans are gone
+
+
+def test_direct_launches_are_off_in_the_interpreter(interpret, monkeypatch):
+    import cvkit.kernels.isqrt_cov as impl
+
+    monkeypatch.setattr(impl, "_DIRECT", True)
+    x = torch.randn(2, 16, 3, 3, requires_grad=True)
+    out = isqrt_cov_triton(x, 3)
+    out.sum().backward()
+    assert impl._PLANS == {}
+    assert rel_err(out, reference(x.detach().double(), 3)) < 1e-5
+
+
 def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatch, capsys):
     """``tools/benchmark.py covpool-host`` times the compiled-mode launch path on the CPU: every
     launch goes through Triton's JIT launcher to a stand-in compiled kernel (no GPU, no
-    compilation): 22 launches per forward+backward at N = 5, three candidates reported, each
+    compilation): 22 launches per forward+backward at N = 5, four candidates reported, each
     launch timed per kernel (18 products, one of each other kernel), a profile of the host side;
     the "Autotuner.run" candidate really sends every launch through the autotuner; afterwards
     Triton's driver, the JIT functions' caches, the autotuners' choices and cvkit's remembered
@@ -673,6 +769,7 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
     assert [r[0] for r in rows if r[0][2] in "ce" or r[0].startswith("| the same")] == [
         "| candidate", "| cvkit (chosen config reused per key)",
+        "| the same with direct launches (CVKIT_ISQRT_COV_DIRECT_LAUNCH=1, experimental)",
         "| the same through the custom operators (torch.compile's path)",
         "| every launch through Triton's Autotuner.run"]
     launches = {r[0][2:]: r[1] for r in rows if r[0].startswith("| _")}
@@ -680,7 +777,7 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
                         "_grad_input_kernel": "1", "_grad_seed_kernel": "1",
                         "_products_kernel": "18"}
     # forgetful steps (a warm-up and 2 timed): all 20 autotuned launches through the autotuner;
-    # remembering ones (both other candidates): only the first launch per key (10 keys) in the
+    # remembering ones (the other candidates): only the first launch per key (10 keys) in the
     # whole run
     assert through_autotuner == {True: 3 * 20, False: 10}
     for kernel, cache in zip(tuners, caches):
@@ -691,7 +788,7 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
         assert not any(isinstance(kernel, covpool_host._StandInKernel)
                        for entry in jit_cache.values() for kernel in entry[0].values())
     assert driver._active is active_driver
-    assert impl._CHOSEN is chosen and chosen == {}
+    assert impl._CHOSEN is chosen and chosen == {} and impl._PLANS == {}
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="--device cuda: no CUDA device here"):

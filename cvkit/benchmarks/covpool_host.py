@@ -18,11 +18,12 @@ for 2.1-2.2 ms, BENCHMARKS.md run 7): the host side is worth measuring on its ow
 
 Both modes time each JIT launch on its own as well (``kernel.fn.run``: Triton's argument binding,
 specialisation, cache lookup and the launch, real or stand-in), per kernel; the rest of the host
-time is cvkit's side. Three candidates, interleaved: cvkit as it launches in eager mode (an
+time is cvkit's side. Four candidates, interleaved: cvkit as it launches in eager mode (an
 ``autograd.Function``; each kernel's tile config chosen once per autotuning key, then launched
-directly), the same through the custom operators that torch.compile puts in its graph (called
-eagerly here: their dispatch costs host time), and every launch through Triton's
-``Autotuner.run`` (nothing remembered).
+directly), the same with direct launches (the compiled kernels of a call's launches recorded per
+plan key, then launched below Triton's JIT function; opt-in), the same through the custom
+operators that torch.compile puts in its graph (called eagerly here: their dispatch costs host
+time), and every launch through Triton's ``Autotuner.run`` (nothing remembered).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ import cvkit.kernels.isqrt_cov as impl
 from cvkit.benchmarks import machine_description
 
 CVKIT = "cvkit (chosen config reused per key)"
+DIRECT = f"the same with direct launches ({impl.DIRECT_LAUNCH_ENV}=1, experimental)"
 OPERATORS = "the same through the custom operators (torch.compile's path)"
 AUTOTUNER = "every launch through Triton's Autotuner.run"
 
@@ -112,31 +114,33 @@ class _StandInDriver:
 
 
 class _StandInKernel:
-    """Stands in for a compiled kernel in a JIT function's cache: ``JITFunction.run`` finds it
-    and calls its ``run``, which records the launch and does nothing else."""
+    """Stands in for a compiled kernel in a JIT function's cache (one per cache key, as Triton
+    compiles one): ``JITFunction.run`` finds it and calls its ``run``, which does nothing but
+    append (itself, the launch's arguments) to ``launches`` when that is a list."""
     function = packed_metadata = None
 
-    def __init__(self, name: str, launches: list[str]):
-        self.name, self.launches = name, launches
+    def __init__(self, name: str, key, launches: list | None):
+        self.name, self.key, self.launches = name, key, launches
 
     def launch_metadata(self, *args):
         return None
 
     def run(self, *args):
-        self.launches.append(self.name)
+        if self.launches is not None:
+            self.launches.append((self, args))
 
 
 @contextlib.contextmanager
-def stand_in_launches(k, launches: list[str]):
+def stand_in_launches(k, launches: list | None = None):
     """Every launch of the kernel module ``k`` goes through Triton's real JIT path (argument
     binding, specialisation, cache key and lookup; Triton 3.6 and 3.8 alike) down to a stand-in
-    compiled kernel whose launch appends the kernel's name to ``launches``: no compilation, no
-    GPU. An autotuner times every config alike, so it picks its first. Triton's driver, the JIT
-    functions' caches, the autotuners' choices and cvkit's remembered ones are put back as they
+    compiled kernel per cache key (``_StandInKernel``): no compilation, no GPU. An autotuner
+    times every config alike, so it picks its first. Triton's driver, the JIT functions' caches,
+    the autotuners' choices and cvkit's remembered choices and launch plans are put back as they
     were afterwards."""
     from triton.runtime import driver
 
-    chosen = dict(impl._CHOSEN)
+    chosen, plans = dict(impl._CHOSEN), dict(impl._PLANS)
     autotuners = _autotuners(k)
     tuner_caches = [dict(tuner.cache) for tuner in autotuners]
     previous_driver = driver._active
@@ -147,10 +151,10 @@ def stand_in_launches(k, launches: list[str]):
             jit_caches.append((fn, fn.device_caches))
             fn.device_caches = defaultdict(fn.create_binder)  # none of the real compiled kernels
 
-            def compile_stand_in(key, signature, device, *rest, _fn=fn,
-                                 _kernel=_StandInKernel(name, launches)):
-                _fn.device_caches[device][0][key] = _kernel  # as _do_compile caches a kernel
-                return _kernel
+            def compile_stand_in(key, signature, device, *rest, _fn=fn, _name=name):
+                kernel = _StandInKernel(_name, key, launches)
+                _fn.device_caches[device][0][key] = kernel  # as _do_compile caches a kernel
+                return kernel
             fn._do_compile = compile_stand_in
         for tuner in autotuners:
             tuner._bench = lambda *args, config, **kwargs: 1.0
@@ -166,6 +170,8 @@ def stand_in_launches(k, launches: list[str]):
             tuner.cache.update(cache)
         impl._CHOSEN.clear()
         impl._CHOSEN.update(chosen)
+        impl._PLANS.clear()
+        impl._PLANS.update(plans)
 
 
 @contextlib.contextmanager
@@ -229,27 +235,26 @@ def run(args: argparse.Namespace) -> str:
                     requires_grad=True)
     grad = None
 
-    def step_of(remember: bool, function=impl._isqrt_cov):
+    def step_of(remember: bool, function=impl._isqrt_cov, direct: bool = False):
         def step():
             nonlocal grad
-            chosen = impl._CHOSEN
+            chosen, was_direct = impl._CHOSEN, impl._DIRECT
             if not remember:
                 impl._CHOSEN = _Forgetful()
+            impl._DIRECT = direct
             try:
                 out = function(x, args.iters, True, "tf32x3")[0]
                 if grad is None:
                     grad = torch.ones_like(out)
                 out.backward(grad)
             finally:
-                impl._CHOSEN = chosen
+                impl._CHOSEN, impl._DIRECT = chosen, was_direct
         return step
 
-    steps = {CVKIT: step_of(True), OPERATORS: step_of(True, impl._isqrt_cov_op),
-             AUTOTUNER: step_of(False)}
+    steps = {CVKIT: step_of(True), DIRECT: step_of(True, direct=True),
+             OPERATORS: step_of(True, impl._isqrt_cov_op), AUTOTUNER: step_of(False)}
     seconds: dict[str, list[float]] = defaultdict(list)
-    launches: list[str] = []
-    stand_in = (stand_in_launches(k, launches) if args.device == "cpu"
-                else contextlib.nullcontext())
+    stand_in = stand_in_launches(k) if args.device == "cpu" else contextlib.nullcontext()
     with stand_in:
         for step in steps.values():  # compiles and autotunes on a GPU
             step()

@@ -11,6 +11,7 @@ derivative at a symmetric matrix is self-adjoint). Design and tolerances: docs/k
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import os
 import sys
@@ -138,13 +139,97 @@ def _autotune_key(kernel, args, meta) -> tuple:
 def _launch_autotuned(kernel, grid, args, meta):
     """``kernel[grid](*args, **meta)`` for a ``triton.autotune`` kernel; once the autotuner has
     chosen for this key, the chosen config's JIT launch."""
+    step = _STEP.get()
+    if step is not None and step.plan is not None:
+        step.launch_planned(args)
+        return
     key = _autotune_key(kernel, args, meta)
     chosen = _CHOSEN.get(key)
     if chosen is None:
-        kernel[grid](*args, **meta)
-        _CHOSEN[key] = kernel.best_config.all_kwargs()
+        compiled = kernel[grid](*args, **meta)
+        chosen = _CHOSEN[key] = kernel.best_config.all_kwargs()
     else:
-        kernel.fn[grid](*args, **meta, **chosen)
+        compiled = kernel.fn[grid](*args, **meta, **chosen)
+    if step is not None:
+        step.record(kernel.fn, compiled, grid, args, {**meta, **chosen})
+
+
+def _launch(fn, grid, args, meta):
+    """``fn[grid](*args, **meta)`` for a JIT function (no autotuner), through the step's plan when
+    there is one."""
+    step = _STEP.get()
+    if step is not None and step.plan is not None:
+        step.launch_planned(args)
+        return
+    compiled = fn[grid](*args, **meta)
+    if step is not None:
+        step.record(fn, compiled, grid, args, meta)
+
+
+# Direct launches (opt-in, ``CVKIT_ISQRT_COV_DIRECT_LAUNCH=1``; not yet run on a GPU): the compiled
+# kernel of every launch of a forward or backward call, recorded per plan key by the first call
+# with that key, then launched without Triton's JIT function. Triton's argument binding,
+# specialisation and cache lookup cost ~13 us per launch on this project's 2-core CPU machine
+# (`python tools/benchmark.py covpool-host`); what remains is the call JITFunction.run ends with
+# (the same in Triton 3.6 and 3.8).
+DIRECT_LAUNCH_ENV = "CVKIT_ISQRT_COV_DIRECT_LAUNCH"
+_DIRECT = os.environ.get(DIRECT_LAUNCH_ENV, "0") == "1"
+_PLANS: dict[tuple, list] = {}
+_STEP: contextvars.ContextVar = contextvars.ContextVar("isqrt_cov_step", default=None)
+
+
+class _StepLaunches:
+    """The launches of one forward or backward call, in order. ``key`` holds everything Triton
+    specialises those launches on: the shapes, strides and 16-byte alignment of the caller's
+    tensors, the iteration count, output form, precision and device (every other buffer is
+    allocated by the call, so its alignment follows from the shapes). The first call with a key
+    launches through the JIT functions and records each compiled kernel with its grid and
+    compile-time arguments (the plan); later calls with the key launch the plan's kernels."""
+
+    def __init__(self, key):
+        from triton import knobs
+        from triton.runtime import driver
+
+        self.key, self.plan, self.recorded, self.next = key, _PLANS.get(key), [], 0
+        self.driver, self.knobs = driver, knobs
+
+    def __enter__(self):
+        self.token = _STEP.set(self)
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        _STEP.reset(self.token)
+        if exc_type is None and self.plan is None:
+            _PLANS[self.key] = self.recorded
+
+    def record(self, fn, compiled, grid, args, meta):
+        bound = {**dict(zip(fn.arg_names, args)), **meta}
+        dims = tuple(grid(bound) if callable(grid) else grid)
+        constants = tuple(bound.get(p.name, p.default) for p in fn.params[len(args):])
+        self.recorded.append((compiled, dims + (1,) * (3 - len(dims)), constants))
+
+    def launch_planned(self, args):
+        """The next launch of the plan: what ``JITFunction.run`` ends with, for its compiled
+        kernel."""
+        compiled, dims, constants = self.plan[self.next]
+        self.next += 1
+        active = self.driver.active
+        stream = active.get_current_stream(active.get_current_device())
+        bound = (*args, *constants)
+        runtime = self.knobs.runtime
+        compiled.run(*dims, stream, compiled.function, compiled.packed_metadata,
+                     compiled.launch_metadata(dims, stream, *bound), runtime.launch_enter_hook,
+                     runtime.launch_exit_hook, *bound)
+
+
+def _step_launches(kind: str, tensors, *config):
+    """A ``_StepLaunches`` context for a forward or backward call when direct launches are on
+    (compiled mode only), else a no-op context."""
+    if not _DIRECT or _interpreting():
+        return contextlib.nullcontext()
+    key = (kind, *config,
+           *((t.device, t.shape, t.stride(), t.data_ptr() % 16) for t in tensors))
+    return _StepLaunches(key)
 
 
 def _block_for(n: int) -> int:
@@ -237,8 +322,8 @@ def _forward(x, iters, vectorize, precision):
         for shape in _saved_shapes(x.shape, iters, vectorize))
     var = torch.empty_like(mean)
     (mq, sbq, scq, smq), mults = _layout_args(m, (sb, sc, sm))
-    k._channel_stats_kernel[(batch * triton_cdiv(d, 32),)](
-        xm, mean, var, d, mq, sbq, scq, smq, MULTS=mults, BLOCK_C=32, BLOCK_M=64)
+    _launch(k._channel_stats_kernel, (batch * triton_cdiv(d, 32),),
+            (xm, mean, var, d, mq, sbq, scq, smq), dict(MULTS=mults, BLOCK_C=32, BLOCK_M=64))
     z1 = yzs[0, 1] if iters >= 2 else torch.empty_like(a)  # Z_1 = T_1 (unused for N = 1)
     _launch_autotuned(
         k._covariance_kernel, lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
@@ -291,9 +376,9 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
     s = mat() if dyz is None else dyz[1]
     seed_tiles = triton_cdiv(d, 32) ** 2
     gc_part = _partials(batch, seed_tiles, dev)  # <dL/dC, C>, summed by the input gradient
-    k._grad_seed_kernel[(batch * seed_tiles,)](
-        grad_out, out, sqrt_trace, s, gc_part, d, VECTOR=vectorize, GC_SLOTS=gc_part.shape[1],
-        BLOCK=32)
+    _launch(k._grad_seed_kernel, (batch * seed_tiles,),
+            (grad_out, out, sqrt_trace, s, gc_part, d),
+            dict(VECTOR=vectorize, GC_SLOTS=gc_part.shape[1], BLOCK=32))
     ha_part = _dot_partials(k, batch, d, dev)  # <dL/dA, A>, from the launch that writes dL/dA
     # dY_1 = 1.5 P - 0.5 (P A + A P) = (S A + A S) - 3 S: the same numbers (P = -2 S exactly)
     h = _products(k, mat() if dyz is None else dyz[0], [(s, a), (a, s)], e=s, c_e=-3.0,
@@ -327,15 +412,20 @@ def _device_guard(device: torch.device):
 
 
 def _run_forward(x, iters, vectorize, precision):
-    with _device_guard(x.device):
-        return _forward(x, iters, vectorize, _resolve_precision(precision))
+    precision = _resolve_precision(precision)
+    with _device_guard(x.device), _step_launches("forward", (x,), iters, vectorize, precision):
+        return _forward(x, iters, vectorize, precision)
 
 
 def _run_backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
                   precision):
-    with _device_guard(x.device):
+    precision = _resolve_precision(precision)
+    grad_out = grad_out.contiguous().float()
+    tensors = (grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts)
+    with (_device_guard(x.device),
+          _step_launches("backward", tensors, iters, vectorize, precision)):
         return _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
-                         _resolve_precision(precision))
+                         precision)
 
 
 # The forward and the backward are custom operators (torch.library): opaque to torch.compile, which
