@@ -365,7 +365,6 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
     xm, d, m, (sb, sc, sm) = _as_channel_matrix(x)
     batch = xm.shape[0]
     dev = xm.device
-    grad_out = grad_out.contiguous().float()
 
     def mat(*lead):
         return torch.empty(*lead, batch, d, d, device=dev, dtype=torch.float32)
@@ -420,7 +419,7 @@ def _run_forward(x, iters, vectorize, precision):
 def _run_backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vectorize,
                   precision):
     precision = _resolve_precision(precision)
-    grad_out = grad_out.contiguous().float()
+    grad_out = grad_out.contiguous().float()  # what the seed kernel reads (and the plan key sees)
     tensors = (grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts)
     with (_device_guard(x.device),
           _step_launches("backward", tensors, iters, vectorize, precision)):
