@@ -16,6 +16,7 @@ STUB = f"""#!/usr/bin/env bash
 echo "call: $* | pythonpath=$PYTHONPATH | configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" \
     >> "$STUB_LOG"
 case "$*" in *covpool-tiles*) echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS={CHOICE}";; esac
+[ -n "${{STUB_FAIL:-}}" ] && [ "$*" = "$STUB_FAIL" ] && exit 1
 exit 0
 """
 
@@ -115,3 +116,16 @@ def test_host_step_runs_the_launch_path_benchmark(tmp_path):
     assert len(bench) == 2
     log = (out / "covpool_bench.log").read_text()
     assert "host benchmark exit 0" in log and "host benchmark (CUDA) exit 0" in log
+
+
+def test_host_step_reruns_without_direct_launches_when_the_cuda_run_fails(tmp_path):
+    done, out, calls = run_check(
+        tmp_path, "host",
+        STUB_FAIL="tools/benchmark.py covpool-host --device cuda --steps 20")
+    assert done.returncode == 0, done.stdout + done.stderr
+    bench = [c for c in calls if "tools/benchmark.py" in c]
+    assert bench[2].startswith(
+        "call: tools/benchmark.py covpool-host --device cuda --steps 20 --skip-direct |")
+    log = (out / "covpool_bench.log").read_text()
+    assert "host benchmark (CUDA) exit 1" in log
+    assert "host benchmark (CUDA, without direct launches) exit 0" in log

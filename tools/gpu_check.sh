@@ -12,7 +12,8 @@
 #              launch a no-op, on this machine's CPU; then with --device cuda at B=128, d=256:
 #              host time until a step returns against its wall-clock, each kernel's time in
 #              Triton's JIT launcher, a host-side torch.profiler table (CUDA runtime and driver
-#              calls) and the synchronising calls PyTorch reports; appended to covpool_bench.log;
+#              calls) and the synchronising calls PyTorch reports; if that run fails, again
+#              without the experimental direct launches; appended to covpool_bench.log;
 #   baseline   the graph and wall-clock benchmarks at B=128, d=256 (fp32 rows) of an older cvkit
 #              and then of this tree, for an A/B in the same call (on the same warm GPU):
 #              BASELINE_DIR names a folder holding its cvkit/ package, e.g. made here with
@@ -115,7 +116,13 @@ step_host() {
     echo; timeout $(limit 40) $PY tools/benchmark.py covpool-host
     echo "host benchmark exit $?"
     echo; timeout $(limit 90) $PY tools/benchmark.py covpool-host --device cuda --steps 20
-    echo "host benchmark (CUDA) exit $?"
+    local rc=$?
+    echo "host benchmark (CUDA) exit $rc"
+    if [ $rc -ne 0 ]; then  # the experimental direct launches may be what failed
+      echo; timeout $(limit 90) $PY tools/benchmark.py covpool-host --device cuda --steps 20 \
+        --skip-direct
+      echo "host benchmark (CUDA, without direct launches) exit $?"
+    fi
   } >> "$OUT/covpool_bench.log" 2>&1
   sed -n '/^Host time of one Triton/,/^Machine:/p' "$OUT/covpool_bench.log" > "$MD/covpool_host.md"
 }

@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--steps", type=int, default=50, help="forward+backward steps per round")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--skip-direct", action="store_true",
+                        help="leave out the direct-launch candidate (experimental)")
 
 
 def _jit_functions(k) -> list[tuple[str, object]]:
@@ -253,6 +255,8 @@ def run(args: argparse.Namespace) -> str:
 
     steps = {CVKIT: step_of(True), DIRECT: step_of(True, direct=True),
              OPERATORS: step_of(True, impl._isqrt_cov_op), AUTOTUNER: step_of(False)}
+    if args.skip_direct:
+        del steps[DIRECT]
     seconds: dict[str, list[float]] = defaultdict(list)
     stand_in = stand_in_launches(k) if args.device == "cpu" else contextlib.nullcontext()
     with stand_in:
@@ -343,7 +347,8 @@ def _report(args, batch: int, times, seconds) -> str:
     batch_arg = "" if args.batch is None else f" --batch {args.batch}"
     lines += ["", f"Command: `python tools/benchmark.py covpool-host --device {args.device}"
               f"{batch_arg} --dim {args.dim} --size {args.size} --iters {args.iters} --steps "
-              f"{args.steps} --repeats {args.repeats}`",
+              f"{args.steps} --repeats {args.repeats}"
+              + (" --skip-direct" if args.skip_direct else "") + "`",
               f"Machine: {machine_description(args.device)}; CPU: {_cpu_name()}, "
               f"{os.cpu_count()} cores"]
     return "\n".join(lines)
