@@ -546,31 +546,6 @@ def test_cuda_tensor_core_precisions(monkeypatch, precision, tol):
 
 
 @needs_cuda
-def test_cuda_direct_launches_give_the_same_bits(monkeypatch):
-    """Direct launches (CVKIT_ISQRT_COV_DIRECT_LAUNCH=1) run the compiled kernels the JIT
-    functions returned: the same output and gradient bits as JIT launches, over repeated steps (the
-    plan's replays), for an aligned input, one 4 bytes off 16-byte alignment and tokens."""
-    import cvkit.kernels.isqrt_cov as impl
-
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    torch.manual_seed(5)
-    storage = torch.randn(3 * 208 * 7 * 7 + 1, device="cuda")
-    inputs = [storage[:-1].view(3, 208, 7, 7), storage[1:].view(3, 208, 7, 7),
-              torch.randn(2, 50, 96, device="cuda")]
-    for x in inputs:
-        x = x.detach().requires_grad_()
-        results = []
-        for direct in (False, True, True, True):
-            monkeypatch.setattr(impl, "_DIRECT", direct)
-            out = isqrt_cov_triton(x, 5, precision="tf32x3")
-            (grad,) = torch.autograd.grad((out * out).sum(), x)
-            results.append((out, grad))
-        for out, grad in results[1:]:
-            assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
-    assert len(impl._PLANS) >= 6
-
-
-@needs_cuda
 def test_cuda_auto_backend_uses_triton_and_matches_torch(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     torch.manual_seed(3)
@@ -870,3 +845,30 @@ assert rel_err(out, ref) < 1e-5 and rel_err(gx, gr) < 1e-5
                          env=dict(env, CVKIT_ISQRT_COV_PRODUCT_CONFIGS="64,32"), timeout=300)
     assert bad.returncode != 0
     assert "CVKIT_ISQRT_COV_PRODUCT_CONFIGS: expected BLOCK,BLOCK_K,WARPS,STAGES" in bad.stderr
+
+
+@needs_cuda
+def test_cuda_direct_launches_give_the_same_bits(monkeypatch):
+    """Direct launches (CVKIT_ISQRT_COV_DIRECT_LAUNCH=1) run the compiled kernels the JIT
+    functions returned: the same output and gradient bits as JIT launches, over repeated steps (the
+    plan's replays), for an aligned input, one 4 bytes off 16-byte alignment and tokens. Last in
+    the file: were a direct launch to fault, the CUDA context would be lost for every test after
+    it."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.manual_seed(5)
+    storage = torch.randn(3 * 208 * 7 * 7 + 1, device="cuda")
+    inputs = [storage[:-1].view(3, 208, 7, 7), storage[1:].view(3, 208, 7, 7),
+              torch.randn(2, 50, 96, device="cuda")]
+    for x in inputs:
+        x = x.detach().requires_grad_()
+        results = []
+        for direct in (False, True, True, True):
+            monkeypatch.setattr(impl, "_DIRECT", direct)
+            out = isqrt_cov_triton(x, 5, precision="tf32x3")
+            (grad,) = torch.autograd.grad((out * out).sum(), x)
+            results.append((out, grad))
+        for out, grad in results[1:]:
+            assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+    assert len(impl._PLANS) >= 6
