@@ -694,6 +694,20 @@ def test_direct_launches_replay_the_kernels_triton_would_pick(monkeypatch):
     assert impl._PLANS == {}  # the stand-in kernels' plans are gone
 
 
+def test_no_plan_when_a_launch_returned_no_compiled_kernel(monkeypatch):
+    """JITFunction.run returns None when a Triton hook takes a launch over: that call's launches
+    make no plan (a later call with the key goes through the JIT functions again)."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    monkeypatch.setattr(impl, "_PLANS", {})
+    with impl._StepLaunches(("key",)) as step:
+        step.record(None, None, (1,), (), {})
+    assert impl._PLANS == {}
+    with impl._StepLaunches(("key",)) as step:
+        pass
+    assert impl._PLANS == {("key",): []}
+
+
 def test_direct_launches_are_off_in_the_interpreter(interpret, monkeypatch):
     import cvkit.kernels.isqrt_cov as impl
 

@@ -199,10 +199,13 @@ class _StepLaunches:
 
     def __exit__(self, exc_type, *exc):
         _STEP.reset(self.token)
-        if exc_type is None and self.plan is None:
+        if exc_type is None and self.plan is None and None not in self.recorded:
             _PLANS[self.key] = self.recorded
 
     def record(self, fn, compiled, grid, args, meta):
+        if compiled is None:  # a Triton hook took the launch over: no plan for this key
+            self.recorded.append(None)
+            return
         bound = {**dict(zip(fn.arg_names, args)), **meta}
         dims = tuple(grid(bound) if callable(grid) else grid)
         constants = tuple(bound.get(p.name, p.default) for p in fn.params[len(args):])
