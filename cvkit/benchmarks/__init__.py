@@ -15,8 +15,8 @@ import torch
 SUITES = {
     "covpool": "iSQRT-COV forward+backward time and peak memory (CPU, or --device cuda)",
     "covpool-tiles": "the iSQRT-COV Triton product kernel per launch kind and tile config (CUDA)",
-    "covpool-host": "host time of the iSQRT-COV Triton forward+backward: no-op launches on the "
-                    "CPU, or --device cuda",
+    "covpool-host": "host time of the iSQRT-COV Triton forward+backward: stand-in compiled "
+                    "kernels on the CPU, or --device cuda",
     "models": "training-step time of cvkit presets beside torchvision's resnet50",
     "data": "training input pipeline images/s beside torchvision transforms",
     "corruptions": "ImageNet-C corruptions beside the imagecorruptions package",
