@@ -412,7 +412,8 @@ def test_dot_partial_sums_cover_every_slot(interpret, config):
 
 def test_double_backward_is_a_clear_error(interpret):
     """Eager mode (the autograd.Function) and the custom operators (what torch.compile gets)
-    both refuse a second derivative with PyTorch's own message."""
+    both refuse a second derivative with a message naming the function, when it is taken (the
+    first backward with create_graph=True works)."""
     import cvkit.kernels.isqrt_cov as impl
 
     x = torch.randn(2, 16, 3, 3, requires_grad=True)
