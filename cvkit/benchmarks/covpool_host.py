@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _jit_functions(k) -> list[tuple[str, object]]:
-    """(name, JIT function) of every kernel of the kernel module ``k``, and its autotuners."""
+    """(name, JIT function) of every kernel of the kernel module ``k`` (for an autotuned kernel,
+    the JIT function below its autotuner)."""
     found = []
     for name in dir(k):
         obj = getattr(k, name)
