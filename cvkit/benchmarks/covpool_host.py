@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import os
 import platform
-import random
 import statistics
 import time
 import warnings
@@ -41,6 +40,7 @@ import torch
 
 import cvkit.kernels.isqrt_cov as impl
 from cvkit.benchmarks import machine_description
+from cvkit.benchmarks.timing import interleaved_seconds, synchronize
 
 CVKIT = "cvkit (chosen config reused per key)"
 DIRECT = f"the same with direct launches ({impl.DIRECT_LAUNCH_ENV}=1, experimental)"
@@ -59,8 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--size", type=int, default=14, help="feature map side (M = size^2)")
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=50, help="forward+backward steps per round")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="forward+backward steps per candidate and repeat; also the steps "
+                             "whose launches are timed one by one")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="repeats (the timed steps per candidate: repeats x steps)")
     parser.add_argument("--skip-direct", action="store_true",
                         help="leave out the direct-launch candidate (experimental)")
 
@@ -200,30 +203,21 @@ class _Forgetful(dict):
         pass
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def step_times(steps: dict, repeats: int, per_round: int, device: str
-               ) -> dict[str, tuple[list[float], list[float]]]:
+def step_times(steps: dict, repeats: int, device: str) -> dict[str, tuple[list, list]]:
     """Per candidate, the host seconds until each step returned and the seconds until the device
-    finished it (the same on the CPU), one step at a time from an idle device, the candidates in
-    a new random order each round."""
-    times = {name: ([], []) for name in steps}
-    order, rng = list(steps), random.Random(0)
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for name in order:
-            for _ in range(per_round):
-                _sync(device)
-                t0 = time.perf_counter()
-                steps[name]()
-                t1 = time.perf_counter()
-                _sync(device)
-                times[name][0].append(t1 - t0)
-                times[name][1].append(time.perf_counter() - t0)
-    return times
+    finished it (the same on the CPU): ``interleaved_seconds``, one step per candidate and round
+    from an idle device, each step also timed until it returns."""
+    until_return: dict[str, list[float]] = {name: [] for name in steps}
+
+    def timed(name, step):
+        def run():
+            t0 = time.perf_counter()
+            step()
+            until_return[name].append(time.perf_counter() - t0)
+        return run
+    wall = interleaved_seconds({name: timed(name, step) for name, step in steps.items()},
+                               repeats=repeats, warmup=1, device=device)
+    return {name: (until_return[name][1:], wall[name]) for name in steps}  # [0]: the warm-up
 
 
 def run(args: argparse.Namespace) -> str:
@@ -260,15 +254,12 @@ def run(args: argparse.Namespace) -> str:
         del steps[DIRECT]
     seconds: dict[str, list[float]] = defaultdict(list)
     stand_in = stand_in_launches(k) if args.device == "cpu" else contextlib.nullcontext()
-    with stand_in:
-        for step in steps.values():  # compiles and autotunes on a GPU
-            step()
-        times = step_times(steps, args.repeats, args.steps, args.device)
-        _sync(args.device)
+    with stand_in:  # the warm-up step compiles and autotunes on a GPU
+        times = step_times(steps, args.repeats * args.steps, args.device)
         with timed_launches(k, seconds):
             for _ in range(args.steps):
                 steps[CVKIT]()
-        _sync(args.device)
+        synchronize(args.device)
         extra = host_profile(steps[CVKIT], args.device)
     return _report(args, batch, times, seconds) + "\n\n" + extra
 
@@ -280,11 +271,11 @@ def host_profile(step, device: str, steps: int = 5) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    _sync(device)
+    synchronize(device)
     with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
-        _sync(device)
+        synchronize(device)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15,
                                       max_name_column_width=45)
     lines = [f"Host-side profile of {steps} steps (torch.profiler, by self CPU time; the profiler "
@@ -318,8 +309,9 @@ def _report(args, batch: int, times, seconds) -> str:
            "nothing): cvkit's launch sequence, autograd and Triton's launcher, not the compiled "
            "kernel's C launcher and the driver call" if cpu else
            "): until the step returns with every kernel enqueued, and until the GPU finished it")
-        + f". Medians per step, {args.repeats} interleaved rounds of {args.steps} steps, each "
-        "from an idle device.",
+        + f". Medians of {args.repeats} x {args.steps} steps per candidate, the candidates "
+        "interleaved step by step (a new random order each round), each step from an idle "
+        "device.",
         "",
         "| candidate | host ms until the step returns | wall-clock ms, synchronised "
         "| host per launch, us | host vs Autotuner.run each launch |",

@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 
 
-def _sync(device: str) -> None:
+def synchronize(device: str) -> None:
+    """Waits for the device (a no-op on the CPU)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -19,12 +20,12 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -43,7 +44,7 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    _sync(device)
+    synchronize(device)
     order, rng = list(fns), random.Random(0)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
@@ -52,10 +53,10 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
             fn = fns[name]
             for _ in range(settle):
                 fn()
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - t0)
     return times
 

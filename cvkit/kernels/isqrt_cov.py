@@ -138,20 +138,19 @@ def _autotune_key(kernel, args, meta) -> tuple:
 
 def _launch_autotuned(kernel, grid, args, meta):
     """``kernel[grid](*args, **meta)`` for a ``triton.autotune`` kernel; once the autotuner has
-    chosen for this key, the chosen config's JIT launch."""
+    chosen for this key, the chosen config's launch (``_launch``)."""
     step = _STEP.get()
-    if step is not None and step.plan is not None:
-        step.launch_planned(args)
-        return
-    key = _autotune_key(kernel, args, meta)
-    chosen = _CHOSEN.get(key)
-    if chosen is None:
-        compiled = kernel[grid](*args, **meta)
-        chosen = _CHOSEN[key] = kernel.best_config.all_kwargs()
-    else:
-        compiled = kernel.fn[grid](*args, **meta, **chosen)
-    if step is not None:
-        step.record(kernel.fn, compiled, grid, args, {**meta, **chosen})
+    if step is None or step.plan is None:  # a plan has the chosen configs in it
+        key = _autotune_key(kernel, args, meta)
+        chosen = _CHOSEN.get(key)
+        if chosen is None:  # the autotuner times its configs, then launches the fastest
+            compiled = kernel[grid](*args, **meta)
+            chosen = _CHOSEN[key] = kernel.best_config.all_kwargs()
+            if step is not None:
+                step.record(kernel.fn, compiled, grid, args, {**meta, **chosen})
+            return
+        meta = {**meta, **chosen}
+    _launch(kernel.fn, grid, args, meta)
 
 
 def _launch(fn, grid, args, meta):
