@@ -116,7 +116,7 @@ def _pair(buf: torch.Tensor) -> _Pair:
 # key. Later launches call the kernel's JIT function with it directly: Triton's Autotuner.run
 # rebuilds its key from every argument on each call (a membership test per argument in a list),
 # ~0.3 ms of host time per forward+backward (22 launches) on this project's 2-core CPU machine
-# (1.04 vs 0.70 ms in `python tools/benchmark.py covpool-host`, BENCHMARKS.md).
+# (1.02 vs 0.70 ms in `python tools/benchmark.py covpool-host`, BENCHMARKS.md).
 _CHOSEN: dict[tuple, dict] = {}
 
 
@@ -481,7 +481,7 @@ _isqrt_cov_op.register_autograd(_isqrt_cov_autograd, setup_context=_setup_contex
 
 class _IsqrtCovFunction(torch.autograd.Function):
     """The same forward and backward in eager mode, without the custom operators' dispatch, which
-    cost ~0.1 ms of host time per forward+backward on this project's 2-core machine (0.82 vs
+    cost ~0.1 ms of host time per forward+backward on this project's 2-core machine (0.80 vs
     0.70 ms for the whole host side there: BENCHMARKS.md, covpool-host). torch.compile gets the
     operators (``_isqrt_cov``)."""
 
