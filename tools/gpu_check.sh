@@ -8,8 +8,9 @@
 #              shape, Triton vs cvkit's PyTorch path vs the straightforward implementation, fp32
 #              and TF32, d in {128,256}; autotuning choices logged;
 #   graph      the same at B=128, d=256 with --cuda-graph (GPU time without launch overhead);
-#   host       python tools/benchmark.py covpool-host: the launch path's host time with every
-#              launch a no-op, on this machine's CPU; then with --device cuda at B=128, d=256:
+#   host       python tools/benchmark.py covpool-host: the launch path's host time on this
+#              machine's CPU, Triton's launcher down to stand-in compiled kernels; then with
+#              --device cuda at B=128, d=256:
 #              host time until a step returns against its wall-clock, each kernel's time in
 #              Triton's JIT launcher, a host-side torch.profiler table (CUDA runtime and driver
 #              calls) and the synchronising calls PyTorch reports; if that run fails, again
