@@ -13,7 +13,7 @@ CHOICE = "64,32,4,3;128,32,8,2"
 
 # Records each call; plays the tile benchmark's last line so that the tuned step finds a choice.
 STUB = f"""#!/usr/bin/env bash
-echo "call: $* | pythonpath=$PYTHONPATH | configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" \
+echo "call: $* | pythonpath=$PYTHONPATH | direct=${{CVKIT_ISQRT_COV_DIRECT_LAUNCH:-}} | configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" \
     >> "$STUB_LOG"
 case "$*" in *covpool-tiles*) echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS={CHOICE}";; esac
 [ -n "${{STUB_FAIL:-}}" ] && [ "$*" = "$STUB_FAIL" ] && exit 1
@@ -87,16 +87,19 @@ def test_baseline_benchmarks_the_older_cvkit_in_the_same_call(tmp_path):
     done, out, calls = run_check(tmp_path, "graph", "baseline", BASELINE_DIR=str(base))
     assert done.returncode == 0, done.stdout + done.stderr
     calls = [c for c in calls if "tools/benchmark.py covpool" in c]
-    assert len(calls) == 5  # the graph step, then the baseline's and this tree's pair
+    # the graph step, then the baseline's and this tree's pair, then this tree's direct launches
+    assert len(calls) == 6
     assert str(base) not in calls[0]  # the graph step: this tree's cvkit
-    for call, cuda_graph in zip(calls[1:], [True, False, True, False]):
+    for call, cuda_graph in zip(calls[1:], [True, False, True, False, False]):
         assert "--batch 128 --dim 256 --no-tf32" in call
         assert ("--cuda-graph" in call) == cuda_graph
     assert all(f"pythonpath={base}:." in c for c in calls[1:3])  # ahead of this tree
     assert all(f"pythonpath=.:." in c or "pythonpath=. |" in c for c in calls[3:])
+    assert all("direct= |" in c for c in calls[:5]) and "direct=1 |" in calls[5]
     log = (out / "covpool_graph.log").read_text()
     assert f"== baseline step: cvkit from {base} --cuda-graph" in log
     assert "== baseline step: cvkit from . (wall-clock)" in log
+    assert "== baseline step: cvkit from . (wall-clock) with direct launches" in log
     assert "baseline" in (out / "run.txt").read_text().split("== step durations")[1]
 
 

@@ -20,6 +20,7 @@
 #              BASELINE_DIR names a folder holding its cvkit/ package, e.g. made here with
 #              `mkdir -p .gpu_baseline && git archive REV cvkit | tar -x -C .gpu_baseline` (a
 #              folder git ignores: name it in the device tool's `carry`, or it does not travel);
+#              then this tree's wall-clock once more with CVKIT_ISQRT_COV_DIRECT_LAUNCH=1;
 #              appended to covpool_graph.log; skipped without BASELINE_DIR;
 #   tiles      python tools/benchmark.py covpool-tiles --device cuda: the product kernel per launch
 #              kind under a grid of tile configs beside the autotuner's choice; it ends with a
@@ -142,6 +143,12 @@ step_baseline() {
       echo "exit $?"
     done
   done >> "$OUT/covpool_graph.log" 2>&1
+  {  # and this tree's wall-clock with the experimental direct launches (their own process)
+    echo; echo "== baseline step: cvkit from . (wall-clock) with direct launches ($(configs_line))"
+    CVKIT_ISQRT_COV_DIRECT_LAUNCH=1 timeout $(limit 40) $PY tools/benchmark.py covpool \
+      --device cuda --batch 128 --dim 256 --no-tf32
+    echo "exit $?"
+  } >> "$OUT/covpool_graph.log" 2>&1
   sed -n '/^== baseline step/,$p' "$OUT/covpool_graph.log" | grep "^==\|^| 128" \
     > "$MD/covpool_graph_baseline.md"
 }
