@@ -643,7 +643,7 @@ def _launch_record(launches):
 
 
 def test_direct_launches_replay_the_kernels_triton_would_pick(monkeypatch):
-    """With direct launches on (CVKIT_ISQRT_COV_DIRECT_LAUNCH=1), the first forward+backward with
+    """With direct launches on (the default), the first forward+backward with
     a plan key goes through Triton's JIT functions and records the compiled kernels; later ones
     launch them directly. On the CPU every launch goes through Triton's real JIT path to a
     stand-in compiled kernel per Triton cache key (covpool-host's), so this checks that a plan
@@ -709,6 +709,21 @@ def test_no_plan_when_a_launch_returned_no_compiled_kernel(monkeypatch):
     assert impl._PLANS == {("key",): []}
 
 
+def test_direct_launches_are_the_default_and_the_variable_turns_them_off(monkeypatch):
+    """CVKIT_ISQRT_COV_DIRECT_LAUNCH: unset or 1 launches directly (the default since run 9), 0
+    through Triton's JIT functions; anything else is an error naming the variable and value."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    monkeypatch.delenv(impl.DIRECT_LAUNCH_ENV, raising=False)
+    assert impl._direct_launch_setting() is True
+    for value, expected in (("1", True), ("0", False)):
+        monkeypatch.setenv(impl.DIRECT_LAUNCH_ENV, value)
+        assert impl._direct_launch_setting() is expected
+    monkeypatch.setenv(impl.DIRECT_LAUNCH_ENV, "yes")
+    with pytest.raises(ValueError, match="CVKIT_ISQRT_COV_DIRECT_LAUNCH='yes': expected 1"):
+        impl._direct_launch_setting()
+
+
 def test_direct_launches_are_off_in_the_interpreter(interpret, monkeypatch):
     import cvkit.kernels.isqrt_cov as impl
 
@@ -758,8 +773,8 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
     assert "_IsqrtCovFunctionBackward" in profile and "# of Calls" in profile
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
     assert [r[0] for r in rows if r[0][2] in "ce" or r[0].startswith("| the same")] == [
-        "| candidate", "| cvkit (chosen config reused per key)",
-        "| the same with direct launches (CVKIT_ISQRT_COV_DIRECT_LAUNCH=1, experimental)",
+        "| candidate", "| cvkit (direct launches of the recorded kernels)",
+        "| the same through Triton's JIT functions (CVKIT_ISQRT_COV_DIRECT_LAUNCH=0)",
         "| the same through the custom operators (torch.compile's path)",
         "| every launch through Triton's Autotuner.run"]
     launches = {r[0][2:]: r[1] for r in rows if r[0].startswith("| _")}
@@ -864,7 +879,7 @@ assert rel_err(out, ref) < 1e-5 and rel_err(gx, gr) < 1e-5
 
 @needs_cuda
 def test_cuda_direct_launches_give_the_same_bits(monkeypatch):
-    """Direct launches (CVKIT_ISQRT_COV_DIRECT_LAUNCH=1) run the compiled kernels the JIT
+    """Direct launches (the default) run the compiled kernels the JIT
     functions returned: the same output and gradient bits as JIT launches, over repeated steps (the
     plan's replays), for an aligned input, one 4 bytes off 16-byte alignment and tokens. Last in
     the file: were a direct launch to fault, the CUDA context would be lost for every test after

@@ -13,8 +13,9 @@ CHOICE = "64,32,4,3;128,32,8,2"
 
 # Records each call; plays the tile benchmark's last line so that the tuned step finds a choice.
 STUB = f"""#!/usr/bin/env bash
-echo "call: $* | pythonpath=$PYTHONPATH | direct=${{CVKIT_ISQRT_COV_DIRECT_LAUNCH:-}} | configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" \
-    >> "$STUB_LOG"
+echo "call: $* | pythonpath=$PYTHONPATH | direct=${{CVKIT_ISQRT_COV_DIRECT_LAUNCH:-}} |" \
+    "configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" >> "$STUB_LOG"
+echo "ran: $*"
 case "$*" in *covpool-tiles*) echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS={CHOICE}";; esac
 [ -n "${{STUB_FAIL:-}}" ] && [ "$*" = "$STUB_FAIL" ] && exit 1
 exit 0
@@ -87,7 +88,8 @@ def test_baseline_benchmarks_the_older_cvkit_in_the_same_call(tmp_path):
     done, out, calls = run_check(tmp_path, "graph", "baseline", BASELINE_DIR=str(base))
     assert done.returncode == 0, done.stdout + done.stderr
     calls = [c for c in calls if "tools/benchmark.py covpool" in c]
-    # the graph step, then the baseline's and this tree's pair, then this tree's direct launches
+    # the graph step, then the baseline's and this tree's pair, then this tree's without direct
+    # launches
     assert len(calls) == 6
     assert str(base) not in calls[0]  # the graph step: this tree's cvkit
     for call, cuda_graph in zip(calls[1:], [True, False, True, False, False]):
@@ -95,11 +97,11 @@ def test_baseline_benchmarks_the_older_cvkit_in_the_same_call(tmp_path):
         assert ("--cuda-graph" in call) == cuda_graph
     assert all(f"pythonpath={base}:." in c for c in calls[1:3])  # ahead of this tree
     assert all(f"pythonpath=.:." in c or "pythonpath=. |" in c for c in calls[3:])
-    assert all("direct= |" in c for c in calls[:5]) and "direct=1 |" in calls[5]
+    assert all("direct= |" in c for c in calls[:5]) and "direct=0 |" in calls[5]
     log = (out / "covpool_graph.log").read_text()
     assert f"== baseline step: cvkit from {base} --cuda-graph" in log
     assert "== baseline step: cvkit from . (wall-clock)" in log
-    assert "== baseline step: cvkit from . (wall-clock) with direct launches" in log
+    assert "== baseline step: cvkit from . (wall-clock) without direct launches" in log
     assert "baseline" in (out / "run.txt").read_text().split("== step durations")[1]
 
 
@@ -128,7 +130,24 @@ def test_host_step_reruns_without_direct_launches_when_the_cuda_run_fails(tmp_pa
     assert done.returncode == 0, done.stdout + done.stderr
     bench = [c for c in calls if "tools/benchmark.py" in c]
     assert bench[2].startswith(
-        "call: tools/benchmark.py covpool-host --device cuda --steps 20 --skip-direct |")
+        "call: tools/benchmark.py covpool-host --device cuda --steps 20 --no-direct |")
     log = (out / "covpool_bench.log").read_text()
     assert "host benchmark (CUDA) exit 1" in log
     assert "host benchmark (CUDA, without direct launches) exit 0" in log
+
+
+def test_benchmark_steps_append_to_the_logs_other_steps_append_to(tmp_path):
+    """bench128 and graph after host and baseline keep what those wrote in the shared logs (run 9
+    lost the host step's profile to a bench128 that overwrote covpool_bench.log)."""
+    base = tmp_path / "baseline"
+    (base / "cvkit").mkdir(parents=True)
+    done, out, _ = run_check(tmp_path, "host", "baseline", "bench128", "graph",
+                             BASELINE_DIR=str(base))
+    assert done.returncode == 0, done.stdout + done.stderr
+    bench = (out / "covpool_bench.log").read_text()
+    assert bench.index("ran: tools/benchmark.py covpool-host --device cuda") < bench.index(
+        "ran: tools/benchmark.py covpool --device cuda --batch 128")
+    graph = (out / "covpool_graph.log").read_text()
+    assert "== baseline step: cvkit from . (wall-clock) without direct launches" in graph
+    assert graph.index("== baseline step") < graph.index(
+        "ran: tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 --dim 256")

@@ -14,13 +14,15 @@
 #              host time until a step returns against its wall-clock, each kernel's time in
 #              Triton's JIT launcher, a host-side torch.profiler table (CUDA runtime and driver
 #              calls) and the synchronising calls PyTorch reports; if that run fails, again
-#              without the experimental direct launches; appended to covpool_bench.log;
+#              with every candidate through Triton's JIT functions (--no-direct); appended to
+#              covpool_bench.log;
 #   baseline   the graph and wall-clock benchmarks at B=128, d=256 (fp32 rows) of an older cvkit
 #              and then of this tree, for an A/B in the same call (on the same warm GPU):
 #              BASELINE_DIR names a folder holding its cvkit/ package, e.g. made here with
 #              `mkdir -p .gpu_baseline && git archive REV cvkit | tar -x -C .gpu_baseline` (a
 #              folder git ignores: name it in the device tool's `carry`, or it does not travel);
-#              then this tree's wall-clock once more with CVKIT_ISQRT_COV_DIRECT_LAUNCH=1;
+#              then this tree's wall-clock once more with CVKIT_ISQRT_COV_DIRECT_LAUNCH=0 (every
+#              launch through Triton's JIT functions);
 #              appended to covpool_graph.log; skipped without BASELINE_DIR;
 #   tiles      python tools/benchmark.py covpool-tiles --device cuda: the product kernel per launch
 #              kind under a grid of tile configs beside the autotuner's choice; it ends with a
@@ -41,7 +43,9 @@
 # time limit, cut to what is left of $BUDGET (default 570 s, inside the device tool's 600 s per
 # command); a step with under 20 s left is skipped and logged as such. On a fresh H100 smoke,
 # bench128, graph, tiles, tuned, pytest, bench_rest and sweep took 69, 59, 20, 30, 50, 130, 68 and
-# 49 s (2026-11-27, run 7 in BENCHMARKS.md: 475 s of the 570).
+# 49 s (2026-11-27, run 7 in BENCHMARKS.md: 475 s of the 570). Run 9, on a fresh H100 (a third
+# input-gradient config): smoke over 80 s (cut; its first case took 46 s), pytest over 130 s (cut
+# at the last test; 49 s on the warm machine, kernels compiled): the limits are 150 and 200 s now.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -93,24 +97,28 @@ sys.exit(0 if ok else 1)
 EOF
 
 step_smoke() {
-  timeout $(limit 80) $PY "$MD/smoke.py" all 2>&1 | tee "$OUT/smoke.log"
+  timeout $(limit 150) $PY "$MD/smoke.py" all 2>&1 | tee "$OUT/smoke.log"
   if [ "${PIPESTATUS[0]}" != 0 ]; then echo "SMOKE FAILED: stopping"; exit 1; fi
 }
 
+# bench128 and graph append to the logs that the host and baseline steps append to too (in any
+# step order: run 9 lost the host step's profile to a bench128 that ran after it and overwrote).
 step_bench128() {
   TRITON_PRINT_AUTOTUNING=1 timeout $(limit 80) $PY tools/benchmark.py covpool --device cuda \
     --batch 128 \
-    > "$OUT/covpool_bench.log" 2>&1
+    > "$MD/bench128.log" 2>&1
   echo "benchmark exit $?"
-  sed -n '/^Command:/,$p' "$OUT/covpool_bench.log" > "$MD/covpool_bench.md"
+  cat "$MD/bench128.log" >> "$OUT/covpool_bench.log"
+  sed -n '/^Command:/,$p' "$MD/bench128.log" > "$MD/covpool_bench.md"
 }
 
 step_graph() {
   timeout $(limit 40) $PY tools/benchmark.py covpool --device cuda --cuda-graph --batch 128 \
     --dim 256 \
-    > "$OUT/covpool_graph.log" 2>&1
+    > "$MD/graph.log" 2>&1
   echo "benchmark (CUDA graphs) exit $?"
-  sed -n '/^Command:/,$p' "$OUT/covpool_graph.log" > "$MD/covpool_graph.md"
+  cat "$MD/graph.log" >> "$OUT/covpool_graph.log"
+  sed -n '/^Command:/,$p' "$MD/graph.log" > "$MD/covpool_graph.md"
 }
 
 step_host() {
@@ -120,9 +128,9 @@ step_host() {
     echo; timeout $(limit 90) $PY tools/benchmark.py covpool-host --device cuda --steps 20
     local rc=$?
     echo "host benchmark (CUDA) exit $rc"
-    if [ $rc -ne 0 ]; then  # the experimental direct launches may be what failed
+    if [ $rc -ne 0 ]; then  # direct launches may be what failed
       echo; timeout $(limit 90) $PY tools/benchmark.py covpool-host --device cuda --steps 20 \
-        --skip-direct
+        --no-direct
       echo "host benchmark (CUDA, without direct launches) exit $?"
     fi
   } >> "$OUT/covpool_bench.log" 2>&1
@@ -143,9 +151,10 @@ step_baseline() {
       echo "exit $?"
     done
   done >> "$OUT/covpool_graph.log" 2>&1
-  {  # and this tree's wall-clock with the experimental direct launches (their own process)
-    echo; echo "== baseline step: cvkit from . (wall-clock) with direct launches ($(configs_line))"
-    CVKIT_ISQRT_COV_DIRECT_LAUNCH=1 timeout $(limit 40) $PY tools/benchmark.py covpool \
+  {  # and this tree's wall-clock without direct launches (the launch path of run 8)
+    echo; echo "== baseline step: cvkit from . (wall-clock) without direct launches" \
+      "($(configs_line))"
+    CVKIT_ISQRT_COV_DIRECT_LAUNCH=0 timeout $(limit 40) $PY tools/benchmark.py covpool \
       --device cuda --batch 128 --dim 256 --no-tf32
     echo "exit $?"
   } >> "$OUT/covpool_graph.log" 2>&1
@@ -179,7 +188,7 @@ step_tuned() {
 
 step_pytest() {
   configs_line > "$OUT/pytest.log"
-  timeout $(limit 130) $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda \
+  timeout $(limit 200) $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda \
     -p no:cacheprovider >> "$OUT/pytest.log" 2>&1
   echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
 }

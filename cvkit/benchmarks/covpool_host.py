@@ -17,13 +17,15 @@ for 2.1-2.2 ms, BENCHMARKS.md run 7): the host side is worth measuring on its ow
   makes in a step.
 
 Both modes time each JIT launch on its own as well (``kernel.fn.run``: Triton's argument binding,
-specialisation, cache lookup and the launch, real or stand-in), per kernel; the rest of the host
-time is cvkit's side. Four candidates, interleaved: cvkit as it launches in eager mode (an
-``autograd.Function``; each kernel's tile config chosen once per autotuning key, then launched
-directly), the same with direct launches (the compiled kernels of a call's launches recorded per
-plan key, then launched below Triton's JIT function; opt-in), the same through the custom
+specialisation, cache lookup and the launch, real or stand-in), per kernel, in steps through the
+JIT functions; the rest of the host time is cvkit's side. Four candidates, interleaved: cvkit as
+it launches in eager mode (an ``autograd.Function``; the compiled kernels of a call's launches
+recorded per plan key, then launched below Triton's JIT functions: direct launches), the same
+through the JIT functions (``CVKIT_ISQRT_COV_DIRECT_LAUNCH=0``; each kernel's tile config chosen
+once per autotuning key, then launched through its JIT function), the same through the custom
 operators that torch.compile puts in its graph (called eagerly here: their dispatch costs host
-time), and every launch through Triton's ``Autotuner.run`` (nothing remembered).
+time), and every launch through Triton's ``Autotuner.run`` (nothing remembered, as until session
+7).
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ import cvkit.kernels.isqrt_cov as impl
 from cvkit.benchmarks import machine_description
 from cvkit.benchmarks.timing import interleaved_seconds, synchronize
 
-CVKIT = "cvkit (chosen config reused per key)"
-DIRECT = f"the same with direct launches ({impl.DIRECT_LAUNCH_ENV}=1, experimental)"
+CVKIT = "cvkit (direct launches of the recorded kernels)"
+JIT = f"the same through Triton's JIT functions ({impl.DIRECT_LAUNCH_ENV}=0)"
 OPERATORS = "the same through the custom operators (torch.compile's path)"
 AUTOTUNER = "every launch through Triton's Autotuner.run"
 
@@ -64,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "whose launches are timed one by one")
     parser.add_argument("--repeats", type=int, default=7,
                         help="repeats (the timed steps per candidate: repeats x steps)")
-    parser.add_argument("--skip-direct", action="store_true",
-                        help="leave out the direct-launch candidate (experimental)")
+    parser.add_argument("--no-direct", action="store_true",
+                        help="every candidate through Triton's JIT functions (cvkit's default, "
+                             "direct launches, left out)")
 
 
 def _jit_functions(k) -> list[tuple[str, object]]:
@@ -248,19 +251,20 @@ def run(args: argparse.Namespace) -> str:
                 impl._CHOSEN, impl._DIRECT = chosen, was_direct
         return step
 
-    steps = {CVKIT: step_of(True), DIRECT: step_of(True, direct=True),
-             OPERATORS: step_of(True, impl._isqrt_cov_op), AUTOTUNER: step_of(False)}
-    if args.skip_direct:
-        del steps[DIRECT]
+    direct = not args.no_direct
+    steps = {CVKIT: step_of(True, direct=True), JIT: step_of(True),
+             OPERATORS: step_of(True, impl._isqrt_cov_op, direct=direct), AUTOTUNER: step_of(False)}
+    if args.no_direct:
+        del steps[CVKIT]
     seconds: dict[str, list[float]] = defaultdict(list)
     stand_in = stand_in_launches(k) if args.device == "cpu" else contextlib.nullcontext()
     with stand_in:  # the warm-up step compiles and autotunes on a GPU
         times = step_times(steps, args.repeats * args.steps, args.device)
         with timed_launches(k, seconds):
             for _ in range(args.steps):
-                steps[CVKIT]()
+                steps[JIT]()  # direct launches skip the JIT functions' run
         synchronize(args.device)
-        extra = host_profile(steps[CVKIT], args.device)
+        extra = host_profile(steps[next(iter(steps))], args.device)
     return _report(args, batch, times, seconds) + "\n\n" + extra
 
 
@@ -322,9 +326,10 @@ def _report(args, batch: int, times, seconds) -> str:
                      f"{host[name] * 1e3 / per_step:.1f} | {host[AUTOTUNER] / host[name]:.2f}x |")
     launcher = ("Triton's JIT launcher down to the stand-in kernel" if cpu else
                 "Triton's JIT launcher")
-    lines += ["", f"Where cvkit's host time goes ({args.steps} more steps, each launch timed on "
-              f"its own: {launcher}, per kernel; the rest is cvkit's side and autograd; a launch "
-              "that waits for the GPU shows as the slowest):", "",
+    lines += ["", f"Where the host time of a step through the JIT functions goes ({args.steps} "
+              f"more steps, each launch timed on its own: {launcher}, per kernel; the rest is "
+              "cvkit's side and autograd; a launch that waits for the GPU shows as the slowest):",
+              "",
               "| part | launches per step | median us per launch | slowest launch, us "
               "| ms per step |", "|---|---|---|---|---|"]
     in_launches = 0.0
@@ -335,13 +340,13 @@ def _report(args, batch: int, times, seconds) -> str:
                      f"{statistics.median(values) * 1e6:.1f} | {max(values) * 1e6:.1f} | "
                      f"{total:.3f} |")
     lines += [f"| all launches | {per_step} | | | {in_launches:.3f} |",
-              f"| the rest (host ms until return {host[CVKIT]:.3f} minus the launches) | | | | "
-              f"{host[CVKIT] - in_launches:.3f} |"]
+              f"| the rest (host ms until return {host[JIT]:.3f} minus the launches) | | | | "
+              f"{host[JIT] - in_launches:.3f} |"]
     batch_arg = "" if args.batch is None else f" --batch {args.batch}"
     lines += ["", f"Command: `python tools/benchmark.py covpool-host --device {args.device}"
               f"{batch_arg} --dim {args.dim} --size {args.size} --iters {args.iters} --steps "
               f"{args.steps} --repeats {args.repeats}"
-              + (" --skip-direct" if args.skip_direct else "") + "`",
+              + (" --no-direct" if args.no_direct else "") + "`",
               f"Machine: {machine_description(args.device)}; CPU: {_cpu_name()}, "
               f"{os.cpu_count()} cores"]
     return "\n".join(lines)

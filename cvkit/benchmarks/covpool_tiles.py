@@ -35,9 +35,13 @@ from cvkit.benchmarks.timing import median_seconds
 from cvkit.kernels.isqrt_cov import PRECISIONS, _kernels, _pair, _products
 from cvkit.kernels.tile_configs import ENV_VAR, FIELDS, parse_tile_config
 
-# BLOCK, BLOCK_K, num_warps, num_stages
+# BLOCK, BLOCK_K, num_warps, num_stages. Run 7's grid, and since run 9: 32-wide tiles (36 of the
+# 64 tiles of a d = 256 matrix are on or above the diagonal, against 10 of 16 64-wide ones: less
+# work mirrored away; smaller than a Hopper warpgroup MMA, so the older MMA path) and a k-step of
+# 128 (two steps of the k-loop at d = 256, the least pipeline fill).
 DEFAULT_CONFIGS = ("64,32,4,2", "64,32,4,3", "64,32,4,4", "64,64,4,2", "64,64,4,3",
-                   "64,32,8,3", "64,64,8,3", "128,32,8,2", "128,32,8,3", "128,64,8,2")
+                   "64,32,8,3", "64,64,8,3", "128,32,8,2", "128,32,8,3", "128,64,8,2",
+                   "32,32,4,3", "32,64,4,3", "64,128,4,2")
 
 # kind -> (products per sum, sums per launch, matrices read, matrices written, launches per
 # forward+backward at N = 5: Y_1 and the final forward launch counted as T_k-like, dY_1 and

@@ -165,14 +165,26 @@ def _launch(fn, grid, args, meta):
         step.record(fn, compiled, grid, args, meta)
 
 
-# Direct launches (opt-in, ``CVKIT_ISQRT_COV_DIRECT_LAUNCH=1``; not yet run on a GPU): the compiled
+# Direct launches (the default; ``CVKIT_ISQRT_COV_DIRECT_LAUNCH=0`` turns them off): the compiled
 # kernel of every launch of a forward or backward call, recorded per plan key by the first call
 # with that key, then launched without Triton's JIT function. Triton's argument binding,
-# specialisation and cache lookup cost ~13 us per launch on this project's 2-core CPU machine
-# (`python tools/benchmark.py covpool-host`); what remains is the call JITFunction.run ends with
-# (the same in Triton 3.6 and 3.8).
+# specialisation and cache lookup cost ~13 us per launch on this project's 2-core CPU machine and
+# ~25 us on the H100 machine's host (`python tools/benchmark.py covpool-host`); what remains is the
+# call JITFunction.run ends with (the same in Triton 3.6 and 3.8). On an H100 (run 9 in
+# BENCHMARKS.md) the output and gradient bits are those of JIT launches, and a synchronised step
+# at B=128, d=256 took 3.1 ms instead of 3.8 ms.
 DIRECT_LAUNCH_ENV = "CVKIT_ISQRT_COV_DIRECT_LAUNCH"
-_DIRECT = os.environ.get(DIRECT_LAUNCH_ENV, "0") == "1"
+
+
+def _direct_launch_setting() -> bool:
+    value = os.environ.get(DIRECT_LAUNCH_ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{DIRECT_LAUNCH_ENV}={value!r}: expected 1 (direct launches, the "
+                         "default) or 0 (every launch through Triton's JIT functions)")
+    return value == "1"
+
+
+_DIRECT = _direct_launch_setting()
 _PLANS: dict[tuple, list] = {}
 _STEP: contextvars.ContextVar = contextvars.ContextVar("isqrt_cov_step", default=None)
 
@@ -226,7 +238,7 @@ class _StepLaunches:
 
 def _step_launches(kind: str, tensors, *config):
     """A ``_StepLaunches`` context for a forward or backward call when direct launches are on
-    (compiled mode only), else a no-op context."""
+    (the default; compiled mode only), else a no-op context."""
     if not _DIRECT or _interpreting():
         return contextlib.nullcontext()
     key = (kind, *config,
