@@ -635,47 +635,82 @@ def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch)
     assert report.splitlines()[-1] == "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=16,16,4,1"
 
 
-def _launch_record(launches):
-    """(stand-in kernel, argument structure) per launch: tensors as (shape, stride), the rest as
-    they are."""
-    return [(kernel, tuple((tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
-                           for a in args)) for kernel, args in launches]
+def _launch_record(launches, buffers):
+    """(stand-in kernel, arguments) per launch, every device address (a tensor's, or an int a
+    replay passes) as (buffer, byte offset) among ``buffers``, the tensors the calls handed to
+    ``_replayed`` (matched through their storages), so that calls over different memory compare."""
+    def where(ptr):
+        for i, t in enumerate(buffers):
+            if t is not None:
+                first = t.untyped_storage().data_ptr()
+                if first <= ptr < first + t.untyped_storage().nbytes():
+                    return ("buffer", i, ptr - t.data_ptr())
+        return None
+
+    def normal(arg):
+        if isinstance(arg, torch.Tensor):
+            found = where(arg.data_ptr())
+            assert found is not None, f"a tensor argument outside the call's buffers: {arg.shape}"
+            return found
+        if type(arg) is int:
+            return where(arg) or arg
+        return arg
+    return [(kernel, tuple(normal(a) for a in args)) for kernel, args in launches]
 
 
 def test_direct_launches_replay_the_kernels_triton_would_pick(monkeypatch):
-    """With direct launches on (the default), the first forward+backward with
-    a plan key goes through Triton's JIT functions and records the compiled kernels; later ones
-    launch them directly. On the CPU every launch goes through Triton's real JIT path to a
-    stand-in compiled kernel per Triton cache key (covpool-host's), so this checks that a plan
-    launches exactly the kernels Triton's own specialisation would pick, with the same grid and
-    argument list (every compile-time argument included, as JITFunction.run passes them), and
-    that the plan key follows what Triton specialises on: the input's 16-byte alignment (a view
-    one element in), its shape. The compiled call itself needs a GPU (a CUDA test)."""
+    """With direct launches on (the default), the first forward+backward with a plan key goes
+    through Triton's JIT functions and records each launch; later ones replay the recorded
+    kernels over their own buffers, without cvkit's launch sequence. On the CPU every launch goes
+    through Triton's real JIT path to a stand-in compiled kernel per Triton cache key
+    (covpool-host's), so this checks that a replay launches exactly the kernels Triton's own
+    specialisation would pick, with the same grid and argument list (every compile-time argument
+    included, as JITFunction.run passes them; each pointer at the same place in the same buffer
+    as the JIT path passes it), and that the plan key follows what Triton specialises on: the
+    input's 16-byte alignment (a view one element in), its shape. The compiled call itself needs
+    a GPU (a CUDA test)."""
     import cvkit.kernels.isqrt_cov as impl
     from cvkit.benchmarks.covpool_host import stand_in_launches
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(impl, "_CHOSEN", {})
     k = impl._kernels()
-    launches = []
+    launches, buffers, sequence_launches = [], [], []
     storage = torch.randn(2 * 24 * 4 * 4 + 1)
+    real_replayed, real_launch = impl._replayed, impl._launch
+
+    def watched_replayed(*call_buffers):
+        buffers.extend(call_buffers)
+        return real_replayed(*call_buffers)
+
+    def counted_launch(*args):
+        sequence_launches.append(args[0])
+        return real_launch(*args)
+    monkeypatch.setattr(impl, "_replayed", watched_replayed)
+    monkeypatch.setattr(impl, "_launch", counted_launch)
 
     def step(x, direct):
         monkeypatch.setattr(impl, "_DIRECT", direct)
         launches.clear()
+        buffers.clear()
+        sequence_launches.clear()
         out = impl._isqrt_cov(x, 3, True, "tf32x3")[0]
         out.backward(torch.ones_like(out))
-        return _launch_record(launches)
+        return _launch_record(launches, buffers)
 
     with stand_in_launches(k, launches):
         plans = impl._PLANS
         aligned = storage[:-1].view(2, 24, 4, 4).requires_grad_()
         via_jit = step(aligned, False)
         assert len(via_jit) == 14 and not plans  # N = 3: 14 launches; no plan without the flag
+        assert sequence_launches  # (the autotuned kernels' first launches skip _launch)
         recording = step(aligned, True)
         assert len(plans) == 2  # the forward's and the backward's
         replayed = step(aligned, True)
+        assert not sequence_launches  # the replay skipped cvkit's launch sequence
         assert via_jit == recording == replayed
+        assert any(arg[0] == "buffer" for _, args in replayed for arg in args
+                   if isinstance(arg, tuple))
         assert all(len(args) == len(kernel_args) for (_, args), (_, kernel_args)
                    in zip(replayed, via_jit))
 
@@ -689,24 +724,51 @@ def test_direct_launches_replay_the_kernels_triton_would_pick(monkeypatch):
                    if kernel is not other}
         assert changed == {"_channel_stats_kernel", "_covariance_kernel", "_grad_input_kernel"}
 
-        bigger = torch.randn(3, 24, 4, 4, requires_grad=True)
-        assert step(bigger, True) == step(bigger, False)
-        assert len(plans) == 6
+        for shape in [(3, 24, 4, 4), (2, 5, 24)]:  # another batch size; tokens
+            x = torch.randn(shape, requires_grad=True)
+            assert step(x, True) == step(x, True) == step(x, False)
+        assert len(plans) == 8
+        for iters in (1, 2):  # N = 1 and 2 use other buffers (and launch sequences)
+            monkeypatch.setattr(impl, "_DIRECT", True)
+            records = []
+            for _ in range(2):
+                launches.clear()
+                buffers.clear()
+                out = impl._isqrt_cov(aligned, iters, False, "tf32x3")[0]
+                out.backward(torch.ones_like(out))
+                records.append(_launch_record(launches, buffers))
+            assert records[0] == records[1] and len(records[0]) == 2 + 4 * iters
     assert impl._PLANS == {}  # the stand-in kernels' plans are gone
 
 
-def test_no_plan_when_a_launch_returned_no_compiled_kernel(monkeypatch):
-    """JITFunction.run returns None when a Triton hook takes a launch over: that call's launches
-    make no plan (a later call with the key goes through the JIT functions again)."""
+def test_no_plan_when_a_launch_cannot_be_replayed(monkeypatch):
+    """JITFunction.run returns None when a Triton hook takes a launch over, and a tensor argument
+    outside the buffers the call named (or inside two of them) has no place in a template: such
+    a call makes no plan (a later call with the key goes through the JIT functions again)."""
     import cvkit.kernels.isqrt_cov as impl
 
     monkeypatch.setattr(impl, "_PLANS", {})
+    fn = impl._kernels()._grad_seed_kernel
+    buf, other = torch.zeros(8), torch.zeros(8)
+    args = (buf, buf[2:], buf, buf, buf, 4)
+    meta = dict(VECTOR=True, GC_SLOTS=16, BLOCK=32)
     with impl._StepLaunches(("key",)) as step:
-        step.record(None, None, (1,), (), {})
+        assert not step.replayed((buf,))
+        step.record(fn, None, (1,), args, meta)
+    with impl._StepLaunches(("key",)) as step:
+        step.replayed((buf,))
+        step.record(fn, "compiled", (1,), (*args[:4], other, 4), meta)
+    with impl._StepLaunches(("key",)) as step:
+        step.replayed((buf, buf[1:]))  # overlapping buffers: buf[2:] is in both
+        step.record(fn, "compiled", (1,), args, meta)
     assert impl._PLANS == {}
     with impl._StepLaunches(("key",)) as step:
-        pass
-    assert impl._PLANS == {("key",): []}
+        step.replayed((buf,))
+        step.record(fn, "compiled", (1,), args, meta)
+    (compiled, dims, template, slots), = impl._PLANS[("key",)]
+    assert compiled == "compiled" and dims == (1, 1, 1)
+    assert template == (None, None, None, None, None, 4, True, 16, 32)
+    assert slots == ((0, 0, 0), (1, 0, 8), (2, 0, 0), (3, 0, 0), (4, 0, 0))
 
 
 def test_direct_launches_are_the_default_and_the_variable_turns_them_off(monkeypatch):

@@ -19,8 +19,8 @@ for 2.1-2.2 ms, BENCHMARKS.md run 7): the host side is worth measuring on its ow
 Both modes time each JIT launch on its own as well (``kernel.fn.run``: Triton's argument binding,
 specialisation, cache lookup and the launch, real or stand-in), per kernel, in steps through the
 JIT functions; the rest of the host time is cvkit's side. Four candidates, interleaved: cvkit as
-it launches in eager mode (an ``autograd.Function``; the compiled kernels of a call's launches
-recorded per plan key, then launched below Triton's JIT functions: direct launches), the same
+it launches in eager mode (an ``autograd.Function``; a call's launches recorded per plan key,
+then replayed over later calls' buffers below Triton's JIT functions: direct launches), the same
 through the JIT functions (``CVKIT_ISQRT_COV_DIRECT_LAUNCH=0``; each kernel's tile config chosen
 once per autotuning key, then launched through its JIT function), the same through the custom
 operators that torch.compile puts in its graph (called eagerly here: their dispatch costs host

@@ -139,40 +139,35 @@ def _autotune_key(kernel, args, meta) -> tuple:
 def _launch_autotuned(kernel, grid, args, meta):
     """``kernel[grid](*args, **meta)`` for a ``triton.autotune`` kernel; once the autotuner has
     chosen for this key, the chosen config's launch (``_launch``)."""
-    step = _STEP.get()
-    if step is None or step.plan is None:  # a plan has the chosen configs in it
-        key = _autotune_key(kernel, args, meta)
-        chosen = _CHOSEN.get(key)
-        if chosen is None:  # the autotuner times its configs, then launches the fastest
-            compiled = kernel[grid](*args, **meta)
-            chosen = _CHOSEN[key] = kernel.best_config.all_kwargs()
-            if step is not None:
-                step.record(kernel.fn, compiled, grid, args, {**meta, **chosen})
-            return
-        meta = {**meta, **chosen}
-    _launch(kernel.fn, grid, args, meta)
+    key = _autotune_key(kernel, args, meta)
+    chosen = _CHOSEN.get(key)
+    if chosen is None:  # the autotuner times its configs, then launches the fastest
+        compiled = kernel[grid](*args, **meta)
+        chosen = _CHOSEN[key] = kernel.best_config.all_kwargs()
+        step = _STEP.get()
+        if step is not None:
+            step.record(kernel.fn, compiled, grid, args, {**meta, **chosen})
+        return
+    _launch(kernel.fn, grid, args, {**meta, **chosen})
 
 
 def _launch(fn, grid, args, meta):
-    """``fn[grid](*args, **meta)`` for a JIT function (no autotuner), through the step's plan when
-    there is one."""
-    step = _STEP.get()
-    if step is not None and step.plan is not None:
-        step.launch_planned(args)
-        return
+    """``fn[grid](*args, **meta)`` for a JIT function (no autotuner), recorded when a step
+    records its launches (direct launches)."""
     compiled = fn[grid](*args, **meta)
+    step = _STEP.get()
     if step is not None:
         step.record(fn, compiled, grid, args, meta)
 
 
-# Direct launches (the default; ``CVKIT_ISQRT_COV_DIRECT_LAUNCH=0`` turns them off): the compiled
-# kernel of every launch of a forward or backward call, recorded per plan key by the first call
-# with that key, then launched without Triton's JIT function. Triton's argument binding,
-# specialisation and cache lookup cost ~13 us per launch on this project's 2-core CPU machine and
-# ~25 us on the H100 machine's host (`python tools/benchmark.py covpool-host`); what remains is the
-# call JITFunction.run ends with (the same in Triton 3.6 and 3.8). On an H100 (run 9 in
-# BENCHMARKS.md) the output and gradient bits are those of JIT launches, and a synchronised step
-# at B=128, d=256 took 3.1 ms instead of 3.8 ms.
+# Direct launches (the default; ``CVKIT_ISQRT_COV_DIRECT_LAUNCH=0`` turns them off): the launches of
+# a forward or backward call, recorded per plan key by the first call with that key, then replayed
+# by later calls over their own buffers, without cvkit's launch sequence and Triton's JIT functions.
+# Triton's argument binding, specialisation and cache lookup cost ~13 us per launch on this
+# project's 2-core CPU machine and ~50 us on the H100 machine's host (`python tools/benchmark.py
+# covpool-host`); what remains is the call JITFunction.run ends with (the same in Triton 3.6 and
+# 3.8). On an H100 (run 9 in BENCHMARKS.md) the output and gradient bits were those of JIT
+# launches, and a synchronised step at B=128, d=256 took 3.1 ms instead of 3.8 ms.
 DIRECT_LAUNCH_ENV = "CVKIT_ISQRT_COV_DIRECT_LAUNCH"
 
 
@@ -189,20 +184,28 @@ _PLANS: dict[tuple, list] = {}
 _STEP: contextvars.ContextVar = contextvars.ContextVar("isqrt_cov_step", default=None)
 
 
+def _extent(t: torch.Tensor | None) -> tuple[int, int]:
+    """[first, end) byte addresses of the memory a tensor's elements occupy (empty for None or
+    no elements)."""
+    if t is None or t.numel() == 0:
+        return 0, 0
+    span = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1
+    return t.data_ptr(), t.data_ptr() + span * t.element_size()
+
+
 class _StepLaunches:
     """The launches of one forward or backward call, in order. ``key`` holds everything Triton
     specialises those launches on: the shapes, strides and 16-byte alignment of the caller's
     tensors, the iteration count, output form, precision and device (every other buffer is
-    allocated by the call, so its alignment follows from the shapes). The first call with a key
-    launches through the JIT functions and records each compiled kernel with its grid and
-    compile-time arguments (the plan); later calls with the key launch the plan's kernels."""
+    allocated by the call, so its layout and alignment follow from the shapes). The call hands its
+    buffers (every tensor its launches touch, views aside) to ``replayed`` before its first
+    launch. The first call with a key launches through the JIT functions and records each launch:
+    the compiled kernel, its grid, and its arguments as a template, each tensor argument as (its
+    buffer, byte offset), the rest as they were (the plan). Later calls with the key launch the
+    plan's kernels over their own buffers."""
 
     def __init__(self, key):
-        from triton import knobs
-        from triton.runtime import driver
-
-        self.key, self.plan, self.recorded, self.next = key, _PLANS.get(key), [], 0
-        self.driver, self.knobs = driver, knobs
+        self.key, self.plan, self.recorded, self.extents = key, _PLANS.get(key), [], None
 
     def __enter__(self):
         self.token = _STEP.set(self)
@@ -210,30 +213,60 @@ class _StepLaunches:
 
     def __exit__(self, exc_type, *exc):
         _STEP.reset(self.token)
-        if exc_type is None and self.plan is None and None not in self.recorded:
+        if (exc_type is None and self.plan is None and self.extents is not None
+                and None not in self.recorded):
             _PLANS[self.key] = self.recorded
 
+    def replayed(self, buffers) -> bool:
+        """With a plan, launches it over ``buffers`` (in the order the recording call gave its
+        own) and returns True; else keeps their extents for the recording and returns False."""
+        if self.plan is None:
+            self.extents = [_extent(t) for t in buffers]
+            return False
+        from triton import knobs
+        from triton.runtime import driver
+
+        active = driver.active
+        stream = active.get_current_stream(active.get_current_device())
+        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        # Triton's launcher takes an int as a device pointer (3.6 and 3.8 alike)
+        ptrs = [0 if t is None else t.data_ptr() for t in buffers]
+        for compiled, dims, template, slots in self.plan:
+            args = list(template)
+            for position, buffer, offset in slots:
+                args[position] = ptrs[buffer] + offset
+            compiled.run(*dims, stream, compiled.function, compiled.packed_metadata,
+                         compiled.launch_metadata(dims, stream, *args), enter, leave, *args)
+        return True
+
     def record(self, fn, compiled, grid, args, meta):
-        if compiled is None:  # a Triton hook took the launch over: no plan for this key
+        """Records one launch (``JITFunction.run``'s compiled kernel); a launch without one (a
+        Triton hook took it over) or with a tensor outside the call's buffers makes no plan."""
+        if compiled is None or self.extents is None:
             self.recorded.append(None)
             return
         bound = {**dict(zip(fn.arg_names, args)), **meta}
         dims = tuple(grid(bound) if callable(grid) else grid)
-        constants = tuple(bound.get(p.name, p.default) for p in fn.params[len(args):])
-        self.recorded.append((compiled, dims + (1,) * (3 - len(dims)), constants))
+        template = [*args, *(bound.get(p.name, p.default) for p in fn.params[len(args):])]
+        slots = []
+        for position, arg in enumerate(template):
+            if isinstance(arg, torch.Tensor):
+                ptr = arg.data_ptr()
+                owners = [i for i, (lo, hi) in enumerate(self.extents) if lo <= ptr < hi]
+                if len(owners) != 1:
+                    self.recorded.append(None)
+                    return
+                slots.append((position, owners[0], ptr - self.extents[owners[0]][0]))
+                template[position] = None
+        self.recorded.append((compiled, dims + (1,) * (3 - len(dims)), tuple(template),
+                              tuple(slots)))
 
-    def launch_planned(self, args):
-        """The next launch of the plan: what ``JITFunction.run`` ends with, for its compiled
-        kernel."""
-        compiled, dims, constants = self.plan[self.next]
-        self.next += 1
-        active = self.driver.active
-        stream = active.get_current_stream(active.get_current_device())
-        bound = (*args, *constants)
-        runtime = self.knobs.runtime
-        compiled.run(*dims, stream, compiled.function, compiled.packed_metadata,
-                     compiled.launch_metadata(dims, stream, *bound), runtime.launch_enter_hook,
-                     runtime.launch_exit_hook, *bound)
+
+def _replayed(*buffers) -> bool:
+    """True when the call's launches were replayed from its step's plan over ``buffers`` (every
+    tensor the launches touch: the caller's and those the call allocated)."""
+    step = _STEP.get()
+    return step is not None and step.replayed(buffers)
 
 
 def _step_launches(kind: str, tensors, *config):
@@ -335,17 +368,19 @@ def _forward(x, iters, vectorize, precision):
         torch.empty(shape, device=xm.device, dtype=torch.float32)
         for shape in _saved_shapes(x.shape, iters, vectorize))
     var = torch.empty_like(mean)
+    z1 = yzs[0, 1] if iters >= 2 else torch.empty_like(a)  # Z_1 = T_1 (unused for N = 1)
+    saved = (a, mean, trace, sqrt_trace, yzs, ts)
+    if _replayed(xm, out, a, mean, var, trace, sqrt_trace, yzs, ts, None if iters >= 2 else z1):
+        return (out, *saved)
     (mq, sbq, scq, smq), mults = _layout_args(m, (sb, sc, sm))
     _launch(k._channel_stats_kernel, (batch * triton_cdiv(d, 32),),
             (xm, mean, var, d, mq, sbq, scq, smq), dict(MULTS=mults, BLOCK_C=32, BLOCK_M=64))
-    z1 = yzs[0, 1] if iters >= 2 else torch.empty_like(a)  # Z_1 = T_1 (unused for N = 1)
     _launch_autotuned(
         k._covariance_kernel, lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
                                                      (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),),
         (xm, mean, var, a, z1, trace, sqrt_trace, d, mq, _batch_class(batch), sbq, scq, smq),
         dict(MULTS=mults, PRECISION=precision, BLOCK_D=_block_for(d)))
 
-    saved = (a, mean, trace, sqrt_trace, yzs, ts)
     final = dict(scale=sqrt_trace, triu=vectorize, precision=precision)
     if iters == 1:  # Y_1 = A T_1 = 1.5 A - 0.5 A A, times sqrt(tr Sigma)
         _products(k, out, [(a, a)], c_prod=-0.5, e=a, c_e=1.5, **final)
@@ -383,20 +418,25 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
     def mat(*lead):
         return torch.empty(*lead, batch, d, d, device=dev, dtype=torch.float32)
 
-    dyz = mat(2) if iters >= 2 else None  # (dY_k, dZ_k), and a second buffer to ping-pong with
+    # (dY_k, dZ_k), and a second buffer to ping-pong with; for N = 1 the seed and dL/dA
+    dyz = mat(2)
     spare = mat(2) if iters >= 3 else None
-    # The seed as S = dZ_1 = -P/2 (P = sqrt(tr Sigma) sym(dL/dC) = dL/dY_N), its only copy
-    s = mat() if dyz is None else dyz[1]
+    dt = mat() if iters >= 2 else None
     seed_tiles = triton_cdiv(d, 32) ** 2
     gc_part = _partials(batch, seed_tiles, dev)  # <dL/dC, C>, summed by the input gradient
+    ha_part = _dot_partials(k, batch, d, dev)  # <dL/dA, A>, from the launch that writes dL/dA
+    grad_x = torch.empty_like(xm)
+    if _replayed(grad_out, xm, out, a, mean, trace, sqrt_trace, yzs, ts, dyz, spare, dt, gc_part,
+                 ha_part, grad_x):
+        return grad_x
+    # The seed as S = dZ_1 = -P/2 (P = sqrt(tr Sigma) sym(dL/dC) = dL/dY_N), its only copy
+    s = dyz[1]
     _launch(k._grad_seed_kernel, (batch * seed_tiles,),
             (grad_out, out, sqrt_trace, s, gc_part, d),
             dict(VECTOR=vectorize, GC_SLOTS=gc_part.shape[1], BLOCK=32))
-    ha_part = _dot_partials(k, batch, d, dev)  # <dL/dA, A>, from the launch that writes dL/dA
     # dY_1 = 1.5 P - 0.5 (P A + A P) = (S A + A S) - 3 S: the same numbers (P = -2 S exactly)
-    h = _products(k, mat() if dyz is None else dyz[0], [(s, a), (a, s)], e=s, c_e=-3.0,
+    h = _products(k, dyz[0], [(s, a), (a, s)], e=s, c_e=-3.0,
                   dot=(a, ha_part) if iters == 1 else None, precision=precision)
-    dt = mat() if iters >= 2 else None
     for step in range(2, iters + 1):
         yz, t = yzs[step - 2], ts[step - 2]  # Y_{k-1}, Z_{k-1} and T_k for k = step
         _products(k, dt, [(dyz[1], yz[0]), (yz[1], dyz[0])], c_prod=-0.5, precision=precision)
@@ -406,7 +446,6 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
         else:
             dyz, spare = _products(k, spare, [(_pair(dyz), t), (_pair(yz), dt)],
                                    precision=precision), dyz
-    grad_x = torch.empty_like(xm)
     (mq, sbq, scq, smq), mults = _layout_args(m, (sb, sc, sm))
     _launch_autotuned(
         k._grad_input_kernel, lambda meta: (batch * triton_cdiv(d, meta["BLOCK_C"]) *
