@@ -741,6 +741,42 @@ def test_direct_launches_replay_the_kernels_triton_would_pick(monkeypatch):
     assert impl._PLANS == {}  # the stand-in kernels' plans are gone
 
 
+def test_a_failed_replay_falls_back_to_the_jit_functions(monkeypatch):
+    """Were a recorded kernel's launch to raise (a Triton release whose launcher differs), the call
+    goes through the JIT functions instead, with a warning naming the error and the variable, and
+    direct launches stay off for the process."""
+    import cvkit.kernels.isqrt_cov as impl
+    from cvkit.benchmarks.covpool_host import stand_in_launches
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(impl, "_CHOSEN", {})
+    monkeypatch.setattr(impl, "_DIRECT", True)
+    k = impl._kernels()
+    launches = []
+    x = torch.randn(2, 24, 4, 4, requires_grad=True)
+
+    class Refusing:
+        function = packed_metadata = None
+
+        def launch_metadata(self, *args):
+            return None
+
+        def run(self, *args):
+            raise TypeError("an argument this launcher does not take")
+
+    with stand_in_launches(k, launches):
+        impl._isqrt_cov(x, 3, True, "tf32x3")  # records the forward's plan
+        (key, plan), = impl._PLANS.items()
+        impl._PLANS[key] = [plan[0], (Refusing(), *plan[1][1:]), *plan[2:]]
+        launches.clear()
+        with pytest.warns(RuntimeWarning, match="a direct launch failed .TypeError: an argument "
+                          "this launcher does not take.*CVKIT_ISQRT_COV_DIRECT_LAUNCH=0"):
+            impl._isqrt_cov(x, 3, True, "tf32x3")
+        # the first recorded launch, then the whole forward through the JIT functions
+        assert len(launches) == 1 + 7 and launches[0][0] is launches[1][0]
+        assert impl._DIRECT is False and impl._PLANS == {}
+
+
 def test_no_plan_when_a_launch_cannot_be_replayed(monkeypatch):
     """JITFunction.run returns None when a Triton hook takes a launch over, and a tensor argument
     outside the buffers the call named (or inside two of them) has no place in a template: such

@@ -15,6 +15,7 @@ import contextvars
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -231,12 +232,25 @@ class _StepLaunches:
         enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
         # Triton's launcher takes an int as a device pointer (3.6 and 3.8 alike)
         ptrs = [0 if t is None else t.data_ptr() for t in buffers]
-        for compiled, dims, template, slots in self.plan:
-            args = list(template)
-            for position, buffer, offset in slots:
-                args[position] = ptrs[buffer] + offset
-            compiled.run(*dims, stream, compiled.function, compiled.packed_metadata,
-                         compiled.launch_metadata(dims, stream, *args), enter, leave, *args)
+        try:
+            for compiled, dims, template, slots in self.plan:
+                args = list(template)
+                for position, buffer, offset in slots:
+                    args[position] = ptrs[buffer] + offset
+                compiled.run(*dims, stream, compiled.function, compiled.packed_metadata,
+                             compiled.launch_metadata(dims, stream, *args), enter, leave, *args)
+        except Exception as error:  # e.g. a Triton release whose launcher differs: this call and
+            # every later one go through the JIT functions (each kernel writes all its outputs,
+            # so launching the whole call again is safe)
+            global _DIRECT
+            _DIRECT = False
+            _PLANS.clear()
+            self.plan, self.extents = None, None
+            warnings.warn(f"isqrt_cov_triton: a direct launch failed ({type(error).__name__}: "
+                          f"{error}); launching through Triton's JIT functions from now on "
+                          f"(set {DIRECT_LAUNCH_ENV}=0 to skip direct launches)", RuntimeWarning,
+                          stacklevel=2)
+            return False
         return True
 
     def record(self, fn, compiled, grid, args, meta):
