@@ -546,18 +546,19 @@ _isqrt_cov_op.register_autograd(_isqrt_cov_autograd, setup_context=_setup_contex
 
 class _IsqrtCovFunction(torch.autograd.Function):
     """The same forward and backward in eager mode, without the custom operators' dispatch, which
-    cost ~0.1 ms of host time per forward+backward on this project's 2-core machine (0.80 vs
-    0.70 ms for the whole host side there: BENCHMARKS.md, covpool-host). torch.compile gets the
-    operators (``_isqrt_cov``)."""
+    cost ~0.1 ms of host time per forward+backward on this project's 2-core machine (BENCHMARKS.md,
+    covpool-host). Its one output is C; the iterates are saved, not returned (autograd's handling
+    of six more outputs cost ~20 us there). torch.compile gets the operators (``_isqrt_cov``)."""
 
     @staticmethod
     def forward(ctx, x, iters, vectorize, precision):
         output = _run_forward(x, iters, vectorize, precision)
-        _setup_context(ctx, (x, iters, vectorize, precision), output)
-        return output
+        ctx.iters, ctx.vectorize, ctx.precision = iters, vectorize, precision
+        ctx.save_for_backward(x, *output)
+        return output[0]
 
     @staticmethod
-    def backward(ctx, grad_out, *_iterates):
+    def backward(ctx, grad_out):
         with torch.no_grad():
             grad_x = _run_backward(grad_out, *ctx.saved_tensors, ctx.iters, ctx.vectorize,
                                    ctx.precision)
@@ -572,10 +573,10 @@ class _IsqrtCovFunction(torch.autograd.Function):
 
 
 def _isqrt_cov(x, iters, vectorize, precision):
-    """C and the saved iterates: through the custom operators while torch.compile traces, through
-    ``_IsqrtCovFunction`` in eager mode."""
+    """C: through the custom operators while torch.compile traces, through ``_IsqrtCovFunction``
+    in eager mode."""
     if torch.compiler.is_compiling():
-        return _isqrt_cov_op(x, iters, vectorize, precision)
+        return _isqrt_cov_op(x, iters, vectorize, precision)[0]
     return _IsqrtCovFunction.apply(x, iters, vectorize, precision)
 
 
@@ -605,4 +606,4 @@ def isqrt_cov_triton(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
         d = x.shape[1] if x.dim() == 4 else x.shape[2]
         shape = (0, d * (d + 1) // 2) if vectorize else (0, d, d)
         return x.float().sum() * 0 + torch.zeros(shape, device=x.device)
-    return _isqrt_cov(x.float(), iters, vectorize, precision)[0]
+    return _isqrt_cov(x.float(), iters, vectorize, precision)
