@@ -93,6 +93,26 @@ def test_maps_match_float64_and_torch_path(interpret, d, batch, iters):
     assert rel_err(grad, torch_grad) < 1e-5
 
 
+@pytest.mark.parametrize("d, even", [(32, True), (64, True), (24, False), (48, False)])
+def test_whole_tiles_launch_without_masks_and_agree(interpret, monkeypatch, d, even):
+    """The product kernel drops its masks (EVEN) when every config's tile and k-step divide d (the
+    interpreter's 32x32 tiles: d = 32, 64), and masks partial tiles otherwise; both agree with
+    float64 (d = 32 and 24 also in the test above, with the PyTorch path)."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    seen = set()
+    launch = impl._launch_autotuned
+
+    def spy(kernel, grid, args, meta):
+        if "EVEN" in meta:
+            seen.add(meta["EVEN"])
+        return launch(kernel, grid, args, meta)
+    monkeypatch.setattr(impl, "_launch_autotuned", spy)
+    torch.manual_seed(d)
+    check_against_reference(torch.randn(2, d, 3, 3), 3, False, tol=1e-5)
+    assert seen == {even}
+
+
 @pytest.mark.parametrize("layout, iters", [("maps", 3), ("tokens", 1), ("tokens", 5)])
 def test_matrix_output_and_token_layout(interpret, layout, iters):
     torch.manual_seed(iters)

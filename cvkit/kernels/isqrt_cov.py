@@ -343,9 +343,11 @@ def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=No
 
     args = (*ptrs[:5], scale if scale is not None else ptrs[0], ptrs[5], dot_with, dot_part,
             *offsets, c_prod, c_eye, c_e, d, batch, _batch_class(batch))
+    configs = [config] if config is not None else [c.kwargs for c in k._products_kernel.configs]
     meta = dict(NPAIR=npair, NPROD=len(prods), HAS_E=e is not None, HAS_SCALE=scale is not None,
                 OUT_TRIU=triu, HAS_DOT=dot is not None,
-                DOT_SLOTS=dot_part.shape[1] if dot is not None else 1, PRECISION=precision)
+                DOT_SLOTS=dot_part.shape[1] if dot is not None else 1, PRECISION=precision,
+                EVEN=all(d % c["BLOCK"] == 0 and d % c["BLOCK_K"] == 0 for c in configs))
     if config is None:
         _launch_autotuned(k._products_kernel, grid, args, meta)
     else:

@@ -52,6 +52,23 @@ def _sum(x, axis):
     return tl.reduce(x, axis, _add)
 
 
+@triton.jit
+def _load(ptrs, mask, EVEN: tl.constexpr):
+    """A tile, zero outside ``mask``; no mask at all when EVEN says the tile is whole."""
+    if EVEN:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store(ptrs, value, mask, EVEN: tl.constexpr):
+    if EVEN:
+        tl.store(ptrs, value)
+    else:
+        tl.store(ptrs, value, mask=mask)
+
+
 # Output tile BLOCK×BLOCK (square, so a tile's mirror is a tile), reduction step BLOCK_K. Under the
 # interpreter, 32×32 tiles keep the program count (its cost) low; d > 32 gives several tiles.
 # Two configs each: every config is compiled per kernel variant and precision (seconds apiece).
@@ -128,8 +145,8 @@ def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, DOT_WITH, DOT_PART, pair_a1,
                      pair_b2, pair_e, pair_out, c_prod, c_eye, c_e, d, batch, batch_class,
                      NPAIR: tl.constexpr, NPROD: tl.constexpr, HAS_E: tl.constexpr,
                      HAS_SCALE: tl.constexpr, OUT_TRIU: tl.constexpr, HAS_DOT: tl.constexpr,
-                     DOT_SLOTS: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     DOT_SLOTS: tl.constexpr, PRECISION: tl.constexpr, EVEN: tl.constexpr,
+                     BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
     """OUT = scale_b * (c_prod * (A1 B1 [+ A2 B2]) + c_eye I [+ c_e E]), a symmetric result.
 
     One kernel serves every matrix product of the forward and backward, with the element-wise
@@ -141,6 +158,7 @@ def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, DOT_WITH, DOT_PART, pair_a1,
     operand pair_<name> elements further on (0 for a shared operand). HAS_DOT: also the partial
     sums of <OUT, DOT_WITH> per sample (DOT_WITH symmetric, so an off-diagonal tile counts twice)
     into DOT_PART (B, DOT_SLOTS), for the input gradient's <dL/dA, A> without a launch of its own.
+    EVEN: BLOCK and BLOCK_K divide d (e.g. d = 256), so no load or store needs a mask.
     """
     pid = tl.program_id(0)
     if NPAIR == 2:
@@ -176,17 +194,15 @@ def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, DOT_WITH, DOT_PART, pair_a1,
             b_mask = (rk[:, None] < d - k0) & (rn[None, :] < d)
         else:
             b_mask = (rn[:, None] < d) & (rk[None, :] < d - k0)
-        b1 = tl.load(B1 + b_offs, mask=b_mask, other=0.0)
+        b1 = _load(B1 + b_offs, b_mask, EVEN)
         if PRECISION != "ieee":
             b1 = tl.trans(b1)
-        acc = tl.dot(tl.load(A1 + a_offs, mask=a_mask, other=0.0), b1, acc,
-                     input_precision=PRECISION)
+        acc = tl.dot(_load(A1 + a_offs, a_mask, EVEN), b1, acc, input_precision=PRECISION)
         if NPROD >= 2:
-            b2 = tl.load(B2 + b_offs, mask=b_mask, other=0.0)
+            b2 = _load(B2 + b_offs, b_mask, EVEN)
             if PRECISION != "ieee":
                 b2 = tl.trans(b2)
-            acc = tl.dot(tl.load(A2 + a_offs, mask=a_mask, other=0.0), b2, acc,
-                         input_precision=PRECISION)
+            acc = tl.dot(_load(A2 + a_offs, a_mask, EVEN), b2, acc, input_precision=PRECISION)
         a_offs += BLOCK_K
         if PRECISION == "ieee":
             b_offs += BLOCK_K * d
@@ -198,12 +214,11 @@ def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, DOT_WITH, DOT_PART, pair_a1,
     offs = rm[:, None] * d + rn[None, :]
     out = c_prod * acc + tl.where(rm[:, None] == rn[None, :], c_eye, 0.0)
     if HAS_E:
-        out += c_e * tl.load(E + base + offs, mask=mask, other=0.0)
+        out += c_e * _load(E + base + offs, mask, EVEN)
     if HAS_SCALE:
         out = out * tl.load(SCALE + b)
     if HAS_DOT:
-        part = _sum(_sum(out * tl.load(DOT_WITH + base + offs, mask=mask, other=0.0), axis=1),
-                    axis=0)
+        part = _sum(_sum(out * _load(DOT_WITH + base + offs, mask, EVEN), axis=1), axis=0)
         _store_partial(DOT_PART, b, t, _n_tiles(d, BLOCK, True),
                        tl.where(ti == tj, part, 2.0 * part), DOT_SLOTS)
     if OUT_TRIU:
@@ -213,10 +228,10 @@ def _products_kernel(A1, B1, A2, B2, E, SCALE, OUT, DOT_WITH, DOT_PART, pair_a1,
         idx = r * d - r * (r - 1) // 2 + (c - r)
         tl.store(OUT + b * (d * (d + 1) // 2) + idx, out, mask=mask & (r <= c))
     else:
-        tl.store(OUT + base + offs, out, mask=mask)
+        _store(OUT + base + offs, out, mask, EVEN)
         if ti != tj:
             mirror = (rn[:, None] < d) & (rm[None, :] < d)
-            tl.store(OUT + base + rn[:, None] * d + rm[None, :], tl.trans(out), mask=mirror)
+            _store(OUT + base + rn[:, None] * d + rm[None, :], tl.trans(out), mirror, EVEN)
 
 
 @triton.jit
