@@ -108,8 +108,23 @@ def test_baseline_benchmarks_the_older_cvkit_in_the_same_call(tmp_path):
 def test_baseline_without_a_cvkit_folder_is_skipped(tmp_path):
     done, out, calls = run_check(tmp_path, "baseline", BASELINE_DIR=str(tmp_path / "missing"))
     assert done.returncode == 0
-    assert "baseline: no cvkit/ in BASELINE_DIR=" in done.stdout
+    assert f"baseline: no cvkit/ in '{tmp_path / 'missing'}': skipped" in done.stdout
     assert not [c for c in calls if "tools/benchmark.py" in c]
+    done, out, calls = run_check(tmp_path, "baseline")
+    assert "baseline: no BASELINE_DIR: skipped" in done.stdout
+    assert not [c for c in calls if "tools/benchmark.py" in c]
+
+
+def test_baseline_takes_several_trees(tmp_path):
+    trees = [tmp_path / "run9", tmp_path / "before_order"]
+    for tree in trees:
+        (tree / "cvkit").mkdir(parents=True)
+    done, out, calls = run_check(tmp_path, "baseline", BASELINE_DIR=" ".join(map(str, trees)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [c for c in calls if "tools/benchmark.py covpool" in c]
+    assert len(calls) == 7  # a pair per tree and for this one, then this one without direct
+    assert all(f"pythonpath={trees[0]}:." in c for c in calls[0:2])
+    assert all(f"pythonpath={trees[1]}:." in c for c in calls[2:4])
 
 
 def test_host_step_runs_the_launch_path_benchmark(tmp_path):

@@ -18,7 +18,8 @@
 #              covpool_bench.log;
 #   baseline   the graph and wall-clock benchmarks at B=128, d=256 (fp32 rows) of an older cvkit
 #              and then of this tree, for an A/B in the same call (on the same warm GPU):
-#              BASELINE_DIR names a folder holding its cvkit/ package, e.g. made here with
+#              BASELINE_DIR names a folder holding its cvkit/ package (or several, separated by
+#              spaces, each benchmarked in turn), e.g. made here with
 #              `mkdir -p .gpu_baseline && git archive REV cvkit | tar -x -C .gpu_baseline` (a
 #              folder git ignores: name it in the device tool's `carry`, or it does not travel);
 #              then this tree's wall-clock once more with CVKIT_ISQRT_COV_DIRECT_LAUNCH=0 (every
@@ -138,11 +139,13 @@ step_host() {
 }
 
 step_baseline() {
-  if [ -z "${BASELINE_DIR:-}" ] || [ ! -d "$BASELINE_DIR/cvkit" ]; then
-    echo "baseline: no cvkit/ in BASELINE_DIR='${BASELINE_DIR:-}': skipped"; return
-  fi
-  local tree flag
-  for tree in "$BASELINE_DIR" .; do
+  local tree flag trees=()
+  for tree in ${BASELINE_DIR:-}; do  # one folder, or several separated by spaces
+    if [ ! -d "$tree/cvkit" ]; then echo "baseline: no cvkit/ in '$tree': skipped"; return; fi
+    trees+=("$tree")
+  done
+  if [ ${#trees[@]} -eq 0 ]; then echo "baseline: no BASELINE_DIR: skipped"; return; fi
+  for tree in "${trees[@]}" .; do
     for flag in --cuda-graph ""; do  # GPU time, then wall-clock
       echo; echo "== baseline step: cvkit from $tree ${flag:-(wall-clock)} ($(configs_line))"
       # tools/ first on sys.path, then PYTHONPATH in order: the baseline's cvkit wins over ./cvkit
