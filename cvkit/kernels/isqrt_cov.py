@@ -117,7 +117,8 @@ def _pair(buf: torch.Tensor) -> _Pair:
 # key. Later launches call the kernel's JIT function with it directly: Triton's Autotuner.run
 # rebuilds its key from every argument on each call (a membership test per argument in a list),
 # ~0.3 ms of host time per forward+backward (22 launches) on this project's 2-core CPU machine
-# (1.02 vs 0.70 ms in `python tools/benchmark.py covpool-host`, BENCHMARKS.md).
+# (0.98 vs 0.68 ms in `python tools/benchmark.py covpool-host`, BENCHMARKS.md). With direct
+# launches only a plan's recording call gets here.
 _CHOSEN: dict[tuple, dict] = {}
 
 
