@@ -877,8 +877,11 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
     active_driver = driver._active
     through_autotuner = {True: 0, False: 0}  # autotuner launches in steps that remember / not
     original_run = type(k._products_kernel).run
+    for kernel in tuners:  # as with TRITON_CACHE_AUTOTUNING=1: stand-in timings must not be saved
+        monkeypatch.setattr(kernel, "cache_results", True)
 
     def counting_run(tuner, *args, **kwargs):
+        assert tuner.cache_results is False
         through_autotuner[isinstance(impl._CHOSEN, covpool_host._Forgetful)] += 1
         return original_run(tuner, *args, **kwargs)
     monkeypatch.setattr(type(k._products_kernel), "run", counting_run)
@@ -905,6 +908,7 @@ def test_host_benchmark_counts_the_launches_and_puts_the_kernels_back(monkeypatc
     assert through_autotuner == {True: 3 * 20, False: 10}
     for kernel, cache in zip(tuners, caches):
         assert "_bench" not in vars(kernel) and kernel.cache == cache
+        assert kernel.cache_results is True
     for fn, jit_cache in zip(jit_functions, jit_caches):
         assert "run" not in vars(fn) and "_do_compile" not in vars(fn)
         assert fn.device_caches is jit_cache

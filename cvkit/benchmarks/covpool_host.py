@@ -152,6 +152,7 @@ def stand_in_launches(k, launches: list | None = None):
     chosen, plans = dict(impl._CHOSEN), dict(impl._PLANS)
     autotuners = _autotuners(k)
     tuner_caches = [dict(tuner.cache) for tuner in autotuners]
+    disk_caching = [tuner.cache_results for tuner in autotuners]
     previous_driver = driver._active
     jit_caches = []
     driver.set_active(_StandInDriver())
@@ -167,14 +168,18 @@ def stand_in_launches(k, launches: list | None = None):
             fn._do_compile = compile_stand_in
         for tuner in autotuners:
             tuner._bench = lambda *args, config, **kwargs: 1.0
+            # no stand-in timings in Triton's disk cache of autotuning results (when
+            # TRITON_CACHE_AUTOTUNING=1): a real run on a GPU would take its choices from there
+            tuner.cache_results = False
         yield
     finally:
         driver.set_active(previous_driver)
         for fn, caches in jit_caches:
             fn.device_caches = caches
             vars(fn).pop("_do_compile", None)
-        for tuner, cache in zip(autotuners, tuner_caches):
+        for tuner, cache, cache_results in zip(autotuners, tuner_caches, disk_caching):
             vars(tuner).pop("_bench", None)
+            tuner.cache_results = cache_results
             tuner.cache.clear()
             tuner.cache.update(cache)
         impl._CHOSEN.clear()
