@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> str:
             for _ in range(args.steps):
                 steps[JIT]()  # direct launches skip the JIT functions' run
         synchronize(args.device)
-        extra = host_profile(steps[next(iter(steps))], args.device)
+        extra = host_profile(steps.get(CVKIT, steps[JIT]), args.device)  # the default's path
     return _report(args, batch, times, seconds) + "\n\n" + extra
 
 

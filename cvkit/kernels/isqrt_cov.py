@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import os
 import sys
@@ -186,6 +187,15 @@ _PLANS: dict[tuple, list] = {}
 _STEP: contextvars.ContextVar = contextvars.ContextVar("isqrt_cov_step", default=None)
 
 
+@functools.cache
+def _triton_runtime():
+    """Triton's driver and knobs modules (imported on first use: cvkit's import does not load
+    Triton; a replay, the hot path, gets them without an import statement)."""
+    from triton import knobs
+    from triton.runtime import driver
+    return driver, knobs
+
+
 def _extent(t: torch.Tensor | None) -> tuple[int, int]:
     """[first, end) byte addresses of the memory a tensor's elements occupy (empty for None or
     no elements)."""
@@ -225,9 +235,7 @@ class _StepLaunches:
         if self.plan is None:
             self.extents = [_extent(t) for t in buffers]
             return False
-        from triton import knobs
-        from triton.runtime import driver
-
+        driver, knobs = _triton_runtime()
         active = driver.active
         stream = active.get_current_stream(active.get_current_device())
         enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
