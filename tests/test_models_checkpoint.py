@@ -3,7 +3,10 @@ formats round-trip to identical logits; hyper-/frac-connections at init equal th
 bad paths and mismatches fail with one clear error."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import os
+import stat
 from collections import OrderedDict
 from pathlib import Path
 
@@ -149,11 +152,21 @@ def test_official_eca_release_loads_with_k_inferred(tmp_path):
         cvkit.load_checkpoint(cvkit.create_model("eca_resnet50"), path)
 
 
+# The official ECA-MobileNetV2's kernel size per inverted-residual block, typed from its layout:
+# 17 blocks of output width 16, 24 x2, 32 x3, 64 x4, 96 x3, 160 x3, 320 (MobileNetV2 Table 2),
+# k = 1 for C < 96, else 3 (papers.md; the release's `if c < 96`).
+OFFICIAL_MOBILENETV2_K = (1,) + (1,) * 2 + (1,) * 3 + (1,) * 4 + (3,) * 3 + (3,) * 3 + (3,)
+
+
 def test_official_eca_mobilenetv2_layout_loads(tmp_path):
     """Official ECA-MobileNetV2 nests the ECA in the block's Sequential (features.N.conv.K.conv)
-    and uses k = 1 for C <= 96, else 3."""
+    and uses k = 1 for C < 96, else 3; the kernel sizes are read back from the file."""
     torch.manual_seed(0)
-    ref = _randomise_bn(cvkit.create_model("eca_mobilenetv2", eca_k_size="official")).eval()
+    ref = _randomise_bn(cvkit.create_model("eca_mobilenetv2",
+                                           eca_k_size=OFFICIAL_MOBILENETV2_K)).eval()
+    assert [b.eca.kernel_size for b in ref.features[1:18]] == list(OFFICIAL_MOBILENETV2_K)
+    assert [b.eca.kernel_size for b in cvkit.create_model(
+        "eca_mobilenetv2", eca_k_size="official").features[1:18]] == list(OFFICIAL_MOBILENETV2_K)
     official = OrderedDict()
     for k, v in ref.state_dict().items():
         if k.endswith(".eca.conv.weight"):
@@ -164,7 +177,7 @@ def test_official_eca_mobilenetv2_layout_loads(tmp_path):
     torch.save({"state_dict": official}, path)
     model = cvkit.create_model("eca_mobilenetv2", checkpoint_path=path).eval()
     ks = [b.eca.kernel_size for b in model.features[1:18]]
-    assert ks == [1] * 13 + [3] * 4
+    assert ks == list(OFFICIAL_MOBILENETV2_K)
     with torch.no_grad():
         assert torch.equal(model(_x()), ref(_x()))
 
@@ -330,3 +343,132 @@ def test_timm_pretrained_file_goes_through_the_converter(tmp_path):
     x = _x()
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))
+
+
+# --- unreadable files, checkpoints without a classifier, other image sizes, the file writer -----
+def test_unreadable_files_say_why(tmp_path):
+    """An empty file (an interrupted download) is named as such; only a valid file holding other
+    objects suggests weights_only=False (torch's advice is not passed on for garbage)."""
+    model = cvkit.create_model("resnet18")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pth .*empty or cut short"):
+        cvkit.load_checkpoint(model, empty)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match=r"garbage\.pth is not a readable") as err:
+        cvkit.load_checkpoint(model, garbage)
+    assert "weights_only" not in str(err.value)
+    objects = tmp_path / "objects.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(lr=0.1)}, objects)
+    with pytest.raises(CheckpointError,
+                       match=r"objects other than tensors \(Unsupported global: GLOBAL "
+                             r"argparse\.Namespace\); if you trust the file.*weights_only=False"):
+        cvkit.load_checkpoint(model, objects)
+    cvkit.load_checkpoint(model, objects, weights_only=False)  # the explicit opt-out reads it
+
+
+def test_checkpoint_without_classifier(tmp_path):
+    """A backbone-only checkpoint (num_classes=0) loads into features_only, into a headless model,
+    and with reset_head=True into a classifier; a plain strict load says what to pass."""
+    torch.manual_seed(0)
+    ref = _randomise_bn(cvkit.create_model("resnet18", num_classes=0)).eval()
+    headless = tmp_path / "r18_backbone.pth"
+    torch.save(ref.state_dict(), headless)
+    x = _x()
+    feats = cvkit.create_model("resnet18", features_only=True, checkpoint_path=headless).eval()
+    with torch.no_grad():
+        assert torch.equal(feats(x)[-1], ref.forward_features(x))
+    fresh = cvkit.create_model("resnet18", num_classes=7, checkpoint_path=headless,
+                               reset_head=True).eval()
+    with torch.no_grad():
+        assert torch.equal(fresh.forward_features(x), ref.forward_features(x))
+    assert fresh(x).shape == (2, 7)
+    with pytest.raises(CheckpointError,
+                       match=r"2 missing keys \(fc\.weight, fc\.bias\).*no classifier.*"
+                             r"reset_head=True.*num_classes=0"):
+        cvkit.create_model("resnet18", checkpoint_path=headless)
+    # the other way round: a classifier checkpoint into a model without one, as timm does
+    full = tmp_path / "r18.pth"
+    torch.save(_randomise_bn(cvkit.create_model("resnet18")).state_dict(), full)
+    pooled = cvkit.create_model("resnet18", num_classes=0, checkpoint_path=full).eval()
+    assert pooled(x).shape == (2, 512)
+
+
+def test_features_only_ignores_a_gcp_head(tmp_path):
+    """The demo's checkpoint (ECA-ResNet-18 + iSQRT-COV head, Lightning layout) starts a
+    features_only backbone (the detection backbone's path): the head and the covariance
+    reduction are pruned layers; stages 1-3 (same strides) give the trained model's maps."""
+    torch.manual_seed(0)
+    gcp = _randomise_bn(cvkit.create_model("eca_resnet18", num_classes=10, global_pool="gcp",
+                                           gcp_dim=32)).eval()
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in gcp.state_dict().items()},
+                "epoch": 5}, path)
+    feats = cvkit.create_model("eca_resnet18", features_only=True, checkpoint_path=path).eval()
+    x = _x()
+    with torch.no_grad():
+        got = feats(x)
+        want = gcp.forward_intermediates(x, intermediates_only=True)
+    for i in range(4):
+        assert torch.equal(got[i], want[i])
+    with pytest.raises(CheckpointError, match=r"iSQRT-COV head: build the model with "
+                                              r"global_pool='gcp'"):
+        cvkit.create_model("eca_resnet18", checkpoint_path=path)
+
+
+def test_vit_checkpoint_at_another_image_size_matches_timm(tmp_path):
+    """A 224-px ViT checkpoint into a 64-px model: the position embedding is resampled exactly
+    as timm resamples it for its own ViT (same logits), through create_model and through timm."""
+    torch.manual_seed(0)
+    path = tmp_path / "vit_tiny_224.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224").state_dict(), path)
+    ref = timm.create_model("vit_tiny_patch16_224", img_size=64, pretrained=True,
+                            pretrained_cfg_overlay=dict(file=str(path))).eval()
+    ours = cvkit.create_model("vit_tiny_patch16", img_size=64, checkpoint_path=path).eval()
+    via_timm = timm.create_model("cvkit_vit_tiny_patch16", img_size=64, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert ours.pos_embed.shape == (1, 17, 192)
+    x = _x(64, batch=1)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+        assert torch.equal(via_timm(x), ref(x))
+
+
+def test_saved_state_dicts_are_whole_and_readable(tmp_path, monkeypatch):
+    """save_state_dict: the permissions of a normally created file (not mkstemp's 0600); a
+    write that fails leaves the previous file as it was and no temporary file."""
+    from cvkit.models.checkpoint import save_state_dict
+
+    path = tmp_path / "sd.pth"
+    save_state_dict({"w": torch.ones(3)}, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_state_dict({"w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["sd.pth"]
+
+
+def test_convert_tool_model_args(tmp_path, capsys):
+    """--model-arg gives the arguments a preset lacks (the demo's GCP head); a bad one is named."""
+    gcp = cvkit.create_model("resnet18", num_classes=10, global_pool="gcp", gcp_dim=32)
+    src = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in gcp.state_dict().items()}}, src)
+    tool = _convert_tool()
+    out = tmp_path / "o.pth"
+    assert tool.main([str(src), str(out), "--model", "resnet18"]) == 1
+    assert "global_pool='gcp'" in capsys.readouterr().err
+    assert tool.main([str(src), str(out), "--model", "resnet18", "--model-arg",
+                      "global_pool=gcp"]) == 0
+    assert "gcp_dim=32, num_classes=10" in capsys.readouterr().out
+    assert tool.main([str(src), str(out), "--model", "resnet18", "--model-arg", "gcp"]) == 1
+    assert "--model-arg 'gcp': expected KEY=VALUE" in capsys.readouterr().err

@@ -127,8 +127,9 @@ def test_eca_adds_exactly_its_kernel_sizes():
     assert [m.eca.kernel_size for m in formula.layer4] == [7, 7, 7]
     mb = _count(cvkit.create_model("mobilenetv2"))
     official = cvkit.create_model("eca_mobilenetv2", eca_k_size="official")
-    # 17 blocks: C <= 96 -> k = 1 (1+2+3+4+3 = 13 blocks), C in {160, 320} -> k = 3 (4 blocks)
-    assert _count(official) - mb == 13 * 1 + 4 * 3
+    # 17 blocks: C < 96 -> k = 1 (C = 16, 24, 32, 64: 1+2+3+4 = 10 blocks), C in {96, 160, 320}
+    # -> k = 3 (3+3+1 = 7 blocks): papers.md and the official code's `if c < 96`
+    assert _count(official) - mb == 10 * 1 + 7 * 3
 
 
 def test_gcp_paper_layout():
@@ -217,10 +218,18 @@ def test_vit_wrong_input_size_is_one_clear_error():
     (dict(hc_rate=-1), "hc_rate"),
     (dict(hc_dynamic=True), "hc_dynamic"),
     (dict(eca_k_size=4), "odd"),
+    (dict(eca_k_size="official"), "per-stage sizes, e.g. \\(3, 5, 5, 7\\)"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cvkit.create_model("eca_resnet18", **kwargs)
+
+
+def test_eca_k_size_without_eca_is_an_error():
+    """It would otherwise build a plain ResNet / MobileNetV2 (no ECA parameters) without a word."""
+    for name, k in (("resnet50", (3, 5, 5, 7)), ("mobilenetv2", "official")):
+        with pytest.raises(ValueError, match=r"without ECA \(eca=False\).*eca=True"):
+            cvkit.create_model(name, eca_k_size=k)
 
 
 def test_unknown_keyword_names_the_model():

@@ -1,18 +1,22 @@
 #!/usr/bin/env python
 """Convert a checkpoint to a clean cvkit state dict file (tensors only, cvkit names, atomic write).
 
-    python tools/convert_checkpoint.py IN OUT [--model NAME] [--kind auto|mmdet-legacy]
+    python tools/convert_checkpoint.py IN OUT [--model NAME [--model-arg KEY=VALUE ...]]
+                                              [--kind auto|mmdet-legacy]
 
 ``--kind auto`` (default) reads every format ``cvkit.load_checkpoint`` reads: the official ECA-Net
 and iSQRT-COV / fast-MPN-COV releases, torchvision and timm state dicts, cvkit/Lightning ``.ckpt``.
 ``--model NAME`` also checks the result by loading it strictly into ``cvkit.create_model(NAME)``
-(ECA kernel sizes and the GCP width are read from the checkpoint) and prints what it inferred.
+(ECA kernel sizes and the GCP width are read from the checkpoint) and prints what it inferred;
+``--model-arg`` passes further model arguments, e.g. ``--model eca_resnet18 --model-arg
+global_pool=gcp`` for the demo's checkpoint (values are Python literals, else strings).
 ``--kind mmdet-legacy`` converts an MMDetection 1.x detector checkpoint (e.g. the ECA-Net Mask R-CNN release) with
 ``cvkit.det.convert.convert_legacy_mmdet_checkpoint``.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import sys
 
@@ -24,9 +28,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("output", help="where to write the cvkit state dict")
     p.add_argument("--kind", choices=("auto", "mmdet-legacy"), default="auto")
     p.add_argument("--model", help="cvkit preset to verify the result against (strict load)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model argument for --model (repeatable), e.g. global_pool=gcp")
     p.add_argument("--unsafe", action="store_true",
                    help="load with weights_only=False (only for files you trust)")
     return p.parse_args(argv)
+
+
+def _model_args(pairs: list[str]) -> dict:
+    """``["global_pool=gcp", "gcp_dim=128"]`` -> ``{"global_pool": "gcp", "gcp_dim": 128}``."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. global_pool=gcp")
+        try:
+            out[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = text
+    return out
 
 
 def _mmdet_converter():
@@ -56,8 +76,9 @@ def main(argv=None) -> int:
         if args.model:
             import cvkit
 
-            model = cvkit.create_model(args.model, checkpoint_path=None, **_inferred(args.model,
-                                                                                   state_dict))
+            given = _model_args(args.model_arg)
+            model = cvkit.create_model(args.model, checkpoint_path=None,
+                                       **{**_inferred(args.model, state_dict, given), **given})
             from cvkit.models.checkpoint import load_state_dict
 
             load_state_dict(model, state_dict, strict=True, source=args.input)
@@ -69,14 +90,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def _inferred(name: str, state_dict) -> dict:
-    """Architecture arguments the checkpoint fixes, printed for the user."""
+def _inferred(name: str, state_dict, given: dict) -> dict:
+    """Architecture arguments the checkpoint fixes, printed for the user (``given``: the
+    --model-arg arguments, which decide whether the model has ECA and a GCP head)."""
     from cvkit.models.convert import checkpoint_num_classes, infer_arch_overrides
     from cvkit.models.registry import get_preset
 
     preset = get_preset(name)
-    kw = infer_arch_overrides(state_dict, preset.family, preset.kwargs.get("eca", False),
-                              preset.kwargs.get("global_pool") == "gcp")
+    arch = {**preset.kwargs, **given}
+    kw = infer_arch_overrides(state_dict, preset.family, arch.get("eca", False),
+                              arch.get("global_pool") == "gcp")
     classes = checkpoint_num_classes(state_dict, preset.family)
     if classes:
         kw["num_classes"] = classes

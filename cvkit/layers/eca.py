@@ -26,6 +26,14 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
     return t if t % 2 == 1 else t + 1
 
 
+def check_eca_k_size(eca: bool, eca_k_size) -> None:
+    """A model's ``eca_k_size`` only means something with ``eca=True``: an error otherwise
+    (it would silently build a model without ECA)."""
+    if eca_k_size is not None and not eca:
+        raise ValueError(f"eca_k_size={eca_k_size!r} given to a model without ECA (eca=False): "
+                         "use an eca_* preset or pass eca=True")
+
+
 class EcaModule(nn.Module):
     """ECA attention for (B, C, H, W) maps: ``x * sigmoid(conv1d_k(avgpool(x)))`` (ECA-Net Fig. 2).
 

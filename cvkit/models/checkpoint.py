@@ -6,15 +6,15 @@ number of classes differs from the checkpoint's is replaced only when asked (``r
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from cvkit.models.convert import to_cvkit
+from cvkit.atomic_write import atomic_write
+from cvkit.models.convert import fit_to_model, to_cvkit
 
 
 class CheckpointError(ValueError):
@@ -26,6 +26,24 @@ class LoadResult:
     missing_keys: list[str]
     unexpected_keys: list[str]
     reset_head: bool = False
+
+
+def load_failure(error: Exception) -> str:
+    """One line saying why ``torch.load`` failed: an empty or cut-short file (e.g. an interrupted
+    download), objects other than tensors that a ``weights_only`` load refuses (then, and only
+    then, that ``weights_only=False`` reads a trusted file), or the error's own first line (for a
+    ``weights_only`` load, the unpickler's, not torch's advice to load unsafely)."""
+    if isinstance(error, EOFError):
+        return "the file is empty or cut short (EOFError)"
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    detail = text.split(marker, 1)[1] if marker in text else text
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    first = re.split(r"(?<=\.)\s", lines[0])[0][:200] if lines else ""  # its first sentence
+    if first.startswith("Unsupported global"):  # a valid file that holds other objects
+        return (f"it holds objects other than tensors ({first.split(' was not')[0]}); if you "
+                "trust the file, load it with weights_only=False")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
@@ -40,10 +58,8 @@ def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        hint = (" (it holds objects other than tensors: if you trust the file, load it with "
-                "weights_only=False)") if weights_only and "weights_only" in str(e) else ""
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint{hint}: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
+                              f"{load_failure(e)}") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):
@@ -58,18 +74,9 @@ def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path) -> None:
-    """Write ``state_dict`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``state_dict`` atomically (:func:`cvkit.atomic_write.atomic_write`)."""
+    with atomic_write(path) as f:
+        torch.save(state_dict, f)
 
 
 def _head_prefix(model: nn.Module) -> str | None:
@@ -94,17 +101,24 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
     """Load a state dict in any supported format into ``model`` with checked keys and shapes.
 
     ``strict``: missing and unexpected keys are errors (shape mismatches always are).
-    ``reset_head``: a classifier of another size in the checkpoint is skipped and the model's
-    freshly initialised one kept. A ``features_only`` wrapper is loaded through its ``model``; the
-    keys of the layers it pruned are ignored.
+    ``reset_head``: the model keeps its freshly initialised classifier when the checkpoint's has
+    another size or the checkpoint has none. A model without a classifier (``num_classes=0``)
+    ignores the checkpoint's, as timm does. A ``features_only`` wrapper is loaded through its
+    ``model``; the keys of the layers it pruned (classifier, pooling, later stages) are ignored.
+    A ViT checkpoint of another image or patch size is resampled to the model's
+    (:func:`~cvkit.models.convert.fit_to_model`).
     """
     from timm.models._features import FeatureGetterNet
 
     pruned = isinstance(model, FeatureGetterNet)
     target = model.model if pruned else model
-    sd = to_cvkit(state_dict)
+    sd = fit_to_model(to_cvkit(state_dict), target)
     own = target.state_dict()
     head = _head_prefix(target)
+    own_head = [k for k in own if head and k.startswith(head)]
+    ckpt_head = [k for k in sd if head and k.startswith(head)]
+    if ckpt_head and not own_head:  # a model without a classifier (or a pruned one)
+        sd = {k: v for k, v in sd.items() if k not in ckpt_head}
     head_mismatch = [k for k in sd if head and k.startswith(head) and k in own
                      and sd[k].shape != own[k].shape]
     class_mismatch = [k for k in head_mismatch if sd[k].shape[0] != own[k].shape[0]]
@@ -119,8 +133,10 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
                 f"or pass reset_head=True to keep a new {own[k].shape[0]}-class head")
         sd = {k: v for k, v in sd.items() if not k.startswith(head)}
         did_reset = True
+    headless = own_head and not any(k.startswith(head) for k in sd)  # nothing loads into it
+    did_reset = did_reset or bool(headless and reset_head)
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")
-               and not (did_reset and k.startswith(head))]
+               and not (did_reset and k in own_head)]
     unexpected = [] if pruned else [k for k in sd if k not in own]
     mismatched = [f"{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}"
                   for k in sd if k in own and sd[k].shape != own[k].shape]
@@ -132,17 +148,33 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
     if mismatched:
         problems.append(_listing("shape mismatches", mismatched))
     if problems:
-        hint = ""
-        if any(".eca.conv.weight" in m for m in mismatched):
-            hint = ("; ECA kernel sizes differ: cvkit.create_model(name, checkpoint_path=...) "
-                    "reads them from the checkpoint (or pass eca_k_size=...)")
-        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems) + hint)
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems)
+                              + _hint(mismatched, missing, unexpected, own_head if headless else []))
     filled = {k: v for k, v in sd.items() if k in own}
     for k in own:  # older checkpoints lack BatchNorm's num_batches_tracked: keep the model's
         if k not in filled and k.endswith("num_batches_tracked"):
             filled[k] = own[k]
     target.load_state_dict(filled, strict=False)
     return LoadResult(missing, unexpected, did_reset)
+
+
+def _hint(mismatched: list[str], missing: list[str], unexpected: list[str],
+          headless: list[str]) -> str:
+    """What to do about a mismatch whose cause the keys show."""
+    hints = []
+    if any(".eca.conv.weight" in m for m in mismatched):
+        hints.append("ECA kernel sizes differ: cvkit.create_model(name, checkpoint_path=...) reads "
+                     "them from the checkpoint (or pass eca_k_size=...)")
+    if any(k.startswith(("global_pool.reduce.", "gcp.")) for k in unexpected):
+        hints.append("the checkpoint has an iSQRT-COV head: build the model with "
+                     "global_pool='gcp' (or a *_gcp preset)")
+    elif any(k.startswith(("global_pool.reduce.", "gcp.")) for k in missing):
+        hints.append("the model has an iSQRT-COV head the checkpoint lacks: build it without "
+                     "global_pool='gcp', or load with strict=False to train the head from scratch")
+    if headless and set(headless) <= set(missing):
+        hints.append("the checkpoint has no classifier: pass reset_head=True to keep a new one, "
+                     "or num_classes=0 for none")
+    return "".join(f"; {h}" for h in hints)
 
 
 def load_checkpoint(model: nn.Module, path, strict: bool = True, reset_head: bool = False,

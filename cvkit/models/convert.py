@@ -143,7 +143,21 @@ def infer_arch_overrides(sd: dict[str, torch.Tensor], family: str,
     return out
 
 
+def fit_to_model(sd: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """A (cvkit-named) state dict adapted to ``model``'s input geometry where timm does the same
+    for its own models: for a ViT, timm's ViT ``checkpoint_filter_fn`` resamples the position
+    embedding to the model's patch grid (e.g. a 224-px checkpoint into an ``img_size=384`` model)
+    and the patch embedding to its patch size. Other models: unchanged."""
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    if isinstance(model, VisionTransformer) and "pos_embed" in sd:
+        return checkpoint_filter_fn(sd, model)
+    return sd
+
+
 def timm_filter_fn(state_dict: dict[str, torch.Tensor], model=None) -> dict[str, torch.Tensor]:
     """``pretrained_filter_fn`` for timm: lets ``timm.create_model("cvkit_...", pretrained=True,
-    pretrained_cfg_overlay=dict(file=path))`` read any supported format."""
-    return to_cvkit(state_dict)
+    pretrained_cfg_overlay=dict(file=path))`` read any supported format (ViT position embeddings
+    resampled as timm's own ViTs do)."""
+    sd = to_cvkit(state_dict)
+    return sd if model is None else fit_to_model(sd, model)

@@ -38,9 +38,7 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
         overrides.setdefault("num_classes",
                              checkpoint_num_classes(state_dict, preset.family) or 1000)
     model = build(preset, **overrides)
-    load_state_dict(model, state_dict, strict=strict, reset_head=reset_head,
-                    source=str(checkpoint_path))
-    if features_only:
+    if features_only:  # wrapped first: the layers it prunes (head, pooling) need no weights
         from timm.models._features import FeatureGetterNet
 
         if out_indices is None:
@@ -49,4 +47,6 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
         cfg = model.pretrained_cfg
         model = FeatureGetterNet(model, out_indices=out_indices)
         model.pretrained_cfg = cfg
+    load_state_dict(model, state_dict, strict=strict, reset_head=reset_head,
+                    source=str(checkpoint_path))
     return model

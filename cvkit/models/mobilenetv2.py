@@ -7,8 +7,9 @@ State-dict names are torchvision's (``features.N.conv.*``, ``classifier.1``), so
   (ECA-Net, CVPR 2020), at ``features.N.eca.conv.weight`` (the official release nests it at
   ``features.N.conv.{3,4}.conv.weight``; :mod:`cvkit.models.convert` maps it). ``eca_k_size``:
   None = paper Eq. 12 on each block's output channels; an int; ``"official"`` = the official
-  ECA-MobileNetV2 rule (k = 1 for C <= 96, else 3 — the code's ``c <= 96``; the paper text says
-  C < 96); 7 per-stage sizes (one per row of the MobileNetV2 table); or 17 per-block sizes.
+  ECA-MobileNetV2 rule (k = 1 for C < 96, else 3, as the paper's text and the release's current
+  code; its first commit had ``c <= 96``); 7 per-stage sizes (one per row of the MobileNetV2
+  table); or 17 per-block sizes.
 * ``global_pool="gcp"`` — iSQRT-COV head; as in the ResNet paper layout the last stride-2 stage
   (160 channels) keeps stride 1, so the 1280-channel map is 14x14 at 224 px before the 1x1
   reduction to ``gcp_dim``.
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from timm.models._features import feature_take_indices
 
-from cvkit.layers.eca import EcaModule
+from cvkit.layers.eca import EcaModule, check_eca_k_size
 from cvkit.models.eca_residual import eca_residual
 from cvkit.models.heads import create_pool
 from cvkit.models.streams import run_blocks, stream_spec
@@ -70,8 +71,9 @@ class InvertedResidual(nn.Module):
 
 
 def official_eca_k(channels: int) -> int:
-    """Kernel size of the official ECA-MobileNetV2 code: 1 for C <= 96, else 3."""
-    return 1 if channels <= 96 else 3
+    """Kernel size of the official ECA-MobileNetV2 code: 1 for C < 96, else 3 (its current
+    ``if c < 96``, as the paper's text; its first commit had ``c <= 96``)."""
+    return 1 if channels < 96 else 3
 
 
 def _block_kernel_sizes(eca_k_size) -> list[int | None]:
@@ -105,6 +107,7 @@ class MobileNetV2(nn.Module):
         self.grad_checkpointing = False
         self.spec = stream_spec(hc_rate, fc_rate, hc_dynamic)
         gcp = global_pool == "gcp"
+        check_eca_k_size(eca, eca_k_size)
         kernel_sizes = _block_kernel_sizes(eca_k_size)
         features: list[nn.Module] = [ConvBNReLU6(in_chans, 32, 3, 2)]
         inp, reduction, layer_index, b = 32, 2, 0, 0

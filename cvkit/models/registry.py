@@ -120,11 +120,11 @@ def pretrained_cfg(preset: Preset) -> dict[str, Any]:
     cfg = dict(url="", num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
                interpolation="bicubic" if vit else "bilinear", mean=IMAGENET_DEFAULT_MEAN,
                std=IMAGENET_DEFAULT_STD, license="apache-2.0")
+    pool_size = (14, 14) if preset.kwargs.get("global_pool") == "gcp" else (7, 7)  # stride-1 end
     if preset.family == "resnet":
-        gcp = preset.kwargs.get("global_pool") == "gcp"
-        cfg.update(first_conv="conv1", classifier="fc", pool_size=(14, 14) if gcp else (7, 7))
+        cfg.update(first_conv="conv1", classifier="fc", pool_size=pool_size)
     elif preset.family == "mobilenetv2":
-        cfg.update(first_conv="features.0.0", classifier="classifier.1", pool_size=(7, 7))
+        cfg.update(first_conv="features.0.0", classifier="classifier.1", pool_size=pool_size)
     else:
         cfg.update(first_conv="patch_embed.proj", classifier="head", fixed_input_size=True)
     return cfg

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from timm.models._features import feature_take_indices
 
-from cvkit.layers.eca import EcaModule
+from cvkit.layers.eca import EcaModule, check_eca_k_size
 from cvkit.models.eca_residual import eca_residual
 from cvkit.models.heads import create_pool
 from cvkit.models.streams import StreamSpec, run_blocks, stream_spec
@@ -130,6 +130,10 @@ def _stage_kernel_sizes(eca_k_size, layers: Sequence[int]) -> list[list[int | No
     total = sum(layers)
     if eca_k_size is None or isinstance(eca_k_size, int):
         return [[eca_k_size] * n for n in layers]
+    if isinstance(eca_k_size, str):  # e.g. "official", MobileNetV2's rule
+        raise ValueError(f"eca_k_size must be None, an int, {len(layers)} per-stage sizes or "
+                         f"{total} per-block sizes, got {eca_k_size!r} (the official ECA-ResNet "
+                         "release uses per-stage sizes, e.g. (3, 5, 5, 7) for ResNet-50)")
     sizes = [int(k) for k in eca_k_size]
     if len(sizes) == len(layers):
         return [[k] * n for k, n in zip(sizes, layers)]
@@ -162,6 +166,7 @@ class ResNet(nn.Module):
         self.grad_checkpointing = False
         self.spec = stream_spec(hc_rate, fc_rate, hc_dynamic)
         gcp = global_pool == "gcp"
+        check_eca_k_size(eca, eca_k_size)
         kernel_sizes = _stage_kernel_sizes(eca_k_size, layers)
 
         self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)

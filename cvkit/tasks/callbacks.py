@@ -3,8 +3,6 @@ atomic checkpoint writes and the end-of-fit report (summary.json, curves.png).""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -14,10 +12,13 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from cvkit.atomic_write import atomic_write
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file in the target folder, fsyncs it, then ``os.replace``s
-    it onto the final name, so a crash never leaves a half-written ``last.ckpt``.
+    """Writes a checkpoint with :func:`cvkit.atomic_write.atomic_write` (a temporary file in the
+    target folder, fsynced, then ``os.replace``d), so a crash never leaves a half-written
+    ``last.ckpt``.
 
     Lightning's own save (``_atomic_save``) stages the bytes through fsspec's local transaction,
     which writes the temp file in the system temp dir and ``shutil.move``s it: across filesystems
@@ -26,19 +27,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None
                         ) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            torch.save(checkpoint, f)
 
 
 def _scalar(v: Any) -> Optional[float]:

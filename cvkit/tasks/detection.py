@@ -31,6 +31,9 @@ import lightning as L
 import torch
 from torch import nn
 
+from cvkit.atomic_write import atomic_write
+from cvkit.models.checkpoint import load_failure
+
 METRIC_PREFIX = "coco/"
 
 
@@ -101,8 +104,8 @@ def load_detector_weights(detector: nn.Module, path: str, trust: bool = False) -
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as e:  # noqa: BLE001
         hint = "" if trust else " (an mmengine Runner checkpoint? pass --trust-checkpoint if you trust it)"
-        raise ValueError(f"cannot load detector checkpoint {path!r}: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0]}{hint}") from e
+        raise ValueError(f"cannot load detector checkpoint {path!r}: {load_failure(e)}{hint}"
+                         ) from e
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: no state dict inside")
@@ -356,18 +359,17 @@ class DetectionTask(L.LightningModule):
     # -- export -------------------------------------------------------------------------------
     def export_detector(self, path: str) -> str:
         """Write ``{'state_dict', 'meta': {'dataset_meta'}}`` for ``mmdet.apis.init_detector``
-        (atomically: temp file + rename)."""
+        (atomically: ``cvkit.atomic_write``)."""
         meta = {}
         train_cfg = self.cfg.get("train_dataloader") or {}
         metainfo = (train_cfg.get("dataset") or {}).get("metainfo")
         if metainfo:
             meta["dataset_meta"] = {k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in dict(metainfo).items()}
-        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        torch.save({"state_dict": {k: v.detach().cpu() for k, v in self.detector.state_dict().items()},
-                    "meta": meta}, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            torch.save({"state_dict": {k: v.detach().cpu()
+                                       for k, v in self.detector.state_dict().items()},
+                        "meta": meta}, f)
         return path
 
 
