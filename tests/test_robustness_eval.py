@@ -91,7 +91,7 @@ def test_on_the_fly_equals_generated_folder(setup, capsys):
             im.verify()
         assert Image.open(fly / png).size[0] > 100
     summary = json.loads((fly / "summary.json").read_text())
-    assert summary["complete"] is False  # 4 of 19 corruptions
+    assert summary["complete"] is False  # 3 of the 15 benchmark corruptions
     assert set(summary["held_out"]["errors_percent"]) == {"spatter"}
     assert set(summary["benchmark"]["errors_percent"]) == {"gaussian_noise", "glass_blur", "fog"}
     assert summary["benchmark"]["CE"] == {}  # CE needs all 5 severities; 2 were evaluated
@@ -134,7 +134,7 @@ def test_bad_inputs(tmp_path, cls_root, capsys):
     ckpt = tmp_path / "bare.pt"
     torch.save(cvkit.create_model("resnet18", num_classes=10).state_dict(), ckpt)
     assert ev(["--checkpoint", str(ckpt), "--val", str(cls_root / "val"), "--out", str(tmp_path / "o")]) == 2
-    assert "does not name its model" in capsys.readouterr().err
+    assert "holds plain model weights: pass --model" in capsys.readouterr().err
     assert ev(["--checkpoint", str(tmp_path / "nope.pt"), "--val", str(cls_root / "val"),
                "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -161,3 +161,215 @@ def test_released_folder_is_centre_cropped_not_resized(tmp_path):
     np.testing.assert_array_equal(crop, img[13:77, 18:82])
     with pytest.raises(ValueError, match=r"x.png is 100x90, smaller than the centre crop 96"):
         ImageNetCFolder(tmp_path, crop=96)[0]
+
+
+# ----------------------------------------------------------------------- review fixes (issue 8)
+def _fit_tiny_task(tmp_path, cls_root, model_kwargs, mean=(0.4, 0.5, 0.6)):
+    """A checkpoint written by Lightning for the classification task (4 classes, 2 steps)."""
+    from lightning.pytorch import Trainer
+
+    from cls_helpers import tiny_imagefolder
+    from cvkit.data.datamodule import ClassificationDataModule
+    from cvkit.tasks.classification import ClassificationTask
+    root = tiny_imagefolder(cls_root, tmp_path / "tiny", classes=4, train=8, val=2)
+    dm = ClassificationDataModule(root=str(root), batch_size=8, image_size=32, crop_pct=1.0,
+                                  num_workers=0, persistent_workers=False, mean=mean)
+    torch.manual_seed(0)
+    task = ClassificationTask("resnet18", num_classes=4, model_kwargs=model_kwargs)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, default_root_dir=tmp_path,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(task, datamodule=dm)
+    ckpt = tmp_path / "task.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return task, ckpt, root / "val"
+
+
+def test_lightning_checkpoint_with_model_kwargs_loads_and_evaluates(tmp_path, cls_root, capsys):
+    """Defect 1: a task checkpoint with non-preset model_kwargs (GCP head) is rebuilt from its
+    hyper-parameters, with the datamodule's normalisation; a class-count mismatch is an error."""
+    from cvkit.robustness.evaluate import load_classifier
+    task, ckpt, val = _fit_tiny_task(tmp_path, cls_root, {"global_pool": "gcp", "gcp_dim": 16})
+    model, name, dm_hp = load_classifier(ckpt, classes=["a", "b", "c", "d"])
+    assert name == "resnet18" and list(dm_hp["mean"]) == [0.4, 0.5, 0.6]
+    ref = task.model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items()) and len(ref) == len(model.state_dict())
+    out = tmp_path / "out"
+    assert _eval("--checkpoint", str(ckpt), "--val", str(val), "--resize", "36", "--crop", "32",
+                 "--corruptions", "fog", "--severities", "1", "--out", str(out)) == 0
+    state = json.loads((out / "results.json").read_text())
+    assert set(state["errors"]["fog"]) == {"1"} and state["clean_error"] is not None
+    assert state["meta"]["mean"] == [0.4, 0.5, 0.6]  # the checkpoint's normalisation, not the preset's
+    capsys.readouterr()
+    assert _eval("--checkpoint", str(ckpt), "--val", str(cls_root / "val"), *SIZE, "--out", str(tmp_path / "o2")) == 2
+    err = capsys.readouterr().err
+    assert "10 classes" in err and "has 4" in err and str(ckpt) in err
+
+
+def _read_csv(path):
+    import csv
+    with open(path) as f:
+        return {r["corruption"]: r for r in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_fifteen_corruptions_give_complete_summary_and_mce_by_hand(setup, tmp_path):
+    """Defect 2: the 15 benchmark corruptions (no held-out) make a complete summary with an mCE
+    and relative mCE equal to a by-hand computation from the per-severity errors in errors.csv;
+    the held-out gaps are listed apart."""
+    _, val, ckpt = setup
+    small = tmp_path / "val"
+    for d in sorted(val.iterdir()):  # 1 image per class
+        (small / d.name).mkdir(parents=True)
+        shutil.copy(sorted(d.iterdir())[0], small / d.name)
+    out = tmp_path / "out"
+    from cvkit.robustness import CORRUPTIONS, HELD_OUT
+    assert _tool("eval_corruption")(["--checkpoint", str(ckpt), "--val", str(small), *SIZE, "--workers", "0",
+                                     "--no-progress", "--device", "cpu", "--corruptions", *CORRUPTIONS,
+                                     "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and summary["missing"] == []
+    assert summary["held_out"]["complete"] is False and summary["held_out"]["missing"] == list(HELD_OUT)
+    rows = _read_csv(out / "errors.csv")
+    assert [rows[c]["missing_severities"] for c in HELD_OUT] == ["1 2 3 4 5"] * 4
+    alexnet = [0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360, 0.866816,
+               0.826572, 0.819324, 0.564592, 0.853204, 0.646056, 0.717840, 0.606500]  # papers.md
+    clean = summary["clean_error_percent"] / 100
+    ce, rel = [], []
+    for c, a in zip(CORRUPTIONS, alexnet):
+        e = [float(rows[c][f"error_s{s}_percent"]) / 100 for s in range(1, 6)]
+        ce.append(100 * sum(e) / (5 * a))
+        rel.append(100 * sum(x - clean for x in e) / (5 * (a - 0.435)))
+    assert summary["benchmark"]["mCE"] == pytest.approx(sum(ce) / 15, rel=1e-9)
+    assert summary["benchmark"]["relative_mCE"] == pytest.approx(sum(rel) / 15, rel=1e-9)
+    assert len({round(x, 6) for x in ce}) > 3, "CE does not vary: the check would prove little"
+    md = (out / "report.md").read_text()
+    assert "Incomplete" not in md and "Held-out corruption(s) not evaluated" in md
+
+
+def _write_c_folder(root, spec):
+    """``spec``: {(corruption, severity): [class names]} -> one 40x40 PNG per class."""
+    rng = np.random.default_rng(0)
+    for (c, s), classes in spec.items():
+        d = root / c / str(s)
+        d.mkdir(parents=True, exist_ok=True)
+        for cls in classes:
+            (d / cls).mkdir()
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(d / cls / "x.png")
+
+
+def test_empty_or_flat_severity_folder_is_missing_and_rest_continues(tmp_path, capsys):
+    """Defect 3: an empty and a flat severity folder are recorded as missing with a warning naming
+    them; the other sets are evaluated."""
+    root = tmp_path / "c"
+    _write_c_folder(root, {("fog", 1): ["a", "b"]})
+    (root / "fog" / "2").mkdir()  # empty
+    (root / "fog" / "3").mkdir()  # flat: images without class folders
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "fog" / "3" / "y.png")
+    ckpt = tmp_path / "m.ckpt"
+    model = cvkit.create_model("resnet18", num_classes=2)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model_name": "resnet18", "num_classes": 2}}, ckpt)
+    out = tmp_path / "out"
+    assert _tool("eval_corruption")(["--checkpoint", str(ckpt), "--imagenet-c", str(root), "--crop", "32",
+                                     "--corruptions", "fog", "--severities", "1", "2", "3", "--workers", "0",
+                                     "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"fog severity 2 not evaluated: split folder {root / 'fog' / '2'}" in err
+    assert f"fog severity 3 not evaluated: split folder {root / 'fog' / '3'}" in err
+    state = json.loads((out / "results.json").read_text())
+    assert set(state["errors"]["fog"]) == {"1"} and set(state["missing"]["fog"]) == {"2", "3"}
+
+
+@pytest.mark.parametrize("kind", ["empty", "flat"])
+def test_make_imagenet_c_empty_or_flat_val_is_one_line_error(tmp_path, kind, capsys):
+    val = tmp_path / "val"
+    val.mkdir()
+    if kind == "flat":
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(val / "y.png")
+    assert _tool("make_imagenet_c")(["--val", str(val), "--out", str(tmp_path / "o"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(val) in err
+
+
+def test_one_class_list_for_all_folders(tmp_path):
+    """Defect 4: without --clean-val the class list is the union over all severity folders, so a
+    folder lacking a class keeps the others' labels; a class outside a given list is an error."""
+    from cvkit.robustness.evaluate import FolderSource
+    root = tmp_path / "c"
+    _write_c_folder(root, {("fog", 1): ["b", "c"], ("fog", 2): ["a", "b", "c"], ("snow", 1): ["a", "c"]})
+    src = FolderSource(root, crop=32)
+    assert src.classes == ["a", "b", "c"]
+    for (c, s) in [("fog", 1), ("fog", 2), ("snow", 1)]:
+        ds, why = src.corrupted(c, s)
+        assert why is None
+        got = {Path(p).parent.name: t for p, t in ds.samples}
+        assert got == {k: ["a", "b", "c"].index(k) for k in got}
+    given = FolderSource(root, crop=32, classes=["a", "b"])
+    with pytest.raises(ValueError, match=r"fog/1 has class folder\(s\) \['c'\] not in"):
+        given.corrupted("fog", 1)
+
+
+def test_baseline_validated_first_and_normalises(setup, tmp_path, capsys):
+    """Defects 7, 8: a bad --baseline is a one-line error before any evaluation; a good one adds
+    CE / mCE normalised by its errors and its clean error."""
+    _, val, ckpt = setup
+    args = ["--checkpoint", str(ckpt), "--val", str(val), *SIZE, "--corruptions", "fog", "--severities",
+            "1", "2", "3", "4", "5", "--workers", "0", "--no-progress", "--device", "cpu"]
+    ev = _tool("eval_corruption")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"clean_error": 0.2}))
+    for path, msg in [(tmp_path / "nope.json", "does not exist"), (bad, "has no 'errors' mapping")]:
+        out = tmp_path / f"o_{path.stem}"
+        assert ev([*args, "--baseline", str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err and str(path) in err
+        assert not out.exists()  # nothing evaluated
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"clean_error": 0.3, "errors": {"fog": {str(s): 0.4 + 0.1 * s for s in range(1, 6)}}}))
+    out = tmp_path / "good"
+    assert ev([*args, "--baseline", str(base), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    fog = [summary["benchmark"]["errors_percent"]["fog"][s] / 100 for s in range(5)]
+    clean = summary["clean_error_percent"] / 100
+    vb = summary["versus_baseline"]
+    assert vb["corruptions"] == ["fog"]
+    assert vb["mCE"] == pytest.approx(100 * sum(fog) / (0.5 + 0.6 + 0.7 + 0.8 + 0.9))
+    assert vb["relative_mCE"] == pytest.approx(100 * sum(e - clean for e in fog) / (5 * (0.7 - 0.3)))
+
+
+def test_resume_compares_resolved_paths_and_names_differing_keys(setup, tmp_path, monkeypatch, capsys):
+    """Defect 9: the same run spelled with relative paths resumes; another crop is refused naming it."""
+    _, val, ckpt = setup
+    args = ["--corruptions", "fog", "--severities", "1", "--workers", "0", "--no-progress", "--device", "cpu"]
+    ev = _tool("eval_corruption")
+    out = tmp_path / "out"
+    assert ev([*args, "--checkpoint", str(ckpt), "--val", str(val), *SIZE, "--out", str(out)]) == 0
+    monkeypatch.chdir(ckpt.parent)
+    rel_val = Path("..") / ckpt.parent.name / val.relative_to(ckpt.parent)
+    assert ev([*args, "--checkpoint", ckpt.name, "--val", str(rel_val), *SIZE, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert ev([*args, "--checkpoint", ckpt.name, "--val", str(rel_val), "--resize", "40", "--crop", "30",
+               "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "crop: 32 there, 30 now" in err and err.count(" there, ") == 1  # only crop differs
+
+
+def test_small_image_with_workers_and_negative_seed_are_one_line_errors(tmp_path, capsys):
+    """Nits: a too-small image read by a DataLoader worker gives the one-line message naming the
+    file; --seed -1 names --seed before any work."""
+    root = tmp_path / "c"
+    _write_c_folder(root, {("fog", 1): ["a", "b"]})
+    ckpt = tmp_path / "m.ckpt"
+    model = cvkit.create_model("resnet18", num_classes=2)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model_name": "resnet18", "num_classes": 2}}, ckpt)
+    ev = _tool("eval_corruption")
+    base = ["--checkpoint", str(ckpt), "--imagenet-c", str(root), "--corruptions", "fog", "--severities", "1",
+            "--no-progress", "--device", "cpu"]
+    assert ev([*base, "--crop", "64", "--workers", "2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "x.png is 40x40, smaller than the centre crop 64" in err
+    assert ev([*base, "--seed", "-1", "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seed" in err and not (tmp_path / "o2").exists()

@@ -14,7 +14,6 @@ Results are saved after every corruption/severity; rerunning the same command re
 Writes results.json, summary.json, errors.csv, report.md, heatmap.png, bars.png.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -44,13 +43,18 @@ def parse(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
-    p.add_argument("--baseline", default=None, help="results.json of a baseline model for the bar chart")
+    p.add_argument("--baseline", default=None,
+                   help="results.json of a previous run: bars against it, and CE / mCE normalised "
+                        "by its errors (relative ones by its clean error) beside AlexNet's")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.seed < 0:
+        print(f"error: --seed must be a non-negative integer, got {args.seed}", file=sys.stderr)
+        return 2
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -69,20 +73,21 @@ def main(argv=None) -> int:
             return 0
         from cvkit.robustness.evaluate import (FolderSource, OnTheFlySource, evaluate_classification,
                                                load_classifier)
-        from cvkit.robustness.report import write_reports
+        from cvkit.robustness.report import read_baseline, write_reports
+        baseline = read_baseline(args.baseline) if args.baseline else None
         if args.imagenet_c:
             source = FolderSource(args.imagenet_c, crop=args.crop, clean_root=args.clean_val, resize=args.resize)
         elif args.val:
             source = OnTheFlySource(args.val, args.resize, args.crop, args.seed, args.jpeg_quality)
         else:
             raise ValueError("give --imagenet-c ROOT (released folder) or --val ROOT (on the fly)")
-        model, name = load_classifier(args.checkpoint, args.model, device)
+        model, name, dm_hp = load_classifier(args.checkpoint, args.model, device, source.classes)
         state = evaluate_classification(model, source, args.out, args.corruptions, args.severities,
                                         args.batch_size, args.workers, device, not args.no_resume,
-                                        not args.no_progress,
-                                        meta_extra={"model": name, "checkpoint": str(Path(args.checkpoint))})
-        baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
-        files = write_reports(state, args.out, baseline)
+                                        not args.no_progress, mean=dm_hp.get("mean"), std=dm_hp.get("std"),
+                                        meta_extra={"model": name,
+                                                    "checkpoint": str(Path(args.checkpoint).resolve())})
+        files = write_reports(state, args.out, baseline, baseline_name=args.baseline)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

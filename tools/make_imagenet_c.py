@@ -27,6 +27,9 @@ def main(argv=None) -> int:
     p.add_argument("--quality", type=int, default=RELEASE_JPEG_QUALITY)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = p.parse_args(argv)
+    if args.seed < 0:
+        print(f"error: --seed must be a non-negative integer, got {args.seed}", file=sys.stderr)
+        return 2
     try:
         n = write_imagenet_c(args.val, args.out, args.corruptions, args.severities, args.resize,
                              args.crop, args.seed, args.format, args.quality, args.workers)

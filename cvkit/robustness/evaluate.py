@@ -7,55 +7,40 @@ from that file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cvkit.atomic_write import atomic_write
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, _check
-from cvkit.robustness.folder import (CleanImageFolder, CorruptingCollate, ImageNetCFolder,
-                                     list_image_folder)
+from cvkit.robustness.folder import (CleanImageFolder, CorruptingCollate, EmptyFolderError,
+                                     ImageNetCFolder, folder_classes, list_image_folder)
 
 RESULTS_FILE = "results.json"
 
 
 def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file + ``os.replace`` (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`cvkit.atomic_write.atomic_write`)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
-def load_classifier(checkpoint, model_name: str | None = None, device: str = "cpu"):
-    """A cvkit model from a checkpoint file (any format ``cvkit.load_checkpoint`` reads). The preset
-    name comes from ``model_name`` or from a cvkit/Lightning checkpoint's ``hyper_parameters``."""
-    import cvkit
+def load_classifier(checkpoint, model_name: str | None = None, device: str = "cpu",
+                    classes: list[str] | None = None):
+    """(model, preset name, datamodule hyper-parameters) from a checkpoint, rebuilt as
+    :func:`cvkit.tasks.evaluate.load_task` does (Lightning hyper-parameters incl. ``model_kwargs``;
+    plain weights need ``model_name``). The head must have ``len(classes)`` outputs."""
+    from cvkit.tasks.evaluate import load_task
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    if model_name is None:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - reported with the file name
-            raise ValueError(f"cannot read checkpoint {str(path)!r}: {e}") from None
-        hp = obj.get("hyper_parameters", {}) if isinstance(obj, dict) else {}
-        model_name = hp.get("model_name") or hp.get("model")
-        if not isinstance(model_name, str):
-            raise ValueError(f"checkpoint {str(path)!r} does not name its model (no "
-                             f"hyper_parameters.model_name): pass --model")
-    model = cvkit.create_model(model_name, checkpoint_path=path)
-    return model.to(device).eval(), model_name
+    num_classes = None if classes is None else len(classes)
+    task, dm_hp = load_task(checkpoint, model_name, num_classes=num_classes)
+    n_head = task.hparams.num_classes
+    if num_classes is not None and n_head != num_classes:
+        raise ValueError(f"the evaluation data has {num_classes} classes but the head of checkpoint "
+                         f"{checkpoint} has {n_head}")
+    return task.model.to(device).eval(), task.hparams.model_name, dm_hp
 
 
 class FolderSource:
@@ -65,27 +50,33 @@ class FolderSource:
 
     def __init__(self, root, crop: int = 224, clean_root=None, resize: int = 256,
                  classes: list[str] | None = None):
+        """One class list for every folder: ``classes``, else the clean val's, else the sorted
+        union of the class folders of all ``<root>/<corruption>/<severity>`` folders."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"ImageNet-C folder {str(self.root)!r} does not exist")
         self.crop, self.resize, self.clean_root = crop, resize, clean_root
         if classes is None and clean_root is not None:
             classes = list_image_folder(clean_root)[1]
-        self.classes = classes
+        if classes is None:
+            classes = sorted({c for name in ALL_CORRUPTIONS for s in SEVERITIES
+                              for c in folder_classes(self.root / name / str(s))})
+            if not classes:
+                raise ValueError(f"ImageNet-C folder {str(self.root)!r} has no "
+                                 f"<corruption>/<severity>/<class> folders")
+        self.classes = list(classes)
 
     def describe(self) -> dict:
-        return {"source": self.kind, "root": str(self.root), "crop": self.crop,
-                "clean_root": None if self.clean_root is None else str(self.clean_root)}
+        return {"source": self.kind, "root": str(self.root.resolve()), "crop": self.crop,
+                "clean_root": None if self.clean_root is None else str(Path(self.clean_root).resolve())}
 
     def corrupted(self, corruption: str, severity: int) -> tuple[Dataset | None, str | None]:
         d = self.root / corruption / str(severity)
         if not d.is_dir():
             return None, f"missing folder {d}"
         try:
-            if self.classes is None:
-                self.classes = list_image_folder(d)[1]
             return ImageNetCFolder(d, self.crop, self.classes), None
-        except ValueError as e:
+        except EmptyFolderError as e:  # empty or flat: recorded as missing, the rest continues
             return None, str(e)
 
     def collate(self, corruption, severity):
@@ -105,13 +96,15 @@ class OnTheFlySource:
 
     def __init__(self, val_root, resize: int = 256, crop: int = 224, seed: int = 0,
                  jpeg_quality: int | None = None):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.dataset = CleanImageFolder(val_root, resize, crop)
         self.classes = self.dataset.classes
         self.val_root, self.resize, self.crop = Path(val_root), resize, crop
         self.seed, self.jpeg_quality = seed, jpeg_quality
 
     def describe(self) -> dict:
-        return {"source": self.kind, "root": str(self.val_root), "resize": self.resize,
+        return {"source": self.kind, "root": str(self.val_root.resolve()), "resize": self.resize,
                 "crop": self.crop, "seed": self.seed, "jpeg_quality": self.jpeg_quality}
 
     def corrupted(self, corruption, severity):
@@ -129,20 +122,41 @@ def top1_error(model, loader, device, mean, std) -> float:
     mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
     wrong = total = 0
-    for images, targets in loader:
-        x = (images.to(device).permute(0, 3, 1, 2).float() - mean) / std
-        pred = model(x).argmax(dim=1).cpu()
-        wrong += int((pred != targets).sum())
-        total += len(targets)
+    try:
+        for images, targets in loader:
+            x = (images.to(device).permute(0, 3, 1, 2).float() - mean) / std
+            pred = model(x).argmax(dim=1).cpu()
+            wrong += int((pred != targets).sum())
+            total += len(targets)
+    except ValueError as e:
+        # a DataLoader worker re-raises with the whole worker traceback as the message; keep the
+        # original one-line message (its last line)
+        msg = str(e)
+        if msg.startswith("Caught ValueError in DataLoader worker"):
+            raise ValueError(msg.strip().splitlines()[-1].removeprefix("ValueError: ")) from None
+        raise
     return wrong / max(total, 1)
+
+
+PATH_KEYS = ("root", "clean_root", "checkpoint")
+"""Meta keys holding paths: compared resolved, so ``runs/x`` and ``/abs/runs/x`` are one run."""
+
+
+def _normalised(meta: dict) -> dict:
+    return {k: str(Path(v).resolve()) if k in PATH_KEYS and isinstance(v, str) else v
+            for k, v in meta.items()}
 
 
 def _load_state(out_dir: Path, meta: dict, resume: bool) -> dict:
     path = out_dir / RESULTS_FILE
     if resume and path.is_file():
         state = json.loads(path.read_text())
-        if state.get("meta") != meta:
-            raise ValueError(f"{path} holds results of a different evaluation ({state.get('meta')}); "
+        old = _normalised(state.get("meta") or {})
+        new = _normalised(meta)
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if differ:
+            detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differ)
+            raise ValueError(f"{path} holds results of a different evaluation ({detail}); "
                              f"use another --out or --no-resume")
         return state
     return {"meta": meta, "clean_error": None, "errors": {}, "missing": {}}
@@ -201,4 +215,4 @@ def evaluate_classification(model, source, out_dir, corruptions: Iterable[str] =
 def error_table(state: dict) -> dict[str, list[float | None]]:
     """{corruption: [e1..e5]} with None for severities not evaluated (state -> metrics input)."""
     return {c: [state["errors"].get(c, {}).get(str(s)) for s in SEVERITIES]
-            for c in ALL_CORRUPTIONS if c in state["errors"] or c in state["missing"]}
+            for c in ALL_CORRUPTIONS if c in state["errors"] or c in state.get("missing", {})}

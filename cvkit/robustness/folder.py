@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import find_classes
 from torchvision.transforms import functional as TF
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, _check, corrupt
@@ -30,18 +30,27 @@ def image_seed(seed: int, corruption: str, severity: int, index: int) -> tuple[i
     return (seed, ALL_CORRUPTIONS.index(corruption), severity, index)
 
 
+class EmptyFolderError(ValueError):
+    """An image folder that is missing, flat (no class sub-folders) or holds no images."""
+
+
 def list_image_folder(root) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, class index) samples and class names of an ImageFolder tree (sorted, torchvision's
-    rules)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"image folder {str(root)!r} does not exist or is not a directory")
-    classes, class_to_idx = find_classes(str(root))
+    """(path, class index) samples and sorted class names of an ImageFolder tree
+    (:func:`cvkit.data.datamodule.scan_split`); :class:`EmptyFolderError` naming the folder."""
+    from cvkit.data.datamodule import scan_split
+
     try:
-        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+        return scan_split(root)
     except FileNotFoundError as e:
-        raise ValueError(f"no images in {str(root)!r}: {e}") from None
-    return samples, classes
+        raise EmptyFolderError(str(e)) from None
+
+
+def folder_classes(root) -> list[str]:
+    """Class sub-folder names of ``root`` (torchvision's ``find_classes``); [] when it has none."""
+    try:
+        return find_classes(str(root))[0]
+    except FileNotFoundError:
+        return []
 
 
 def load_rgb(path) -> Image.Image:
@@ -80,8 +89,6 @@ class CleanImageFolder(Dataset):
         self.samples, self.classes = list_image_folder(root)
         if classes is not None and classes != self.classes:
             raise ValueError(f"classes of {root} differ from the reference class list")
-        if not self.samples:
-            raise ValueError(f"no images in {root}")
         self.resize, self.crop = resize, crop
 
     def __len__(self) -> int:
@@ -97,15 +104,16 @@ class ImageNetCFolder(Dataset):
     centre crop, target, index)."""
 
     def __init__(self, root, crop: int = 224, classes: list[str] | None = None):
+        """``classes``: the class list of the whole evaluation; this folder's class folders are
+        mapped onto it by name (it may lack some), a class outside it is an error."""
         self.samples, found = list_image_folder(root)
         if classes is not None:
             unknown = sorted(set(found) - set(classes))
             if unknown:
-                raise ValueError(f"{root} has classes {unknown[:5]} not in the reference class list")
+                raise ValueError(f"{root} has class folder(s) {unknown[:5]} not in the evaluation's "
+                                 f"class list ({len(classes)} classes)")
             index = {c: i for i, c in enumerate(classes)}
             self.samples = [(p, index[found[t]]) for p, t in self.samples]
-        if not self.samples:
-            raise ValueError(f"no images in {root}")
         self.crop = crop
 
     def __len__(self) -> int:
@@ -185,9 +193,9 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
     for c in corruptions:
         for s in severities:
             _check(c, s)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     samples, classes = list_image_folder(val_root)
-    if not samples:
-        raise ValueError(f"no images in {val_root}")
     tasks = [(samples[i:i + chunk], classes, str(out_root), c, s, i, resize, crop, seed, fmt, quality)
              for c in corruptions for s in severities for i in range(0, len(samples), chunk)]
     workers = workers or os.cpu_count() or 1

@@ -30,12 +30,24 @@ pass ``baseline_clean_error`` for another value."""
 
 
 def _severity_errors(name: str, values) -> np.ndarray:
+    values = list(values)
+    if len(values) != 5:
+        raise ValueError(f"errors[{name!r}] must hold 5 values (severities 1..5), got {len(values)}")
+    for s, v in enumerate(values, 1):
+        if v is None or isinstance(v, bool) or not np.isfinite(v):
+            raise ValueError(f"errors[{name!r}] severity {s} is {v!r}: a finite error is needed")
     arr = np.asarray(values, dtype=np.float64)
-    if arr.shape != (5,):
-        raise ValueError(f"errors[{name!r}] must hold 5 values (severities 1..5), got shape {arr.shape}")
     if np.any(arr < 0) or np.any(arr > 1):
         raise ValueError(f"errors[{name!r}] must be fractions in [0, 1] (not percent), got {arr.tolist()}")
     return arr
+
+
+def _check_fraction(what: str, value) -> float:
+    """``value`` as a float in [0, 1]; else a ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not 0 <= value <= 1:
+        raise ValueError(f"{what} must be a fraction in [0, 1] (not percent), got {value!r}")
+    return float(value)
 
 
 def _check_names(errors: Mapping) -> None:
@@ -59,6 +71,8 @@ def relative_corruption_error(name: str, errors, clean_error: float,
     baseline = ALEXNET_ERRORS if baseline is None else baseline
     if name not in baseline:
         raise ValueError(f"no baseline (AlexNet) error for {name!r}")
+    clean_error = _check_fraction("clean_error", clean_error)
+    baseline_clean_error = _check_fraction("baseline_clean_error", baseline_clean_error)
     num = (_severity_errors(name, errors) - clean_error).sum()
     return float(100.0 * num / (5 * (baseline[name] - baseline_clean_error)))
 
@@ -89,12 +103,13 @@ def relative_mce(errors: Mapping[str, Sequence[float]], clean_error: float,
                  allow_incomplete: bool = False) -> float:
     """Relative mCE in percent (mean relative CE over the 15); ``clean_error`` a fraction."""
     _check_names(errors)
-    if not 0 <= clean_error <= 1:
-        raise ValueError(f"clean_error must be a fraction in [0, 1], got {clean_error}")
+    _check_fraction("clean_error", clean_error)
     missing = _complete(errors)
     if missing and not allow_incomplete:
         raise ValueError(f"relative mCE needs all 15 benchmark corruptions; missing: {', '.join(missing)}")
     present = [c for c in CORRUPTIONS if c in errors]
+    if not present:
+        raise ValueError("no benchmark corruption in errors")
     return float(np.mean([relative_corruption_error(c, errors[c], clean_error, baseline,
                                                     baseline_clean_error) for c in present]))
 
@@ -103,11 +118,13 @@ def relative_mce(errors: Mapping[str, Sequence[float]], clean_error: float,
 class RobustnessSummary:
     """All ImageNet-C numbers of one model, benchmark and held-out corruptions kept apart.
 
-    ``errors`` holds fractions; every derived number is in percent."""
+    ``errors`` holds fractions; every derived number is in percent. ``complete`` / ``missing``
+    concern the 15 benchmark corruptions (those mCE needs); ``held_out_missing`` the 4 others."""
     errors: dict[str, list[float | None]]
     clean_error: float | None = None
     complete: bool = True
     missing: list[str] = field(default_factory=list)
+    held_out_missing: list[str] = field(default_factory=list)
     ce: dict[str, float] = field(default_factory=dict)
     relative_ce: dict[str, float] = field(default_factory=dict)
     mce: float | None = None
@@ -129,6 +146,7 @@ class RobustnessSummary:
             },
             "held_out": {
                 "corruptions": list(HELD_OUT),
+                "complete": not self.held_out_missing, "missing": self.held_out_missing,
                 "mean_error_percent": self.mean_error_held_out,
                 "per_corruption_mean_error_percent": self.held_out_mean_error,
                 "errors_percent": {c: _pct(self.errors[c]) for c in HELD_OUT if c in self.errors},
@@ -141,28 +159,38 @@ def _pct(values):
 
 
 def summarize(errors: Mapping[str, Sequence[float | None]], clean_error: float | None = None,
-              baseline: Mapping[str, float] | None = None) -> RobustnessSummary:
-    """Full report from a (possibly incomplete) error table.
+              baseline: Mapping[str, float] | None = None,
+              baseline_clean_error: float | None = ALEXNET_CLEAN_ERROR) -> RobustnessSummary:
+    """Full report from a (possibly incomplete) error table (fractions); ``baseline`` /
+    ``baseline_clean_error`` replace AlexNet's (None: no relative CE).
 
-    A corruption with a missing severity (``None``) gets no CE and counts as missing; mCE is then
-    computed over the complete ones and the summary is marked incomplete (``complete=False``)."""
+    A corruption with a missing severity (``None``) gets no CE and counts as missing. mCE is over
+    the complete benchmark corruptions; ``complete`` is False when one of the 15 is missing.
+    Missing held-out corruptions are listed apart (``held_out_missing``)."""
     _check_names(errors)
+    if clean_error is not None:
+        clean_error = _check_fraction("clean_error", clean_error)
+    if baseline_clean_error is not None:
+        baseline_clean_error = _check_fraction("baseline_clean_error", baseline_clean_error)
+    relative = clean_error is not None and baseline_clean_error is not None
     full = {c: v for c, v in errors.items() if v is not None and all(e is not None for e in v)}
-    missing = [c for c in ALL_CORRUPTIONS if c not in full]
+    missing = [c for c in CORRUPTIONS if c not in full]
     out = RobustnessSummary(errors={c: list(v) for c, v in errors.items()}, clean_error=clean_error,
-                            complete=not missing, missing=missing)
+                            complete=not missing, missing=missing,
+                            held_out_missing=[c for c in HELD_OUT if c not in full])
     bench = [c for c in CORRUPTIONS if c in full]
     for c in bench:
         out.ce[c] = corruption_error(c, full[c], baseline)
-        if clean_error is not None:
-            out.relative_ce[c] = relative_corruption_error(c, full[c], clean_error, baseline)
+        if relative:
+            out.relative_ce[c] = relative_corruption_error(c, full[c], clean_error, baseline,
+                                                           baseline_clean_error)
     if bench:
         out.mce = float(np.mean([out.ce[c] for c in bench]))
         out.mean_error_benchmark = float(100 * np.mean([full[c] for c in bench]))
-        if clean_error is not None:
+        if relative:
             out.relative_mce = float(np.mean([out.relative_ce[c] for c in bench]))
     held = [c for c in HELD_OUT if c in full]
-    out.held_out_mean_error = {c: float(100 * np.mean(full[c])) for c in held}
+    out.held_out_mean_error = {c: float(100 * np.mean(_severity_errors(c, full[c]))) for c in held}
     if held:
         out.mean_error_held_out = float(np.mean(list(out.held_out_mean_error.values())))
     return out

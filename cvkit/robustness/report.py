@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvkit.robustness.corruptions import CORRUPTIONS, HELD_OUT, SEVERITIES
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, HELD_OUT, SEVERITIES
 from cvkit.robustness.evaluate import atomic_write_text, error_table
 from cvkit.robustness.metrics import ALEXNET_ERRORS, summarize
 
@@ -21,15 +21,57 @@ def _fmt(v, nd=1):
     return "—" if v is None else f"{v:.{nd}f}"
 
 
+def read_baseline(path) -> dict:
+    """A previous run's ``results.json`` (the ``--baseline``), checked: errors of known corruptions,
+    fractions, clean error a fraction or null. ValueError naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--baseline {str(path)!r} does not exist")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--baseline {str(path)!r} is not readable JSON: {e}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("errors"), dict):
+        raise ValueError(f"--baseline {str(path)!r} has no 'errors' mapping: expected a results.json "
+                         f"written by tools/eval_corruption.py")
+    try:
+        for c, sevs in state["errors"].items():
+            if c not in ALL_CORRUPTIONS or not isinstance(sevs, dict) \
+                    or not set(sevs) <= {str(s) for s in SEVERITIES}:
+                raise ValueError(f"errors[{c!r}] is not a known corruption with severities '1'..'5'")
+        summarize(error_table(state), state.get("clean_error"))
+    except ValueError as e:
+        raise ValueError(f"--baseline {str(path)!r}: {e}") from None
+    return state
+
+
+def _versus_baseline(table: dict, clean_error, baseline_state: dict) -> dict:
+    """CE / mCE (and relative, when both clean errors exist) normalised by a baseline run's mean
+    errors instead of AlexNet's, over the benchmark corruptions complete in both."""
+    bt = error_table(baseline_state)
+    base = {c: float(np.mean(v)) for c, v in bt.items()
+            if c in CORRUPTIONS and all(e is not None for e in v) and np.mean(v) > 0}
+    common = {c: table[c] for c in CORRUPTIONS
+              if c in base and c in table and all(e is not None for e in table[c])}
+    s = summarize(common, clean_error, baseline=base,
+                  baseline_clean_error=baseline_state.get("clean_error"))
+    return {"corruptions": list(common), "complete": not s.missing, "mCE": s.mce,
+            "relative_mCE": s.relative_mce, "CE": s.ce, "relative_CE": s.relative_ce}
+
+
 def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
                   baseline_name: str | None = None) -> dict[str, Path]:
-    """Write summary.json, errors.csv, report.md, heatmap.png, bars.png to ``out_dir``."""
+    """Write summary.json, errors.csv, report.md, heatmap.png, bars.png to ``out_dir``; with a
+    ``baseline_state`` (a previous run's results.json) also CE / mCE normalised by it."""
     out_dir = Path(out_dir)
     table = error_table(state)
     summary = summarize(table, state.get("clean_error"))
     d = summary.as_dict()
     d["missing_reasons"] = state.get("missing", {})
     d["meta"] = state.get("meta", {})
+    if baseline_state is not None:
+        d["versus_baseline"] = {"baseline": baseline_name,
+                                **_versus_baseline(table, state.get("clean_error"), baseline_state)}
     files = {"summary": out_dir / "summary.json", "csv": out_dir / "errors.csv",
              "markdown": out_dir / "report.md", "heatmap": out_dir / "heatmap.png",
              "bars": out_dir / "bars.png"}
@@ -38,28 +80,35 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["corruption", "group"] + [f"error_s{s}_percent" for s in SEVERITIES]
-               + ["mean_error_percent", "CE", "relative_CE"])
+               + ["mean_error_percent", "CE", "relative_CE", "missing_severities"])
     for group, names in (("benchmark", CORRUPTIONS), ("held_out", HELD_OUT)):
-        for c in names:
-            if c not in table:
-                continue
-            errs = [None if e is None else 100 * e for e in table[c]]
+        for c in names:  # every corruption, so gaps of either group show
+            errs = [None if e is None else 100 * e for e in table.get(c, [None] * 5)]
             full = all(e is not None for e in errs)
-            w.writerow([c, group] + ["" if e is None else f"{e:.4f}" for e in errs]
+            w.writerow([c, group] + ["" if e is None else repr(e) for e in errs]
                        + [f"{np.mean(errs):.4f}" if full else "",
                           f"{summary.ce[c]:.4f}" if c in summary.ce else "",
-                          f"{summary.relative_ce[c]:.4f}" if c in summary.relative_ce else ""])
+                          f"{summary.relative_ce[c]:.4f}" if c in summary.relative_ce else "",
+                          " ".join(str(s) for s, e in zip(SEVERITIES, errs) if e is None)])
     atomic_write_text(files["csv"], buf.getvalue())
 
     lines = ["# ImageNet-C report", ""]
     if not summary.complete:
-        lines += [f"**Incomplete**: missing {', '.join(summary.missing)} — mCE is over the "
-                  f"complete benchmark corruptions only.", ""]
+        lines += [f"**Incomplete**: benchmark corruption(s) missing: {', '.join(summary.missing)} — "
+                  f"mCE is over the complete benchmark corruptions only.", ""]
+    if summary.held_out_missing:
+        lines += [f"Held-out corruption(s) not evaluated (not part of mCE): "
+                  f"{', '.join(summary.held_out_missing)}.", ""]
     lines += [f"- clean error: {_fmt(d['clean_error_percent'], 2)} %",
               f"- mCE (AlexNet-normalised, 15 benchmark corruptions): {_fmt(summary.mce, 2)}",
               f"- relative mCE: {_fmt(summary.relative_mce, 2)}",
               f"- mean error, benchmark corruptions: {_fmt(summary.mean_error_benchmark, 2)} %",
-              f"- mean error, held-out corruptions: {_fmt(summary.mean_error_held_out, 2)} %", ""]
+              f"- mean error, held-out corruptions: {_fmt(summary.mean_error_held_out, 2)} %"]
+    if "versus_baseline" in d:
+        vb = d["versus_baseline"]
+        lines += [f"- mCE normalised by the baseline ({baseline_name}, {len(vb['corruptions'])} "
+                  f"benchmark corruptions): {_fmt(vb['mCE'], 2)}; relative: {_fmt(vb['relative_mCE'], 2)}"]
+    lines += [""]
     head = "| corruption | " + " | ".join(f"s{s}" for s in SEVERITIES) + " | mean | CE | rel. CE |"
     sep = "|---" * 9 + "|"
     for title, names in (("Benchmark corruptions (error %)", CORRUPTIONS),
