@@ -14,12 +14,17 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
     """A ClassificationTask from a cvkit/Lightning checkpoint (hyper-parameters inside), or from
     plain model weights (any format ``cvkit.load_checkpoint`` reads) plus ``model_name``.
     Loaded with ``weights_only=True``."""
+    from cvkit.models.checkpoint import CheckpointError, load_failure
     from cvkit.tasks.classification import ClassificationTask
 
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - one line naming the file and why
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
+                              f"{load_failure(e)}") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if hp is not None and "model_name" in hp:
         hp = {k: v for k, v in hp.items() if not k.startswith("_")}
