@@ -279,6 +279,7 @@ def test_bf16_mixed_precision_trains_on_the_cpu(det_root, tmp_path):
 
 DDP_RUN = """
 import json, os, sys
+import lightning as L
 import torch
 import cvkit.tasks.detection as detection
 sys.path.insert(0, {tools!r})
@@ -292,11 +293,24 @@ def recording_train_detector(*args, **kwargs):  # keep this rank's task for the 
     return runs[-1]
 
 detection.train_detector = recording_train_detector
+losses = []
+make_trainer = detection.make_trainer
+
+class RecordLoss(L.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        losses.append(float(outputs["loss"]))
+
+def recording_make_trainer(*args, **kwargs):  # the training losses (the final validation run
+    trainer = make_trainer(*args, **kwargs)     # replaces the trainer's callback_metrics)
+    trainer.callbacks.append(RecordLoss())
+    return trainer
+
+detection.make_trainer = recording_make_trainer
 rc = train_det.main(sys.argv[1:])
 task, metrics = runs[0]
 params = torch.cat([p.detach().double().flatten() for p in task.detector.parameters()])
 json.dump({{"rc": rc, "world_size": task.trainer.world_size, "steps": task.trainer.global_step,
-           "loss": float(task.trainer.callback_metrics["train/loss"]), "metrics": metrics,
+           "loss": losses[-1], "metrics": metrics,
            "params": [float(params.sum()), float(params.square().sum())]}},
           open(os.path.join({out!r}, "rank%d.json" % task.global_rank), "w"))
 """
@@ -336,3 +350,86 @@ def test_ddp_two_gloo_processes_train_and_evaluate(det_root, tmp_path):
     assert json.loads((work / "metrics.json").read_text()) == metrics
     assert proc.stdout.count("detector weights:") == 1
     assert (work / "detector.pth").is_file()
+
+
+# -- checkpoints, the last epoch's validation, a classification-task backbone ----------------------
+@pytest.fixture(scope="module")
+def classification_task_checkpoint(cls_root, tmp_path_factory) -> Path:
+    """last.ckpt of a 2-step ClassificationTask fit: Lightning layout, ``model.*`` keys, the demo's
+    ECA-ResNet-18 with a 32-d GCP head (head keys the features_only backbone must drop)."""
+    from lightning.pytorch import Trainer
+
+    from cls_helpers import tiny_imagefolder
+    from cvkit.data.datamodule import ClassificationDataModule
+    from cvkit.tasks.callbacks import AtomicCheckpointIO, KeepLastCheckpoint
+    from cvkit.tasks.classification import ClassificationTask
+
+    tmp = tmp_path_factory.mktemp("cls")
+    root = tiny_imagefolder(cls_root, tmp / "data", classes=4, train=4, val=1)
+    task = ClassificationTask(BACKBONE, num_classes=4,
+                              model_kwargs={"global_pool": "gcp", "gcp_dim": 32, "gcp_iters": 3},
+                              optimizer={"name": "adamw", "lr": 1e-3, "reference_batch": 8})
+    dm = ClassificationDataModule(root=str(root), batch_size=8, image_size=48, num_workers=0)
+    ckpt = KeepLastCheckpoint(dirpath=tmp / "checkpoints", save_last=True, save_top_k=0)
+    Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0, callbacks=[ckpt],
+            plugins=[AtomicCheckpointIO()]).fit(task, datamodule=dm)
+    state = torch.load(ckpt.last_model_path, weights_only=True)["state_dict"]
+    assert any(k.startswith("model.global_pool.") for k in state)  # the GCP head is in there
+    return Path(ckpt.last_model_path)
+
+
+@pytest.mark.slow
+def test_train_tool_checkpoints_every_epoch_and_validates_the_last_one(
+        classification_task_checkpoint, det_root, tmp_path, monkeypatch):
+    """tools/train_det.py, 3 epochs, val_interval 2, backbone from a classification-task
+    checkpoint with a GCP head: last.ckpt exists (atomically written) after every epoch, the
+    final epoch is validated although the interval skips it, and metrics.json holds those
+    numbers; the backbone starts from the checkpoint's weights."""
+    import lightning as L
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import train_det
+
+    import cvkit.tasks.detection as detection
+    from cvkit.tasks.callbacks import AtomicCheckpointIO
+
+    seen, runs = [], []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            path = tmp_path / "work/checkpoints/last.ckpt"
+            seen.append(torch.load(path, weights_only=True)["epoch"] if path.is_file() else None)
+
+        def on_validation_end(self, trainer, module):
+            runs.append(("val", trainer.current_epoch, trainer.global_step))
+
+    make_trainer = detection.make_trainer
+
+    def recording_make_trainer(*args, **kwargs):
+        trainer = make_trainer(*args, **kwargs)
+        assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+        trainer.callbacks.append(Record())
+        return trainer
+
+    monkeypatch.setattr(detection, "make_trainer", recording_make_trainer)
+    rc = train_det.main([
+        str(FASTER), "--work-dir", str(tmp_path / "work"), "--data-root", str(det_root),
+        "--epochs", "3", "--accelerator", "cpu",
+        "--backbone-checkpoint", str(classification_task_checkpoint),
+        "--cfg-options", "train_dataloader.dataset.indices=4", "train_dataloader.batch_size=2",
+        "val_dataloader.dataset.indices=4", "train_cfg.val_interval=2"])
+    assert rc == 0
+    assert seen == [None, 0, 1]  # last.ckpt of the previous epoch at every epoch start
+    last = torch.load(tmp_path / "work/checkpoints/last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    # validated after epoch 2 (the interval) and after the final epoch 3 (6 steps)
+    assert [step for _, _, step in runs] == [4, 6]
+    metrics = json.loads((tmp_path / "work/metrics.json").read_text())
+    assert set(metrics) >= {"bbox_mAP", "bbox_mAP_50"}
+    # the frozen stem kept the classification checkpoint's weights
+    cls_state = torch.load(classification_task_checkpoint, weights_only=True)["state_dict"]
+    det_state = torch.load(tmp_path / "work/detector.pth", weights_only=True)["state_dict"]
+    stem = [k for k in det_state if k.startswith("backbone.") and k.endswith("conv1.weight")]
+    name = min(stem, key=len)
+    assert torch.equal(det_state[name], cls_state["model.conv1.weight"]), name

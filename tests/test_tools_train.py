@@ -36,6 +36,17 @@ def test_recipe_folder_is_complete():
             "vit_base_patch16_hc2", "vit_base_patch16_dhc2", "demo"} <= names
 
 
+def _parsed_recipe(recipe, tiny, tmp_path) -> ClassificationCLI:
+    """The recipe through the real CLI parser on one CPU process, its model built on the meta
+    device (the structure, not the memory)."""
+    with torch.device("meta"):
+        return ClassificationCLI(args=["--config", str(recipe), "--data.root", str(tiny),
+                                       "--trainer.devices", "1", "--trainer.num_nodes", "1",
+                                       "--trainer.accelerator", "cpu", "--trainer.strategy", "auto",
+                                       "--trainer.logger", "false",
+                                       "--trainer.default_root_dir", str(tmp_path)], run=False)
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_parses_and_builds_model_and_optimizer(recipe, tiny, tmp_path):
     """Every YAML goes through the real CLI parser and builds its model (on the meta device: the
@@ -43,12 +54,7 @@ def test_recipe_parses_and_builds_model_and_optimizer(recipe, tiny, tmp_path):
     raw = yaml.safe_load(recipe.read_text())
     tr = raw["trainer"]
     global_batch = raw["data"]["batch_size"] * tr.get("devices", 1) * tr.get("num_nodes", 1)
-    with torch.device("meta"):
-        cli = ClassificationCLI(args=["--config", str(recipe), "--data.root", str(tiny),
-                                      "--trainer.devices", "1", "--trainer.num_nodes", "1",
-                                      "--trainer.accelerator", "cpu", "--trainer.strategy", "auto",
-                                      "--trainer.logger", "false",
-                                      "--trainer.default_root_dir", str(tmp_path)], run=False)
+    cli = _parsed_recipe(recipe, tiny, tmp_path)
     task = cli.model
     assert task.hparams.model_name == raw["model"]["model_name"]
     assert task.hparams.num_classes == 4  # linked to the data folder
@@ -64,16 +70,80 @@ def test_recipe_parses_and_builds_model_and_optimizer(recipe, tiny, tmp_path):
     assert task.schedule.name == raw["model"]["schedule"]["name"]
 
 
-def test_recipe_lr_scales_with_devices(tiny, tmp_path):
-    """eca_resnet50 states lr 0.1 at 8 x 32: one device with 32 gives 0.0125 (linear rule)."""
+# The papers' numbers (../shared/reference/papers.md), typed in: optimiser, lr at the paper's global
+# batch, weight decay, epochs, and the LR at the start of chosen epochs (1-based, as in the papers).
+def _lrfast(e):
+    return 0.1 * (1 - (e - 1) / 52) ** 11
+
+
+def _lradju(e):
+    return 0.1 * (1 - (e - 1) / 49) ** 2
+
+
+PAPER = {
+    "eca_resnet50": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=100,
+                         lr_at={1: 0.1, 30: 0.1, 31: 0.01, 61: 1e-3, 91: 1e-4}),
+    "eca_mobilenetv2": dict(opt="sgd", lr=0.045, batch=96, wd=4e-5, epochs=400,
+                            lr_at={1: 0.045, 11: 0.045 * 0.98 ** 10, 400: 0.045 * 0.98 ** 399}),
+    "mobilenetv2": dict(opt="sgd", lr=0.045, batch=96, wd=4e-5, epochs=400,
+                        lr_at={1: 0.045, 101: 0.045 * 0.98 ** 100}),
+    "isqrt_resnet50": dict(opt="sgd", lr=0.1, batch=160, wd=1e-4, epochs=65,
+                           lr_at={30: 0.1, 31: 0.01, 45: 0.01, 46: 1e-3, 61: 1e-4}),
+    "resnet50_gcp_lrnorm": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=100,
+                                lr_at={30: 0.1, 31: 0.01, 61: 1e-3}),
+    "resnet50_gcp_lrfast": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=30,
+                                lr_at={e: _lrfast(e) for e in (1, 2, 15, 30)}),
+    "resnet50_gcp_lradju": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=50,
+                                lr_at={e: _lradju(e) for e in (1, 2, 25, 50)}),
+    "mobilenetv2_gcp_lrfast": dict(opt="sgd", lr=0.06, batch=96, wd=4e-5, epochs=100,
+                                   lr_at={1: 0.06, 51: 0.06 * 0.92 ** 50}),
+    "vit_base_patch16_hc2": dict(opt="adamw", lr=3e-3, batch=4096, wd=0.3, epochs=300,
+                                 betas=(0.9, 0.999), mixup=0.2, clip=1.0, warmup_steps=10_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_recipe_matches_the_paper(name, tiny, tmp_path):
+    paper = PAPER[name]
+    recipe = REPO / "configs/classification" / f"{name}.yaml"
+    raw = yaml.safe_load(recipe.read_text())["trainer"]
+    cli = _parsed_recipe(recipe, tiny, tmp_path)
+    task, opt = cli.model, cli.model.optimizer_cfg
+    batch = cli.datamodule.batch_size * raw.get("devices", 1) * raw.get("num_nodes", 1)
+    assert (opt.name, opt.lr, opt.reference_batch, batch, opt.weight_decay) == \
+        (paper["opt"], paper["lr"], paper["batch"], paper["batch"], paper["wd"])
+    assert cli.trainer.max_epochs == paper["epochs"]
+    if paper["opt"] == "sgd":
+        assert opt.momentum == 0.9 and not opt.nesterov
+    else:
+        assert tuple(opt.betas) == paper["betas"] and task.hparams.mixup == paper["mixup"]
+        assert cli.trainer.gradient_clip_val == paper["clip"]
+        assert (task.schedule.name, task.schedule.warmup_steps) == ("cosine", paper["warmup_steps"])
+    steps = 10
+    out = task.build_optimizers(paper["batch"], steps_per_epoch=steps, total_epochs=paper["epochs"])
+    factor = out["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    for epoch, lr in paper.get("lr_at", {}).items():
+        assert paper["lr"] * factor((epoch - 1) * steps) == pytest.approx(lr, rel=1e-9), epoch
+
+
+def test_recipe_lr_scales_with_nodes_devices_and_accumulation(tiny, tmp_path, monkeypatch):
+    """eca_resnet50 states lr 0.1 at 8 x 32. The task's own configure_optimizers in a real
+    one-step fit: batch 4 x 2 devices x 2 nodes (world size 4, faked: one process) x 2 accumulated
+    batches = global batch 32, lr 0.1 x 32 / 256 (linear rule)."""
+    from lightning.pytorch import Trainer
+
     cli = ClassificationCLI(args=["--config", str(REPO / "configs/classification/eca_resnet50.yaml"),
-                                  "--data.root", str(tiny), "--trainer.devices", "1",
-                                  "--trainer.accelerator", "cpu", "--trainer.logger", "false",
-                                  "--model.model_name", "resnet18",
+                                  "--data.root", str(tiny), "--data.batch_size", "4",
+                                  "--data.image_size", "32", "--data.num_workers", "0",
+                                  "--trainer.devices", "1", "--trainer.accelerator", "cpu",
+                                  "--trainer.accumulate_grad_batches", "2",
+                                  "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+                                  "--trainer.logger", "false", "--model.model_name", "resnet18",
                                   "--trainer.default_root_dir", str(tmp_path)], run=False)
-    out = cli.model.build_optimizers(cli.datamodule.batch_size * cli.trainer.world_size,
-                                     steps_per_epoch=10, total_epochs=100)
-    assert out["optimizer"].param_groups[0]["initial_lr"] == pytest.approx(0.1 * 32 / 256)
+    monkeypatch.setattr(Trainer, "world_size", property(lambda self: 2 * 2))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.model.global_batch == 32
+    assert cli.trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.1 * 32 / 256)
 
 
 # -- one-line errors --------------------------------------------------------------------------------
@@ -212,21 +282,188 @@ class KillAt(Callback):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_unbroken_run(tiny, tmp_path):
-    """4 steps per epoch, 2 epochs; killed at step 6 (mid epoch 2); resumed from last.ckpt."""
+@pytest.mark.parametrize("checkpoint,epochs,kill,saved", [
+    ({"every_n_train_steps": 1}, 2, 6, (1, 6)),  # a checkpoint every step: the kill's step
+    ({}, 3, 10, (1, 8)),  # the defaults: last.ckpt of epoch 2, whether val_top1 improved or not
+], ids=["every-step", "defaults"])
+def test_sigkill_mid_epoch_then_resume_matches_unbroken_run(tiny, tmp_path, checkpoint, epochs,
+                                                            kill, saved):
+    """4 steps per epoch; killed at step ``kill`` (mid epoch); resumed from last.ckpt."""
     (tmp_path / "killer.py").write_text(KILLER)
-    unbroken = _run_config(tmp_path, "unbroken", tiny)
+    opts = dict(checkpoint=checkpoint, trainer__max_epochs=epochs)
+    unbroken = _run_config(tmp_path, "unbroken", tiny, **opts)
     broken = _run_config(tmp_path, "broken", tiny, trainer__callbacks=[
-        {"class_path": "killer.KillAt", "init_args": {"step": 6}}])
-    resume = _run_config(tmp_path, "broken", tiny, config_name="resume")  # same run folder, no killer
+        {"class_path": "killer.KillAt", "init_args": {"step": kill}}], **opts)
+    resume = _run_config(tmp_path, "broken", tiny, config_name="resume", **opts)  # no killer
     _train(unbroken)
     killed = _train(broken, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     ckpt = torch.load(tmp_path / "broken/checkpoints/last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 6 and ckpt["epoch"] == 1  # mid-epoch checkpoint
+    assert (ckpt["epoch"], ckpt["global_step"]) == saved
     _train(resume, "--ckpt_path", "last")
     (s1, w1), (s2, w2) = _final(tmp_path / "unbroken"), _final(tmp_path / "broken")
-    assert w2["global_step"] == w1["global_step"] == 8
+    assert w2["global_step"] == w1["global_step"] == 4 * epochs
     for k, v in w1["state_dict"].items():
         assert torch.equal(w2["state_dict"][k], v), k
     assert s2["final"] == s1["final"]
+
+
+# -- last.ckpt, exact resume, logs (in-process runs of the CLI) -------------------------------------
+def _fit(tmp_path: Path, name: str, tiny: Path, *extra: str, **overrides) -> Path:
+    """``tools/train.py fit`` in this process on the tiny set: 8 batches of 4 per epoch; returns the
+    run folder. Not ``trainer.deterministic``: that switch would stay on for the rest of the
+    session, and these CPU kernels are deterministic anyway."""
+    overrides.setdefault("trainer__deterministic", False)
+    overrides.setdefault("data__batch_size", 4)
+    overrides.setdefault("checkpoint", {})
+    config = _run_config(tmp_path, name, tiny, config_name=f"{name}-{len(list(tmp_path.glob('*.yaml')))}",
+                         **overrides)
+    assert main(["fit", "--config", str(config), *extra]) == 0
+    return tmp_path / name
+
+
+def _weights(run: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run / "checkpoints" / name, weights_only=True)
+
+
+def test_last_ckpt_is_rewritten_every_epoch_when_the_metric_gets_worse(tiny, tmp_path):
+    """The monitored value gets worse in epoch 2 (monitor `epoch`, mode min): best stays at epoch 1,
+    last.ckpt still holds the final state (Lightning 2.6 alone left it at epoch 1)."""
+    run = _fit(tmp_path, "worse", tiny, checkpoint={"monitor": "epoch", "mode": "min"})
+    last = _weights(run)
+    assert (last["epoch"], last["global_step"]) == (1, 16)
+    assert _weights(run, "best-epoch000.ckpt")["global_step"] == 8
+
+
+@pytest.fixture(scope="module")
+def stopped_and_resumed(tiny, tmp_path_factory):
+    """An unbroken 12-step run and one stopped by max_steps at step 3 of its 8-batch first epoch,
+    then resumed with --ckpt_path last to step 12 (max_epochs 2 in all three: the cosine schedule
+    spans 16 steps whatever max_steps says)."""
+    tmp = tmp_path_factory.mktemp("resume")
+    unbroken = _fit(tmp, "unbroken", tiny, trainer__max_steps=12)
+    stopped = _fit(tmp, "stopped", tiny, trainer__max_steps=3)
+    first = _weights(stopped)
+    history = (stopped / "metrics.csv").read_text()
+    _fit(tmp, "stopped", tiny, "--ckpt_path", "last", trainer__max_steps=12)
+    return unbroken, stopped, first, history
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6, msg=k)
+
+
+def test_stop_mid_epoch_then_resume_equals_unbroken_run(stopped_and_resumed):
+    unbroken, stopped, first, _ = stopped_and_resumed
+    # the stop left a true mid-epoch checkpoint: epoch 0 unfinished, 3 batches of it consumed
+    assert (first["epoch"], first["global_step"]) == (0, 3)
+    assert first["loops"]["fit_loop"]["epoch_progress"]["total"]["completed"] == 0
+    assert first["ClassificationDataModule"]["train_position"] == {"epoch": 0, "batches": 3}
+    _assert_same_weights(_weights(unbroken), _weights(stopped))
+
+
+def test_resumed_fit_appends_to_metrics_csv_and_validate_logs_apart(stopped_and_resumed, tiny):
+    import csv
+
+    _, stopped, _, history = stopped_and_resumed
+    text = (stopped / "metrics.csv").read_text()
+    steps = [int(r["step"]) for r in csv.DictReader(text.splitlines()) if r.get("train_loss_step")]
+    assert steps == list(range(12))  # steps 0-2 of the first run, 3-11 of the resumed one
+    assert len(history.splitlines()) >= 4
+    before = (stopped / "metrics.csv").read_bytes()
+    config = sorted(stopped.parent.glob("stopped-*.yaml"))[-1]
+    assert main(["validate", "--config", str(config), "--ckpt_path",
+                 str(stopped / "checkpoints/last.ckpt")]) == 0
+    assert (stopped / "metrics.csv").read_bytes() == before  # the fit's log is untouched
+    assert "val_top1" in (stopped / "validate" / "metrics.csv").read_text()
+
+
+def test_resume_after_an_epoch_cut_by_limit_train_batches(tiny, tmp_path):
+    """limit_train_batches=4 of 8: a run of 1 epoch resumed to 2 equals 2 unbroken epochs (the
+    resumed run starts epoch 2 at its first batch, not at batch 4 of it). A per-epoch schedule
+    (x0.5 / epoch): cosine would span max_epochs, which differs between the runs."""
+    opts = dict(trainer__limit_train_batches=4,
+                model__schedule={"name": "step", "step_size": 1, "gamma": 0.5})
+    unbroken = _fit(tmp_path, "unbroken", tiny, **opts)
+    cut = _fit(tmp_path, "cut", tiny, trainer__max_epochs=1, **opts)
+    assert _weights(cut)["ClassificationDataModule"]["train_position"] == \
+        {"epoch": 1, "batches": 0}
+    _fit(tmp_path, "cut", tiny, "--ckpt_path", "last", **opts)
+    _assert_same_weights(_weights(unbroken), _weights(cut))
+
+
+def test_stale_checkpoint_temp_files_are_removed_and_atomic_io_kept_with_user_plugins(tiny, tmp_path):
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    from cvkit.tasks.callbacks import AtomicCheckpointIO
+
+    ckpts = tmp_path / "stale" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    stale, other = ckpts / ".last.ckpt.k3x9_q.tmp", ckpts / "notes.tmp"
+    stale.write_bytes(b"PK\x03\x04half")
+    other.write_text("not ours")
+    _fit(tmp_path, "stale", tiny, trainer__max_steps=1)
+    assert not stale.exists() and other.exists()
+
+    def checkpoint_io(plugins):
+        args = ["--data.root", str(tiny), "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(tmp_path), "--trainer.accelerator", "cpu"]
+        for p in plugins:
+            args += ["--trainer.plugins+", p]
+        return ClassificationCLI(args=args, run=False).trainer.strategy.checkpoint_io
+
+    env = "lightning.pytorch.plugins.environments.LightningEnvironment"
+    assert isinstance(checkpoint_io([env]), AtomicCheckpointIO)  # kept beside the user's plugin
+    own = checkpoint_io(["lightning.fabric.plugins.io.torch_io.TorchCheckpointIO"])
+    assert type(own) is TorchCheckpointIO  # the user's own CheckpointIO wins
+    assert LightningEnvironment  # noqa: the class path above imports
+
+
+@pytest.mark.parametrize("option,where", [
+    (["--model.optimizer.lrr", "0.1"], ["model.optimizer", "'lrr'", "weight_decay"]),
+    (["--model.optimizer.name", "sgdd"], ["model.optimizer.name", "sgdd", "'adamw'"]),
+    (["--model.schedule.name", "linear"], ["model.schedule.name", "linear", "'cosine'"]),
+])
+def test_bad_optimizer_or_schedule_option_is_exit_2_before_data(option, where, tmp_path, capsys):
+    """Checked while parsing: the data root does not even exist."""
+    rc = main(["fit", "--data.root", str(tmp_path / "nowhere"),
+               "--trainer.default_root_dir", str(tmp_path), *option])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    for word in where:
+        assert word in line, line
+
+
+def test_misspelt_model_kwargs_key_is_one_line_exit_2(tiny, tmp_path, capsys):
+    rc = main(["fit", "--data.root", str(tiny), "--trainer.default_root_dir", str(tmp_path),
+               "--model.model_name", "eca_resnet18",
+               "--model.model_kwargs", "{global_pool: gcp, gcp_dimm: 32}"])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert "gcp_dimm" in line and "eca_resnet18" in line, line
+
+
+def test_task_checks_optimizer_and_schedule_dicts_when_built():
+    from cvkit.tasks.classification import ClassificationTask, ConfigError
+
+    with pytest.raises(ConfigError, match=r"optimizer: unknown key 'lrr'; OptimizerConfig takes name, lr"):
+        ClassificationTask("resnet18", num_classes=3, optimizer={"lrr": 0.1})
+    with pytest.raises(ConfigError, match=r"schedule: unknown LR schedule 'linear'; choose one of step"):
+        ClassificationTask("resnet18", num_classes=3, schedule={"name": "linear"})
+
+
+def test_recipes_use_no_colour_jitter(tiny, tmp_path):
+    """papers.md: RandomResizedCrop 224 + flip, nothing else, for every paper recipe."""
+    for recipe in RECIPES:
+        with torch.device("meta"):
+            cli = ClassificationCLI(args=["--config", str(recipe), "--data.root", str(tiny),
+                                          "--trainer.devices", "1", "--trainer.num_nodes", "1",
+                                          "--trainer.accelerator", "cpu", "--trainer.strategy", "auto",
+                                          "--trainer.logger", "false",
+                                          "--trainer.default_root_dir", str(tmp_path)], run=False)
+        hp = cli.datamodule.hparams
+        assert (hp.color_jitter, hp.randaugment) == (0.0, 0), recipe.name
+        assert hp.hflip == 0.5 and tuple(hp.scale) == ((0.08, 1.0) if recipe.stem != "demo" else (0.85, 1.0))

@@ -5,9 +5,10 @@ Layout (ImageNet's): ``root/train/<class>/<image>`` and ``root/val/<class>/<imag
 
 Determinism: every training sample is augmented with its own seed derived from (seed, epoch, index),
 and the epoch order comes from a ``DistributedSampler`` seeded the same way on one process or many.
-A run resumed from a mid-epoch checkpoint therefore sees exactly the batches an unbroken run sees:
-the train loader is *stateful* (Lightning saves its ``state_dict`` in the checkpoint), so it resumes
-at the first batch the interrupted run had not consumed.
+A run resumed from a checkpoint therefore sees exactly the batches an unbroken run sees: the train
+loader is *stateful* (Lightning saves its ``state_dict`` in the checkpoint) and reports the position
+of Lightning's fit loop — the next epoch after a finished one (``limit_train_batches`` counted), or
+the first batch not yet consumed of an unfinished one — so the resumed run starts there.
 """
 from __future__ import annotations
 
@@ -167,11 +168,8 @@ class ResumableDataLoader(DataLoader):
 
     def resume_at(self, state: dict[str, int]) -> None:
         """Make the next pass start at ``state`` (as returned by ``state_dict``)."""
-        epoch, batches = state["epoch"], state["batches"]
-        if batches >= len(self):  # saved at the end of an epoch: start the next one
-            epoch, batches = epoch + 1, 0
-        self.sampler.set_epoch(epoch)
-        self.sampler.skip = batches * self.batch_size
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.skip = state["batches"] * self.batch_size
 
 
 def default_num_workers(devices: int = 1) -> int:
@@ -209,7 +207,8 @@ class ClassificationDataModule(LightningDataModule):
         image_size: training crop and evaluation crop size.
         crop_pct: evaluation centre-crop fraction (resize shorter side to image_size / crop_pct).
         scale, ratio, hflip, color_jitter, randaugment: training augmentation (randaugment = number
-            of policy ops per image, 0 = off).
+            of policy ops per image, 0 = off). The defaults are the papers' recipe (RandomResizedCrop
+            + flip; no colour jitter, no RandAugment).
         num_workers: loader processes per device (None: CPU cores / devices, at most 8).
         pin_memory: None = when CUDA is available.
         mean, std: normalisation, applied on the device (batches travel as uint8).
@@ -221,7 +220,7 @@ class ClassificationDataModule(LightningDataModule):
                  val_split: str = "val", test_split: Optional[str] = None, batch_size: int = 64,
                  image_size: int = 224, crop_pct: float = 0.875,
                  scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 hflip: float = 0.5, color_jitter: float = 0.4, randaugment: int = 0,
+                 hflip: float = 0.5, color_jitter: float = 0.0, randaugment: int = 0,
                  randaugment_magnitude: float = 0.5,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  num_workers: Optional[int] = None, pin_memory: Optional[bool] = None,
@@ -294,10 +293,15 @@ class ClassificationDataModule(LightningDataModule):
         return kw
 
     def _progress(self) -> tuple[int, int]:
-        """(epoch of the pass in progress, batches of it consumed by the trainer)."""
+        """Where the next training pass starts, from Lightning's fit loop: (epoch, batches of it
+        already consumed); after the epoch's last batch (``limit_train_batches`` counted) that is
+        the next epoch's start."""
         loader = self._train_loader
         epoch = loader.sampler.iter_epoch if loader is not None else 0
-        return epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= self.trainer.num_training_batches:
+            return epoch + 1, 0
+        return epoch, done
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint: where the training pass stands (for mid-epoch resume)."""

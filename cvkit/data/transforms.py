@@ -1,8 +1,9 @@
 """Image-classification transforms on albumentations (OpenCV kernels, uint8 HxWx3 RGB in).
 
-Train: RandomResizedCrop + horizontal flip + colour jitter (+ an optional RandAugment-like policy),
-the ImageNet recipe of ECA-Net / iSQRT-COV. Eval: resize the shorter side to ``size / crop_pct``
-(256 for 224 at the usual crop_pct 0.875) then centre crop ``size``.
+Train: RandomResizedCrop + horizontal flip, the ImageNet recipe of ECA-Net / iSQRT-COV / GCP
+(optional extras, off by default: colour jitter, a RandAugment-like policy). Eval: resize the
+shorter side to ``size / crop_pct`` (256 for 224 at the usual crop_pct 0.875) then centre crop
+``size``.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def randaugment_like(num_ops: int = 2, magnitude: float = 0.5):
 
 def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
                     ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
-                    color_jitter: float = 0.4, randaugment: int = 0, randaugment_magnitude: float = 0.5,
+                    color_jitter: float = 0.0, randaugment: int = 0, randaugment_magnitude: float = 0.5,
                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                     normalize: bool = True):
     """Training pipeline; ``randaugment`` is the number of policy ops per image (0 = off)."""

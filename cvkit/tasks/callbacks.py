@@ -1,16 +1,22 @@
-"""Lightning pieces the classification task needs that Lightning does not ship as such:
-atomic checkpoint writes and the end-of-fit report (summary.json, curves.png)."""
+"""Lightning pieces the training tasks need that Lightning does not ship as such: atomic checkpoint
+writes, a ``last.ckpt`` that always holds the latest state, and the end-of-fit report
+(summary.json, curves.png)."""
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from cvkit.atomic_write import atomic_write
 
@@ -29,6 +35,76 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         ) -> None:
         with atomic_write(path) as f:
             torch.save(checkpoint, f)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing ``metrics.csv`` is kept and appended to."""
+
+    def _check_log_dir_exists(self) -> None:  # Lightning's version deletes metrics.csv
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
+
+
+class AppendingCSVLogger(CSVLogger):
+    """CSVLogger for a resumed fit: the rows go after the run's earlier ones in ``metrics.csv``
+    (Lightning's CSVLogger deletes the file and with it the training history)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _stops_mid_epoch(trainer: Trainer) -> bool:
+    """At ``on_train_batch_end``: fit ends after this batch (max_steps, max_time, should_stop) and
+    the epoch is not finished."""
+    loop = trainer.fit_loop.epoch_loop
+    if loop.batch_progress.is_last_batch or loop._num_ready_batches_reached():
+        return False
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        return True
+    return bool(trainer.should_stop and trainer.fit_loop._can_stop_early)
+
+
+class KeepLastCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose ``last.ckpt`` always holds the latest state.
+
+    Lightning 2.6 rewrites ``last`` only at steps where it also saved a top-k checkpoint, so with a
+    monitored metric that did not improve, ``last.ckpt`` (and ``--ckpt_path last``) fell back to
+    the last improvement. Here ``last.ckpt`` is also written at the end of every training epoch,
+    at the batch where fit stops mid-epoch (max_steps / max_time: a true mid-epoch checkpoint, so a
+    resumed run continues that epoch) and at the end of fit. At the start of fit, temporary files
+    left in the folder by a save that was killed (``atomic_write``'s ``.NAME.*.tmp``) are removed.
+    """
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
+            for tmp in Path(self.dirpath).glob(".*.ckpt.*.tmp"):
+                rank_zero_warn(f"removing {tmp}: a checkpoint write that never finished")
+                tmp.unlink(missing_ok=True)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if _stops_mid_epoch(trainer):
+            self._save_last_now(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_now(trainer)  # after the epoch's validation (it runs before this hook)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_now(trainer)
+
+    def _save_last_now(self, trainer: Trainer) -> None:
+        # skipped when not fitting, sanity checking, or a save already happened at this step
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def _scalar(v: Any) -> Optional[float]:

@@ -8,6 +8,7 @@ options. A non-finite loss stops the run with a one-line error; checkpoints alre
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import random
 from dataclasses import asdict
@@ -26,6 +27,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class ConfigError(ValueError):
+    """A bad option of the task (optimizer, schedule, model_kwargs, compile); the CLI exits 2."""
+
+
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """A registered cvkit preset (``cvkit.create_model``), or a timm model by its timm name."""
     from cvkit.models import create_model as cvkit_create_model, list_models
@@ -40,17 +45,22 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
                      f"nor a timm model")
 
 
-def _as(cls, value):
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        try:
-            return cls(**value)
-        except TypeError as e:
-            raise ValueError(f"bad {cls.__name__} option: {e}") from None
-    raise TypeError(f"expected {cls.__name__} or dict, got {type(value).__name__}")
+def _as(cls, value, what: str):
+    """``value`` (None, an instance or a dict) as a ``cls`` dataclass; one-line ConfigError naming
+    the unknown key or bad value and what is allowed."""
+    if value is None or isinstance(value, cls):
+        return value if value is not None else cls()
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{what}: unknown key {', '.join(map(repr, unknown))}; "
+                          f"{cls.__name__} takes {', '.join(allowed)}")
+    try:
+        return cls(**value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{what}: {e}") from None
 
 
 def _compile_options(value) -> Optional[dict[str, Any]]:
@@ -62,7 +72,7 @@ def _compile_options(value) -> Optional[dict[str, Any]]:
     try:
         inspect.signature(torch.compile).bind(None, **options)
     except TypeError as e:
-        raise ValueError(f"bad compile option {options}: {e} (torch.compile takes "
+        raise ConfigError(f"bad compile option {options}: {e} (torch.compile takes "
                          f"{', '.join(list(inspect.signature(torch.compile).parameters)[1:])})"
                          ) from None
     return options
@@ -76,8 +86,10 @@ class ClassificationTask(LightningModule):
         num_classes: classes of the head (the CLI links it to the data folder).
         model_kwargs: preset overrides, e.g. ``{gcp_dim: 128, drop_rate: 0.1, hc_dynamic: true}``.
         pretrained_path: initial weights (any format ``cvkit.load_checkpoint`` reads).
-        optimizer: :class:`OptimizerConfig` (name, lr at reference_batch, momentum, wd, ...).
-        schedule: :class:`LRSchedule` (step / multistep / exponential / poly / cosine + warmup).
+        optimizer: :class:`OptimizerConfig` or a dict of its fields (name, lr at
+            reference_batch, momentum, wd, ...).
+        schedule: :class:`LRSchedule` or a dict of its fields (step / multistep / exponential /
+            poly / cosine + warmup).
         label_smoothing: cross-entropy label smoothing.
         mixup, cutmix: Beta(alpha, alpha) parameters for timm's Mixup (0 = off).
         mixup_prob, mixup_switch_prob: timm Mixup's probability to apply / to pick cutmix.
@@ -87,20 +99,25 @@ class ClassificationTask(LightningModule):
             their keys and load uncompiled): True for the defaults, or its options, e.g.
             ``{mode: reduce-overhead}`` (CUDA graphs: no per-launch cost for the ~22 launches of
             the Triton covariance kernels, docs/kernels.md). None / False = eager.
+
+    Bad options (an unknown key or name, a model_kwargs key the model does not take) raise a
+    one-line :class:`ConfigError` when the task is built.
     """
 
     def __init__(self, model_name: str = "eca_resnet50", num_classes: int = 1000,
                  model_kwargs: Optional[dict[str, Any]] = None, pretrained_path: Optional[str] = None,
-                 optimizer: Union[OptimizerConfig, dict, None] = None,
-                 schedule: Union[LRSchedule, dict, None] = None,
+                 # typed as the dataclasses only, so the CLI checks keys and names while parsing
+                 # (before any data is read) and merges dotted overrides into the YAML's values
+                 optimizer: Optional[OptimizerConfig] = None,
+                 schedule: Optional[LRSchedule] = None,
                  label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
                  mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5,
                  ema_decay: Optional[float] = None, channels_last: bool = False,
                  compile: Union[bool, dict[str, Any], None] = None):
         super().__init__()
         self._compile_options = _compile_options(compile)
-        self.optimizer_cfg = _as(OptimizerConfig, optimizer)
-        self.schedule = _as(LRSchedule, schedule)
+        self.optimizer_cfg = _as(OptimizerConfig, optimizer, "optimizer")
+        self.schedule = _as(LRSchedule, schedule, "schedule")
         # hyper-parameters as plain dicts: checkpoints stay loadable with weights_only=True
         self.save_hyperparameters({"optimizer": asdict(self.optimizer_cfg),
                                    "schedule": asdict(self.schedule)})
@@ -110,7 +127,14 @@ class ClassificationTask(LightningModule):
             kwargs["checkpoint_path"] = pretrained_path
             # fine-tuning: the data decides the classes; a head of another size is not loaded
             kwargs.setdefault("reset_head", True)
-        self.model = create_model(model_name, num_classes=num_classes, **kwargs)
+        try:
+            self.model = create_model(model_name, num_classes=num_classes, **kwargs)
+        except TypeError as e:  # e.g. a misspelt model_kwargs key
+            if not model_kwargs:
+                raise
+            reason = str(e).strip().splitlines()[-1].removeprefix(f"{model_name}: ")
+            raise ConfigError(f"model_kwargs {dict(model_kwargs)} of model {model_name!r}: "
+                              f"{reason}") from None
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_loss_fn = nn.CrossEntropyLoss()
         self.mixup_fn = None

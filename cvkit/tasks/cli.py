@@ -1,24 +1,29 @@
 """The training command line (``tools/train.py``): LightningCLI over ClassificationTask and
 ClassificationDataModule, with cvkit's defaults — run folder = ``trainer.default_root_dir`` holding
-CSV + TensorBoard logs, ``checkpoints/`` (best + ``last.ckpt``, written atomically),
+CSV + TensorBoard logs of ``fit`` (a resumed fit appends; ``validate``/``test``/``predict`` log
+into ``<run>/<subcommand>/``), ``checkpoints/`` (best + ``last.ckpt``, written atomically),
 ``summary.json`` and ``curves.png``; ``model.num_classes`` follows the data folder.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from jsonargparse import ArgumentError, lazy_instance
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cvkit.data.datamodule import BadImageError, ClassificationDataModule
-from cvkit.tasks.callbacks import AtomicCheckpointIO, TrainingReport
-from cvkit.tasks.classification import ClassificationTask, NonFiniteLossError
+from cvkit.tasks.callbacks import (AppendingCSVLogger, AtomicCheckpointIO, KeepLastCheckpoint,
+                                   TrainingReport)
+from cvkit.tasks.classification import ClassificationTask, ConfigError, NonFiniteLossError
 
 
 class ClassificationCLI(LightningCLI):
@@ -37,7 +42,7 @@ class ClassificationCLI(LightningCLI):
             args=args, run=run, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(KeepLastCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "val_top1",
                              "checkpoint.mode": "max", "checkpoint.save_top_k": 1,
                              "checkpoint.filename": "best-epoch{epoch:03d}",
@@ -47,18 +52,30 @@ class ClassificationCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
-        if not cfg.get("plugins"):
-            kwargs["plugins"] = [AtomicCheckpointIO()]
+        plugins = cfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # the user's own CheckpointIO wins
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if cfg.get("logger") in (None, True):
             root = cfg.get("default_root_dir") or os.getcwd()
-            # one run folder for both loggers and the checkpoints, so `--ckpt_path last` finds them
-            kwargs["logger"] = [CSVLogger(root, name="", version=""),
-                                TensorBoardLogger(root, name="", version="", default_hp_metric=False)]
+            kwargs["logger"] = run_loggers(root, self.subcommand,
+                                           resuming=self._get(self.config, "ckpt_path") is not None)
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print_run_report(self.trainer)
+
+
+def run_loggers(root: str, subcommand: Optional[str], resuming: bool) -> list:
+    """CSV + TensorBoard loggers. ``fit`` logs into the run folder itself (where the checkpoints
+    are, so ``--ckpt_path last`` finds them); a resumed fit appends to its ``metrics.csv``;
+    ``validate`` / ``test`` / ``predict`` log into ``<run>/<subcommand>/`` and leave the fit's
+    logs alone."""
+    version = "" if subcommand in (None, "fit") else subcommand
+    csv_logger = AppendingCSVLogger if resuming and not version else CSVLogger
+    return [csv_logger(root, name="", version=version),
+            TensorBoardLogger(root, name="", version=version, default_hp_metric=False)]
 
 
 def print_run_report(trainer) -> None:
@@ -87,13 +104,40 @@ def print_run_report(trainer) -> None:
 
 USER_ERRORS = (BadImageError, NonFiniteLossError, FileNotFoundError, ValueError)
 
+_STRUCTURE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
+
+
+def argument_error_line(e: ArgumentError) -> str:
+    """jsonargparse's nested, multi-line message as one line: the dotted key and the reason (for
+    an unknown key of a dataclass option, the keys it takes)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    keys = [m.group(1) for ln in lines for m in [re.match(r'Parser key "([^"]+)"', ln)] if m]
+    reasons = [ln.lstrip("- ") for ln in lines
+               if not ln.startswith(("Parser key", "- Problem with given class_path", *_STRUCTURE))]
+    if not keys or not reasons:
+        return lines[0] if lines else type(e).__name__
+    key = ".".join(dict.fromkeys(keys))  # 'model.optimizer' + 'name' -> 'model.optimizer.name'
+    reason = reasons[0]
+    cls = next((m.group(1) for ln in lines for m in [re.search(r"class_path '([\w.]+)'", ln)] if m),
+               None)
+    if cls and reason.startswith("Option ") and "not accepted" in reason:
+        module, _, name = cls.rpartition(".")
+        target = getattr(importlib.import_module(module), name, None)
+        if dataclasses.is_dataclass(target):
+            reason += f" (keys: {', '.join(f.name for f in dataclasses.fields(target))})"
+    return f"{key}: {reason}"
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; errors a user can cause end as one line on stderr and exit code 1."""
+    """Run the CLI; errors a user can cause end as one line on stderr: exit code 2 for a bad option
+    or config key/value, 1 for bad data or a failed run."""
     try:
         ClassificationCLI(args=None if argv is None else list(argv))
     except ArgumentError as e:
-        print(f"error: bad option or config key: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: bad option or config key: {argument_error_line(e)}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"error: bad option or config value: {e}", file=sys.stderr)
         return 2
     except USER_ERRORS as e:
         msg = str(e).strip().splitlines()

@@ -174,6 +174,7 @@ class DetectionTask(L.LightningModule):
         self._iter_schedulers: list = []
         self._epoch_schedulers: list = []
         self.last_metrics: dict[str, float] = {}
+        self.last_metrics_step: int | None = None  # global step of the weights last_metrics measured
 
     # -- data ---------------------------------------------------------------------------------
     def _loader(self, split: str) -> torch.utils.data.DataLoader:
@@ -333,6 +334,7 @@ class DetectionTask(L.LightningModule):
         metrics = {k[len(METRIC_PREFIX):] if k.startswith(METRIC_PREFIX) else k: float(v)
                    for k, v in raw.items() if isinstance(v, (int, float))}
         self.last_metrics = metrics
+        self.last_metrics_step = self.global_step
         # mmengine's Evaluator gathers every rank's results and broadcasts rank 0's metrics, so the
         # values agree on every rank already; syncing them (a mean of equal numbers) is a no-op
         # that keeps Lightning's distributed bookkeeping quiet.
@@ -378,10 +380,11 @@ def make_trainer(cfg, work_dir: str, accelerator: str = "auto", devices: Any = "
                  strategy: str = "auto", precision: str = "32-true", max_epochs: int | None = None,
                  limit_train_batches: Any = None, limit_val_batches: Any = None,
                  logger: bool = True, enable_progress_bar: bool = False) -> L.Trainer:
-    """A Lightning Trainer with the config's epochs and validation interval, checkpoints of the
-    last epoch in ``work_dir`` and a CSV log."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    """A Lightning Trainer with the config's epochs and validation interval, ``last.ckpt`` in
+    ``work_dir/checkpoints`` rewritten (atomically) at the end of every epoch, and a CSV log."""
     from lightning.pytorch.loggers import CSVLogger
+
+    from cvkit.tasks.callbacks import AtomicCheckpointIO, KeepLastCheckpoint
 
     train_cfg = cfg.get("train_cfg") or {}
     if train_cfg.get("type", "EpochBasedTrainLoop") != "EpochBasedTrainLoop":
@@ -392,12 +395,14 @@ def make_trainer(cfg, work_dir: str, accelerator: str = "auto", devices: Any = "
     log_every = int(((cfg.get("default_hooks") or {}).get("logger") or {}).get("interval", 50))
     return L.Trainer(
         default_root_dir=work_dir, accelerator=accelerator, devices=devices, strategy=strategy,
-        precision=precision, max_epochs=epochs, check_val_every_n_epoch=min(interval, epochs),
+        # the last epoch is validated by train_detector when the interval skips it
+        precision=precision, max_epochs=epochs, check_val_every_n_epoch=interval,
         num_sanity_val_steps=0, log_every_n_steps=log_every,
         limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
         logger=CSVLogger(work_dir, name="logs") if logger else False,
-        callbacks=[ModelCheckpoint(dirpath=osp.join(work_dir, "checkpoints"), save_last=True,
-                                   save_top_k=0)],
+        callbacks=[KeepLastCheckpoint(dirpath=osp.join(work_dir, "checkpoints"), save_last=True,
+                                      save_top_k=0, save_on_train_epoch_end=True)],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=enable_progress_bar, enable_model_summary=False)
 
 
@@ -405,10 +410,11 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
                    backbone_checkpoint: str | None = None, load_from: str | None = None,
                    resume: str | None = None, cfg_options: Mapping[str, Any] | None = None,
                    seed: int = 0, **trainer_kwargs) -> tuple[DetectionTask, dict[str, float]]:
-    """Fine-tune the detector of ``config``; returns the task and its last validation metrics.
+    """Fine-tune the detector of ``config``; returns the task and the validation metrics of its
+    final weights (the last epoch is validated even when ``val_interval`` skips it).
 
-    Writes ``work_dir/checkpoints/last.ckpt`` (Lightning, resumable) and ``work_dir/detector.pth``
-    (for ``mmdet.apis.init_detector``).
+    Writes ``work_dir/checkpoints/last.ckpt`` (Lightning, resumable; rewritten every epoch) and
+    ``work_dir/detector.pth`` (for ``mmdet.apis.init_detector``).
     """
     cfg = load_det_config(config, cfg_options)
     if backbone_checkpoint:
@@ -425,6 +431,8 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
     task = DetectionTask(cfg, data_root=data_root, load_from=load_from)
     trainer = make_trainer(task.cfg, work_dir, **trainer_kwargs)
     trainer.fit(task, ckpt_path=resume)
+    if task.last_metrics_step != trainer.global_step and trainer.limit_val_batches != 0:
+        trainer.validate(task, verbose=False)
     if trainer.is_global_zero:
         task.export_detector(osp.join(work_dir, "detector.pth"))
     return task, dict(task.last_metrics)

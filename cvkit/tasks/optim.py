@@ -39,6 +39,12 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 1e-4
 
+    def __post_init__(self) -> None:
+        for key, value, allowed in (("name", self.name, OptimizerName.__args__),
+                                    ("scaling", self.scaling, ScalingRule.__args__)):
+            if value not in allowed:
+                raise ValueError(f"unknown {key} {value!r}; choose one of {', '.join(allowed)}")
+
     def scaled_lr(self, global_batch: int) -> float:
         """The LR for ``global_batch`` under the scaling rule (see module docstring)."""
         rule = self.scaling

@@ -36,6 +36,11 @@ class LRSchedule:
     warmup_start_factor: float = 0.0
     per_iteration: bool = False
 
+    def __post_init__(self) -> None:
+        if self.name not in ScheduleName.__args__:
+            raise ValueError(f"unknown LR schedule {self.name!r}; choose one of "
+                             f"{', '.join(ScheduleName.__args__)}")
+
     def factor(self, epoch: float, total_epochs: Optional[float] = None) -> float:
         """LR factor at 1-based ``epoch`` (fractional when stepping per iteration), no warmup."""
         e0 = epoch - 1.0  # epochs completed
