@@ -41,6 +41,33 @@ def test_frozen_stages_freeze_stem_and_layer1_and_keep_them_in_eval():
     torch.testing.assert_close(stem_bn.running_mean, before)
 
 
+@pytest.mark.parametrize("frozen_stages,out_indices,frozen_top", [
+    (1, (2, 3, 4), {"conv1", "bn1", "layer1"}),   # the frozen feature is not an output
+    (0, (1, 2, 3, 4), {"conv1", "bn1"}),           # 0 = the stem only, as mmdet's ResNet
+])
+def test_frozen_stages_independent_of_out_indices_survive_a_training_step(
+        frozen_stages, out_indices, frozen_top):
+    torch.manual_seed(0)
+    backbone = _build(model_name="eca_resnet18", out_indices=out_indices,
+                      frozen_stages=frozen_stages)
+    net = backbone.body.model
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in net.named_parameters() if n.split(".")[0] in frozen_top}
+    params = {n: p.detach().clone() for n, p in net.named_parameters()}
+    buffers = {n: b.clone() for n, b in net.named_buffers() if "running" in n}
+    opt = torch.optim.SGD([p for p in backbone.parameters() if p.requires_grad], lr=0.1)
+    backbone.train()
+    loss = sum(f.square().mean() for f in backbone(torch.randn(2, 3, 64, 64)))
+    loss.backward()
+    opt.step()
+    for name, p in net.named_parameters():
+        changed = not torch.equal(p.detach(), params[name])
+        assert changed != (name in frozen), name
+    for name, b in net.named_buffers():  # BN statistics: frozen stages keep theirs
+        if "running" in name:
+            assert torch.equal(b, buffers[name]) == (name.split(".")[0] in frozen_top), name
+
+
 def test_norm_eval_keeps_every_batchnorm_in_eval():
     backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3, 4), norm_eval=True)
     backbone.train()
@@ -74,8 +101,9 @@ def test_missing_checkpoint_and_unknown_model_are_named(tmp_path):
         backbone.init_weights()
     with pytest.raises(ValueError, match="resnet_9000"):
         _build(model_name="resnet_9000")
-    with pytest.raises(ValueError, match="frozen_stages=2 must be -1 or one of out_indices"):
-        _build(model_name="eca_resnet18", out_indices=(3, 4), frozen_stages=2)
+    for bad in (5, -2):
+        with pytest.raises(ValueError, match=rf"frozen_stages={bad} must be -1 .* 0\.\.4"):
+            _build(model_name="eca_resnet18", out_indices=(3, 4), frozen_stages=bad)
 
 
 def test_simple_feature_pyramid_strides_and_channels():

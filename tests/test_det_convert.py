@@ -89,3 +89,95 @@ def test_converter_rejects_current_layout_and_empty():
     with pytest.raises(ValueError, match="fc_reg"):
         convert_legacy_mmdet_checkpoint({"rpn_head.rpn_cls.weight": torch.zeros(3, 4),
                                          "bbox_head.fc_reg.weight": torch.zeros(322, 4)})
+
+
+# -- cascade (3 stages) and Mask Scoring R-CNN: every RoI head moves, class rows in every stage ----
+MMDET_CONFIGS = Path(__import__("mmdet").__file__).parent / ".mim/configs"
+
+
+def _mmdet_detector(config: str):
+    """An mmdet model (random weights, every head row distinct) from one of mmdet's own configs."""
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    cfg = load_det_config(MMDET_CONFIGS / config, {"model.backbone.init_cfg": None})
+    torch.manual_seed(0)
+    model = build_detector(cfg).eval()
+    with torch.no_grad():
+        for p in model.roi_head.parameters():
+            p.copy_(torch.randn_like(p))
+    return model
+
+
+def _legacy_any_head(state: dict) -> dict:
+    """MMDetection 1.x layout of ``state``: heads outside ``roi_head``; in every stage, softmax rows
+    background first, class-specific regression / mask / mask-IoU rows with background rows added
+    (written from the mmdet 1.x definitions, independently of the converter)."""
+    legacy = {}
+    for key, value in state.items():
+        key = key.replace("roi_head.", "", 1)
+        leaf = key.split(".")[-2]
+        if leaf == "fc_cls":
+            value = torch.cat([value[-1:], value[:-1]])
+        elif leaf == "fc_reg" and value.shape[0] != 4:
+            value = torch.cat([torch.full_like(value[:4], 7.0), value])
+        elif leaf in ("conv_logits", "fc_mask_iou"):
+            value = torch.cat([torch.full_like(value[:1], 7.0), value])
+        legacy[key] = value.clone()
+    return legacy
+
+
+def _check_roundtrip(model, legacy_keys_expected: dict):
+    state = model.state_dict()
+    legacy = _legacy_any_head(state)
+    for key, rows in legacy_keys_expected.items():
+        assert legacy[key].shape[0] == rows, key
+    converted = convert_legacy_mmdet_checkpoint({"state_dict": legacy}, backbone_prefix=None)
+    assert set(converted) == set(state)
+    for key, value in state.items():
+        torch.testing.assert_close(converted[key], value, rtol=0, atol=0, msg=key)
+    model.load_state_dict(converted, strict=True)
+    return legacy, converted
+
+
+def test_cascade_mask_rcnn_every_stage_converted():
+    model = _mmdet_detector("cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py")
+    expected = {}
+    for i in range(3):
+        expected |= {f"bbox_head.{i}.fc_cls.weight": 81, f"bbox_head.{i}.fc_cls.bias": 81,
+                     f"bbox_head.{i}.fc_reg.weight": 4,  # class-agnostic in cascade stages
+                     f"mask_head.{i}.conv_logits.weight": 81, f"mask_head.{i}.conv_logits.bias": 81}
+    legacy, converted = _check_roundtrip(model, expected)
+    for i in range(3):  # legacy row 0 (background) is last; class 1 is row 0
+        cls = converted[f"roi_head.bbox_head.{i}.fc_cls.weight"]
+        torch.testing.assert_close(cls[-1], legacy[f"bbox_head.{i}.fc_cls.weight"][0])
+        torch.testing.assert_close(cls[0], legacy[f"bbox_head.{i}.fc_cls.weight"][1])
+        logits = converted[f"roi_head.mask_head.{i}.conv_logits.weight"]
+        assert logits.shape[0] == 80
+        torch.testing.assert_close(logits, legacy[f"mask_head.{i}.conv_logits.weight"][1:])
+
+
+def test_mask_scoring_rcnn_mask_iou_head_moved_and_background_dropped():
+    model = _mmdet_detector("ms_rcnn/ms-rcnn_r50_fpn_1x_coco.py")
+    legacy, converted = _check_roundtrip(model, {
+        "bbox_head.fc_cls.weight": 81, "bbox_head.fc_reg.weight": 324,
+        "mask_head.conv_logits.weight": 81, "mask_iou_head.fc_mask_iou.weight": 81})
+    assert not any(k.startswith("mask_iou_head.") for k in converted)
+    torch.testing.assert_close(converted["roi_head.mask_iou_head.fc_mask_iou.bias"],
+                               legacy["mask_iou_head.fc_mask_iou.bias"][1:])
+
+
+def test_unsupported_class_ordered_layers_are_refused_by_key():
+    rpn = {"rpn_head.rpn_cls.weight": torch.zeros(3, 4)}
+    with pytest.raises(ValueError, match=r"'semantic_head\.conv_logits\.weight'.*HTC"):
+        convert_legacy_mmdet_checkpoint({**rpn, "bbox_head.fc_cls.weight": torch.zeros(81, 4),
+                                         "semantic_head.conv_logits.weight": torch.zeros(183, 4)})
+    with pytest.raises(ValueError, match=r"'bbox_head\.cls_convs\.0\.weight'.*SSD"):
+        convert_legacy_mmdet_checkpoint({"bbox_head.cls_convs.0.weight": torch.zeros(324, 4)})
+    # a stage whose class rows disagree with the classifier is named, not truncated silently
+    with pytest.raises(ValueError, match=r"mask_head\.1\.conv_logits\.weight has 21 outputs, "
+                                         r"expected 81"):
+        convert_legacy_mmdet_checkpoint({**rpn, "bbox_head.0.fc_cls.weight": torch.zeros(81, 4),
+                                         "mask_head.1.conv_logits.weight": torch.zeros(21, 4)})
+    with pytest.raises(ValueError, match="fc_cls layers disagree"):
+        convert_legacy_mmdet_checkpoint({**rpn, "bbox_head.0.fc_cls.weight": torch.zeros(81, 4),
+                                         "bbox_head.1.fc_cls.weight": torch.zeros(21, 4)})

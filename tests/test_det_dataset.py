@@ -65,6 +65,21 @@ def test_missing_image_file_is_skipped_and_counted_or_strict_error(det_root, tmp
         _dataset(tmp_path, coco, on_bad_sample="error")
 
 
+def test_missing_image_of_an_evaluation_split_is_an_error_naming_it_and_the_count(det_root,
+                                                                                  tmp_path):
+    """val/test (test_mode): CocoMetric scores every image of the annotation file, so a skipped
+    image would lower the AP silently; the split refuses to load instead, whatever the policy."""
+    coco = _subset(det_root, tmp_path)
+    gone = [coco["images"][i]["file_name"] for i in (0, 2)]
+    for name in gone:
+        (tmp_path / "img" / name).unlink()
+    for policy in ("skip", "error"):
+        with pytest.raises(FileNotFoundError,
+                           match=rf"2 of 3 image files .* missing \(first: .*{gone[0]}.*{gone[1]}"):
+            _dataset(tmp_path, coco, test_mode=True, on_bad_sample=policy)
+    assert len(_dataset(tmp_path, coco)) == 1  # training split: skipped and counted, as before
+
+
 def test_empty_category_list_and_unknown_classes_are_errors(det_root, tmp_path):
     coco = _subset(det_root, tmp_path)
     with pytest.raises(ValueError, match=r"ann\.json: the COCO 'categories' list is empty"):

@@ -1,4 +1,10 @@
-"""COCO-C config handling (the parts that do not need mmdet itself)."""
+"""COCO-C: config handling, the CorruptImage transform, the tool's options and resume, and an
+end-to-end run with a trained detector."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
 import pytest
 from mmengine.config import Config
 
@@ -53,38 +59,126 @@ def test_corrupt_image_transform_is_registered_and_seeded():
         TRANSFORMS.build(dict(type="CorruptImage", corruption="frosty", severity=2))
 
 
-@pytest.mark.slow
-def test_coco_c_end_to_end_on_synthetic_coco(tmp_path, det_root, capsys):
-    """tools/eval_corruption.py --task det runs mmdet's test path on the synthetic COCO set with a
-    (random-init) RetinaNet checkpoint: clean + one corrupted set, results saved, rerun resumes."""
-    import importlib.util
-    import json
-    from pathlib import Path
+REPO = Path(__file__).resolve().parents[1]
+FASTER = REPO / "configs/detection/faster-rcnn_eca-r18_fpn_shapes.py"
 
-    import torch
 
-    from cvkit.tasks.detection import build_detector, load_det_config
-
-    repo = Path(__file__).resolve().parents[1]
-    config = repo / "configs/detection/retinanet_eca-r18_fpn_shapes.py"
-    torch.manual_seed(0)
-    ckpt = tmp_path / "det.pth"
-    torch.save({"state_dict": build_detector(load_det_config(str(config))).state_dict()}, ckpt)
-    spec = importlib.util.spec_from_file_location("eval_corruption", repo / "tools/eval_corruption.py")
+def _tool():
+    spec = importlib.util.spec_from_file_location("eval_corruption", REPO / "tools/eval_corruption.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    args = ["--task", "det", "--config", str(config), "--checkpoint", str(ckpt), "--data-root", str(det_root),
-            "--corruptions", "fog", "--severities", "1", "--device", "cpu", "--no-progress",
-            "--out", str(tmp_path / "out")]
+    return tool
+
+
+def test_device_maps_to_lightning_with_the_gpu_index():
+    from cvkit.robustness.detection import lightning_devices
+
+    assert lightning_devices("cpu") == ("cpu", 1)
+    assert lightning_devices("cuda") == ("gpu", 1)
+    assert lightning_devices("cuda:1") == ("gpu", [1])  # GPU 1 itself, not one GPU (= GPU 0)
+    for bad in ("cuda:x", "tpu", "cpu:0"):
+        with pytest.raises(ValueError, match=rf"--device '{bad}'"):
+            lightning_devices(bad)
+
+
+@pytest.mark.parametrize("option", [["--baseline", "b.json"], ["--batch-size", "4"],
+                                    ["--workers", "0"], ["--val", "v"], ["--resize", "96"]])
+def test_classifier_only_options_are_refused_for_det(option, tmp_path, capsys):
+    args = ["--task", "det", "--config", str(FASTER), "--checkpoint", "x.pth",
+            "--out", str(tmp_path / "o"), *option]
+    assert _tool().main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {option[0]} does not apply to --task det"
+                   + (" (the config's test_dataloader sets it)"
+                      if option[0] in ("--batch-size", "--workers") else "")]
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_compares_paths_resolved(tmp_path, monkeypatch):
+    """Relative and absolute spellings of the same config/checkpoint/data root are one run."""
+    import cvkit.tasks.detection as det
+    from cvkit.robustness.detection import evaluate_detector
+
+    calls = []
+    monkeypatch.setattr(det, "evaluate_detector",
+                        lambda cfg, ckpt, **kw: calls.append(kw) or {"bbox_mAP": 0.5})
+    (tmp_path / "det.pth").write_bytes(b"weights")
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    kwargs = dict(corruptions=["fog"], severities=[1], progress=False)
+    relative_config = os.path.relpath(FASTER, tmp_path)
+    evaluate_detector(relative_config, "det.pth", "out", data_root="data", **kwargs)
+    assert len(calls) == 2 and calls[0]["devices"] == 1  # clean + fog 1
+    evaluate_detector(str(FASTER), str(tmp_path / "det.pth"), tmp_path / "out",
+                      data_root=str(tmp_path / "data/../data"), **kwargs)
+    assert len(calls) == 2  # resumed: nothing recomputed
+    with pytest.raises(ValueError, match=r"different evaluation \(checkpoint: "):
+        (tmp_path / "other.pth").write_bytes(b"weights")
+        evaluate_detector(str(FASTER), "other.pth", "out", data_root="data", **kwargs)
+
+
+# pretrained_backbone (tests/conftest.py): the detection tests' ECA-ResNet-18, trained once per
+# session and shared with tests/test_tasks_detection.py
+
+
+@pytest.fixture(scope="module")
+def trained_faster_rcnn(pretrained_backbone, det_root, tmp_path_factory) -> Path:
+    """Faster R-CNN (the synthetic set's config) fine-tuned 2 epochs on the CPU from the pretrained
+    backbone: COCO-C needs a detector that detects (a random-init one scores ~0 AP everywhere)."""
+    from cvkit.tasks.detection import train_detector
+
+    work_dir = tmp_path_factory.mktemp("frcnn")
+    _, metrics = train_detector(FASTER, str(work_dir), data_root=str(det_root), max_epochs=2,
+                                backbone_checkpoint=str(pretrained_backbone), accelerator="cpu",
+                                devices=1, logger=False)
+    assert metrics["bbox_mAP"] > 0.25, metrics  # measured 0.354
+    return work_dir / "detector.pth"
+
+
+@pytest.mark.slow
+def test_coco_c_end_to_end_on_synthetic_coco(trained_faster_rcnn, tmp_path, det_root, monkeypatch):
+    """tools/eval_corruption.py --task det with a trained Faster R-CNN: gaussian_noise at severity
+    5 costs most of the clean AP, the corruption sees the image at its original size (the test
+    Resize here goes to 128 px, the files are 160 px), results are saved, a rerun resumes."""
+    import cvkit.robustness.mmdet_transform as transform
+
+    seen = []
+
+    def spy(img, *args, **kwargs):
+        seen.append(img.shape)
+        return corrupt(img, *args, **kwargs)
+
+    corrupt = transform.corrupt
+    monkeypatch.setattr(transform, "corrupt", spy)
+    config = tmp_path / "resized.py"  # the test pipeline resizes 160 -> 128 px
+    config.write_text(
+        f"_base_ = {str(FASTER)!r}\n"
+        "test_dataloader = dict(dataset=dict(pipeline=[\n"
+        "    dict(type='LoadImageFromFile'),\n"
+        "    dict(type='Resize', scale=(128, 128), keep_ratio=True),\n"
+        "    dict(type='LoadAnnotations', with_bbox=True),\n"
+        "    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',\n"
+        "                                          'scale_factor'))]))\n")
+    tool = _tool()
+    out = tmp_path / "out"
+    args = ["--task", "det", "--config", str(config), "--checkpoint", str(trained_faster_rcnn),
+            "--data-root", str(det_root), "--corruptions", "gaussian_noise", "--severities", "5",
+            "--device", "cpu", "--no-progress", "--out", str(out)]
     assert tool.main(args) == 0
-    state = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert isinstance(state["clean_AP"], float) and set(state["AP"]) == {"fog"}
-    assert 0.0 <= state["AP"]["fog"]["1"] <= 1.0
-    assert state["summary"]["complete"] is False and "gaussian_noise" in state["summary"]["missing"]
+    state = json.loads((out / "results.json").read_text())
+    clean, noisy = state["clean_AP"], state["AP"]["gaussian_noise"]["5"]
+    print(f"COCO-C synthetic: clean AP {clean:.3f}, gaussian_noise s5 AP {noisy:.3f}")
+    assert clean > 0.25 and noisy < 0.5 * clean
+    n_val = len(json.loads((det_root / "annotations/instances_val.json").read_text())["images"])
+    assert seen == [(160, 160, 3)] * n_val  # every val image, before Resize, once
+    assert state["summary"]["complete"] is False and "fog" in state["summary"]["missing"]
+    assert state["summary"]["mPC"] == pytest.approx(noisy)
     for name in ("summary.json", "ap.csv", "report.md", "heatmap.png"):
-        assert (tmp_path / "out" / name).is_file()
-    assert "fog" in (tmp_path / "out" / "ap.csv").read_text()
-    state["AP"]["fog"]["1"] = 0.5  # resume: a finished set is not recomputed
-    (tmp_path / "out" / "results.json").write_text(json.dumps(state))
+        assert (out / name).is_file()
+    assert "gaussian_noise" in (out / "ap.csv").read_text()
+    state["AP"]["gaussian_noise"]["5"] = 0.01  # resume: a finished set is not recomputed
+    (out / "results.json").write_text(json.dumps(state))
+    seen.clear()
     assert tool.main(args) == 0
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["AP"]["fog"]["1"] == 0.5
+    assert json.loads((out / "results.json").read_text())["AP"]["gaussian_noise"]["5"] == 0.01
+    assert seen == []

@@ -3,7 +3,6 @@
 set, the tools, and the same config and weights through mmdet's own APIs."""
 from __future__ import annotations
 
-import collections
 import json
 import math
 import os
@@ -70,54 +69,6 @@ def test_linear_lr_scaling_rule_from_auto_scale_lr():
 
 
 # -- fine-tuning ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pretrained_backbone(cls_root, tmp_path_factory) -> Path:
-    """ECA-ResNet-18 trained briefly (6 epochs at 64 px, 120 images per class) on the synthetic
-    classification set (10 shapes), saved in the classification task's checkpoint layout
-    (``state_dict: {'model.<name>'}``)."""
-    import cvkit
-    from torchvision import datasets, transforms
-
-    torch.manual_seed(0)
-    norm = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    train = datasets.ImageFolder(cls_root / "train", transforms.Compose([
-        transforms.Resize(64), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]))
-    val = datasets.ImageFolder(cls_root / "val", transforms.Compose([
-        transforms.Resize(64), transforms.ToTensor(), norm]))
-    model = cvkit.create_model(BACKBONE, num_classes=len(train.classes))
-    # the first 120 images of each class (the generator draws image i of a class from its own
-    # seed, so these are the same images whatever the set's size): keeps this fixture's cost fixed
-    taken, first = collections.Counter(), []
-    for i, (_, label) in enumerate(train.samples):
-        taken[label] += 1
-        if taken[label] <= 120:
-            first.append(i)
-    train = torch.utils.data.Subset(train, first)
-    loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True)
-    epochs = 6
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, pct_start=0.15,
-                                                total_steps=epochs * len(loader))
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        correct = sum((model(x).argmax(1) == y).sum().item()
-                      for x, y in torch.utils.data.DataLoader(val, batch_size=100))
-    accuracy = correct / len(val)
-    # chance is 0.10 (sd 0.015 on 400 images); a short pretraining measured ~0.20
-    assert accuracy > 0.15, f"pretraining did not learn: val accuracy {accuracy:.2f} (chance 0.10)"
-    path = tmp_path_factory.mktemp("pretrain") / "eca_resnet18_shapes.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def mask_rcnn_run(pretrained_backbone, det_root, tmp_path_factory):
     """Mask R-CNN (= Faster R-CNN + a mask branch) fine-tuned from the pretrained backbone with the

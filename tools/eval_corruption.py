@@ -11,13 +11,27 @@ Detector on COCO-style data (COCO-C: AP per corruption/severity, mPC, rPC):
     python tools/eval_corruption.py --task det --config cfg.py --checkpoint det.pth --out runs/coco-c
 
 Results are saved after every corruption/severity; rerunning the same command resumes.
-Writes results.json, summary.json, errors.csv, report.md, heatmap.png, bars.png.
+Classifier: writes results.json, summary.json, errors.csv, report.md, heatmap.png, bars.png.
+Detector (--task det): writes results.json, summary.json, ap.csv, report.md, heatmap.png; the
+options that only concern classifiers (--model, --imagenet-c, --val, --clean-val, --resize, --crop,
+--jpeg-quality, --batch-size, --workers, --baseline) are refused there: the config's test_dataloader
+sets batch size and workers.
 """
 import argparse
 import sys
 from pathlib import Path
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS
+
+
+#: Options of one task only (dest -> flag): given with the other task, they are an error rather
+#: than silently ignored.
+CLS_ONLY = {"model": "--model", "imagenet_c": "--imagenet-c", "val": "--val",
+            "clean_val": "--clean-val", "resize": "--resize", "crop": "--crop",
+            "jpeg_quality": "--jpeg-quality", "batch_size": "--batch-size", "workers": "--workers",
+            "baseline": "--baseline"}
+DET_ONLY = {"config": "--config", "data_root": "--data-root"}
+CLS_DEFAULTS = {"resize": 256, "crop": 224, "batch_size": 64, "workers": 2}
 
 
 def parse(argv=None):
@@ -31,15 +45,15 @@ def parse(argv=None):
     src.add_argument("--imagenet-c", default=None, help="released ImageNet-C root")
     src.add_argument("--val", default=None, help="ImageFolder val root, corrupted on the fly")
     p.add_argument("--clean-val", default=None, help="clean val root for the clean error (with --imagenet-c)")
-    p.add_argument("--resize", type=int, default=256)
-    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--resize", type=int, default=None, help="default 256")
+    p.add_argument("--crop", type=int, default=None, help="default 224")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jpeg-quality", type=int, default=None,
                    help="on the fly: JPEG round trip as the release (85) so results equal a generated folder")
     p.add_argument("--corruptions", nargs="+", default=list(ALL_CORRUPTIONS), metavar="NAME")
     p.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5])
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 (classifier only)")
+    p.add_argument("--workers", type=int, default=None, help="default 2 (classifier only)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
@@ -50,10 +64,28 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def check_task_options(args) -> None:
+    """Refuse an option of the other task (one line, naming it); fill in the classifier defaults."""
+    wrong = DET_ONLY if args.task == "cls" else CLS_ONLY
+    given = [flag for dest, flag in wrong.items() if getattr(args, dest) is not None]
+    if given:
+        raise ValueError(f"{given[0]} does not apply to --task {args.task}"
+                         + (" (the config's test_dataloader sets it)"
+                            if given[0] in ("--batch-size", "--workers") else ""))
+    for dest, value in CLS_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     if args.seed < 0:
         print(f"error: --seed must be a non-negative integer, got {args.seed}", file=sys.stderr)
+        return 2
+    try:
+        check_task_options(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     import torch
 

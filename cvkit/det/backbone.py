@@ -54,8 +54,10 @@ class CvkitBackbone(BaseModule):
         model_name: a name from ``cvkit.list_models()``.
         out_indices: feature indices in the model's ``feature_info``.
         frozen_stages: parameters that feature ``frozen_stages`` depends on (stem and every stage
-            up to it, e.g. 1 = stem + layer1 on a ResNet) get ``requires_grad=False`` and their
-            modules stay in eval mode; -1 freezes nothing.
+            up to it, e.g. 0 = the stem only and 1 = stem + layer1 on a ResNet, as mmdet's ResNet)
+            get ``requires_grad=False`` and their modules stay in eval mode (BatchNorm statistics
+            included); any feature index of the model, whether or not it is in ``out_indices``;
+            -1 freezes nothing.
         norm_eval: keep every BatchNorm in eval mode (frozen statistics) during training, as mmdet
             does for ImageNet-pretrained ResNets at small per-GPU batches.
         model_kwargs: further keywords for ``cvkit.create_model`` (e.g. ``eca_k_size``,
@@ -78,9 +80,11 @@ class CvkitBackbone(BaseModule):
                                          self._loaded_from)
         self.out_indices = tuple(out_indices)
         self.out_channels = list(self.body.feature_info.channels())
-        if frozen_stages != -1 and frozen_stages not in self.out_indices:
-            raise ValueError(f"CvkitBackbone({model_name!r}): frozen_stages={frozen_stages} must be "
-                             f"-1 or one of out_indices={self.out_indices}")
+        self.num_features = len(self.body.feature_info.info)  # every level, not just the outputs
+        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages < self.num_features):
+            raise ValueError(f"CvkitBackbone({model_name!r}): frozen_stages={frozen_stages!r} must be "
+                             f"-1 (nothing frozen) or a feature index 0..{self.num_features - 1} of "
+                             "the model's feature_info")
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.probe_size = probe_size
@@ -109,10 +113,13 @@ class CvkitBackbone(BaseModule):
         try:
             for attempt, size in enumerate(self._probe_sizes()):
                 try:
-                    with torch.enable_grad():
-                        feats = self.body(torch.zeros(1, 3, size, size))
-                        grads = torch.autograd.grad(feats[feature_index].float().sum(),
-                                                    [p for _, p in named], allow_unused=True)
+                    with torch.enable_grad():  # the one feature, whether it is an output or not
+                        feat = self.body.model.forward_intermediates(
+                            torch.zeros(1, 3, size, size), indices=[feature_index],
+                            norm=self.body.norm, output_fmt=self.body.output_fmt,
+                            intermediates_only=True)[0]
+                        grads = torch.autograd.grad(feat.float().sum(), [p for _, p in named],
+                                                    allow_unused=True)
                     break
                 except (ValueError, RuntimeError, AssertionError):
                     if attempt == len(self._probe_sizes()) - 1:
@@ -124,7 +131,7 @@ class CvkitBackbone(BaseModule):
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
             return
-        frozen = self._params_feeding(self.out_indices.index(self.frozen_stages))
+        frozen = self._params_feeding(self.frozen_stages)
         for name, param in self.body.named_parameters():
             if name in frozen:
                 param.requires_grad_(False)

@@ -12,7 +12,10 @@ in mmdet's ``DATASETS``) checks the annotation file when it loads and, per ``on_
 * ``'error'``: raises at the first bad sample, naming the file, annotation id and problem.
 
 An empty category list, configured classes missing from the file, or a missing annotation file are
-always errors.
+always errors; so are missing image files of an evaluation split (``test_mode=True``: val/test),
+whatever ``on_bad_sample`` says: ``CocoMetric`` evaluates every image of the annotation file, so a
+skipped image would silently lower the AP (all its objects missed). The error gives how many are
+missing and names the first ones. Boxes outside their image are skipped there as in training.
 """
 from __future__ import annotations
 
@@ -82,7 +85,16 @@ class CvkitCocoDataset(CocoDataset):
 
     def load_data_list(self) -> list[dict]:
         self.bad_samples = []
+        self._missing_test_images: list[str] = []
         data_list = super().load_data_list()
+        if self._missing_test_images:
+            gone = self._missing_test_images
+            raise FileNotFoundError(
+                f"{self.ann_file}: {len(gone)} of {len(data_list)} image files of this evaluation "
+                f"split are missing (first: {', '.join(repr(p) for p in gone[:_SHOWN])}); "
+                "CocoMetric scores every image of the annotation file, so a skipped image would "
+                "count as all its objects missed - restore the files or remove those images from "
+                "the annotation file")
         missing = [c for c, cat_id in zip(self.metainfo["classes"], self._configured_cat_ids())
                    if cat_id is None]
         if missing:
@@ -113,7 +125,10 @@ class CvkitCocoDataset(CocoDataset):
                 good.append(ann)
         info = super().parse_data_info({**raw_data_info, "raw_ann_info": good})
         if self.check_files and not osp.isfile(path):
-            self._bad("image", f"image file not found: {path!r} (image id {img.get('id')})")
+            if self.test_mode:  # collected: load_data_list raises once, naming all of them
+                self._missing_test_images.append(path)
+            else:
+                self._bad("image", f"image file not found: {path!r} (image id {img.get('id')})")
             info["_bad_image"] = True
         return info
 

@@ -1,19 +1,24 @@
 """COCO-C (Michaelis et al. 2019): a detector's bbox AP on every corruption and severity, mPC, rPC.
 
 For each (corruption, severity) the config's test pipeline gets a :class:`CorruptImage` transform
-right after ``LoadImageFromFile`` and the detector is evaluated by cvkit's mmdet test path
-(:func:`cvkit.tasks.detection.evaluate_detector`: mmdet datasets and pipelines, the config's
-``CocoMetric``). Results are saved after every set (atomic), so a rerun resumes.
+right after ``LoadImageFromFile`` and the detector is evaluated by cvkit's detection test path
+(:func:`cvkit.tasks.detection.evaluate_detector`: Lightning's ``Trainer.test`` over mmdet's datasets
+and pipelines, scored by the config's ``CocoMetric``). Results are saved after every set (atomic),
+so a rerun resumes; paths in the saved settings are compared resolved, as for classifiers.
+
+``CocoMetric`` rounds AP to 3 decimals (mmdet exposes no unrounded value), so mPC and rPC are
+means of rounded APs.
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Iterable
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, _check
-from cvkit.robustness.evaluate import RESULTS_FILE, atomic_write_text
+from cvkit.robustness.evaluate import RESULTS_FILE, _load_state, atomic_write_text
 from cvkit.robustness.metrics import coco_c_summary
 
 
@@ -38,6 +43,26 @@ def with_corruption(cfg, corruption: str, severity: int, seed: int = 0):
     return cfg
 
 
+def lightning_devices(device: str) -> tuple[str, int | list[int]]:
+    """``--device`` as Lightning's ``(accelerator, devices)``: ``cpu`` -> ``('cpu', 1)``, ``cuda`` ->
+    ``('gpu', 1)`` (the first visible GPU), ``cuda:N`` -> ``('gpu', [N])`` (GPU N itself)."""
+    name, _, index = str(device).partition(":")
+    if name == "cpu" and not index:
+        return "cpu", 1
+    if name == "cuda" and not index:
+        return "gpu", 1
+    if name == "cuda" and index.isdigit():
+        return "gpu", [int(index)]
+    raise ValueError(f"--device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _path_or_none(path) -> str | None:
+    """A path recorded resolved; anything else (None, an in-memory config) as it is, in text."""
+    if isinstance(path, (str, os.PathLike)):
+        return str(Path(path).resolve())
+    return None if path is None else str(path)
+
+
 def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = ALL_CORRUPTIONS,
                       severities: Iterable[int] = SEVERITIES, seed: int = 0, device: str = "cpu",
                       data_root: str | None = None, metric: str = "bbox_mAP", resume: bool = True,
@@ -56,21 +81,23 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
             _check(c, s)
     if not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} does not exist")
+    accelerator, devices = lightning_devices(device)
     cfg = load_det_config(config)
     out_dir = Path(out_dir)
-    meta = {"task": "detection", "config": str(config), "checkpoint": str(checkpoint), "seed": seed,
-            "metric": metric, "data_root": data_root}
+    config_name = getattr(config, "filename", None) or config  # a path, or a loaded Config
+    # paths recorded resolved, and compared resolved by the classifier path's _load_state: a rerun
+    # spelling them relative or absolute resumes the same evaluation
+    meta = {"task": "detection", "config": _path_or_none(config_name),
+            "checkpoint": _path_or_none(checkpoint), "seed": seed, "metric": metric,
+            "data_root": _path_or_none(data_root)}
+    state = _load_state(out_dir, meta, resume)
+    if "clean_AP" not in state:  # nothing to resume: _load_state's fresh state is a classifier's
+        state = {"meta": meta, "clean_AP": None, "AP": {}}
     path = out_dir / RESULTS_FILE
-    state = {"meta": meta, "clean_AP": None, "AP": {}}
-    if resume and path.is_file():
-        old = json.loads(path.read_text())
-        if old.get("meta") != meta:
-            raise ValueError(f"{path} holds results of a different evaluation; use another --out or --no-resume")
-        state = old
-    accelerator = "gpu" if str(device).startswith("cuda") else "cpu"
 
     def run(c):
-        metrics = coco_test(c, str(checkpoint), data_root=data_root, accelerator=accelerator, devices=1)
+        metrics = coco_test(c, str(checkpoint), data_root=data_root, accelerator=accelerator,
+                            devices=devices)
         for key in (metric, f"coco/{metric}"):
             if key in metrics:
                 return float(metrics[key])
