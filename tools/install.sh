@@ -26,7 +26,7 @@ if ! $PY -c "import mmcv.ops" 2>/dev/null; then
   KEY="mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$PYTAG-$(uname -m)"
   WHEELDIR="$CACHE/wheels/$KEY"
   if ! ls "$WHEELDIR"/mmcv-*.whl >/dev/null 2>&1; then
-    echo "Building mmcv $MMCV_VERSION from source (about 7 minutes on 2 cores, once per machine)..."
+    echo "Building mmcv $MMCV_VERSION from source (about 10 minutes on 2 cores, once per machine)..."
     BUILD=$(mktemp -d)
     $PIP download -q --no-deps --no-build-isolation --no-binary :all: "mmcv==$MMCV_VERSION" -d "$BUILD"
     tar xzf "$BUILD/mmcv-$MMCV_VERSION.tar.gz" -C "$BUILD"
