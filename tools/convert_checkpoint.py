@@ -91,18 +91,12 @@ def main(argv=None) -> int:
 
 
 def _inferred(name: str, state_dict, given: dict) -> dict:
-    """Architecture arguments the checkpoint fixes, printed for the user (``given``: the
-    --model-arg arguments, which decide whether the model has ECA and a GCP head)."""
-    from cvkit.models.convert import checkpoint_num_classes, infer_arch_overrides
+    """Arguments the checkpoint fixes (as ``create_model(..., checkpoint_path=...)`` reads
+    them), printed for the user (``given``: the --model-arg arguments)."""
+    from cvkit.models.factory import checkpoint_arguments
     from cvkit.models.registry import get_preset
 
-    preset = get_preset(name)
-    arch = {**preset.kwargs, **given}
-    kw = infer_arch_overrides(state_dict, preset.family, arch.get("eca", False),
-                              arch.get("global_pool") == "gcp")
-    classes = checkpoint_num_classes(state_dict, preset.family)
-    if classes:
-        kw["num_classes"] = classes
+    kw = checkpoint_arguments(get_preset(name), state_dict, given)
     print(f"{name}: " + (", ".join(f"{k}={v}" for k, v in kw.items()) or "no inferred arguments"))
     return kw
 

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cvkit.robustness.corruptions import ALL_CORRUPTIONS
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_seed
 
 
 #: Options of one task only (dest -> flag): given with the other task, they are an error rather
@@ -79,10 +79,8 @@ def check_task_options(args) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    if args.seed < 0:
-        print(f"error: --seed must be a non-negative integer, got {args.seed}", file=sys.stderr)
-        return 2
     try:
+        check_seed(args.seed, "--seed")
         check_task_options(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

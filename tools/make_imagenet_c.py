@@ -9,7 +9,7 @@ made: resize (shorter side) 256, centre crop 224, corrupt, JPEG quality 85; para
 import argparse
 import sys
 
-from cvkit.robustness.corruptions import ALL_CORRUPTIONS
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_seed
 from cvkit.robustness.folder import RELEASE_JPEG_QUALITY, write_imagenet_c
 
 
@@ -27,10 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--quality", type=int, default=RELEASE_JPEG_QUALITY)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = p.parse_args(argv)
-    if args.seed < 0:
-        print(f"error: --seed must be a non-negative integer, got {args.seed}", file=sys.stderr)
-        return 2
     try:
+        check_seed(args.seed, "--seed")
         n = write_imagenet_c(args.val, args.out, args.corruptions, args.severities, args.resize,
                              args.crop, args.seed, args.format, args.quality, args.workers)
     except ValueError as e:

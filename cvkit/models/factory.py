@@ -10,6 +10,19 @@ from cvkit.models.convert import checkpoint_num_classes, infer_arch_overrides, t
 from cvkit.models.registry import build, get_preset
 
 
+def checkpoint_arguments(preset, state_dict: dict, overrides: dict) -> dict[str, Any]:
+    """What a (cvkit-named) checkpoint fixes for ``preset`` built with ``overrides`` (which
+    decide whether it has ECA and a GCP head): ECA kernel sizes, the GCP width and the number of
+    classes, where the checkpoint has them."""
+    arch = {**preset.kwargs, **overrides}
+    out = infer_arch_overrides(state_dict, preset.family, arch.get("eca", False),
+                               arch.get("global_pool") == "gcp")
+    classes = checkpoint_num_classes(state_dict, preset.family)
+    if classes:
+        out["num_classes"] = classes
+    return out
+
+
 def create_model(name: str, num_classes: int | None = None, checkpoint_path=None,
                  features_only: bool = False, *, strict: bool = True, reset_head: bool = False,
                  weights_only: bool = True, **overrides: Any) -> nn.Module:
@@ -30,13 +43,9 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
 
     out_indices = overrides.pop("out_indices", None)
     state_dict = to_cvkit(read_checkpoint(checkpoint_path, weights_only))
-    has_eca = overrides.get("eca", preset.kwargs.get("eca", False))
-    has_gcp = overrides.get("global_pool", preset.kwargs.get("global_pool")) == "gcp"
-    for key, value in infer_arch_overrides(state_dict, preset.family, has_eca, has_gcp).items():
-        overrides.setdefault(key, value)
-    if num_classes is None:
-        overrides.setdefault("num_classes",
-                             checkpoint_num_classes(state_dict, preset.family) or 1000)
+    for key, value in checkpoint_arguments(preset, state_dict, overrides).items():
+        overrides.setdefault(key, value)  # what the user gave wins
+    overrides.setdefault("num_classes", 1000)  # a checkpoint without a classifier
     model = build(preset, **overrides)
     if features_only:  # wrapped first: the layers it prunes (head, pooling) need no weights
         from timm.models._features import FeatureGetterNet

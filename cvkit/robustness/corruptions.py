@@ -102,6 +102,14 @@ def _check(name: str, severity) -> None:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r} (corruption {name!r})")
 
 
+def check_seed(seed, name: str = "seed") -> int:
+    """A corruption seed: a non-negative int (NumPy's SeedSequence entropy); else a ValueError
+    naming ``name`` (e.g. ``--seed`` for a tool)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 # -------------------------------------------------------------------------------- random draws
 class _Draws:
     """Random draws with a leading batch axis: one generator for the whole batch, or one per image

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cvkit.atomic_write import atomic_write
-from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, _check
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, _check, check_seed
 from cvkit.robustness.folder import (CleanImageFolder, CorruptingCollate, EmptyFolderError,
                                      ImageNetCFolder, folder_classes, list_image_folder)
 
@@ -96,8 +96,7 @@ class OnTheFlySource:
 
     def __init__(self, val_root, resize: int = 256, crop: int = 224, seed: int = 0,
                  jpeg_quality: int | None = None):
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        check_seed(seed)
         self.dataset = CleanImageFolder(val_root, resize, crop)
         self.classes = self.dataset.classes
         self.val_root, self.resize, self.crop = Path(val_root), resize, crop

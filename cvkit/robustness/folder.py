@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms import functional as TF
 
-from cvkit.robustness.corruptions import ALL_CORRUPTIONS, _check, corrupt
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, _check, check_seed, corrupt
 
 RELEASE_JPEG_QUALITY = 85
 
@@ -193,8 +193,7 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
     for c in corruptions:
         for s in severities:
             _check(c, s)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
     samples, classes = list_image_folder(val_root)
     tasks = [(samples[i:i + chunk], classes, str(out_root), c, s, i, resize, crop, seed, fmt, quality)
              for c in corruptions for s in severities for i in range(0, len(samples), chunk)]
