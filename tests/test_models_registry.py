@@ -168,6 +168,28 @@ def test_hc_static_params_have_no_weight_decay():
     assert not any("dynamic" in n for n in nwd)
 
 
+@pytest.mark.parametrize("name", ["resnet18_hc2", "mobilenetv2_fc2", "vit_tiny_patch16_dhc2"])
+def test_hc_nan_guard_from_create_model_names_the_layer(name):
+    """``hc_nan_guard=True`` reaches every connection of the model: a non-finite weight inside a
+    block stops the forward at the first connection that sees it, naming its layer; without the
+    guard the same model returns NaN logits."""
+    x = small_input(name)
+    for guard in (False, True):
+        torch.manual_seed(0)
+        model = cvkit.create_model(name, hc_nan_guard=guard, **small_kwargs(name)).eval()
+        connections = [m for m in model.modules() if hasattr(m, "nan_guard")]
+        assert connections and all(m.nan_guard is guard for m in connections)
+        with torch.no_grad():
+            assert torch.isfinite(model(x)).all()
+            block = next(m for m in connections if m.layer_index > 0)
+            next(p for p in block.parameters()).fill_(float("nan"))
+            if guard:
+                with pytest.raises(FloatingPointError, match=r"layer_index=\d+"):
+                    model(x)
+            else:
+                assert torch.isnan(model(x)).any()
+
+
 def test_reset_classifier_and_forward_head():
     model = cvkit.create_model("resnet18_gcp", num_classes=10).eval()
     model.reset_classifier(4)
@@ -217,6 +239,7 @@ def test_vit_wrong_input_size_is_one_clear_error():
     (dict(hc_rate=2, fc_rate=2), "not both"),
     (dict(hc_rate=-1), "hc_rate"),
     (dict(hc_dynamic=True), "hc_dynamic"),
+    (dict(hc_nan_guard=True), "hc_nan_guard=True needs hc_rate > 0 or fc_rate > 0"),
     (dict(eca_k_size=4), "odd"),
     (dict(eca_k_size="official"), "per-stage sizes, e.g. \\(3, 5, 5, 7\\)"),
 ])

@@ -446,6 +446,19 @@ def test_misspelt_model_kwargs_key_is_one_line_exit_2(tiny, tmp_path, capsys):
     assert "gcp_dimm" in line and "eca_resnet18" in line, line
 
 
+def test_hc_nan_guard_is_a_one_line_error_naming_the_layer(tiny, tmp_path, capsys):
+    """A learning rate of 1e30 blows the weights up in the first step; with ``hc_nan_guard`` the
+    second forward stops at the first connection that sees a non-finite value, in one line."""
+    rc = main(["fit", "--data.root", str(tiny), "--trainer.default_root_dir", str(tmp_path),
+               "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
+               "--trainer.max_steps", "3",
+               "--model.model_name", "resnet18_hc2", "--model.optimizer.lr", "1e30",
+               "--model.model_kwargs", "{hc_nan_guard: true}"])
+    assert rc == 1
+    line = _one_error_line(capsys)
+    assert "HyperConnections(layer_index=" in line and "non-finite values in" in line, line
+
+
 def test_task_checks_optimizer_and_schedule_dicts_when_built():
     from cvkit.tasks.classification import ClassificationTask, ConfigError
 

@@ -101,11 +101,12 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg",
                  eca: bool = False, eca_k_size=None, gcp_dim: int | None = 256,
                  gcp_iters: int = 5, hc_rate: int = 0, fc_rate: int = 0,
-                 hc_dynamic: bool = False, drop_rate: float = 0.2) -> None:
+                 hc_dynamic: bool = False, hc_nan_guard: bool = False,
+                 drop_rate: float = 0.2) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.grad_checkpointing = False
-        self.spec = stream_spec(hc_rate, fc_rate, hc_dynamic)
+        self.spec = stream_spec(hc_rate, fc_rate, hc_dynamic, hc_nan_guard)
         gcp = global_pool == "gcp"
         check_eca_k_size(eca, eca_k_size)
         kernel_sizes = _block_kernel_sizes(eca_k_size)

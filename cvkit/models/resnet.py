@@ -153,8 +153,8 @@ class ResNet(nn.Module):
     def __init__(self, depth: int = 50, num_classes: int = 1000, in_chans: int = 3,
                  global_pool: str = "avg", eca: bool = False, eca_k_size=None,
                  gcp_dim: int | None = 256, gcp_iters: int = 5, hc_rate: int = 0,
-                 fc_rate: int = 0, hc_dynamic: bool = False, drop_rate: float = 0.0,
-                 zero_init_last: bool = False) -> None:
+                 fc_rate: int = 0, hc_dynamic: bool = False, hc_nan_guard: bool = False,
+                 drop_rate: float = 0.0, zero_init_last: bool = False) -> None:
         super().__init__()
         if depth not in ARCH:
             raise ValueError(f"ResNet depth must be one of {sorted(ARCH)}, got {depth!r}")
@@ -164,7 +164,7 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        self.spec = stream_spec(hc_rate, fc_rate, hc_dynamic)
+        self.spec = stream_spec(hc_rate, fc_rate, hc_dynamic, hc_nan_guard)
         gcp = global_pool == "gcp"
         check_eca_k_size(eca, eca_k_size)
         kernel_sizes = _stage_kernel_sizes(eca_k_size, layers)

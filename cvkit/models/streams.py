@@ -33,10 +33,12 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """Which residual connection a network uses: ``kind`` in {"hc", "fc"}, expansion ``rate``."""
+    """Which residual connection a network uses: ``kind`` in {"hc", "fc"}, expansion ``rate``;
+    ``nan_guard``: every connection raises at the first non-finite value (names its layer)."""
     kind: str
     rate: int
     dynamic: bool = False
+    nan_guard: bool = False
 
     def connection(self, channels: int, layer_index: int, channel_first: bool = True) -> nn.Module:
         """The connection module for one residual block (or one transformer sub-layer)."""
@@ -44,7 +46,7 @@ class StreamSpec:
 
         cls = HyperConnections if self.kind == "hc" else FracConnections
         return cls(channels, self.rate, layer_index, dynamic=self.dynamic,
-                   channel_first=channel_first)
+                   channel_first=channel_first, nan_guard=self.nan_guard)
 
     def open(self, x: torch.Tensor) -> torch.Tensor:
         from cvkit.layers.hyper_connections import expand_streams, split_fractions
@@ -61,8 +63,10 @@ class StreamSpec:
         return merge_fractions(streams)
 
 
-def stream_spec(hc_rate: int = 0, fc_rate: int = 0, hc_dynamic: bool = False) -> StreamSpec | None:
-    """Validate the model keywords ``hc_rate`` / ``fc_rate`` / ``hc_dynamic``; None for a plain net."""
+def stream_spec(hc_rate: int = 0, fc_rate: int = 0, hc_dynamic: bool = False,
+                hc_nan_guard: bool = False) -> StreamSpec | None:
+    """Validate the model keywords ``hc_rate`` / ``fc_rate`` / ``hc_dynamic`` / ``hc_nan_guard``;
+    None for a plain net."""
     for name, value in (("hc_rate", hc_rate), ("fc_rate", fc_rate)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an int >= 0 (0 = off), got {value!r}")
@@ -70,11 +74,12 @@ def stream_spec(hc_rate: int = 0, fc_rate: int = 0, hc_dynamic: bool = False) ->
         raise ValueError(f"choose hyper-connections (hc_rate={hc_rate}) or frac-connections "
                          f"(fc_rate={fc_rate}), not both")
     if hc_rate:
-        return StreamSpec("hc", hc_rate, bool(hc_dynamic))
+        return StreamSpec("hc", hc_rate, bool(hc_dynamic), bool(hc_nan_guard))
     if fc_rate:
-        return StreamSpec("fc", fc_rate, bool(hc_dynamic))
-    if hc_dynamic:
-        raise ValueError("hc_dynamic=True needs hc_rate > 0 or fc_rate > 0")
+        return StreamSpec("fc", fc_rate, bool(hc_dynamic), bool(hc_nan_guard))
+    for name, value in (("hc_dynamic", hc_dynamic), ("hc_nan_guard", hc_nan_guard)):
+        if value:
+            raise ValueError(f"{name}=True needs hc_rate > 0 or fc_rate > 0")
     return None
 
 

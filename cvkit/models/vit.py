@@ -63,9 +63,9 @@ class VisionTransformer(TimmVisionTransformer):
     """timm's ViT plus streams (``hc_rate``/``fc_rate``) and the ``"gcp"`` global pool."""
 
     def __init__(self, *args, global_pool: str = "token", hc_rate: int = 0, fc_rate: int = 0,
-                 hc_dynamic: bool = False, gcp_dim: int | None = 256, gcp_iters: int = 5,
-                 **kwargs) -> None:
-        spec = stream_spec(hc_rate, fc_rate, hc_dynamic)
+                 hc_dynamic: bool = False, hc_nan_guard: bool = False,
+                 gcp_dim: int | None = 256, gcp_iters: int = 5, **kwargs) -> None:
+        spec = stream_spec(hc_rate, fc_rate, hc_dynamic, hc_nan_guard)
         gcp = global_pool == "gcp"
         if spec is not None:
             kwargs["block_fn"] = partial(StreamBlock, spec=spec)

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from cvkit.data.datamodule import BadImageError, ClassificationDataModule
 from cvkit.tasks.callbacks import (AppendingCSVLogger, AtomicCheckpointIO, KeepLastCheckpoint,
                                    TrainingReport)
-from cvkit.tasks.classification import ClassificationTask, ConfigError, NonFiniteLossError
+from cvkit.tasks.classification import ClassificationTask, ConfigError
 
 
 class ClassificationCLI(LightningCLI):
@@ -102,7 +102,9 @@ def print_run_report(trainer) -> None:
     print("\n".join(line for line in lines if line is not None), flush=True)
 
 
-USER_ERRORS = (BadImageError, NonFiniteLossError, FileNotFoundError, ValueError)
+# FloatingPointError: a non-finite loss (NonFiniteLossError) or a model's own NaN guard
+# (``hc_nan_guard``), each one line naming the step / layer
+USER_ERRORS = (BadImageError, FloatingPointError, FileNotFoundError, ValueError)
 
 _STRUCTURE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
 
