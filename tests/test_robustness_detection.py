@@ -117,6 +117,54 @@ def test_resume_compares_paths_resolved(tmp_path, monkeypatch):
         evaluate_detector(str(FASTER), "other.pth", "out", data_root="data", **kwargs)
 
 
+def test_resume_reads_relative_paths_of_older_results(tmp_path, monkeypatch):
+    """A results file that recorded config and data root relative (as written before they were
+    recorded resolved) resumes from an absolute spelling of the same files."""
+    import cvkit.tasks.detection as det
+    from cvkit.robustness.detection import evaluate_detector
+
+    calls = []
+    monkeypatch.setattr(det, "evaluate_detector",
+                        lambda cfg, ckpt, **kw: calls.append(kw) or {"bbox_mAP": 0.5})
+    (tmp_path / "det.pth").write_bytes(b"weights")
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative_config = os.path.relpath(FASTER, tmp_path)
+    meta = {"task": "detection", "config": relative_config, "checkpoint": "det.pth", "seed": 0,
+            "metric": "bbox_mAP", "data_root": "data"}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/results.json").write_text(json.dumps(
+        {"meta": meta, "clean_AP": 0.5, "AP": {"fog": {"1": 0.4}}}))
+    state = evaluate_detector(str(FASTER), str(tmp_path / "det.pth"), tmp_path / "out",
+                              data_root=str(tmp_path / "data"), corruptions=["fog"],
+                              severities=[1], progress=False)
+    assert calls == [] and state["AP"]["fog"]["1"] == 0.4
+
+
+def test_resume_of_an_in_memory_config_compares_its_contents(tmp_path, monkeypatch):
+    """A Config built in memory has no file: it is recorded by a digest of its contents; the same
+    contents resume, other contents are another evaluation."""
+    import cvkit.tasks.detection as det
+    from cvkit.robustness.detection import evaluate_detector
+
+    calls = []
+    monkeypatch.setattr(det, "evaluate_detector",
+                        lambda cfg, ckpt, **kw: calls.append(kw) or {"bbox_mAP": 0.5})
+    (tmp_path / "det.pth").write_bytes(b"weights")
+    kwargs = dict(corruptions=["fog"], severities=[1], progress=False)
+    evaluate_detector(_cfg(), tmp_path / "det.pth",
+                      tmp_path / "out", **kwargs)
+    assert len(calls) == 2
+    state = json.loads((tmp_path / "out/results.json").read_text())
+    assert state["meta"]["config"] is None and len(state["meta"]["config_sha256"]) == 64
+    evaluate_detector(_cfg(), tmp_path / "det.pth",
+                      tmp_path / "out", **kwargs)
+    assert len(calls) == 2  # same contents: resumed
+    with pytest.raises(ValueError, match=r"different evaluation \(config_sha256: "):
+        evaluate_detector(_cfg(wrapped=True),
+                          tmp_path / "det.pth", tmp_path / "out", **kwargs)
+
+
 # pretrained_backbone (tests/conftest.py): the detection tests' ECA-ResNet-18, trained once per
 # session and shared with tests/test_tasks_detection.py
 

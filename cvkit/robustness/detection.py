@@ -12,13 +12,14 @@ means of rounded APs.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Iterable
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, _check
-from cvkit.robustness.evaluate import RESULTS_FILE, _load_state, atomic_write_text
+from cvkit.robustness.evaluate import RESULTS_FILE, _load_state, atomic_write_text, resolved_path
 from cvkit.robustness.metrics import coco_c_summary
 
 
@@ -56,13 +57,6 @@ def lightning_devices(device: str) -> tuple[str, int | list[int]]:
     raise ValueError(f"--device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 
 
-def _path_or_none(path) -> str | None:
-    """A path recorded resolved; anything else (None, an in-memory config) as it is, in text."""
-    if isinstance(path, (str, os.PathLike)):
-        return str(Path(path).resolve())
-    return None if path is None else str(path)
-
-
 def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = ALL_CORRUPTIONS,
                       severities: Iterable[int] = SEVERITIES, seed: int = 0, device: str = "cpu",
                       data_root: str | None = None, metric: str = "bbox_mAP", resume: bool = True,
@@ -84,12 +78,17 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
     accelerator, devices = lightning_devices(device)
     cfg = load_det_config(config)
     out_dir = Path(out_dir)
-    config_name = getattr(config, "filename", None) or config  # a path, or a loaded Config
-    # paths recorded resolved, and compared resolved by the classifier path's _load_state: a rerun
-    # spelling them relative or absolute resumes the same evaluation
-    meta = {"task": "detection", "config": _path_or_none(config_name),
-            "checkpoint": _path_or_none(checkpoint), "seed": seed, "metric": metric,
-            "data_root": _path_or_none(data_root)}
+    # paths recorded resolved (and compared resolved by _load_state: a rerun spelling them
+    # relative or absolute resumes the same evaluation); a Config built in memory has no file and
+    # is recorded by the digest of its contents
+    config_file = (config if isinstance(config, (str, os.PathLike))
+                   else getattr(config, "filename", None))
+    meta = {"task": "detection", "config": resolved_path(config_file),
+            "checkpoint": resolved_path(checkpoint), "seed": seed, "metric": metric,
+            "data_root": resolved_path(data_root)}
+    if config_file is None:
+        text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
+        meta["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     state = _load_state(out_dir, meta, resume)
     if "clean_AP" not in state:  # nothing to resume: _load_state's fresh state is a classifier's
         state = {"meta": meta, "clean_AP": None, "AP": {}}

@@ -137,12 +137,18 @@ def top1_error(model, loader, device, mean, std) -> float:
     return wrong / max(total, 1)
 
 
-PATH_KEYS = ("root", "clean_root", "checkpoint")
-"""Meta keys holding paths: compared resolved, so ``runs/x`` and ``/abs/runs/x`` are one run."""
+PATH_KEYS = ("root", "clean_root", "checkpoint", "config", "data_root")
+"""Meta keys holding paths: compared resolved, so ``runs/x`` and ``/abs/runs/x`` are one run
+(results files written with relative paths resume from any spelling of the same place)."""
+
+
+def resolved_path(path) -> str | None:
+    """``path`` absolute and normalised, as text; None stays None."""
+    return None if path is None else str(Path(path).resolve())
 
 
 def _normalised(meta: dict) -> dict:
-    return {k: str(Path(v).resolve()) if k in PATH_KEYS and isinstance(v, str) else v
+    return {k: resolved_path(v) if k in PATH_KEYS and isinstance(v, str) else v
             for k, v in meta.items()}
 
 
