@@ -265,6 +265,20 @@ def test_covariance_pooling_shapes_and_gradients():
     torch.testing.assert_close(plain(y), triu_vectorize(literal_isqrt_cov(y, 5)))
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(in_channels=0), r"in_channels.*0"),
+    (dict(in_channels=8.0), r"in_channels.*8\.0"),     # was a TypeError from inside nn.Conv2d
+    (dict(in_channels="8"), r"in_channels.*'8'"),       # was "'<' not supported between ..."
+    (dict(in_channels=True, dim=None), r"in_channels.*True"),  # was accepted as 1 channel
+    (dict(in_channels=8, dim=0), r"dim.*0"),
+    (dict(in_channels=8, dim=4.0), r"dim.*4\.0"),
+    (dict(in_channels=8, dim=True), r"dim.*True"),
+])
+def test_covariance_pooling_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CovariancePooling(**kwargs)
+
+
 def test_covariance_pooling_tokens_equal_maps():
     head = CovariancePooling(8, dim=4, iters=5).double().eval()
     with torch.no_grad():

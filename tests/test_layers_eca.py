@@ -22,9 +22,11 @@ def test_kernel_size_matches_paper_table(channels, expected):
 
 
 def test_kernel_size_is_odd_and_positive_for_every_channel_count():
+    # Independent integer form of Eq. 12 with gamma=2, b=1 (not a copy of the float formula):
+    # t = floor((log2 C + 1) / 2) = floor((floor(log2 C) + 1) / 2) = C.bit_length() // 2, k = t | 1.
     for c in range(1, 5000):
         k = eca_kernel_size(c)
-        assert k >= 1 and k % 2 == 1 and k == _paper_k(c)
+        assert k >= 1 and k % 2 == 1 and k == (c.bit_length() // 2) | 1, c
     assert eca_kernel_size(1) == 1
     assert eca_kernel_size(256, gamma=1, beta=0) == 9  # t = 8 -> 9
     assert eca_kernel_size(64, gamma=3, beta=1) == 3   # t = int(7/3) = 2 -> 3
@@ -82,6 +84,18 @@ def test_channels_last_input():
     out = eca(x_cl)
     torch.testing.assert_close(out, eca(x))
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_torchscript_matches_eager():
+    """timm's EcaModule scripts; this one must too (a tuple(x.shape) in the error message broke
+    torch.jit.script)."""
+    torch.manual_seed(0)
+    eca = EcaModule(16)
+    scripted = torch.jit.script(eca)
+    x = torch.randn(2, 16, 5, 4)
+    torch.testing.assert_close(scripted(x), eca(x), rtol=0, atol=0)
+    with pytest.raises(Exception, match=r"\(2, 9, 4, 4\)"):
+        scripted(torch.randn(2, 9, 4, 4))
 
 
 def test_state_dict_layout_matches_official_release():

@@ -379,10 +379,11 @@ class CovariancePooling(nn.Module):
     def __init__(self, in_channels: int, dim: int | None = 256, iters: int = 5,
                  backend: str = "auto"):
         super().__init__()
-        if in_channels < 1:
-            raise ValueError(f"CovariancePooling: in_channels must be >= 1, got {in_channels}")
-        if dim is not None and dim < 1:
-            raise ValueError(f"CovariancePooling: dim must be >= 1 or None, got {dim}")
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"CovariancePooling: in_channels must be an int >= 1, "
+                             f"got {in_channels!r}")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ValueError(f"CovariancePooling: dim must be an int >= 1 or None, got {dim!r}")
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
             raise ValueError(f"CovariancePooling: iters must be an integer >= 1, got {iters!r}")
         if backend not in _BACKENDS:

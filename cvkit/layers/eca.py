@@ -63,8 +63,9 @@ class EcaModule(nn.Module):
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The channel attention ``sigmoid(conv1d(mean_{H,W} x))`` as a (B, C, 1, 1) tensor."""
         if x.dim() != 4 or x.shape[1] != self.channels:
+            shape = ", ".join([str(s) for s in x.shape])  # not tuple(x.shape): TorchScript-able
             raise ValueError(f"EcaModule: expected input (B, {self.channels}, H, W), "
-                             f"got shape {tuple(x.shape)}")
+                             f"got shape ({shape})")
         pooled = x.mean(dim=(2, 3)).unsqueeze(1)            # (B, 1, C): channels as a sequence
         return torch.sigmoid(self.conv(pooled)).view(x.shape[0], self.channels, 1, 1)
 
