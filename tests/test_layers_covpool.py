@@ -378,3 +378,14 @@ def test_torch_compile_runs_the_head_eagerly_with_the_same_result():
     grad, = torch.autograd.grad(out.pow(2).sum(), x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (0, 9, 4)])
+def test_empty_batch_is_empty_and_differentiable(shape):
+    """B = 0 (the last, empty shard of an uneven split): an empty result that backward goes
+    through with a zero gradient of the input's shape, as any other batch."""
+    x = torch.zeros(shape, requires_grad=True)
+    out = isqrt_cov(x, 3, backend="torch")
+    assert out.shape == (0, 10)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape

@@ -361,7 +361,7 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
             return kernel(x, iters, vectorize)
         if x.shape[0] == 0:
             c = x.shape[1] if x.dim() == 4 else x.shape[2]
-            mat = x.new_zeros(0, c, c)
+            mat = x.new_zeros(0, c, c) + x.sum() * 0  # in the graph: backward gives a zero gradient
         else:
             mat = _isqrt_cov_torch(x, iters)
         return triu_vectorize(mat) if vectorize else mat
