@@ -1,6 +1,7 @@
 """ImageFolder datamodule: OpenCV decoding, bad files, missing folders, sampler order and resume."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import warnings
@@ -50,6 +51,36 @@ def test_bad_files_are_skipped_named_and_counted(tiny):
     assert any("truncated JPEG" in m for m in messages)
 
 
+def _jpeg(rng: np.random.Generator) -> bytes:
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_jpeg_with_data_after_eoi_decodes_and_truncation_is_still_caught(tmp_path):
+    """Bytes after the EOI marker (phone trailers, motion-photo video) are legal: PIL, libjpeg and
+    torchvision read such a file, so it must not be skipped as 'truncated'. A truncated JPEG whose
+    APP segment holds an embedded JPEG (an EXIF thumbnail: its own EOI) is still truncated."""
+    rng = np.random.default_rng(0)
+    good = _jpeg(rng)
+    trailer = tmp_path / "trailer.jpg"
+    trailer.write_bytes(good + b"\x00" * 100 + b"MotionPhoto_Data" + bytes(range(256)) * 4)
+    ours = decode_image(trailer)
+    ref = np.asarray(Image.open(trailer).convert("RGB"))
+    assert ours.shape == (48, 64, 3) and np.abs(ours.astype(int) - ref.astype(int)).mean() < 1.0
+    thumb = _jpeg(rng)
+    app15 = b"\xff\xef" + (len(thumb) + 2).to_bytes(2, "big") + thumb  # an ignored APP segment
+    with_thumb = good[:2] + app15 + good[2:]
+    whole = tmp_path / "with_thumb.jpg"
+    whole.write_bytes(with_thumb)
+    assert decode_image(whole).shape == (48, 64, 3)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(with_thumb[: len(with_thumb) - len(good) // 3])
+    with pytest.raises(BadImageError, match=f"truncated JPEG file {cut}"):
+        decode_image(cut)
+
+
 def test_strict_mode_raises_one_line_naming_the_file_from_a_worker(tiny):
     bad = add_bad_files(tiny / "val")
     ds = ImageFolderDataset(tiny / "val", strict=True)
@@ -68,6 +99,18 @@ def test_missing_and_empty_split_folders(tmp_path):
     dm = ClassificationDataModule(root=str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match=r"empty/train has no images"):
         dm.setup("fit")
+
+
+def test_class_folder_without_images_is_an_error_naming_it(tiny):
+    """As torchvision's ImageFolder: an empty class folder (or one holding only non-image files)
+    would silently be a class with no samples, shifting no index but never learnt."""
+    (tiny / "train" / "zebra").mkdir()
+    (tiny / "train" / "zebra" / "notes.txt").write_text("not an image")
+    (tiny / "val" / "zebra").mkdir()
+    with pytest.raises(FileNotFoundError) as e:
+        ClassificationDataModule(root=str(tiny)).setup("fit")
+    msg = str(e.value)
+    assert "\n" not in msg and str(tiny / "train" / "zebra") in msg and "hold no images" in msg
 
 
 def test_two_rank_batches_are_the_one_process_batch(tiny):
@@ -117,7 +160,15 @@ def test_num_classes_and_class_mismatch(tiny, tmp_path):
     (tiny / "val" / "extra").mkdir()
     (tiny / "val" / "extra" / "a.jpg").write_bytes(
         next((tiny / "val").glob("*/*.jpg")).read_bytes())
-    with pytest.raises(ValueError, match="class folders differ"):
+    with pytest.raises(ValueError, match=r"class folders differ .*only in train: \[\], "
+                                         r"only in val: \['extra'\]"):
+        ClassificationDataModule(root=str(tiny)).setup("fit")
+    # same number of classes, one misspelt: the message names both sides
+    shutil.rmtree(tiny / "val" / "extra")
+    first = sorted(p.name for p in (tiny / "val").iterdir())[0]
+    (tiny / "val" / first).rename(tiny / "val" / (first + "_typo"))
+    with pytest.raises(ValueError, match=rf"only in train: \['{first}'\], "
+                                         rf"only in val: \['{first}_typo'\]"):
         ClassificationDataModule(root=str(tiny)).setup("fit")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,16 @@ def test_generation_is_deterministic_and_idempotent(tmp_path):
     other = SyntheticSpec(**{**TINY.__dict__, "seed": 1})
     generate(tmp_path / "c", other)
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_stamp_without_the_data_regenerates(tmp_path):
+    """data/.complete says 'complete' only while the datasets it describes are there: a deleted
+    split folder is regenerated, not reported up to date."""
+    assert generate(tmp_path, TINY) is True
+    digest = _digest(tmp_path / "detection")
+    shutil.rmtree(tmp_path / "detection")
+    assert generate(tmp_path, TINY) is True
+    assert _digest(tmp_path / "detection") == digest
 
 
 def test_classification_set_loads_with_imagefolder(cls_root):
@@ -98,6 +109,7 @@ def test_coco_set_loads_with_mmdet_cocodataset(det_root):
 @pytest.mark.parametrize("args, message", [
     (["--cls-size", "5"], "--cls-size must be between 32 and 1024 pixels, got 5"),
     (["--det-val", "0"], "--det-val must be >= 1, got 0"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
 ])
 def test_cli_rejects_invalid_sizes_in_one_line(tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "cvkit.data.synthetic", "--out", str(tmp_path), *args],

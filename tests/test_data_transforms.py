@@ -58,3 +58,19 @@ def test_train_transform_is_a_crop_of_the_image():
     ref = cv2.resize(img, (40, 40), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
     ref = ((ref - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
     np.testing.assert_allclose(out, ref, atol=2e-2)
+
+
+def test_normalisation_is_imagenets_on_the_device_and_in_the_pipeline():
+    """The torchvision/timm ImageNet constants, written out here (not imported from the code under
+    test); the datamodule's on-device normalize_batch equals the pipeline's own Normalize."""
+    from cvkit.data.transforms import normalize_batch
+
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    img = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    expected = ((img / 255.0 - mean) / std).transpose(2, 0, 1)
+    normalised = eval_transform(32, crop_pct=1.0)(image=img)["image"].numpy()
+    raw = eval_transform(32, crop_pct=1.0, normalize=False)(image=img)["image"]
+    assert raw.dtype == torch.uint8
+    on_device = normalize_batch(raw[None])[0].numpy()
+    np.testing.assert_allclose(normalised, expected, atol=1e-5)
+    np.testing.assert_allclose(on_device, expected, atol=1e-5)

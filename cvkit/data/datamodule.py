@@ -13,6 +13,7 @@ the first batch not yet consumed of an unfinished one — so the resumed run sta
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -26,6 +27,8 @@ from cvkit.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, 
                                    train_transform)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# a JPEG marker: 0xFF then a byte that is not stuffing (00), a restart marker (D0-D7) or fill (FF)
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
 class BadImageError(ValueError):
@@ -43,6 +46,24 @@ class BadImageError(ValueError):
         super().__init__(msg)
 
 
+def _jpeg_reaches_eoi(data: bytes) -> bool:
+    """Walk a JPEG's segments from SOI (skipping each by its length, so an EXIF thumbnail's own EOI
+    is not taken for the image's): True when they reach the EOI marker, False when the data ends
+    first. Bytes after the EOI (phones append trailers, video) are allowed, as by libjpeg and PIL."""
+    pos = 2
+    while (m := _JPEG_MARKER.search(data, pos)) is not None:
+        marker = data[m.start() + 1]
+        if marker == 0xD9:
+            return True
+        if marker in (0x01, 0xD8):  # no length field
+            pos = m.end()
+            continue
+        if m.end() + 2 > len(data):
+            return False
+        pos = m.end() + int.from_bytes(data[m.end():m.end() + 2], "big")
+    return False
+
+
 def decode_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file with OpenCV into an RGB uint8 HxWx3 array.
 
@@ -56,9 +77,9 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
         buf = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise BadImageError(f"cannot read image file {path}: {e.strerror}") from None
-    if buf.size >= 2 and buf[0] == 0xFF and buf[1] == 0xD8:  # JPEG: must end with the EOI marker
-        tail = buf[-64:].tobytes()
-        if b"\xff\xd9" not in tail:
+    if buf.size >= 2 and buf[0] == 0xFF and buf[1] == 0xD8:  # JPEG: must reach its EOI marker
+        # fast path: the EOI is at the end; else walk the segments (data may follow the EOI)
+        if b"\xff\xd9" not in buf[-64:].tobytes() and not _jpeg_reaches_eoi(buf.tobytes()):
             raise BadImageError(f"truncated JPEG file {path}")
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None:
@@ -89,14 +110,21 @@ class ImageFolderDataset(Dataset):
     """ImageFolder with OpenCV decoding. An index may be ``(index, epoch)`` (from
     ResumableDistributedSampler): the transform is then seeded by (seed, epoch, index).
 
-    A bad file gives ``None`` (collated away by :func:`collate_skip_bad`) after a warning naming
-    it, or raises BadImageError when ``strict``.
+    A bad file gives ``{"bad_file": path}`` (collated away and reported by
+    :func:`collate_skip_bad`) after a warning naming it, or raises BadImageError when ``strict``.
+    A class folder without images is an error naming it (as torchvision's ImageFolder): it would
+    be a class the model can never learn.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Optional[Callable] = None,
                  strict: bool = False, seed: int = 0):
         self.root = Path(root)
         self.samples, self.classes = scan_split(self.root)
+        counts = np.bincount([t for _, t in self.samples], minlength=len(self.classes))
+        empty = [str(self.root / c) for c, n in zip(self.classes, counts) if n == 0]
+        if empty:
+            raise FileNotFoundError(f"class folder(s) {', '.join(empty[:5])} hold no images "
+                                    f"({'/'.join(IMG_EXTENSIONS)}): add images or remove the folder")
         self.transform = transform
         self.strict = strict
         self.seed = seed
@@ -262,9 +290,10 @@ class ClassificationDataModule(LightningDataModule):
             self.test_set = self._split(hp.test_split or hp.val_split, train=False)
         if self.train_set is not None and self.val_set is not None \
                 and self.train_set.classes != self.val_set.classes:
-            raise ValueError(f"class folders differ between {self.train_set.root} "
-                             f"({len(self.train_set.classes)}) and {self.val_set.root} "
-                             f"({len(self.val_set.classes)})")
+            train, val = set(self.train_set.classes), set(self.val_set.classes)
+            raise ValueError(f"class folders differ between {self.train_set.root} and "
+                             f"{self.val_set.root}: only in {hp.train_split}: {sorted(train - val)[:5]}, "
+                             f"only in {hp.val_split}: {sorted(val - train)[:5]}")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Images travel as uint8 and are normalised here, on the device (Lightning hook)."""

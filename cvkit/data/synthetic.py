@@ -48,6 +48,8 @@ class SyntheticSpec:
     jpeg_quality: int = 92
 
     def validate(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
         for name in ("cls_size", "det_size"):
             v = getattr(self, name)
             if not SIZE_RANGE[0] <= v <= SIZE_RANGE[1]:
@@ -116,7 +118,8 @@ def generate(out: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec(), forc
     spec.validate()
     out = Path(out)
     manifest = out / MANIFEST
-    if not force and manifest.is_file():
+    if not force and manifest.is_file() and all((out / n).is_dir()
+                                                 for n in ("classification", "detection")):
         try:
             if json.loads(manifest.read_text()) == asdict(spec):
                 return False
