@@ -18,6 +18,7 @@ data: $(DATA_STAMP)
 
 $(DATA_STAMP): $(SETUP_STAMP) cvkit/data/synthetic.py cvkit/data/shapes.py
 	$(PY) -m cvkit.data.synthetic --out data
+	touch $@
 
 test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)
