@@ -94,10 +94,11 @@ def test_classifier_only_options_are_refused_for_det(option, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_resume_compares_paths_resolved(tmp_path, monkeypatch):
-    """Relative and absolute spellings of the same config/checkpoint/data root are one run."""
+@pytest.fixture
+def coco_test_calls(tmp_path, monkeypatch) -> list:
+    """COCO-C with cvkit's detection test replaced by a recorder (AP 0.5), in ``tmp_path`` (the
+    working directory) holding a checkpoint ``det.pth`` and a data root ``data/``."""
     import cvkit.tasks.detection as det
-    from cvkit.robustness.detection import evaluate_detector
 
     calls = []
     monkeypatch.setattr(det, "evaluate_detector",
@@ -105,64 +106,56 @@ def test_resume_compares_paths_resolved(tmp_path, monkeypatch):
     (tmp_path / "det.pth").write_bytes(b"weights")
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
-    kwargs = dict(corruptions=["fog"], severities=[1], progress=False)
+    return calls
+
+
+ONE_SET = dict(corruptions=["fog"], severities=[1], progress=False)
+
+
+def test_resume_compares_paths_resolved(tmp_path, coco_test_calls):
+    """Relative and absolute spellings of the same config/checkpoint/data root are one run."""
+    from cvkit.robustness.detection import evaluate_detector
+
+    calls = coco_test_calls
     relative_config = os.path.relpath(FASTER, tmp_path)
-    evaluate_detector(relative_config, "det.pth", "out", data_root="data", **kwargs)
+    evaluate_detector(relative_config, "det.pth", "out", data_root="data", **ONE_SET)
     assert len(calls) == 2 and calls[0]["devices"] == 1  # clean + fog 1
     evaluate_detector(str(FASTER), str(tmp_path / "det.pth"), tmp_path / "out",
-                      data_root=str(tmp_path / "data/../data"), **kwargs)
+                      data_root=str(tmp_path / "data/../data"), **ONE_SET)
     assert len(calls) == 2  # resumed: nothing recomputed
     with pytest.raises(ValueError, match=r"different evaluation \(checkpoint: "):
         (tmp_path / "other.pth").write_bytes(b"weights")
-        evaluate_detector(str(FASTER), "other.pth", "out", data_root="data", **kwargs)
+        evaluate_detector(str(FASTER), "other.pth", "out", data_root="data", **ONE_SET)
 
 
-def test_resume_reads_relative_paths_of_older_results(tmp_path, monkeypatch):
+def test_resume_reads_relative_paths_of_older_results(tmp_path, coco_test_calls):
     """A results file that recorded config and data root relative (as written before they were
     recorded resolved) resumes from an absolute spelling of the same files."""
-    import cvkit.tasks.detection as det
     from cvkit.robustness.detection import evaluate_detector
 
-    calls = []
-    monkeypatch.setattr(det, "evaluate_detector",
-                        lambda cfg, ckpt, **kw: calls.append(kw) or {"bbox_mAP": 0.5})
-    (tmp_path / "det.pth").write_bytes(b"weights")
-    (tmp_path / "data").mkdir()
-    monkeypatch.chdir(tmp_path)
-    relative_config = os.path.relpath(FASTER, tmp_path)
-    meta = {"task": "detection", "config": relative_config, "checkpoint": "det.pth", "seed": 0,
-            "metric": "bbox_mAP", "data_root": "data"}
+    meta = {"task": "detection", "config": os.path.relpath(FASTER, tmp_path),
+            "checkpoint": "det.pth", "seed": 0, "metric": "bbox_mAP", "data_root": "data"}
     (tmp_path / "out").mkdir()
     (tmp_path / "out/results.json").write_text(json.dumps(
         {"meta": meta, "clean_AP": 0.5, "AP": {"fog": {"1": 0.4}}}))
     state = evaluate_detector(str(FASTER), str(tmp_path / "det.pth"), tmp_path / "out",
-                              data_root=str(tmp_path / "data"), corruptions=["fog"],
-                              severities=[1], progress=False)
-    assert calls == [] and state["AP"]["fog"]["1"] == 0.4
+                              data_root=str(tmp_path / "data"), **ONE_SET)
+    assert coco_test_calls == [] and state["AP"]["fog"]["1"] == 0.4
 
 
-def test_resume_of_an_in_memory_config_compares_its_contents(tmp_path, monkeypatch):
+def test_resume_of_an_in_memory_config_compares_its_contents(tmp_path, coco_test_calls):
     """A Config built in memory has no file: it is recorded by a digest of its contents; the same
     contents resume, other contents are another evaluation."""
-    import cvkit.tasks.detection as det
     from cvkit.robustness.detection import evaluate_detector
 
-    calls = []
-    monkeypatch.setattr(det, "evaluate_detector",
-                        lambda cfg, ckpt, **kw: calls.append(kw) or {"bbox_mAP": 0.5})
-    (tmp_path / "det.pth").write_bytes(b"weights")
-    kwargs = dict(corruptions=["fog"], severities=[1], progress=False)
-    evaluate_detector(_cfg(), tmp_path / "det.pth",
-                      tmp_path / "out", **kwargs)
-    assert len(calls) == 2
+    evaluate_detector(_cfg(), "det.pth", "out", **ONE_SET)
+    assert len(coco_test_calls) == 2
     state = json.loads((tmp_path / "out/results.json").read_text())
     assert state["meta"]["config"] is None and len(state["meta"]["config_sha256"]) == 64
-    evaluate_detector(_cfg(), tmp_path / "det.pth",
-                      tmp_path / "out", **kwargs)
-    assert len(calls) == 2  # same contents: resumed
+    evaluate_detector(_cfg(), "det.pth", "out", **ONE_SET)
+    assert len(coco_test_calls) == 2  # same contents: resumed
     with pytest.raises(ValueError, match=r"different evaluation \(config_sha256: "):
-        evaluate_detector(_cfg(wrapped=True),
-                          tmp_path / "det.pth", tmp_path / "out", **kwargs)
+        evaluate_detector(_cfg(wrapped=True), "det.pth", "out", **ONE_SET)
 
 
 # pretrained_backbone (tests/conftest.py): the detection tests' ECA-ResNet-18, trained once per
