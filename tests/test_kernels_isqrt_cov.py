@@ -204,9 +204,18 @@ def test_half_precision_input_runs_in_fp32(interpret):
     assert rel_err(out, reference(x.float(), 3)) < 1e-5
 
 
-def test_gcp_head_trains_one_step_like_torch_backend(interpret):
+def test_gcp_head_trains_one_step_like_torch_backend(interpret, monkeypatch):
     """A tiny CNN with a CovariancePooling head: one SGD step with backend="triton" gives the same
-    loss, gradients and updated weights as backend="torch", and lowers the loss."""
+    loss, gradients and updated weights as backend="torch", and lowers the loss; the Triton step
+    really ran the kernels' forward and backward (and the torch step none)."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    ran = []
+    for name in ("_run_forward", "_run_backward"):
+        real = getattr(impl, name)
+        monkeypatch.setattr(impl, name, lambda *a, _real=real, _name=name: ran.append(_name)
+                            or _real(*a))
+
     def make(backend):
         torch.manual_seed(0)
         return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
@@ -228,6 +237,9 @@ def test_gcp_head_trains_one_step_like_torch_backend(interpret):
             after = nn.functional.cross_entropy(model(images), labels)
         results[backend] = (loss.detach(), grads, [p.detach().clone() for p in model.parameters()],
                             after)
+        assert ran == (["_run_forward", "_run_backward", "_run_forward"] if backend == "triton"
+                       else [])
+        ran.clear()
     (l_tr, g_tr, p_tr, a_tr), (l_to, g_to, p_to, a_to) = results["triton"], results["torch"]
     assert abs(l_tr.item() - l_to.item()) < 1e-5
     for g1, g2 in zip(g_tr, g_to):
@@ -245,15 +257,73 @@ def test_cpu_tensor_without_interpreter_is_a_clear_error(monkeypatch):
 
 def test_empty_batch_gives_empty_result(interpret):
     x = torch.randn(0, 16, 3, 3, requires_grad=True)
-    assert isqrt_cov_triton(x, 3).shape == (0, 136)
+    out = isqrt_cov_triton(x, 3)
+    assert out.shape == (0, 136) and out.dtype == torch.float32
     assert isqrt_cov_triton(x, 3, vectorize=False).shape == (0, 16, 16)
+    out.sum().backward()  # an empty, but defined, gradient
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("layout", ["strided maps", "transposed tokens", "batch slice"])
+def test_non_contiguous_inputs_are_read_right(interpret, layout):
+    """Layouts the kernels do not read in place (a strided crop of a map, tokens transposed from
+    (B, C, N), every other sample of a batch) are copied first: forward and gradient equal
+    float64, the gradient has the input's shape, and inference without autograd works too."""
+    torch.manual_seed(2)
+    if layout == "strided maps":
+        x = torch.randn(2, 16, 6, 7)[:, :, ::2, 1::2]
+    elif layout == "transposed tokens":
+        x = torch.randn(2, 16, 9).transpose(1, 2)
+    else:
+        x = torch.randn(6, 16, 3, 3)[::2]
+    assert not x.is_contiguous()
+    check_against_reference(x, 3, True, tol=1e-5)
+    with torch.no_grad():
+        out = isqrt_cov_triton(x.requires_grad_(), 3)
+    assert not out.requires_grad and rel_err(out, reference(x.detach(), 3)) < 1e-5
+
+
+@pytest.fixture
+def matmul_precision_restored():
+    """PyTorch's fp32 matmul settings, legacy and per-backend, put back as they were."""
+    legacy = torch.get_float32_matmul_precision()
+    new = [(module, module.fp32_precision) for module in
+           (torch.backends, torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)]
+    yield
+    torch.set_float32_matmul_precision(legacy)
+    for module, value in new:
+        module.fp32_precision = value
+    assert torch.get_float32_matmul_precision() == legacy
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("torch.set_float32_matmul_precision('highest')", "tf32x3"),
+    ("torch.set_float32_matmul_precision('high')", "tf32"),
+    ("torch.set_float32_matmul_precision('medium')", "tf32"),
+    ("torch.backends.cuda.matmul.allow_tf32 = True", "tf32"),
+    # PyTorch's per-backend API (>= 2.9), after which get_float32_matmul_precision() raises
+    ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", "tf32"),
+    ("torch.backends.fp32_precision = 'tf32'", "tf32"),
+    ("torch.backends.cuda.matmul.fp32_precision = 'ieee'", "tf32x3"),
+    ("torch.backends.mkldnn.matmul.fp32_precision = 'bf16'", "tf32x3")])  # a CPU setting
+def test_precision_none_follows_the_cublas_setting(interpret, matmul_precision_restored, setting,
+                                                   expected):
+    """precision=None takes TF32 products exactly when PyTorch's CUDA matmuls (cuBLAS) do, set
+    through either API, and a call with it runs whichever API was used."""
+    import cvkit.kernels.isqrt_cov as impl
+
+    exec(setting)
+    assert impl._resolve_precision(impl._FOLLOW_TORCH) == expected
+    torch.manual_seed(0)
+    check_against_reference(torch.randn(2, 16, 3, 3), 2, True, tol=1e-5)  # fp32 in the interpreter
 
 
 def test_bad_arguments_are_clear_errors(interpret):
     with pytest.raises(ValueError, match=r"shape \(16, 4\)"):
         isqrt_cov_triton(torch.randn(16, 4))
-    with pytest.raises(ValueError, match="iters"):
-        isqrt_cov_triton(torch.randn(1, 16, 2, 2), iters=0)
+    for iters in (0, True, 2.0):  # True is an int to isinstance, not an iteration count
+        with pytest.raises(ValueError, match="iters must be a positive int"):
+            isqrt_cov_triton(torch.randn(1, 16, 2, 2), iters=iters)
     with pytest.raises(ValueError, match="precision"):
         isqrt_cov_triton(torch.randn(1, 16, 2, 2), precision="fp16")
 
@@ -347,6 +417,52 @@ def test_autotuned_launches_reuse_the_autotuners_choice(interpret, monkeypatch):
     assert torch.equal(again, out) and torch.equal(grad_again, grad)
     isqrt_cov_triton(torch.randn(2, 40, 4, 4), 3)
     assert len(tuned) == 15  # d is part of the key: the forward's 4 product keys + covariance
+
+
+def test_first_autotuned_launches_in_two_threads_keep_their_own_configs(monkeypatch):
+    """Triton's Autotuner keeps its latest run's config on itself (``best_config``), shared by
+    every thread. Two threads' first launches with different keys (nn.DataParallel replicas)
+    must each remember the config their own launch ran with, not the other's: with the other's,
+    a plan pairs the compiled kernel with a grid for another tile size (tiles left unwritten, or
+    programs past the batch). A stand-in autotuner makes the interleaving certain: the first
+    thread's run waits (up to 2 s) for the second thread's run to finish before returning."""
+    import threading
+
+    import cvkit.kernels.isqrt_cov as impl
+
+    monkeypatch.setattr(impl, "_CHOSEN", {})
+    first_running, second_done = threading.Event(), threading.Event()
+
+    class Config:
+        def __init__(self, block):
+            self.block = block
+
+        def all_kwargs(self):
+            return {"BLOCK": self.block}
+
+    class StandInAutotuner:  # the part of triton.runtime.autotuner.Autotuner cvkit relies on
+        keys, arg_names, fn = ["d"], ["X", "d"], None
+
+        def __getitem__(self, grid):
+            def run(x, d, **meta):
+                self.best_config = Config(16 * d)  # as Autotuner.run: the config this key ran
+                if d == 1:
+                    first_running.set()
+                    second_done.wait(timeout=2)
+                else:
+                    second_done.set()
+                return f"compiled with BLOCK={16 * d}"
+            return run
+
+    kernel = StandInAutotuner()
+    threads = [threading.Thread(target=impl._launch_autotuned, args=(kernel, (1,), (None, d), {}))
+               for d in (1, 2)]
+    threads[0].start()
+    assert first_running.wait(timeout=10)
+    threads[1].start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert impl._CHOSEN == {(kernel, 1): {"BLOCK": 16}, (kernel, 2): {"BLOCK": 32}}
 
 
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3"])

@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -66,10 +67,19 @@ def _resolve_precision(precision: str) -> str:
     "highest" (PyTorch's default) -> "tf32x3", whose error against float64 matched plain fp32 on
     an H100 (4.6e-7 vs 6.6e-7 relative, B=128, d=256) at 1.3x its speed; "high" or "medium" ->
     "tf32", as cuBLAS then uses TF32 in the PyTorch path. "ieee" (fp32 FMA products) is chosen
-    explicitly."""
-    if precision == _FOLLOW_TORCH:
-        return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-    return precision
+    explicitly.
+
+    Since PyTorch 2.9 ``torch.get_float32_matmul_precision()`` raises once the per-backend API
+    has been used (``torch.backends.fp32_precision``, ``torch.backends.cuda.matmul.fp32_precision``,
+    even ``torch.backends.mkldnn.matmul.fp32_precision``); the setting is then read as cuBLAS's,
+    ``torch.backends.cuda.matmul.fp32_precision`` ("tf32" or not)."""
+    if precision != _FOLLOW_TORCH:
+        return precision
+    try:
+        legacy = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the legacy and per-backend APIs mixed: PyTorch refuses the legacy read
+        return "tf32" if torch.backends.cuda.matmul.fp32_precision == "tf32" else "tf32x3"
+    return "tf32x3" if legacy == "highest" else "tf32"
 
 
 def _as_channel_matrix(x: torch.Tensor) -> tuple[torch.Tensor, int, int, tuple[int, int, int]]:
@@ -121,6 +131,11 @@ def _pair(buf: torch.Tensor) -> _Pair:
 # (0.98 vs 0.68 ms in `python tools/benchmark.py covpool-host`, BENCHMARKS.md). With direct
 # launches only a plan's recording call gets here.
 _CHOSEN: dict[tuple, dict] = {}
+# Held from an autotuned launch to reading its ``best_config``: Triton's Autotuner keeps the config
+# of its latest run on itself, so another thread's first launch in between (nn.DataParallel's
+# replicas) would hand this one its config: remembered under the wrong key, and, in a plan, a grid
+# computed for another config beside the compiled kernel this one launched.
+_AUTOTUNE_LOCK = threading.Lock()
 
 
 # Where each autotuned kernel's key arguments are: a position among the positional arguments of
@@ -145,8 +160,9 @@ def _launch_autotuned(kernel, grid, args, meta):
     key = _autotune_key(kernel, args, meta)
     chosen = _CHOSEN.get(key)
     if chosen is None:  # the autotuner times its configs, then launches the fastest
-        compiled = kernel[grid](*args, **meta)
-        chosen = _CHOSEN[key] = kernel.best_config.all_kwargs()
+        with _AUTOTUNE_LOCK:
+            compiled = kernel[grid](*args, **meta)
+            chosen = _CHOSEN[key] = kernel.best_config.all_kwargs()
         step = _STEP.get()
         if step is not None:
             step.record(kernel.fn, compiled, grid, args, {**meta, **chosen})
@@ -603,7 +619,7 @@ def isqrt_cov_triton(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     ``torch.get_float32_matmul_precision()`` ("highest" -> tf32x3, otherwise tf32). Needs a CUDA
     tensor, or TRITON_INTERPRET=1 for the Triton interpreter on the CPU (slow: meant for tests).
     """
-    if not isinstance(iters, int) or iters < 1:
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:  # as isqrt_cov
         raise ValueError(f"iters must be a positive int, got {iters!r}")
     if not x.is_cuda and not _interpreting():
         raise RuntimeError(
