@@ -340,7 +340,9 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
 
     backend: "torch" (the implementation here), "triton" (``cvkit.kernels.isqrt_cov_triton``), or
     "auto" (Triton for non-empty float32 CUDA inputs when the kernel is available, torch
-    otherwise: float64 keeps its precision on the torch path)."""
+    otherwise: float64 keeps its precision on the torch path). The Triton kernels compute in
+    float32 (TF32 products as :func:`cvkit.kernels.isqrt_cov_triton` says): ``backend="triton"``
+    gives a float32 result for a float64 input."""
     if backend not in _BACKENDS:
         raise ValueError(f"isqrt_cov: unknown backend {backend!r}; expected one of {_BACKENDS}")
     _check_input(x, iters)
