@@ -1,4 +1,5 @@
-"""ImageFolder classification data for Lightning: OpenCV decoding, albumentations transforms,
+"""ImageFolder classification data for Lightning: OpenCV decoding, albumentations training
+transforms (evaluation: torchvision's resize, as the papers),
 resumable distributed sampling, bad files skipped and counted.
 
 Layout (ImageNet's): ``root/train/<class>/<image>`` and ``root/val/<class>/<image>``.
