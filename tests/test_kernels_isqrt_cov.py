@@ -1075,6 +1075,8 @@ def test_tile_config_text_is_validated(text, message):
     assert message in str(info.value)
     configs = parse_tile_configs("64,32,4,3; 128,32,8,2  16,16,1,1")
     assert [format_tile_config(c) for c in configs] == ["64,32,4,3", "128,32,8,2", "16,16,1,1"]
+    configs = parse_tile_configs("64, 32, 4, 3; 128 ,32,8, 2")  # spaces after commas, as typed
+    assert [format_tile_config(c) for c in configs] == ["64,32,4,3", "128,32,8,2"]
     assert parse_tile_config("64,32,4,3") == {"BLOCK": 64, "BLOCK_K": 32, "num_warps": 4,
                                               "num_stages": 3}
 

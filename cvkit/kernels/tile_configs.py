@@ -11,6 +11,7 @@ it decorates it), under the interpreter too.
 from __future__ import annotations
 
 import os
+import re
 
 ENV_VAR = "CVKIT_ISQRT_COV_PRODUCT_CONFIGS"
 FIELDS = "BLOCK,BLOCK_K,WARPS,STAGES"
@@ -47,8 +48,9 @@ def format_tile_config(config: dict) -> str:
 
 
 def parse_tile_configs(text: str, source: str = ENV_VAR) -> list[dict]:
-    """Configs separated by ``;`` (or spaces); an empty list is an error (the kernels need one)."""
-    entries = [e for part in text.split(";") for e in part.split()]
+    """Configs separated by ``;`` (or spaces; spaces beside a comma belong to the config, as in
+    ``"64, 32, 4, 3"``); an empty list is an error (the kernels need one)."""
+    entries = [e for part in re.sub(r"\s*,\s*", ",", text).split(";") for e in part.split()]
     if not entries:
         raise ValueError(f"{source}: no tile config given (expected {FIELDS}[;...])")
     return [parse_tile_config(e, source) for e in entries]
