@@ -315,7 +315,10 @@ def test_precision_none_follows_the_cublas_setting(interpret, matmul_precision_r
     exec(setting)
     assert impl._resolve_precision(impl._FOLLOW_TORCH) == expected
     torch.manual_seed(0)
-    check_against_reference(torch.randn(2, 16, 3, 3), 2, True, tol=1e-5)  # fp32 in the interpreter
+    # TF32 products are ~3e-3 off (docs/kernels.md); an interpreter that computes tl.dot in
+    # fp32 whatever the precision is within 1e-5 either way
+    check_against_reference(torch.randn(2, 16, 3, 3), 2, True,
+                            tol=2e-2 if expected == "tf32" else 1e-5)
 
 
 def test_bad_arguments_are_clear_errors(interpret):
