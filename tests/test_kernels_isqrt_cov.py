@@ -288,7 +288,8 @@ def matmul_precision_restored():
     """PyTorch's fp32 matmul settings, legacy and per-backend, put back as they were."""
     legacy = torch.get_float32_matmul_precision()
     new = [(module, module.fp32_precision) for module in
-           (torch.backends, torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)]
+           (torch.backends, torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+           if hasattr(module, "fp32_precision")]  # PyTorch >= 2.9
     yield
     torch.set_float32_matmul_precision(legacy)
     for module, value in new:
@@ -312,6 +313,8 @@ def test_precision_none_follows_the_cublas_setting(interpret, matmul_precision_r
     through either API, and a call with it runs whichever API was used."""
     import cvkit.kernels.isqrt_cov as impl
 
+    if "fp32_precision" in setting and not hasattr(torch.backends, "fp32_precision"):
+        pytest.skip(f"PyTorch {torch.__version__} has no per-backend fp32_precision API (>= 2.9)")
     exec(setting)
     assert impl._resolve_precision(impl._FOLLOW_TORCH) == expected
     torch.manual_seed(0)
