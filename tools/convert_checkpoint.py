@@ -16,7 +16,6 @@ global_pool=gcp`` for the demo's checkpoint (values are Python literals, else st
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import sys
 
@@ -33,20 +32,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--unsafe", action="store_true",
                    help="load with weights_only=False (only for files you trust)")
     return p.parse_args(argv)
-
-
-def _model_args(pairs: list[str]) -> dict:
-    """``["global_pool=gcp", "gcp_dim=128"]`` -> ``{"global_pool": "gcp", "gcp_dim": 128}``."""
-    out = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ValueError(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. global_pool=gcp")
-        try:
-            out[key.strip()] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = text
-    return out
 
 
 def _mmdet_converter():
@@ -75,8 +60,9 @@ def main(argv=None) -> int:
             state_dict = to_cvkit(state_dict)
         if args.model:
             import cvkit
+            from cvkit.models.factory import parse_model_args
 
-            given = _model_args(args.model_arg)
+            given = parse_model_args(args.model_arg)
             model = cvkit.create_model(args.model, checkpoint_path=None,
                                        **{**_inferred(args.model, state_dict, given), **given})
             from cvkit.models.checkpoint import load_state_dict

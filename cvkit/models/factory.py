@@ -1,6 +1,7 @@
 """``create_model``: a preset name (+ overrides) -> a model, optionally loaded from a checkpoint."""
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 from torch import nn
@@ -8,6 +9,22 @@ from torch import nn
 from cvkit.models.checkpoint import load_state_dict, read_checkpoint
 from cvkit.models.convert import checkpoint_num_classes, infer_arch_overrides, to_cvkit
 from cvkit.models.registry import build, get_preset
+
+
+def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict[str, Any]:
+    """The tools' ``--model-arg KEY=VALUE`` options as model keywords: ``["global_pool=gcp",
+    "gcp_dim=128"]`` -> ``{"global_pool": "gcp", "gcp_dim": 128}`` (values are Python literals,
+    else strings)."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"{option} {pair!r}: expected KEY=VALUE, e.g. global_pool=gcp")
+        try:
+            out[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = text
+    return out
 
 
 def checkpoint_arguments(preset, state_dict: dict, overrides: dict) -> dict[str, Any]:

@@ -10,10 +10,11 @@ import torch
 
 
 def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
-              num_classes: Optional[int] = None):
+              num_classes: Optional[int] = None, model_kwargs: Optional[dict] = None):
     """A ClassificationTask from a cvkit/Lightning checkpoint (hyper-parameters inside), or from
-    plain model weights (any format ``cvkit.load_checkpoint`` reads) plus ``model_name``.
-    Loaded with ``weights_only=True``."""
+    plain model weights (any format ``cvkit.load_checkpoint`` reads) plus ``model_name`` and
+    ``model_kwargs`` (model keywords the weights need, e.g. ``{"global_pool": "gcp"}``; the tools'
+    ``--model-arg``). Loaded with ``weights_only=True``."""
     from cvkit.models.checkpoint import CheckpointError, load_failure
     from cvkit.tasks.classification import ClassificationTask
 
@@ -27,6 +28,9 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
                               f"{load_failure(e)}") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if hp is not None and "model_name" in hp:
+        if model_kwargs:
+            raise ValueError(f"{path} is a training checkpoint: it rebuilds its own model; "
+                             f"--model-arg ({', '.join(model_kwargs)}) is for plain weights")
         hp = {k: v for k, v in hp.items() if not k.startswith("_")}
         hp.pop("pretrained_path", None)
         task = ClassificationTask(**hp)
@@ -35,7 +39,7 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
     if model_name is None:
         raise ValueError(f"{path} holds plain model weights: pass --model <preset name>")
     task = ClassificationTask(model_name, num_classes=num_classes or 1000,
-                              model_kwargs={"checkpoint_path": str(path)})
+                              model_kwargs={**(model_kwargs or {}), "checkpoint_path": str(path)})
     return task, {}
 
 
