@@ -466,9 +466,21 @@ def test_convert_tool_model_args(tmp_path, capsys):
     tool = _convert_tool()
     out = tmp_path / "o.pth"
     assert tool.main([str(src), str(out), "--model", "resnet18"]) == 1
-    assert "global_pool='gcp'" in capsys.readouterr().err
+    assert "pass --model-arg global_pool=gcp" in capsys.readouterr().err  # the tool's option
     assert tool.main([str(src), str(out), "--model", "resnet18", "--model-arg",
                       "global_pool=gcp"]) == 0
     assert "gcp_dim=32, num_classes=10" in capsys.readouterr().out
     assert tool.main([str(src), str(out), "--model", "resnet18", "--model-arg", "gcp"]) == 1
     assert "--model-arg 'gcp': expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_convert_tool_misspelt_model_arg_is_one_line_naming_key_and_model(tmp_path, capsys):
+    src = tmp_path / "r18.pth"
+    torch.save(cvkit.create_model("resnet18", num_classes=10).state_dict(), src)
+    out = tmp_path / "o.pth"
+    assert _convert_tool().main([str(src), str(out), "--model", "resnet18",
+                                 "--model-arg", "globl_pool=gcp"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: --model-arg"), err
+    assert "'globl_pool'" in err[0] and "'resnet18'" in err[0], err
+    assert not out.exists()

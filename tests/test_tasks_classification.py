@@ -140,3 +140,17 @@ def test_compile_option_compiles_in_place_and_checkpoints_load_uncompiled(cls_ro
     with pytest.raises(ValueError, match="bad compile option .*'fast'"):
         ClassificationTask("vit_tiny_patch16_hc2", num_classes=4, model_kwargs=kwargs,
                            compile={"fast": True})
+
+
+def test_unknown_model_name_lists_the_closest_presets_and_timm_models():
+    from cvkit.tasks.classification import create_model
+
+    with pytest.raises(ValueError, match=r"unknown model 'eca_resnt18'.*closest cvkit presets: "
+                                         r"eca_resnet18") as e:
+        create_model("eca_resnt18", num_classes=2)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"closest timm models: convnext_tiny\b") as e:
+        create_model("convnext_tinny", num_classes=2)
+    assert "cvkit presets" not in str(e.value)  # none close
+    with pytest.raises(ValueError, match=r"nor a timm model$"):
+        create_model("zzzz", num_classes=2)

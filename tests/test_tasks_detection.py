@@ -384,3 +384,25 @@ def test_train_tool_checkpoints_every_epoch_and_validates_the_last_one(
     stem = [k for k in det_state if k.startswith("backbone.") and k.endswith("conv1.weight")]
     name = min(stem, key=len)
     assert torch.equal(det_state[name], cls_state["model.conv1.weight"]), name
+
+
+def test_checkpoint_of_another_detector_is_one_error_naming_checkpoint_config_and_shapes(
+        tmp_path, capsys):
+    """A Faster R-CNN's detector.pth given with the RetinaNet config: one line naming the
+    checkpoint, the config and the first shape mismatches (not load_state_dict's traceback)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import test_det
+
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    faster = build_detector(load_det_config(FASTER))  # random weights: nothing to train for this
+    ckpt = tmp_path / "detector.pth"
+    torch.save({"state_dict": faster.state_dict(), "meta": {}}, ckpt)
+    retina = CONFIGS / "retinanet_eca-r18_fpn_shapes.py"
+    assert test_det.main([str(retina), str(ckpt), "--accelerator", "cpu"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1, err
+    assert f"{ckpt} does not fit the detector of {retina}" in err[0], err
+    assert ("shape mismatches ['neck.lateral_convs.0.conv.weight: checkpoint [64, 64, 1, 1] vs "
+            "model [64, 128, 1, 1]'") in err[0], err
+    assert "missing ['" in err[0] and "'rpn_head.rpn_conv.weight'" in err[0], err  # unexpected

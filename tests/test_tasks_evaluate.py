@@ -1,10 +1,16 @@
 """cvkit.tasks.evaluate.load_task (tools/test.py, tools/eval_corruption.py): a file that is not a
-checkpoint is one error naming it and saying why."""
+checkpoint is one error naming it and saying why; tools/test.py's --model-arg and one-line
+errors."""
 from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from cls_helpers import tiny_imagefolder
 from cvkit.models.checkpoint import CheckpointError
 from cvkit.tasks.evaluate import load_task
 
@@ -21,3 +27,81 @@ def test_unreadable_checkpoint_is_one_error_naming_it(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, weights)
     with pytest.raises(ValueError, match=r"weights\.pth holds plain model weights: pass --model"):
         load_task(weights)
+
+
+# -- tools/test.py: plain weights with --model-arg, one-line errors -------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _test_tool():
+    spec = importlib.util.spec_from_file_location("cvkit_test_tool", REPO / "tools" / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _error_line(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.fixture
+def gcp_weights(cls_root, tmp_path):
+    """Plain weights of a 2-class ResNet-18 with a 32-d GCP head (as convert_checkpoint writes the
+    demo's) and a 2-class validation folder."""
+    import cvkit
+
+    model = cvkit.create_model("resnet18", num_classes=2, global_pool="gcp", gcp_dim=32)
+    weights = tmp_path / "demo.pth"
+    torch.save(model.state_dict(), weights)
+    data = tiny_imagefolder(cls_root, tmp_path / "data", classes=2, train=1, val=2)
+    return weights, data / "val", model
+
+
+def test_test_tool_evaluates_plain_weights_with_model_args(gcp_weights, tmp_path, capsys):
+    """--model-arg reaches load_task (the weights need global_pool=gcp); without it the error says
+    which --model-arg to pass."""
+    weights, val, model = gcp_weights
+    task, _ = load_task(weights, "resnet18", num_classes=2, model_kwargs={"global_pool": "gcp"})
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in task.model.state_dict().items())
+    tool = _test_tool()
+    common = ["--checkpoint", str(weights), "--model", "resnet18", "--data", str(val),
+              "--image-size", "32", "--workers", "0", "--accelerator", "cpu", "--batch-size", "4"]
+    assert tool.main(common) == 1
+    line = _error_line(capsys)
+    assert "demo.pth" in line and "pass --model-arg global_pool=gcp" in line, line
+    out = tmp_path / "eval.json"
+    assert tool.main([*common, "--model-arg", "global_pool=gcp", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 4 and 0 <= result["top1"] <= 100
+
+
+def test_test_tool_misspelt_model_arg_or_model_is_one_line(gcp_weights, capsys):
+    weights, val, _ = gcp_weights
+    tool = _test_tool()
+    common = ["--checkpoint", str(weights), "--data", str(val), "--workers", "0",
+              "--accelerator", "cpu"]
+    assert tool.main([*common, "--model", "resnet18", "--model-arg", "globl_pool=gcp"]) == 1
+    line = _error_line(capsys)
+    assert "'globl_pool'" in line and "'resnet18'" in line, line
+    assert tool.main([*common, "--model", "resnet1B"]) == 1
+    line = _error_line(capsys)
+    assert "unknown model 'resnet1B'" in line and "closest cvkit presets: resnet18" in line, line
+
+
+def test_detector_lightning_checkpoint_points_to_test_det(tmp_path, capsys):
+    """A DetectionTask's last.ckpt (mmdet config in the hyper-parameters, ``detector.`` weights) is
+    named as a detector checkpoint, not as plain weights that need --model."""
+    from cvkit.tasks.detection import DetectionTask
+
+    task = DetectionTask(REPO / "configs/detection/retinanet_eca-r18_fpn_shapes.py")
+    ckpt = tmp_path / "last.ckpt"  # what Lightning's checkpoint connector writes for the task
+    torch.save({"epoch": 0, "global_step": 0, "state_dict": task.state_dict(),
+                "hyper_parameters": dict(task.hparams)}, ckpt)
+    with pytest.raises(ValueError,
+                       match=r"last\.ckpt is a detector checkpoint .*tools/test_det\.py"):
+        load_task(ckpt)
+    assert _test_tool().main(["--checkpoint", str(ckpt), "--data", str(tmp_path)]) == 1
+    line = _error_line(capsys)
+    assert "tools/test_det.py" in line and "--model" not in line, line

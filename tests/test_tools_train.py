@@ -446,6 +446,14 @@ def test_misspelt_model_kwargs_key_is_one_line_exit_2(tiny, tmp_path, capsys):
     assert "gcp_dimm" in line and "eca_resnet18" in line, line
 
 
+def test_misspelt_model_name_is_one_line_listing_the_closest(tiny, tmp_path, capsys):
+    rc = main(["fit", "--data.root", str(tiny), "--trainer.default_root_dir", str(tmp_path),
+               "--model.model_name", "eca_resnet81"])
+    assert rc == 1
+    line = _one_error_line(capsys)
+    assert "unknown model 'eca_resnet81'" in line and "closest cvkit presets: eca_resnet18" in line
+
+
 def test_hc_nan_guard_is_a_one_line_error_naming_the_layer(tiny, tmp_path, capsys):
     """A learning rate of 1e30 blows the weights up in the first step; with ``hc_nan_guard`` the
     second forward stops at the first connection that sees a non-finite value, in one line."""

@@ -63,13 +63,22 @@ def main(argv=None) -> int:
             from cvkit.models.factory import parse_model_args
 
             given = parse_model_args(args.model_arg)
-            model = cvkit.create_model(args.model, checkpoint_path=None,
-                                       **{**_inferred(args.model, state_dict, given), **given})
+            try:
+                model = cvkit.create_model(args.model, checkpoint_path=None,
+                                           **{**_inferred(args.model, state_dict, given), **given})
+            except TypeError as e:  # e.g. a misspelt --model-arg key
+                if not given:
+                    raise
+                from cvkit.tasks.classification import model_kwargs_error
+
+                raise model_kwargs_error(args.model, given, e, "--model-arg") from None
             from cvkit.models.checkpoint import load_state_dict
 
             load_state_dict(model, state_dict, strict=True, source=args.input)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        from cvkit.tasks.evaluate import tool_hint
+
+        print(f"error: {tool_hint(str(e))}", file=sys.stderr)
         return 1
     save_state_dict(state_dict, args.output)
     print(f"wrote {len(state_dict)} tensors to {args.output}")

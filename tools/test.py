@@ -3,6 +3,11 @@
 
     python tools/test.py --checkpoint runs/demo/checkpoints/last.ckpt --data data/classification/val
     python tools/test.py --checkpoint eca_resnet50.pth --model eca_resnet50 --data /data/imagenet/val
+    python tools/test.py --checkpoint demo.pth --model eca_resnet18 --model-arg global_pool=gcp \
+        --data data/classification/val
+
+--model-arg KEY=VALUE (repeatable) passes a model argument plain weights need (values are Python
+literals, else strings), as in tools/convert_checkpoint.py.
 """
 import argparse
 import json
@@ -17,6 +22,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="cvkit/Lightning .ckpt, or plain weights with --model")
     p.add_argument("--data", required=True, help="ImageFolder split (<class>/<image>) or a root holding val/")
     p.add_argument("--model", default=None, help="preset name, for plain weight files")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model argument for --model (repeatable), e.g. global_pool=gcp")
     p.add_argument("--output", default=None, help="JSON file (default: <checkpoint>.eval.json)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=None, help="default: as trained")
@@ -27,16 +34,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from cvkit.data.datamodule import BadImageError
-    from cvkit.tasks.evaluate import evaluate
+    from cvkit.models.factory import parse_model_args
+    from cvkit.tasks.evaluate import evaluate, tool_hint
 
     output = args.output or str(Path(args.checkpoint).with_suffix(".eval.json"))
     try:
         result = evaluate(args.checkpoint, args.data, output, model_name=args.model,
                           batch_size=args.batch_size, image_size=args.image_size,
                           crop_pct=args.crop_pct, num_workers=args.workers,
-                          accelerator=args.accelerator, precision=args.precision)
+                          accelerator=args.accelerator, precision=args.precision,
+                          model_kwargs=parse_model_args(args.model_arg))
     except (FileNotFoundError, ValueError, BadImageError) as e:
-        print(f"error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+        print(f"error: {tool_hint(str(e).strip().splitlines()[-1])}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
     print(f"written to {output}")

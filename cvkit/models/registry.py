@@ -102,11 +102,17 @@ def get_preset(name: str) -> Preset:
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
     key = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
     if key not in PRESETS:
-        close = difflib.get_close_matches(key, list(PRESETS), n=5, cutoff=0.5)
+        close = closest_names(key)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown model {name!r}{hint} (cvkit.list_models() lists all "
                          f"{len(PRESETS)})")
     return PRESETS[key]
+
+
+def closest_names(name: str, names=None, n: int = 5, cutoff: float = 0.5) -> list[str]:
+    """The names of ``names`` (default: the presets) closest to a misspelt ``name``, best first."""
+    return difflib.get_close_matches(name, list(PRESETS if names is None else names), n=n,
+                                     cutoff=cutoff)
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -34,6 +34,7 @@ class ConfigError(ValueError):
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """A registered cvkit preset (``cvkit.create_model``), or a timm model by its timm name."""
     from cvkit.models import create_model as cvkit_create_model, list_models
+    from cvkit.models.registry import TIMM_PREFIX, closest_names
 
     if list_models(name):
         return cvkit_create_model(name, num_classes=num_classes, **kwargs)
@@ -41,8 +42,21 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
     if timm.is_model(name):
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    close = closest_names(name)
+    close_timm = closest_names(name, (n for n in timm.list_models()
+                                      if not n.startswith(TIMM_PREFIX)), n=3, cutoff=0.8)
+    hint = "".join(f"; closest {what}: {', '.join(names)}" for what, names in
+                   (("cvkit presets", close), ("timm models", close_timm)) if names)
     raise ValueError(f"unknown model {name!r}: not a cvkit preset (cvkit.list_models()) "
-                     f"nor a timm model")
+                     f"nor a timm model{hint}")
+
+
+def model_kwargs_error(model_name: str, model_kwargs: dict, error: TypeError,
+                       option: str = "model_kwargs") -> ConfigError:
+    """A one-line ConfigError for a model keyword the model does not take (``error``: what
+    building it raised), naming ``option``, the keywords and the model."""
+    reason = str(error).strip().splitlines()[-1].removeprefix(f"{model_name}: ")
+    return ConfigError(f"{option} {dict(model_kwargs)} of model {model_name!r}: {reason}")
 
 
 def _as(cls, value, what: str):
@@ -132,9 +146,7 @@ class ClassificationTask(LightningModule):
         except TypeError as e:  # e.g. a misspelt model_kwargs key
             if not model_kwargs:
                 raise
-            reason = str(e).strip().splitlines()[-1].removeprefix(f"{model_name}: ")
-            raise ConfigError(f"model_kwargs {dict(model_kwargs)} of model {model_name!r}: "
-                              f"{reason}") from None
+            raise model_kwargs_error(model_name, model_kwargs, e) from None
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_loss_fn = nn.CrossEntropyLoss()
         self.mixup_fn = None

@@ -94,10 +94,13 @@ def build_detector(cfg) -> nn.Module:
         raise ValueError(f"cannot build the detector of {cfg.filename or 'the config'}: {e}") from e
 
 
-def load_detector_weights(detector: nn.Module, path: str, trust: bool = False) -> None:
+def load_detector_weights(detector: nn.Module, path: str, trust: bool = False,
+                          config: str | None = None) -> None:
     """Load a detector checkpoint: a cvkit Lightning ``.ckpt`` (``detector.`` keys), an mmdet/mmengine
     checkpoint or a bare state dict. ``weights_only=True`` unless ``trust`` (mmengine Runner
-    checkpoints hold logger objects that only an unrestricted, trusted load can read)."""
+    checkpoints hold logger objects that only an unrestricted, trusted load can read). Keys or
+    shapes that do not fit are one error naming ``path``, ``config`` (the detector's config file)
+    and the first keys."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"detector checkpoint not found: {path!r}")
     try:
@@ -111,11 +114,21 @@ def load_detector_weights(detector: nn.Module, path: str, trust: bool = False) -
         raise ValueError(f"{path}: no state dict inside")
     if any(k.startswith("detector.") for k in state):
         state = {k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")}
-    result = detector.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path} does not fit the detector: missing {result.missing_keys[:5]} "
-                         f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} "
-                         f"({len(result.unexpected_keys)})")
+    own = detector.state_dict()
+    # shapes first: load_state_dict raises a multi-line RuntimeError on them even when not strict
+    mismatched = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
+                  for k, v in state.items()
+                  if k in own and getattr(v, "shape", None) not in (None, own[k].shape)]
+    if mismatched:
+        missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    else:
+        result = detector.load_state_dict(state, strict=False)
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+    if mismatched or missing or unexpected:
+        what = f"the detector of {config}" if config else "the detector"
+        shapes = f"shape mismatches {mismatched[:5]} ({len(mismatched)}), " if mismatched else ""
+        raise ValueError(f"{path} does not fit {what}: {shapes}missing {missing[:5]} "
+                         f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
 
 
 def build_dataloader(loader_cfg, shuffle: bool | None = None) -> torch.utils.data.DataLoader:
@@ -163,7 +176,8 @@ class DetectionTask(L.LightningModule):
         self.save_hyperparameters({"config": self.cfg.pretty_text, "auto_scale_lr": auto_scale_lr})
         self.detector = build_detector(self.cfg)
         if load_from:
-            load_detector_weights(self.detector, load_from, trust=trust_checkpoint)
+            load_detector_weights(self.detector, load_from, trust=trust_checkpoint,
+                                  config=self.cfg.filename)
         else:
             self.detector.init_weights()
         self.auto_scale_lr = auto_scale_lr

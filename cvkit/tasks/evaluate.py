@@ -27,6 +27,9 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
                               f"{load_failure(e)}") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if _is_detection_checkpoint(ckpt):
+        raise ValueError(f"{path} is a detector checkpoint (tools/train_det.py), not a classifier: "
+                         f"evaluate it with tools/test_det.py CONFIG {path}")
     if hp is not None and "model_name" in hp:
         if model_kwargs:
             raise ValueError(f"{path} is a training checkpoint: it rebuilds its own model; "
@@ -43,14 +46,32 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
     return task, {}
 
 
+def _is_detection_checkpoint(ckpt) -> bool:
+    """A Lightning checkpoint of :class:`cvkit.tasks.detection.DetectionTask`: its mmdet config
+    in the hyper-parameters and the detector's weights under ``detector.``."""
+    if not isinstance(ckpt, dict):
+        return False
+    hp, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
+    return (isinstance(hp, dict) and "config" in hp and "model_name" not in hp
+            and isinstance(state, dict) and any(str(k).startswith("detector.") for k in state))
+
+
+def tool_hint(message: str) -> str:
+    """``message`` (a model-loading error) with its advice in the tools' terms (``--model-arg``)."""
+    return message.replace("build the model with global_pool='gcp'",
+                           "pass --model-arg global_pool=gcp")
+
+
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
              output: Optional[str | os.PathLike] = None, model_name: Optional[str] = None,
              batch_size: int = 64, image_size: Optional[int] = None,
              crop_pct: Optional[float] = None, num_workers: Optional[int] = None,
-             accelerator: str = "auto", precision: Optional[str] = None) -> dict[str, Any]:
+             accelerator: str = "auto", precision: Optional[str] = None,
+             model_kwargs: Optional[dict] = None) -> dict[str, Any]:
     """Top-1 / top-5 (percent) of ``checkpoint`` on the ImageFolder split ``data``
     (``data/<class>/<image>``; a folder holding ``val/`` is accepted too). Writes JSON to ``output``
-    when given. Image size and crop default to the ones the checkpoint was trained with."""
+    when given. Image size and crop default to the ones the checkpoint was trained with.
+    ``model_name`` / ``model_kwargs``: for plain weights (see :func:`load_task`)."""
     from lightning.pytorch import Trainer
 
     from cvkit.data.datamodule import ClassificationDataModule
@@ -59,7 +80,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
     if (data / "val").is_dir() and not any(p.suffix for p in data.iterdir() if p.is_file()):
         data = data / "val"
     split_classes = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
-    task, dm_hp = load_task(checkpoint, model_name, num_classes=len(split_classes) or None)
+    task, dm_hp = load_task(checkpoint, model_name, num_classes=len(split_classes) or None,
+                            model_kwargs=model_kwargs)
     dm = ClassificationDataModule(
         root=str(data.parent), val_split=data.name, test_split=data.name, batch_size=batch_size,
         image_size=image_size or dm_hp.get("image_size", 224),
