@@ -82,7 +82,8 @@ def test_device_maps_to_lightning_with_the_gpu_index():
 
 
 @pytest.mark.parametrize("option", [["--baseline", "b.json"], ["--batch-size", "4"],
-                                    ["--workers", "0"], ["--val", "v"], ["--resize", "96"]])
+                                    ["--workers", "0"], ["--val", "v"], ["--resize", "96"],
+                                    ["--model-arg", "global_pool=gcp"]])
 def test_classifier_only_options_are_refused_for_det(option, tmp_path, capsys):
     args = ["--task", "det", "--config", str(FASTER), "--checkpoint", "x.pth",
             "--out", str(tmp_path / "o"), *option]
@@ -92,6 +93,20 @@ def test_classifier_only_options_are_refused_for_det(option, tmp_path, capsys):
                    + (" (the config's test_dataloader sets it)"
                       if option[0] in ("--batch-size", "--workers") else "")]
     assert not (tmp_path / "o").exists()
+
+
+def test_report_names_the_missing_severities(tmp_path):
+    """A corruption evaluated at some severities is reported with those it lacks."""
+    from cvkit.robustness.metrics import coco_c_summary
+    from cvkit.robustness.report import write_detection_reports
+
+    ap = {"fog": {"1": 0.3, "3": 0.2}, "snow": {str(s): 0.25 for s in range(1, 6)}}
+    state = {"clean_AP": 0.4, "AP": ap,
+             "summary": coco_c_summary({c: [v.get(str(s)) for s in range(1, 6)] for c, v in ap.items()}, 0.4)}
+    md = (write_detection_reports(state, tmp_path)["markdown"]).read_text()
+    assert "**Incomplete**: not evaluated: gaussian_noise, shot_noise," in md
+    assert "jpeg_compression (all severities); fog (severities 2, 4, 5) — mPC" in md
+    assert state["summary"]["missing_severities"]["fog"] == [2, 4, 5] and "fog" in state["summary"]["missing"]
 
 
 @pytest.fixture

@@ -360,6 +360,8 @@ def test_small_image_with_workers_and_negative_seed_are_one_line_errors(tmp_path
     file; --seed -1 names --seed before any work."""
     root = tmp_path / "c"
     _write_c_folder(root, {("fog", 1): ["a", "b"]})
+    # the first image fits the crop (the check before evaluating passes); a later one does not
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "fog" / "1" / "b" / "x.png")
     ckpt = tmp_path / "m.ckpt"
     model = cvkit.create_model("resnet18", num_classes=2)
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
@@ -367,9 +369,146 @@ def test_small_image_with_workers_and_negative_seed_are_one_line_errors(tmp_path
     ev = _tool("eval_corruption")
     base = ["--checkpoint", str(ckpt), "--imagenet-c", str(root), "--corruptions", "fog", "--severities", "1",
             "--no-progress", "--device", "cpu"]
-    assert ev([*base, "--crop", "64", "--workers", "2", "--out", str(tmp_path / "o")]) == 2
+    assert ev([*base, "--crop", "40", "--workers", "2", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "x.png is 40x40, smaller than the centre crop 64" in err
+    assert err.count("\n") == 1 and "b/x.png is 20x20, smaller than the centre crop 40" in err
     assert ev([*base, "--seed", "-1", "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--seed" in err and not (tmp_path / "o2").exists()
+
+
+# ------------------------------------------------------------------- walkthrough fixes (issue 9)
+def _with_datamodule_hp(ckpt, dst, **dm_hp):
+    """A copy of ``ckpt`` (Lightning layout) trained, as recorded, at ``dm_hp`` (image_size, ...)."""
+    c = torch.load(ckpt, weights_only=True)
+    c["datamodule_hyper_parameters"] = dm_hp
+    torch.save(c, dst)
+    return dst
+
+
+def test_sizes_default_to_the_checkpoints_as_tools_test_py(setup, tmp_path, capsys):
+    """Defect 1: without --resize/--crop the checkpoint's training size is used (crop =
+    image_size, resize = round(image_size / crop_pct)), so the clean error equals tools/test.py's
+    (cvkit.tasks.evaluate.evaluate); a size given wins."""
+    from cvkit.tasks.evaluate import evaluate
+    _, val, ckpt = setup
+    ckpt = _with_datamodule_hp(ckpt, tmp_path / "m.ckpt", image_size=32, crop_pct=0.8)
+    args = ["--checkpoint", str(ckpt), "--val", str(val), "--corruptions", "fog", "--severities", "1",
+            "--workers", "0", "--no-progress", "--device", "cpu"]
+    ev = _tool("eval_corruption")
+    assert ev([*args, "--out", str(tmp_path / "o")]) == 0
+    state = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert (state["meta"]["resize"], state["meta"]["crop"]) == (40, 32)
+    out = capsys.readouterr().out
+    assert "image size: resize 40, centre crop 32 (as trained: image_size 32, crop_pct 0.8)" in out
+    top1 = evaluate(ckpt, val, num_workers=0, accelerator="cpu")["top1"]
+    assert state["clean_error"] == pytest.approx(1 - top1 / 100, abs=1e-6)
+    assert ev([*args, "--crop", "24", "--out", str(tmp_path / "o2")]) == 0  # resize follows crop_pct
+    meta = json.loads((tmp_path / "o2" / "results.json").read_text())["meta"]
+    assert (meta["resize"], meta["crop"]) == (30, 24)
+
+
+def test_eval_sizes():
+    from cvkit.robustness.evaluate import eval_sizes
+    assert eval_sizes(None, None, {}) == (256, 224)  # plain weights
+    assert eval_sizes(None, None, {"image_size": 48, "crop_pct": 1.0}) == (48, 48)  # make demo
+    assert eval_sizes(64, None, {"image_size": 48, "crop_pct": 1.0}) == (64, 48)
+    with pytest.raises(ValueError, match="--resize 40 is smaller than the crop 48"):
+        eval_sizes(40, None, {"image_size": 48})
+
+
+def test_folder_images_of_another_size_than_the_models_crop(setup, tmp_path, capsys):
+    """Defect 1, pre-rendered folder: images larger than the checkpoint's crop are a warning (only
+    their centre is evaluated), smaller ones a one-line error before any evaluation; both point to
+    tools/make_imagenet_c.py at the model's size."""
+    _, _, ckpt = setup
+    root = tmp_path / "c"
+    _write_c_folder(root, {("fog", 1): [f"c{i}" for i in range(10)]})  # 40x40 images
+    ev = _tool("eval_corruption")
+    args = ["--imagenet-c", str(root), "--corruptions", "fog", "--severities", "1", "--workers", "0",
+            "--no-progress", "--device", "cpu"]
+    small = _with_datamodule_hp(ckpt, tmp_path / "s.ckpt", image_size=32, crop_pct=1.0)
+    assert ev(["--checkpoint", str(small), *args, "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: the images of {root} are 40x40, the crop is 32: only their centre 32x32 is "
+            f"evaluated" in err)
+    assert "tools/make_imagenet_c.py --val VAL --out DIR --resize 32 --crop 32" in err
+    big = _with_datamodule_hp(ckpt, tmp_path / "b.ckpt", image_size=48, crop_pct=0.75)
+    assert ev(["--checkpoint", str(big), *args, "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "x.png is 40x40, smaller than the centre crop 48" in err
+    assert "make_imagenet_c.py --val VAL --out DIR --resize 64 --crop 48" in err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_model_arg_for_plain_weights(setup, tmp_path, capsys):
+    """Defect 2: --model-arg KEY=VALUE (repeatable) builds plain weights that need model keywords
+    (a GCP head); refused for a training checkpoint, a malformed pair is a one-line error."""
+    from cvkit.robustness.evaluate import load_classifier
+    _, val, ckpt = setup
+    torch.manual_seed(0)
+    gcp = cvkit.create_model("resnet18", num_classes=10, global_pool="gcp", gcp_dim=16)
+    plain = tmp_path / "gcp.pt"
+    torch.save(gcp.state_dict(), plain)
+    ev = _tool("eval_corruption")
+    args = ["--val", str(val), *SIZE, "--corruptions", "fog", "--severities", "1", "--workers", "0",
+            "--no-progress", "--device", "cpu"]
+    assert ev(["--checkpoint", str(plain), "--model", "resnet18", "--model-arg", "global_pool=gcp",
+               "--model-arg", "gcp_iters=3", *args, "--out", str(tmp_path / "o")]) == 0
+    state = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert state["meta"]["model_kwargs"] == {"global_pool": "gcp", "gcp_iters": 3}
+    assert state["clean_error"] is not None and set(state["errors"]["fog"]) == {"1"}
+    model = load_classifier(plain, "resnet18", classes=[str(i) for i in range(10)],
+                            model_kwargs={"global_pool": "gcp"})[0]
+    ref = gcp.state_dict()
+    got = model.state_dict()
+    assert got.keys() == ref.keys() and all(torch.equal(v, ref[k]) for k, v in got.items())
+    capsys.readouterr()
+    assert ev(["--checkpoint", str(ckpt), "--model-arg", "global_pool=gcp", *args,
+               "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a training checkpoint" in err and "--model-arg (global_pool)" in err
+    assert ev(["--checkpoint", str(plain), "--model", "resnet18", "--model-arg", "gcp", *args,
+               "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model-arg 'gcp': expected KEY=VALUE" in err
+
+
+def test_report_names_the_missing_severities(tmp_path):
+    """Defect 3: a corruption evaluated at some severities is reported with the severities it
+    lacks, not as missing; summary.json keeps ``missing`` (names) and adds ``missing_severities``."""
+    from cvkit.robustness import CORRUPTIONS
+    from cvkit.robustness.report import write_reports
+    errors = {c: {str(s): 0.5 for s in range(1, 6)} for c in CORRUPTIONS if c not in ("fog", "snow")}
+    errors["fog"] = {"1": 0.3, "3": 0.4}
+    errors["spatter"] = {"2": 0.5}
+    state = {"meta": {}, "clean_error": 0.1, "errors": errors, "missing": {}}
+    write_reports(state, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert ("**Incomplete**: mCE needs all 5 severities of the 15 benchmark corruptions; not evaluated: "
+            "snow (all severities); fog (severities 2, 4, 5) — ") in md
+    assert ("Held-out corruption(s) not evaluated (not part of mCE): speckle_noise, gaussian_blur, "
+            "saturate (all severities); spatter (severities 1, 3, 4, 5).") in md
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["complete"] is False and summary["missing"] == ["snow", "fog"]  # canonical order
+    assert summary["missing_severities"] == {"snow": [1, 2, 3, 4, 5], "fog": [2, 4, 5]}
+    assert summary["held_out"]["missing_severities"]["spatter"] == [1, 3, 4, 5]
+    assert summary["benchmark"]["mCE"] is not None  # over the 13 complete ones
+
+
+def test_make_imagenet_c_refuses_the_other_format_in_the_same_folder(setup, tmp_path, capsys):
+    """Defect 4: rendering PNG where JPEGs of the same set are (or the reverse) is a one-line
+    error naming the folder, before anything is written; evaluation would count both."""
+    _, val, _ = setup
+    mk = _tool("make_imagenet_c")
+    out = tmp_path / "c"
+    args = ["--val", str(val), "--out", str(out), *SIZE, "--corruptions", "fog", "--severities", "1",
+            "--workers", "1"]
+    assert mk(args) == 0 and len(list(out.rglob("*.jpg"))) == 30
+    capsys.readouterr()
+    assert mk([*args, "--format", "png"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out / 'fog' / '1'} already holds .jpg images" in err
+    assert not list(out.rglob("*.png"))
+    assert mk(args) == 0 and len(list(out.rglob("*.jpg"))) == 30  # the same format: rewritten
+    assert mk([*args, "--corruptions", "snow", "--format", "png"]) == 0  # another set: no clash

@@ -5,17 +5,19 @@ Released ImageNet-C folder (<root>/<corruption>/<severity>/<class>/<img>; centre
     python tools/eval_corruption.py --checkpoint ckpt.pt --imagenet-c data/imagenet-c \
         --clean-val data/imagenet/val --out runs/c
 On the fly from any ImageFolder val set (resize + centre crop, then corrupt, seeded):
-    python tools/eval_corruption.py --checkpoint ckpt.pt --val data/classification/val \
-        --resize 96 --crop 80 --out runs/c
+    python tools/eval_corruption.py --checkpoint runs/demo/checkpoints/last.ckpt \
+        --val data/classification/val --out runs/c
+Resize and crop default to the checkpoint's training size, as tools/test.py (crop = image_size,
+resize = round(image_size / crop_pct); 256 / 224 for plain weights).
 Detector on COCO-style data (COCO-C: AP per corruption/severity, mPC, rPC):
     python tools/eval_corruption.py --task det --config cfg.py --checkpoint det.pth --out runs/coco-c
 
 Results are saved after every corruption/severity; rerunning the same command resumes.
 Classifier: writes results.json, summary.json, errors.csv, report.md, heatmap.png, bars.png.
 Detector (--task det): writes results.json, summary.json, ap.csv, report.md, heatmap.png; the
-options that only concern classifiers (--model, --imagenet-c, --val, --clean-val, --resize, --crop,
---jpeg-quality, --batch-size, --workers, --baseline) are refused there: the config's test_dataloader
-sets batch size and workers.
+options that only concern classifiers (--model, --model-arg, --imagenet-c, --val, --clean-val,
+--resize, --crop, --jpeg-quality, --batch-size, --workers, --baseline) are refused there: the
+config's test_dataloader sets batch size and workers.
 """
 import argparse
 import sys
@@ -26,12 +28,12 @@ from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_seed
 
 #: Options of one task only (dest -> flag): given with the other task, they are an error rather
 #: than silently ignored.
-CLS_ONLY = {"model": "--model", "imagenet_c": "--imagenet-c", "val": "--val",
-            "clean_val": "--clean-val", "resize": "--resize", "crop": "--crop",
+CLS_ONLY = {"model": "--model", "model_arg": "--model-arg", "imagenet_c": "--imagenet-c",
+            "val": "--val", "clean_val": "--clean-val", "resize": "--resize", "crop": "--crop",
             "jpeg_quality": "--jpeg-quality", "batch_size": "--batch-size", "workers": "--workers",
             "baseline": "--baseline"}
 DET_ONLY = {"config": "--config", "data_root": "--data-root"}
-CLS_DEFAULTS = {"resize": 256, "crop": 224, "batch_size": 64, "workers": 2}
+CLS_DEFAULTS = {"batch_size": 64, "workers": 2}  # resize / crop: the checkpoint's (eval_sizes)
 
 
 def parse(argv=None):
@@ -39,14 +41,18 @@ def parse(argv=None):
     p.add_argument("--task", choices=["cls", "det"], default="cls")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--model", default=None, help="cvkit preset (default: from the checkpoint)")
+    p.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
+                   help="model keyword plain weights need, e.g. global_pool=gcp (repeatable)")
     p.add_argument("--config", default=None, help="mmdet config (--task det)")
     p.add_argument("--data-root", default=None, help="COCO-style root overriding the config's (--task det)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--imagenet-c", default=None, help="released ImageNet-C root")
     src.add_argument("--val", default=None, help="ImageFolder val root, corrupted on the fly")
     p.add_argument("--clean-val", default=None, help="clean val root for the clean error (with --imagenet-c)")
-    p.add_argument("--resize", type=int, default=None, help="default 256")
-    p.add_argument("--crop", type=int, default=None, help="default 224")
+    p.add_argument("--resize", type=int, default=None,
+                   help="default: round(crop / the checkpoint's crop_pct), 256 for plain weights")
+    p.add_argument("--crop", type=int, default=None,
+                   help="default: the checkpoint's image_size, 224 for plain weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jpeg-quality", type=int, default=None,
                    help="on the fly: JPEG round trip as the release (85) so results equal a generated folder")
@@ -82,6 +88,8 @@ def main(argv=None) -> int:
     try:
         check_seed(args.seed, "--seed")
         check_task_options(args)
+        from cvkit.models.factory import parse_model_args
+        model_kwargs = parse_model_args(args.model_arg or [])
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -101,8 +109,8 @@ def main(argv=None) -> int:
             files = write_detection_reports(state, args.out)
             print(Path(files["markdown"]).read_text())
             return 0
-        from cvkit.robustness.evaluate import (FolderSource, OnTheFlySource, evaluate_classification,
-                                               load_classifier)
+        from cvkit.robustness.evaluate import (FolderSource, OnTheFlySource, eval_sizes,
+                                               evaluate_classification, load_classifier)
         from cvkit.robustness.report import read_baseline, write_reports
         baseline = read_baseline(args.baseline) if args.baseline else None
         if args.imagenet_c:
@@ -111,12 +119,26 @@ def main(argv=None) -> int:
             source = OnTheFlySource(args.val, args.resize, args.crop, args.seed, args.jpeg_quality)
         else:
             raise ValueError("give --imagenet-c ROOT (released folder) or --val ROOT (on the fly)")
-        model, name, dm_hp = load_classifier(args.checkpoint, args.model, device, source.classes)
+        model, name, dm_hp = load_classifier(args.checkpoint, args.model, device, source.classes,
+                                             model_kwargs)
+        resize, crop = eval_sizes(args.resize, args.crop, dm_hp)
+        source.set_size(resize, crop)
+        how = ("from --resize / --crop" if args.resize or args.crop else
+               f"as trained: image_size {dm_hp['image_size']}, crop_pct {dm_hp.get('crop_pct', 0.875)}"
+               if "image_size" in dm_hp else "the default for plain weights")
+        print(f"image size: resize {resize}{' (the clean val)' if args.imagenet_c else ''}, "
+              f"centre crop {crop} ({how})")
+        if args.imagenet_c:
+            note = source.check_image_size()
+            if note:
+                print(f"warning: {note}", file=sys.stderr)
         state = evaluate_classification(model, source, args.out, args.corruptions, args.severities,
                                         args.batch_size, args.workers, device, not args.no_resume,
                                         not args.no_progress, mean=dm_hp.get("mean"), std=dm_hp.get("std"),
                                         meta_extra={"model": name,
-                                                    "checkpoint": str(Path(args.checkpoint).resolve())})
+                                                    "checkpoint": str(Path(args.checkpoint).resolve()),
+                                                    **({"model_kwargs": model_kwargs}
+                                                       if model_kwargs else {})})
         files = write_reports(state, args.out, baseline, baseline_name=args.baseline)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,8 +3,12 @@
 made: resize (shorter side) 256, centre crop 224, corrupt, JPEG quality 85; parallel over cores.
 
     python tools/make_imagenet_c.py --val data/imagenet/val --out data/imagenet-c
-    python tools/make_imagenet_c.py --val data/classification/val --out /tmp/c --resize 96 --crop 80 \
+    python tools/make_imagenet_c.py --val data/classification/val --out runs/demo-c --resize 48 --crop 48 \
         --corruptions fog snow --severities 1 3 --format png
+
+At a model's size (crop = its training image_size, resize = round(image_size / crop_pct); the
+`make demo` model: 48 and 48) for tools/eval_corruption.py --imagenet-c. A set that already holds
+images of the other format is refused (both would be evaluated): use another --out or delete it.
 """
 import argparse
 import sys

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
+import shlex
 import sys
 
 import torch
@@ -30,6 +31,29 @@ def machine_description(device: str = "cpu") -> str:
     else:
         hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     return f"{hw}; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def command_line(suite: str, args: argparse.Namespace, add_arguments, always=()) -> str:
+    """``python tools/benchmark.py SUITE`` with every option of ``args`` that differs from the
+    default ``add_arguments`` gives it (and those named in ``always``): the command reproduces
+    the run."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parts = ["python tools/benchmark.py", suite]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default and action.dest not in always:
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # store_true / store_false
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts.append(" ".join([flag, *(shlex.quote(str(v)) for v in value)]))
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

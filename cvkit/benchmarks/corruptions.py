@@ -3,7 +3,7 @@ implementation beside the ``imagecorruptions`` package (per image, as it works) 
 in the same run. The package's three breakages on current NumPy / scikit-image (``multichannel=``
 in ``gaussian``, ``np.float_``) are patched here, for the benchmark only.
 
-``python tools/benchmark.py corruptions [--batch 8] [--size 224] [--repeats 3]``
+``python tools/benchmark.py corruptions [--batch 8] [--size 224] [--repeats 3] [--corruptions NAME ...]``
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from cvkit.benchmarks import machine_description
+from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_median_seconds
 
 
@@ -104,8 +104,7 @@ def run(args) -> str:
         "",
         f"Median of {args.repeats} interleaved rounds per corruption (each round: 5 severities on "
         f"the whole batch; cvkit one call per severity, imagecorruptions one call per image).",
-        f"Command: `python tools/benchmark.py corruptions --batch {args.batch} --size {args.size} "
-        f"--repeats {args.repeats}`",
+        f"Command: `{command_line('corruptions', args, add_arguments, ('batch', 'size', 'repeats'))}`",
         f"Machine: {machine_description()}",
     ]
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from multiprocessing import get_context
 
 import torch
 
-from cvkit.benchmarks import machine_description
+from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import median_seconds
 from cvkit.kernels.isqrt_cov import PRECISIONS, _kernels, _pair, _products
 from cvkit.kernels.tile_configs import ENV_VAR, FIELDS, parse_tile_config
@@ -52,6 +52,9 @@ KINDS = {
     "backward dT_k = -0.5 (dZ Y + Z dY)": (2, 1, 4, 1, 6),
     "backward (dY_k, dZ_k)": (2, 2, 6, 2, 3),
 }
+
+ALWAYS_PRINTED = ("device", "batch", "dim", "precision")
+"""Options the report's command names even at their defaults (with every one that differs)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -220,10 +223,7 @@ def run(args: argparse.Namespace) -> str:
     bandwidth = _copy_bandwidth(device)
     matrix_bytes = b * d * d * 4
     lines = [
-        f"Command: `python tools/benchmark.py covpool-tiles --device {device} --batch {b} "
-        f"--dim {d} --precision {args.precision}"
-        + ("" if list(args.configs) == list(DEFAULT_CONFIGS)
-           else " --configs " + " ".join(args.configs)) + "`", "",
+        f"Command: `{command_line('covpool-tiles', args, add_arguments, ALWAYS_PRINTED)}`", "",
         f"Machine: {machine_description(device)}", "",
         f"One product launch of `isqrt_cov`'s Triton kernel per row (B={b}, d={d}, "
         f"{args.precision}), median of "

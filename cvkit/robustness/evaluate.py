@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cvkit.atomic_write import atomic_write
@@ -28,19 +29,31 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def load_classifier(checkpoint, model_name: str | None = None, device: str = "cpu",
-                    classes: list[str] | None = None):
+                    classes: list[str] | None = None, model_kwargs: dict | None = None):
     """(model, preset name, datamodule hyper-parameters) from a checkpoint, rebuilt as
     :func:`cvkit.tasks.evaluate.load_task` does (Lightning hyper-parameters incl. ``model_kwargs``;
-    plain weights need ``model_name``). The head must have ``len(classes)`` outputs."""
+    plain weights need ``model_name``, and ``model_kwargs`` where the preset lacks what they
+    need). The head must have ``len(classes)`` outputs."""
     from cvkit.tasks.evaluate import load_task
 
     num_classes = None if classes is None else len(classes)
-    task, dm_hp = load_task(checkpoint, model_name, num_classes=num_classes)
+    task, dm_hp = load_task(checkpoint, model_name, num_classes=num_classes, model_kwargs=model_kwargs)
     n_head = task.hparams.num_classes
     if num_classes is not None and n_head != num_classes:
         raise ValueError(f"the evaluation data has {num_classes} classes but the head of checkpoint "
                          f"{checkpoint} has {n_head}")
     return task.model.to(device).eval(), task.hparams.model_name, dm_hp
+
+
+def eval_sizes(resize: int | None, crop: int | None, dm_hp: dict) -> tuple[int, int]:
+    """(resize, crop) of the evaluation: those given, else the checkpoint's training size as
+    ``tools/test.py`` uses it (crop = ``image_size``, resize = ``round(crop / crop_pct)``), else
+    224 and 256 (crop_pct 0.875) for plain weights."""
+    crop = crop or dm_hp.get("image_size", 224)
+    resize = resize or int(round(crop / dm_hp.get("crop_pct", 0.875)))
+    if resize < crop:
+        raise ValueError(f"--resize {resize} is smaller than the crop {crop}")
+    return resize, crop
 
 
 class FolderSource:
@@ -66,9 +79,39 @@ class FolderSource:
                                  f"<corruption>/<severity>/<class> folders")
         self.classes = list(classes)
 
+    def set_size(self, resize: int, crop: int) -> None:
+        self.resize, self.crop = resize, crop
+
     def describe(self) -> dict:
-        return {"source": self.kind, "root": str(self.root.resolve()), "crop": self.crop,
-                "clean_root": None if self.clean_root is None else str(Path(self.clean_root).resolve())}
+        d = {"source": self.kind, "root": str(self.root.resolve()), "crop": self.crop,
+             "clean_root": None if self.clean_root is None else str(Path(self.clean_root).resolve())}
+        if self.clean_root is not None:  # the clean images are resized first
+            d["resize"] = self.resize
+        return d
+
+    def check_image_size(self) -> str | None:
+        """Compare the crop with the first image found: a ValueError naming it when it is smaller
+        than the crop, a warning (text) when larger (only its centre would be evaluated)."""
+        for name in ALL_CORRUPTIONS:
+            for s in SEVERITIES:
+                try:
+                    path = list_image_folder(self.root / name / str(s))[0][0][0]
+                except (EmptyFolderError, IndexError):
+                    continue
+                with Image.open(path) as im:
+                    w, h = im.size
+                render = (f"render a set at the model's size with tools/make_imagenet_c.py --val VAL "
+                          f"--out DIR --resize {self.resize} --crop {self.crop}")
+                if min(w, h) < self.crop:
+                    raise ValueError(f"image {path} is {w}x{h}, smaller than the centre crop {self.crop}: "
+                                     f"ImageNet-C images are centre-cropped only; {render}, or pass "
+                                     f"--crop {min(w, h)}")
+                if (w, h) != (self.crop, self.crop):
+                    return (f"the images of {self.root} are {w}x{h}, the crop is {self.crop}: only their "
+                            f"centre {self.crop}x{self.crop} is evaluated, at the folder's scale; to "
+                            f"evaluate at the model's, {render}")
+                return None
+        return None
 
     def corrupted(self, corruption: str, severity: int) -> tuple[Dataset | None, str | None]:
         d = self.root / corruption / str(severity)
@@ -101,6 +144,9 @@ class OnTheFlySource:
         self.classes = self.dataset.classes
         self.val_root, self.resize, self.crop = Path(val_root), resize, crop
         self.seed, self.jpeg_quality = seed, jpeg_quality
+
+    def set_size(self, resize: int, crop: int) -> None:
+        self.resize, self.crop = self.dataset.resize, self.dataset.crop = resize, crop
 
     def describe(self) -> dict:
         return {"source": self.kind, "root": str(self.val_root.resolve()), "resize": self.resize,

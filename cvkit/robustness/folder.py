@@ -183,7 +183,8 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
     ImageFolder val set, as the release was made (resize, centre crop, corrupt, JPEG q85
     ``optimize=True``; ``fmt='png'`` for a lossless copy). Image i of every set uses seed
     :func:`image_seed`, so the result equals on-the-fly corruption. Parallel over ``workers``
-    processes (default: all cores). Returns the number of images written."""
+    processes (default: all cores). Returns the number of images written. A set already holding
+    images of the other format is refused (ValueError naming it) before anything is written."""
     import multiprocessing as mp
 
     from tqdm.auto import tqdm
@@ -195,6 +196,15 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
             _check(c, s)
     check_seed(seed)
     samples, classes = list_image_folder(val_root)
+    other = (".png",) if fmt == "jpeg" else (".jpg", ".jpeg")
+    for c in corruptions:
+        for s in severities:
+            d = Path(out_root) / c / str(s)
+            found = next((p for p in d.rglob("*") if p.suffix.lower() in other), None)
+            if found is not None:
+                raise ValueError(f"{d} already holds {found.suffix} images (e.g. {found}): rendering "
+                                 f"--format {fmt} there would leave both and the evaluation would count "
+                                 f"both; use another --out or delete {d}")
     tasks = [(samples[i:i + chunk], classes, str(out_root), c, s, i, resize, crop, seed, fmt, quality)
              for c in corruptions for s in severities for i in range(0, len(samples), chunk)]
     workers = workers or os.cpu_count() or 1

@@ -77,6 +77,19 @@ def relative_corruption_error(name: str, errors, clean_error: float,
     return float(100.0 * num / (5 * (baseline[name] - baseline_clean_error)))
 
 
+def missing_severities(errors: Mapping[str, Sequence[float | None] | None],
+                       names: Sequence[str] = ALL_CORRUPTIONS) -> dict[str, list[int]]:
+    """{corruption: [severities not evaluated]} for those of ``names`` without all 5 (absent from
+    ``errors``: all five); complete corruptions are left out."""
+    out = {}
+    for c in names:
+        values = errors.get(c) or [None] * 5
+        gaps = [s for s, v in enumerate(values, 1) if v is None]
+        if gaps:
+            out[c] = gaps
+    return out
+
+
 def _complete(errors: Mapping) -> list[str]:
     return [c for c in CORRUPTIONS if c not in errors]
 
@@ -119,12 +132,14 @@ class RobustnessSummary:
     """All ImageNet-C numbers of one model, benchmark and held-out corruptions kept apart.
 
     ``errors`` holds fractions; every derived number is in percent. ``complete`` / ``missing``
-    concern the 15 benchmark corruptions (those mCE needs); ``held_out_missing`` the 4 others."""
+    concern the 15 benchmark corruptions (those mCE needs); ``held_out_missing`` the 4 others;
+    ``missing_severities`` which severities each of them lacks."""
     errors: dict[str, list[float | None]]
     clean_error: float | None = None
     complete: bool = True
     missing: list[str] = field(default_factory=list)
     held_out_missing: list[str] = field(default_factory=list)
+    missing_severities: dict[str, list[int]] = field(default_factory=dict)
     ce: dict[str, float] = field(default_factory=dict)
     relative_ce: dict[str, float] = field(default_factory=dict)
     mce: float | None = None
@@ -137,6 +152,7 @@ class RobustnessSummary:
         return {
             "clean_error_percent": None if self.clean_error is None else 100 * self.clean_error,
             "complete": self.complete, "missing": self.missing,
+            "missing_severities": {c: v for c, v in self.missing_severities.items() if c in CORRUPTIONS},
             "benchmark": {
                 "corruptions": list(CORRUPTIONS),
                 "mCE": self.mce, "relative_mCE": self.relative_mce,
@@ -147,6 +163,7 @@ class RobustnessSummary:
             "held_out": {
                 "corruptions": list(HELD_OUT),
                 "complete": not self.held_out_missing, "missing": self.held_out_missing,
+                "missing_severities": {c: v for c, v in self.missing_severities.items() if c in HELD_OUT},
                 "mean_error_percent": self.mean_error_held_out,
                 "per_corruption_mean_error_percent": self.held_out_mean_error,
                 "errors_percent": {c: _pct(self.errors[c]) for c in HELD_OUT if c in self.errors},
@@ -177,7 +194,8 @@ def summarize(errors: Mapping[str, Sequence[float | None]], clean_error: float |
     missing = [c for c in CORRUPTIONS if c not in full]
     out = RobustnessSummary(errors={c: list(v) for c, v in errors.items()}, clean_error=clean_error,
                             complete=not missing, missing=missing,
-                            held_out_missing=[c for c in HELD_OUT if c not in full])
+                            held_out_missing=[c for c in HELD_OUT if c not in full],
+                            missing_severities=missing_severities(errors))
     bench = [c for c in CORRUPTIONS if c in full]
     for c in bench:
         out.ce[c] = corruption_error(c, full[c], baseline)
@@ -211,6 +229,7 @@ def coco_c_summary(ap: Mapping[str, Sequence[float | None]], clean_ap: float) ->
         "mPC": mpc,
         "rPC_percent": None if mpc is None or not clean_ap else 100 * mpc / clean_ap,
         "complete": not bench_missing, "missing": bench_missing,
+        "missing_severities": missing_severities(ap, CORRUPTIONS),
         "per_corruption_mean_AP": {c: float(np.mean([v for v in ap[c] if v is not None]))
                                    for c in ALL_CORRUPTIONS if c in ap and any(v is not None for v in ap[c])},
         "held_out_mPC": mean_over(HELD_OUT),

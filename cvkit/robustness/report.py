@@ -14,11 +14,21 @@ import numpy as np
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, HELD_OUT, SEVERITIES
 from cvkit.robustness.evaluate import atomic_write_text, error_table
-from cvkit.robustness.metrics import ALEXNET_ERRORS, summarize
+from cvkit.robustness.metrics import ALEXNET_ERRORS, missing_severities, summarize
 
 
 def _fmt(v, nd=1):
     return "—" if v is None else f"{v:.{nd}f}"
+
+
+def describe_missing(gaps: dict[str, list[int]]) -> str:
+    """What is not evaluated, from :func:`~cvkit.robustness.metrics.missing_severities`:
+    ``"shot_noise, snow (all severities); fog (severities 2, 4, 5)"``."""
+    whole = [c for c, s in gaps.items() if list(s) == list(SEVERITIES)]
+    parts = [f"{', '.join(whole)} (all severities)"] if whole else []
+    parts += [f"{c} (severit{'y' if len(s) == 1 else 'ies'} {', '.join(map(str, s))})"
+              for c, s in gaps.items() if c not in whole]
+    return "; ".join(parts)
 
 
 def read_baseline(path) -> dict:
@@ -93,12 +103,14 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
     atomic_write_text(files["csv"], buf.getvalue())
 
     lines = ["# ImageNet-C report", ""]
+    gaps = summary.missing_severities
     if not summary.complete:
-        lines += [f"**Incomplete**: benchmark corruption(s) missing: {', '.join(summary.missing)} — "
-                  f"mCE is over the complete benchmark corruptions only.", ""]
+        lines += [f"**Incomplete**: mCE needs all 5 severities of the 15 benchmark corruptions; not "
+                  f"evaluated: {describe_missing({c: gaps[c] for c in summary.missing})} — mCE is "
+                  f"over the complete benchmark corruptions only.", ""]
     if summary.held_out_missing:
         lines += [f"Held-out corruption(s) not evaluated (not part of mCE): "
-                  f"{', '.join(summary.held_out_missing)}.", ""]
+                  f"{describe_missing({c: gaps[c] for c in summary.held_out_missing})}.", ""]
     lines += [f"- clean error: {_fmt(d['clean_error_percent'], 2)} %",
               f"- mCE (AlexNet-normalised, 15 benchmark corruptions): {_fmt(summary.mce, 2)}",
               f"- relative mCE: {_fmt(summary.relative_mce, 2)}",
@@ -149,8 +161,8 @@ def write_detection_reports(state: dict, out_dir) -> dict[str, Path]:
     w.writerow(["corruption", "group"] + [f"AP_s{s}" for s in SEVERITIES] + ["mean_AP"])
     lines = ["# COCO-C report", ""]
     if not summary["complete"]:
-        lines += [f"**Incomplete**: missing {', '.join(summary['missing'])} — mPC is over the sets "
-                  f"evaluated.", ""]
+        lines += [f"**Incomplete**: not evaluated: {describe_missing(missing_severities(table, CORRUPTIONS))}"
+                  f" — mPC is over the sets evaluated.", ""]
     lines += [f"- clean AP: {_fmt(100 * state['clean_AP'])}",
               f"- mPC (mean AP over the benchmark corruptions and severities): "
               f"{_fmt(None if summary['mPC'] is None else 100 * summary['mPC'])}",
