@@ -238,7 +238,7 @@ def test_torch_tensor_in_and_out():
 
 
 def test_corrupt_transform_never_repeats_noise_across_dataloader_workers():
-    """Defect 5: with 2 workers, identical inputs get 8 different noises; reproducible under the
+    """with 2 workers, identical inputs get 8 different noises; reproducible under the
     same torch seed; index= gives the same result with or without workers."""
     from torch.utils.data import DataLoader, Dataset
 

@@ -186,7 +186,7 @@ def _fit_tiny_task(tmp_path, cls_root, model_kwargs, mean=(0.4, 0.5, 0.6)):
 
 
 def test_lightning_checkpoint_with_model_kwargs_loads_and_evaluates(tmp_path, cls_root, capsys):
-    """Defect 1: a task checkpoint with non-preset model_kwargs (GCP head) is rebuilt from its
+    """a task checkpoint with non-preset model_kwargs (GCP head) is rebuilt from its
     hyper-parameters, with the datamodule's normalisation; a class-count mismatch is an error."""
     from cvkit.robustness.evaluate import load_classifier
     task, ckpt, val = _fit_tiny_task(tmp_path, cls_root, {"global_pool": "gcp", "gcp_dim": 16})
@@ -214,7 +214,7 @@ def _read_csv(path):
 
 @pytest.mark.slow
 def test_fifteen_corruptions_give_complete_summary_and_mce_by_hand(setup, tmp_path):
-    """Defect 2: the 15 benchmark corruptions (no held-out) make a complete summary with an mCE
+    """the 15 benchmark corruptions (no held-out) make a complete summary with an mCE
     and relative mCE equal to a by-hand computation from the per-severity errors in errors.csv;
     the held-out gaps are listed apart."""
     _, val, ckpt = setup
@@ -259,7 +259,7 @@ def _write_c_folder(root, spec):
 
 
 def test_empty_or_flat_severity_folder_is_missing_and_rest_continues(tmp_path, capsys):
-    """Defect 3: an empty and a flat severity folder are recorded as missing with a warning naming
+    """an empty and a flat severity folder are recorded as missing with a warning naming
     them; the other sets are evaluated."""
     root = tmp_path / "c"
     _write_c_folder(root, {("fog", 1): ["a", "b"]})
@@ -293,7 +293,7 @@ def test_make_imagenet_c_empty_or_flat_val_is_one_line_error(tmp_path, kind, cap
 
 
 def test_one_class_list_for_all_folders(tmp_path):
-    """Defect 4: without --clean-val the class list is the union over all severity folders, so a
+    """without --clean-val the class list is the union over all severity folders, so a
     folder lacking a class keeps the others' labels; a class outside a given list is an error."""
     from cvkit.robustness.evaluate import FolderSource
     root = tmp_path / "c"
@@ -339,7 +339,7 @@ def test_baseline_validated_first_and_normalises(setup, tmp_path, capsys):
 
 
 def test_resume_compares_resolved_paths_and_names_differing_keys(setup, tmp_path, monkeypatch, capsys):
-    """Defect 9: the same run spelled with relative paths resumes; another crop is refused naming it."""
+    """the same run spelled with relative paths resumes; another crop is refused naming it."""
     _, val, ckpt = setup
     args = ["--corruptions", "fog", "--severities", "1", "--workers", "0", "--no-progress", "--device", "cpu"]
     ev = _tool("eval_corruption")
@@ -387,7 +387,7 @@ def _with_datamodule_hp(ckpt, dst, **dm_hp):
 
 
 def test_sizes_default_to_the_checkpoints_as_tools_test_py(setup, tmp_path, capsys):
-    """Defect 1: without --resize/--crop the checkpoint's training size is used (crop =
+    """without --resize/--crop the checkpoint's training size is used (crop =
     image_size, resize = round(image_size / crop_pct)), so the clean error equals tools/test.py's
     (cvkit.tasks.evaluate.evaluate); a size given wins."""
     from cvkit.tasks.evaluate import evaluate
@@ -442,7 +442,7 @@ def test_folder_images_of_another_size_than_the_models_crop(setup, tmp_path, cap
 
 
 def test_model_arg_for_plain_weights(setup, tmp_path, capsys):
-    """Defect 2: --model-arg KEY=VALUE (repeatable) builds plain weights that need model keywords
+    """--model-arg KEY=VALUE (repeatable) builds plain weights that need model keywords
     (a GCP head); refused for a training checkpoint, a malformed pair is a one-line error."""
     from cvkit.robustness.evaluate import load_classifier
     _, val, ckpt = setup
@@ -464,6 +464,10 @@ def test_model_arg_for_plain_weights(setup, tmp_path, capsys):
     got = model.state_dict()
     assert got.keys() == ref.keys() and all(torch.equal(v, ref[k]) for k, v in got.items())
     capsys.readouterr()
+    assert ev(["--checkpoint", str(plain), "--model", "resnet18", *args,
+               "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err  # the load error's advice in the tool's terms
+    assert err.count("\n") == 1 and "pass --model-arg global_pool=gcp" in err, err
     assert ev(["--checkpoint", str(ckpt), "--model-arg", "global_pool=gcp", *args,
                "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
@@ -475,7 +479,7 @@ def test_model_arg_for_plain_weights(setup, tmp_path, capsys):
 
 
 def test_report_names_the_missing_severities(tmp_path):
-    """Defect 3: a corruption evaluated at some severities is reported with the severities it
+    """a corruption evaluated at some severities is reported with the severities it
     lacks, not as missing; summary.json keeps ``missing`` (names) and adds ``missing_severities``."""
     from cvkit.robustness import CORRUPTIONS
     from cvkit.robustness.report import write_reports
@@ -497,7 +501,7 @@ def test_report_names_the_missing_severities(tmp_path):
 
 
 def test_make_imagenet_c_refuses_the_other_format_in_the_same_folder(setup, tmp_path, capsys):
-    """Defect 4: rendering PNG where JPEGs of the same set are (or the reverse) is a one-line
+    """rendering PNG where JPEGs of the same set are (or the reverse) is a one-line
     error naming the folder, before anything is written; evaluation would count both."""
     _, val, _ = setup
     mk = _tool("make_imagenet_c")

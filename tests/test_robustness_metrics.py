@@ -109,7 +109,7 @@ def test_coco_c_by_hand():
 
 @pytest.mark.parametrize("bad", [None, float("nan")])
 def test_none_or_nan_entry_is_an_error_naming_it(bad):
-    """Defect 6: a None / NaN error is not silently NaN."""
+    """a None / NaN error is not silently NaN."""
     errors = table()
     errors["fog"] = [0.1, 0.2, bad, 0.4, 0.5]
     for fn in (lambda: mce(errors), lambda: relative_mce(errors, 0.2)):
@@ -126,7 +126,7 @@ def test_relative_mce_without_benchmark_entry_is_an_error():
 
 
 def test_summarize_validates_clean_error_and_takes_baseline_clean_error():
-    """Defect 7: clean error in percent is rejected; baseline_clean_error replaces AlexNet's."""
+    """clean error in percent is rejected; baseline_clean_error replaces AlexNet's."""
     with pytest.raises(ValueError, match="clean_error must be a fraction in \\[0, 1\\].*23.85"):
         summarize(table(), 23.85)
     with pytest.raises(ValueError, match="baseline_clean_error"):
@@ -139,7 +139,7 @@ def test_summarize_validates_clean_error_and_takes_baseline_clean_error():
 
 
 def test_completeness_is_over_the_benchmark_corruptions():
-    """Defect 2: missing held-out corruptions do not make the mCE incomplete; they are listed apart."""
+    """missing held-out corruptions do not make the mCE incomplete; they are listed apart."""
     errors = {c: v for c, v in table().items() if c in CORRUPTIONS}
     s = summarize(errors, 0.2)
     assert s.complete and s.missing == [] and s.mce is not None and s.held_out_missing == list(HELD_OUT)

@@ -141,7 +141,9 @@ def main(argv=None) -> int:
                                                        if model_kwargs else {})})
         files = write_reports(state, args.out, baseline, baseline_name=args.baseline)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        from cvkit.tasks.evaluate import tool_hint
+
+        print(f"error: {tool_hint(str(e))}", file=sys.stderr)
         return 2
     for c, sevs in state["missing"].items():
         for s, why in sevs.items():
