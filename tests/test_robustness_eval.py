@@ -311,7 +311,7 @@ def test_one_class_list_for_all_folders(tmp_path):
 
 
 def test_baseline_validated_first_and_normalises(setup, tmp_path, capsys):
-    """Defects 7, 8: a bad --baseline is a one-line error before any evaluation; a good one adds
+    """A bad --baseline is a one-line error before any evaluation; a good one adds
     CE / mCE normalised by its errors and its clean error."""
     _, val, ckpt = setup
     args = ["--checkpoint", str(ckpt), "--val", str(val), *SIZE, "--corruptions", "fog", "--severities",
@@ -418,7 +418,7 @@ def test_eval_sizes():
 
 
 def test_folder_images_of_another_size_than_the_models_crop(setup, tmp_path, capsys):
-    """Defect 1, pre-rendered folder: images larger than the checkpoint's crop are a warning (only
+    """Pre-rendered folder: images larger than the checkpoint's crop are a warning (only
     their centre is evaluated), smaller ones a one-line error before any evaluation; both point to
     tools/make_imagenet_c.py at the model's size."""
     _, _, ckpt = setup
