@@ -406,3 +406,20 @@ def test_checkpoint_of_another_detector_is_one_error_naming_checkpoint_config_an
     assert ("shape mismatches ['neck.lateral_convs.0.conv.weight: checkpoint [64, 64, 1, 1] vs "
             "model [64, 128, 1, 1]'") in err[0], err
     assert "missing ['" in err[0] and "'rpn_head.rpn_conv.weight'" in err[0], err  # unexpected
+
+
+def test_random_init_does_not_dump_every_parameter_to_the_console(capfd):
+    """mmengine's init_weights logs each parameter's initialisation (~400 lines for this Faster
+    R-CNN) when its logger has no file; the task keeps that off the console, initialises all the
+    same (the init_cfg's normal init of the RPN conv, std 0.01), and restores the logger's level."""
+    from mmengine.logging import MMLogger
+
+    from cvkit.tasks.detection import DetectionTask
+
+    level = MMLogger.get_current_instance().level
+    task = DetectionTask(str(FASTER))
+    out = capfd.readouterr()
+    dump = [ln for ln in (out.out + out.err).splitlines() if "torch.Size(" in ln]
+    assert dump == [], dump[:3]
+    assert MMLogger.get_current_instance().level == level
+    assert abs(task.detector.rpn_head.rpn_conv.weight.std().item() - 0.01) < 0.002

@@ -131,6 +131,24 @@ def load_detector_weights(detector: nn.Module, path: str, trust: bool = False,
                          f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
 
 
+@contextmanager
+def _quiet_init_dump() -> Iterator[None]:
+    """mmengine's ``init_weights`` logs every parameter's initialisation (~400 lines for a Faster
+    R-CNN) at INFO unless its logger has a file handler (its Runner gives it the run's log file):
+    kept off the console here; warnings still show."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def build_dataloader(loader_cfg, shuffle: bool | None = None) -> torch.utils.data.DataLoader:
     """A torch DataLoader over the mmdet dataset of ``loader_cfg`` with ``pseudo_collate``."""
     from mmengine.dataset import pseudo_collate
@@ -179,7 +197,8 @@ class DetectionTask(L.LightningModule):
             load_detector_weights(self.detector, load_from, trust=trust_checkpoint,
                                   config=self.cfg.filename)
         else:
-            self.detector.init_weights()
+            with _quiet_init_dump():
+                self.detector.init_weights()
         self.auto_scale_lr = auto_scale_lr
         self.show_dir = show_dir
         self.show_score_thr = show_score_thr
