@@ -1,5 +1,5 @@
-"""The README's Python examples run as written (in a folder holding the files they name, made here
-in each format the README says) and do what their comments claim."""
+"""The Python examples of the README and docs/ run as written (in a folder holding the files they
+name, made here in each format the README says) and do what their comments claim."""
 from __future__ import annotations
 
 import re
@@ -13,16 +13,18 @@ from torch import nn
 import cvkit
 from test_models_checkpoint import official_eca_resnet50_state_dict
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _python_block(heading: str) -> str:
-    """The first ```python block under the README section ``## heading``."""
-    text = README.read_text()
-    section = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-    assert section, f"README has no section '## {heading}'"
+def _python_block(heading: str | None, doc: str = "README.md") -> str:
+    """The first ```python block under the section ``## heading`` of ``doc`` (None: of the
+    whole document)."""
+    text = (REPO / doc).read_text()
+    section = (re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+               if heading is not None else re.match(r"(.*)", text, re.S))
+    assert section, f"{doc} has no section '## {heading}'"
     block = re.search(r"```python\n(.*?)```", section.group(1), re.S)
-    assert block, f"README section '{heading}' has no python example"
+    assert block, f"{doc} section '{heading}' has no python example"
     return block.group(1)
 
 
@@ -104,3 +106,33 @@ def test_robustness_example():
     exec(_python_block("Corruption robustness (ImageNet-C / COCO-C)"), scope)  # noqa: S102
     x_c = scope["x_c"]
     assert x_c.dtype == np.uint8 and x_c.shape == images.shape and (x_c != images).any()
+
+
+def test_covpool_doc_example():
+    """docs/covpool.md: the shapes its comments give, and the matrix form's triangle is the
+    vector (row-major, diagonal included)."""
+    from cvkit.layers.covpool import triu_vectorize
+
+    feats = torch.randn(2, 16, 5, 5)
+    scope = dict(feats=feats)
+    exec(_python_block(None, "docs/covpool.md"), scope)  # noqa: S102
+    assert scope["v"].shape == (2, 16 * 17 // 2) and scope["v"].dtype == torch.float32
+    assert scope["m"].shape == (2, 16, 16)
+    assert scope["head"].out_features == 32896
+    v3 = scope["isqrt_cov"](feats, iters=3)
+    torch.testing.assert_close(triu_vectorize(scope["m"]), v3)
+
+
+def test_hyper_connections_doc_example():
+    """docs/hyper_connections.md: the 12-block pre-norm ViT with dynamic hyper-connections runs,
+    and at initialisation equals the same blocks as a plain pre-norm residual network."""
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(_python_block("Using it in a block", "docs/hyper_connections.md"), scope)  # noqa: S102
+    blocks, h = scope["blocks"], scope["tokens"]
+    assert scope["out"].shape == h.shape
+    with torch.no_grad():
+        for blk in blocks:
+            h = h + blk._attn(h)
+            h = h + blk.mlp(blk.norm2(h))
+        torch.testing.assert_close(scope["out"], nn.LayerNorm(192)(h), rtol=1e-4, atol=1e-4)
