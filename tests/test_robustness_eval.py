@@ -516,3 +516,19 @@ def test_make_imagenet_c_refuses_the_other_format_in_the_same_folder(setup, tmp_
     assert not list(out.rglob("*.png"))
     assert mk(args) == 0 and len(list(out.rglob("*.jpg"))) == 30  # the same format: rewritten
     assert mk([*args, "--corruptions", "snow", "--format", "png"]) == 0  # another set: no clash
+
+
+def test_results_written_before_resize_was_recorded_resume_at_256(tmp_path):
+    """A released-folder run with --clean-val recorded no "resize" before it became a setting
+    (its clean images were always resized to 256): such a results file resumes a run at 256 and
+    is refused, naming resize, at another size."""
+    from cvkit.robustness.evaluate import RESULTS_FILE, _load_state
+
+    old_meta = {"source": "folder", "root": str(tmp_path / "c"), "crop": 224,
+                "clean_root": str(tmp_path / "val"), "model": "resnet50"}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(
+        {"meta": old_meta, "clean_error": 0.25, "errors": {"fog": {"1": 0.4}}, "missing": {}}))
+    state = _load_state(tmp_path, {**old_meta, "resize": 256}, resume=True)
+    assert state["errors"] == {"fog": {"1": 0.4}} and state["clean_error"] == 0.25
+    with pytest.raises(ValueError, match=r"resize: 256 there, 300 now"):
+        _load_state(tmp_path, {**old_meta, "resize": 300}, resume=True)

@@ -198,11 +198,18 @@ def _normalised(meta: dict) -> dict:
             for k, v in meta.items()}
 
 
+# Meta keys added after results files were first written, with the value every earlier run used:
+# a file without the key resumes a run that has that value (the released-folder source recorded
+# no "resize"; its clean images were always resized to 256)
+LATER_META_KEYS = {"resize": 256}
+
+
 def _load_state(out_dir: Path, meta: dict, resume: bool) -> dict:
     path = out_dir / RESULTS_FILE
     if resume and path.is_file():
         state = json.loads(path.read_text())
         old = _normalised(state.get("meta") or {})
+        old.update({k: v for k, v in LATER_META_KEYS.items() if k in meta and k not in old})
         new = _normalised(meta)
         differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if differ:
