@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmarks:
-``python tools/benchmark.py {covpool,covpool-tiles,models,data,corruptions} [options]``.
+``python tools/benchmark.py {covpool,covpool-tiles,covpool-host,models,data,corruptions} [options]``.
 
 Prints a Markdown report (figures, the command, the machine) to paste into BENCHMARKS.md.
 """

@@ -34,7 +34,7 @@ SIZE_RANGE = (32, 1024)
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """What to generate. Defaults give ~10 MB: small enough for CPU tests, big enough to learn from."""
+    """What to generate. Defaults give ~23 MB: small enough for CPU tests, big enough to learn from."""
 
     seed: int = 0
     generator_version: int = 3  # bump when shapes.py changes what it draws: forces regeneration
