@@ -488,3 +488,15 @@ def test_recipes_use_no_colour_jitter(tiny, tmp_path):
         hp = cli.datamodule.hparams
         assert (hp.color_jitter, hp.randaugment) == (0.0, 0), recipe.name
         assert hp.hflip == 0.5 and tuple(hp.scale) == ((0.08, 1.0) if recipe.stem != "demo" else (0.85, 1.0))
+
+
+def test_trainer_misconfiguration_is_one_line_exit_2(tiny, tmp_path, capsys):
+    """Lightning's MisconfigurationException (devices=0; likewise a GPU asked for on a machine
+    without one, or more GPUs than it has) is a bad option: one line, exit 2, not a traceback."""
+    rc = main(["fit", "--data.root", str(tiny), "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.accelerator", "cpu", "--trainer.devices", "0",
+               "--trainer.max_steps", "1"])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert line == ("error: bad trainer option (--trainer.*): `Trainer(devices='0')` value is not "
+                    "a valid input using cpu accelerator."), line

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from jsonargparse import ArgumentError, lazy_instance
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -140,6 +141,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except ConfigError as e:
         print(f"error: bad option or config value: {e}", file=sys.stderr)
+        return 2
+    except MisconfigurationException as e:  # e.g. more GPUs asked for than the machine has
+        msg = " ".join(str(e).split())
+        print(f"error: bad trainer option (--trainer.*): {msg}", file=sys.stderr)
         return 2
     except USER_ERRORS as e:
         msg = str(e).strip().splitlines()
