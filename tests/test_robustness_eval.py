@@ -532,3 +532,20 @@ def test_results_written_before_resize_was_recorded_resume_at_256(tmp_path):
     assert state["errors"] == {"fog": {"1": 0.4}} and state["clean_error"] == 0.25
     with pytest.raises(ValueError, match=r"resize: 256 there, 300 now"):
         _load_state(tmp_path, {**old_meta, "resize": 300}, resume=True)
+
+
+@pytest.mark.parametrize("task", ["cls", "det"])
+def test_a_cuda_device_the_machine_lacks_is_one_line(task, tmp_path, capsys):
+    """--device cuda:99 (no such GPU here, with or without CUDA): one line naming the device and
+    the GPU count, exit 2, before any work (torch raised a driver/assert traceback)."""
+    import torch
+
+    ev = _tool("eval_corruption")
+    what = (["--val", str(tmp_path)] if task == "cls"
+            else ["--task", "det", "--config", str(REPO / "configs/detection/faster-rcnn_eca-r18_fpn_shapes.py")])
+    assert ev(["--checkpoint", str(tmp_path / "x.ckpt"), *what, "--device", "cuda:99",
+               "--out", str(tmp_path / "o")]) == 2
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    err = capsys.readouterr().err
+    assert err == f"error: --device cuda:99: this machine has {count} CUDA GPU(s)\n", err
+    assert not (tmp_path / "o").exists()

@@ -423,3 +423,23 @@ def test_random_init_does_not_dump_every_parameter_to_the_console(capfd):
     assert dump == [], dump[:3]
     assert MMLogger.get_current_instance().level == level
     assert abs(task.detector.rpn_head.rpn_conv.weight.std().item() - 0.01) < 0.002
+
+
+def test_unavailable_accelerator_is_one_line_in_both_tools(tmp_path, capsys):
+    """An accelerator the machine lacks (MPS on Linux: Lightning's MisconfigurationException) is
+    one line and exit 2 from tools/train_det.py and tools/test_det.py, not a traceback."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import test_det
+    import train_det
+
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    ckpt = tmp_path / "detector.pth"
+    torch.save({"state_dict": build_detector(load_det_config(FASTER)).state_dict()}, ckpt)
+    runs = [test_det.main([str(FASTER), str(ckpt), "--accelerator", "mps"]),
+            train_det.main(["--work-dir", str(tmp_path / "w"), "--epochs", "1",
+                            "--accelerator", "mps"])]
+    assert runs == [2, 2]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 2 and all("`MPSAccelerator` can not run on your system" in ln
+                                 for ln in err), err

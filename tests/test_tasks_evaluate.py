@@ -105,3 +105,15 @@ def test_detector_lightning_checkpoint_points_to_test_det(tmp_path, capsys):
     assert _test_tool().main(["--checkpoint", str(ckpt), "--data", str(tmp_path)]) == 1
     line = _error_line(capsys)
     assert "tools/test_det.py" in line and "--model" not in line, line
+
+
+def test_test_tool_unavailable_accelerator_is_one_line_exit_2(gcp_weights, capsys):
+    """An accelerator the machine lacks (Lightning's MisconfigurationException; MPS on Linux)
+    is a bad option: one line, exit 2, not a traceback."""
+    weights, val, _ = gcp_weights
+    rc = _test_tool().main(["--checkpoint", str(weights), "--model", "resnet18", "--model-arg",
+                            "global_pool=gcp", "--data", str(val), "--workers", "0",
+                            "--accelerator", "mps"])
+    assert rc == 2
+    line = _error_line(capsys)
+    assert "`MPSAccelerator` can not run on your system" in line, line

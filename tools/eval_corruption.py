@@ -96,6 +96,12 @@ def main(argv=None) -> int:
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device.startswith("cuda"):
+        index = device.partition(":")[2]
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (index.isdigit() and int(index) >= count):
+            print(f"error: --device {device}: this machine has {count} CUDA GPU(s)", file=sys.stderr)
+            return 2
     try:
         if args.task == "det":
             if not args.config:

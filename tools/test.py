@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from cvkit.data.datamodule import BadImageError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from cvkit.models.factory import parse_model_args
     from cvkit.tasks.evaluate import evaluate, tool_hint
 
@@ -44,6 +45,9 @@ def main(argv=None) -> int:
                           crop_pct=args.crop_pct, num_workers=args.workers,
                           accelerator=args.accelerator, precision=args.precision,
                           model_kwargs=parse_model_args(args.model_arg))
+    except MisconfigurationException as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, BadImageError) as e:
         print(f"error: {tool_hint(str(e).strip().splitlines()[-1])}", file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from cvkit.tasks.detection import evaluate_detector
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         metrics = evaluate_detector(
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             show_score_thr=args.show_score_thr, cfg_options=parse_cfg_options(args.cfg_options),
             trust_checkpoint=args.trust_checkpoint, accelerator=args.accelerator,
             devices=args.devices, precision=args.precision)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, MisconfigurationException) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     text = json.dumps(metrics, indent=2)
     if args.out:

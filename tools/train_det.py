@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from cvkit.tasks.detection import train_detector
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     config = Path(args.config)
     if config.resolve() == DEFAULT_CONFIG and args.data_root is None:
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume, cfg_options=parse_cfg_options(args.cfg_options), seed=args.seed,
             accelerator=args.accelerator, devices=devices, strategy=args.strategy,
             precision=args.precision, max_epochs=args.epochs)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, MisconfigurationException) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if task.global_rank != 0:  # DDP: the other ranks ran the same main(); rank 0 reports
         return 0
