@@ -105,6 +105,7 @@ def test_detector_lightning_checkpoint_points_to_test_det(tmp_path, capsys):
     assert _test_tool().main(["--checkpoint", str(ckpt), "--data", str(tmp_path)]) == 1
     line = _error_line(capsys)
     assert "tools/test_det.py" in line and "--model" not in line, line
+    assert "tools/eval_corruption.py --task det --config CONFIG" in line, line  # COCO-C's way
 
 
 def test_test_tool_unavailable_accelerator_is_one_line_exit_2(gcp_weights, capsys):

@@ -29,7 +29,8 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if _is_detection_checkpoint(ckpt):
         raise ValueError(f"{path} is a detector checkpoint (tools/train_det.py), not a classifier: "
-                         f"evaluate it with tools/test_det.py CONFIG {path}")
+                         f"evaluate it with tools/test_det.py CONFIG {path} (under corruptions: "
+                         f"tools/eval_corruption.py --task det --config CONFIG --checkpoint {path})")
     if hp is not None and "model_name" in hp:
         if model_kwargs:
             raise ValueError(f"{path} is a training checkpoint: it rebuilds its own model; "
