@@ -96,10 +96,16 @@ def main(argv=None) -> int:
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device.startswith("cuda"):
-        index = device.partition(":")[2]
+    if device.startswith("cuda"):  # checked before any work (torch and Lightning give tracebacks)
+        from cvkit.robustness.detection import lightning_devices
+
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (index.isdigit() and int(index) >= count):
+        try:
+            _, devices = lightning_devices(device)  # 1 (the first GPU) or [N]
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if count < (1 if devices == 1 else devices[0] + 1):
             print(f"error: --device {device}: this machine has {count} CUDA GPU(s)", file=sys.stderr)
             return 2
     try:

@@ -115,20 +115,18 @@ def load_detector_weights(detector: nn.Module, path: str, trust: bool = False,
     if any(k.startswith("detector.") for k in state):
         state = {k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")}
     own = detector.state_dict()
-    # shapes first: load_state_dict raises a multi-line RuntimeError on them even when not strict
+    # checked before loading: load_state_dict raises a multi-line RuntimeError on shapes even when
+    # not strict
     mismatched = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
                   for k, v in state.items()
                   if k in own and getattr(v, "shape", None) not in (None, own[k].shape)]
-    if mismatched:
-        missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
-    else:
-        result = detector.load_state_dict(state, strict=False)
-        missing, unexpected = result.missing_keys, result.unexpected_keys
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
     if mismatched or missing or unexpected:
         what = f"the detector of {config}" if config else "the detector"
         shapes = f"shape mismatches {mismatched[:5]} ({len(mismatched)}), " if mismatched else ""
         raise ValueError(f"{path} does not fit {what}: {shapes}missing {missing[:5]} "
                          f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+    detector.load_state_dict(state, strict=True)
 
 
 @contextmanager
