@@ -161,7 +161,7 @@ def write_detection_reports(state: dict, out_dir) -> dict[str, Path]:
     w.writerow(["corruption", "group"] + [f"AP_s{s}" for s in SEVERITIES] + ["mean_AP"])
     lines = ["# COCO-C report", ""]
     if not summary["complete"]:
-        lines += [f"**Incomplete**: not evaluated: {describe_missing(summary["missing_severities"])}"
+        lines += [f"**Incomplete**: not evaluated: {describe_missing(summary['missing_severities'])}"
                   f" — mPC is over the sets evaluated.", ""]
     lines += [f"- clean AP: {_fmt(100 * state['clean_AP'])}",
               f"- mPC (mean AP over the benchmark corruptions and severities): "
