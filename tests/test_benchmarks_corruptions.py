@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from cvkit.benchmarks import command_line, main
+from cvkit.benchmarks import main
 
 
 def _command(report: str) -> list[str]:
@@ -32,7 +32,6 @@ def test_covpool_tiles_command_keeps_seed_and_max_configs():
     from cvkit.benchmarks import covpool_tiles
     argv = ["--device", "cpu", "--seed", "3", "--max-configs", "1", "--jobs", "2", "--configs", "32,32,4,1"]
     args = argparse.Namespace(**_reparsed(covpool_tiles.add_arguments, argv))
-    cmd = shlex.split(command_line("covpool-tiles", args, covpool_tiles.add_arguments,
-                                   covpool_tiles.ALWAYS_PRINTED))
+    cmd = shlex.split(covpool_tiles.command(args))
     assert cmd[3:9] == ["--device", "cpu", "--batch", "128", "--dim", "256"]  # always named
     assert _reparsed(covpool_tiles.add_arguments, cmd[3:]) == vars(args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 import shlex
 import sys
@@ -33,19 +34,23 @@ def machine_description(device: str = "cpu") -> str:
     return f"{hw}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def command_line(suite: str, args: argparse.Namespace, add_arguments, always=()) -> str:
+def command_line(suite: str, args: argparse.Namespace, add_arguments, always=(), env=()) -> str:
     """``python tools/benchmark.py SUITE`` with every option of ``args`` that differs from the
-    default ``add_arguments`` gives it (and those named in ``always``): the command reproduces
-    the run."""
+    default ``add_arguments`` gives it (and those named in ``always``, unless None or a flag at
+    its default): the command reproduces the run. ``env`` names environment variables that change
+    what is measured; each one set (non-empty) goes ahead as ``NAME=value``."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    parts = ["python tools/benchmark.py", suite]
+    parts = [f"{name}={shlex.quote(os.environ[name].strip())}" for name in env
+             if os.environ.get(name, "").strip()]
+    parts += ["python tools/benchmark.py", suite]
     for action in parser._actions:
         if not action.option_strings or action.dest == "help":
             continue
         value = getattr(args, action.dest)
-        if value == action.default and action.dest not in always:
-            continue
+        if value is None or (value == action.default
+                             and (action.dest not in always or action.nargs == 0)):
+            continue  # None: no command-line value gives it (it is the default)
         flag = max(action.option_strings, key=len)
         if action.nargs == 0:  # store_true / store_false
             parts.append(flag)

@@ -17,6 +17,11 @@ from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_median_seconds
 
 
+def command(args) -> str:
+    """The report's command line (batch, size and repeats named even at their defaults)."""
+    return command_line("corruptions", args, add_arguments, ("batch", "size", "repeats"))
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
@@ -104,7 +109,7 @@ def run(args) -> str:
         "",
         f"Median of {args.repeats} interleaved rounds per corruption (each round: 5 severities on "
         f"the whole batch; cvkit one call per severity, imagecorruptions one call per image).",
-        f"Command: `{command_line('corruptions', args, add_arguments, ('batch', 'size', 'repeats'))}`",
+        f"Command: `{command(args)}`",
         f"Machine: {machine_description()}",
     ]
     return "\n".join(lines)

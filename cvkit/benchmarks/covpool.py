@@ -10,12 +10,12 @@ time, peak memory and achieved TFLOP/s against a matmul peak measured in the sam
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
-from cvkit.benchmarks import machine_description
+from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import cpu_peak_memory_bytes, interleaved_median_seconds
+from cvkit.kernels.isqrt_cov import DIRECT_LAUNCH_ENV
 from cvkit.kernels.tile_configs import ENV_VAR
 from cvkit.layers.covpool import _isqrt_cov_torch, isqrt_cov, triu_vectorize
 
@@ -201,26 +201,10 @@ def _measure(device, b, c, size, iters, repeats, seed, cuda_graph=False, tf32=Tr
     return rows
 
 
-def _command(args) -> str:
-    """The command line, with the kernels' tile-config override when one is set (it changes
-    what the Triton rows measure)."""
-    override = os.environ.get(ENV_VAR, "").strip()
-    parts = [f'{ENV_VAR}="{override}"'] if override else []
-    parts.append("python tools/benchmark.py covpool")
-    if args.device != "cpu":
-        parts.append(f"--device {args.device}")
-    if args.batch is not None:
-        parts.append("--batch " + " ".join(map(str, args.batch)))
-    if args.dim is not None:
-        parts.append("--dim " + " ".join(map(str, args.dim)))
-    for flag, default in (("size", 14), ("iters", 5), ("repeats", 7), ("seed", 0)):
-        if getattr(args, flag) != default:
-            parts.append(f"--{flag} {getattr(args, flag)}")
-    if args.cuda_graph:
-        parts.append("--cuda-graph")
-    if args.no_tf32:
-        parts.append("--no-tf32")
-    return " ".join(parts)
+def command(args: argparse.Namespace) -> str:
+    """The report's command line, with the kernels' tile-config override and direct-launch setting
+    ahead when set (they change what the Triton rows measure)."""
+    return command_line("covpool", args, add_arguments, env=(ENV_VAR, DIRECT_LAUNCH_ENV))
 
 
 def run(args: argparse.Namespace) -> str:
@@ -234,7 +218,7 @@ def run(args: argparse.Namespace) -> str:
     peaks = _matmul_peak_tflops(device)
     peak_text = ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in peaks.items())
     base_name = "straightforward (Ibar, autograd)"
-    lines = [f"Command: `{_command(args)}`", "",
+    lines = [f"Command: `{command(args)}`", "",
              f"Machine: {machine_description(device)}", "",
              f"Forward+backward of `(isqrt_cov(x) * w).sum()`, fp32, {args.size}x{args.size} map, "
              f"{args.iters} iterations; median of {args.repeats} interleaved runs"

@@ -41,8 +41,9 @@ from collections import defaultdict
 import torch
 
 import cvkit.kernels.isqrt_cov as impl
-from cvkit.benchmarks import machine_description
+from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_seconds, synchronize
+from cvkit.kernels.tile_configs import ENV_VAR
 
 CVKIT = "cvkit (direct launches of the recorded kernels)"
 JIT = f"the same through Triton's JIT functions ({impl.DIRECT_LAUNCH_ENV}=0)"
@@ -69,6 +70,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-direct", action="store_true",
                         help="every candidate through Triton's JIT functions (cvkit's default, "
                              "direct launches, left out)")
+
+
+ALWAYS_PRINTED = ("device", "dim", "size", "iters", "steps", "repeats")
+"""Options the report's command names even at their defaults (--batch too when given)."""
+
+
+def command(args: argparse.Namespace) -> str:
+    """The report's command line, with the kernels' tile-config override ahead when set (it
+    changes the configs the autotuner times and chooses among)."""
+    return command_line("covpool-host", args, add_arguments, ALWAYS_PRINTED, env=(ENV_VAR,))
 
 
 def _jit_functions(k) -> list[tuple[str, object]]:
@@ -350,11 +361,7 @@ def _report(args, batch: int, times, seconds) -> str:
     lines += [f"| all launches | {per_step} | | | {in_launches:.3f} |",
               f"| the rest (host ms until return {host[JIT]:.3f} minus the launches) | | | | "
               f"{host[JIT] - in_launches:.3f} |"]
-    batch_arg = "" if args.batch is None else f" --batch {args.batch}"
-    lines += ["", f"Command: `python tools/benchmark.py covpool-host --device {args.device}"
-              f"{batch_arg} --dim {args.dim} --size {args.size} --iters {args.iters} --steps "
-              f"{args.steps} --repeats {args.repeats}"
-              + (" --no-direct" if args.no_direct else "") + "`",
+    lines += ["", f"Command: `{command(args)}`",
               f"Machine: {machine_description(args.device)}; CPU: {_cpu_name()}, "
               f"{os.cpu_count()} cores"]
     return "\n".join(lines)

@@ -57,6 +57,12 @@ ALWAYS_PRINTED = ("device", "batch", "dim", "precision")
 """Options the report's command names even at their defaults (with every one that differs)."""
 
 
+def command(args: argparse.Namespace) -> str:
+    """The report's command line, with the tile-config override ahead when set (the autotuned
+    row chooses among its configs)."""
+    return command_line("covpool-tiles", args, add_arguments, ALWAYS_PRINTED, env=(ENV_VAR,))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"],
                         help="cuda (cpu only under TRITON_INTERPRET=1, for tests)")
@@ -223,7 +229,7 @@ def run(args: argparse.Namespace) -> str:
     bandwidth = _copy_bandwidth(device)
     matrix_bytes = b * d * d * 4
     lines = [
-        f"Command: `{command_line('covpool-tiles', args, add_arguments, ALWAYS_PRINTED)}`", "",
+        f"Command: `{command(args)}`", "",
         f"Machine: {machine_description(device)}", "",
         f"One product launch of `isqrt_cov`'s Triton kernel per row (B={b}, d={d}, "
         f"{args.precision}), median of "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cvkit.benchmarks import machine_description
+from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_median_seconds
 
 
@@ -22,6 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+
+
+ALWAYS_PRINTED = ("root", "size", "batch_size", "workers", "repeats")
+"""Options the report's command names even at their defaults (--max-images too when given)."""
+
+
+def command(args: argparse.Namespace) -> str:
+    """The report's command line."""
+    return command_line("data", args, add_arguments, ALWAYS_PRINTED)
 
 
 def _torchvision_loader(split: Path, size: int, batch: int, workers: int, limit, worker_init):
@@ -76,9 +85,6 @@ def run(args: argparse.Namespace) -> str:
                                        repeats=args.repeats, warmup=1)
     ips = {k: n_images / v for k, v in times.items()}
     ratio = {k: v / ips["torchvision"] for k, v in ips.items()}
-    cmd = (f"python tools/benchmark.py data --root {args.root} --size {args.size} "
-           f"--batch-size {args.batch_size} --workers {args.workers} --repeats {args.repeats}"
-           + (f" --max-images {args.max_images}" if args.max_images else ""))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return "\n".join([
         f"Training input pipeline, {n_images} images per pass from `{split}`, crop {args.size}, "
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> str:
         f"| torchvision: PIL + RandomResizedCrop + flip + ToTensor + Normalize | "
         f"{ips['torchvision']:.0f} | 1.00x |",
         "",
-        f"Command: `{cmd}`",
+        f"Command: `{command(args)}`",
         f"Machine: {machine_description()}; {os.cpu_count()} CPUs visible; 1-min load average at the "
         f"end {load:.1f}.",
     ])

@@ -18,13 +18,11 @@ backbone alone: what resnet50_gcp would take if its covariance head were free.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 
 import torch
 
-from cvkit.benchmarks import machine_description
+from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_seconds
 
 DEFAULT_MODELS = ("resnet50", "eca_resnet50", "resnet50_gcp")
@@ -45,6 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every model (torchvision's too) in channels_last")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default="cpu")
+
+
+ALWAYS_PRINTED = ("models", "batch", "size", "repeats", "device")
+"""Options the report's command names even at their defaults (with every one that differs)."""
+
+
+def command(args: argparse.Namespace) -> str:
+    """The report's command line (from ``args``, not ``sys.argv``: ``main(argv)`` runs it too)."""
+    return command_line("models", args, add_arguments, ALWAYS_PRINTED)
 
 
 def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -82,7 +89,6 @@ def run(args: argparse.Namespace) -> str:
         steps[name] = _step_fn(model, x, y)
     times = interleaved_seconds(steps, repeats=args.repeats, warmup=args.warmup,
                                 device=args.device, settle=1)
-    cmd = "python tools/benchmark.py models " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     lines = [
         f"Training step (forward + backward + SGD), batch {args.batch} at {args.size}², "
         f"{'channels_last' if args.channels_last else 'NCHW'}, {args.device}; {args.repeats} "
@@ -107,5 +113,5 @@ def run(args: argparse.Namespace) -> str:
         of_medians = statistics.median(t) / base_median
         lines.append(f"| {name} | {statistics.median(t):.3f} | {ratio:.3f} | "
                      f"{min(ratios):.3f} – {max(ratios):.3f} | {of_medians:.3f} | {verdict} |")
-    lines += ["", f"Command: `{cmd}`", f"Machine: {machine_description(args.device)}"]
+    lines += ["", f"Command: `{command(args)}`", f"Machine: {machine_description(args.device)}"]
     return "\n".join(lines)
