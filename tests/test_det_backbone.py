@@ -94,6 +94,55 @@ def test_pretrained_init_cfg_loads_a_cvkit_classification_checkpoint(tmp_path):
             torch.testing.assert_close(loaded[name], value, rtol=0, atol=0, msg=name)
 
 
+def _eca_sizes(model) -> tuple[int, ...]:
+    """The per-stage ECA kernel sizes of a (features_only) ResNet."""
+    net = getattr(model, "model", model)
+    return tuple(getattr(net, f"layer{i}")[0].eca.conv.kernel_size[0] for i in range(1, 5))
+
+
+def _classifier_checkpoint(path, name: str, eca_k_size):
+    import cvkit
+
+    model = cvkit.create_model(name, num_classes=10, eca_k_size=eca_k_size)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def test_the_checkpoint_fixes_the_eca_kernel_sizes_over_the_config(tmp_path):
+    """A backbone checkpoint decides the ECA kernel sizes: with none in the config quietly, over
+    a config value with a warning naming both (its weights load into nothing else)."""
+    import warnings
+
+    ckpt = _classifier_checkpoint(tmp_path / "eca.ckpt", "eca_resnet18", (5, 3, 7, 3))
+    init = dict(type="Pretrained", checkpoint=str(ckpt))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backbone = _build(model_name="eca_resnet18", init_cfg=init)
+    assert _eca_sizes(backbone.body) == (5, 3, 7, 3)
+    assert backbone.model_kwargs == {"eca_k_size": (5, 3, 7, 3)}  # as built, for the config dump
+    with pytest.warns(UserWarning, match=r"eca_k_size=\(5, 3, 7, 3\) from .*eca\.ckpt replaces the "
+                                         r"config's \(3, 3, 3, 3\)"):
+        backbone = _build(model_name="eca_resnet18", init_cfg=init,
+                          model_kwargs=dict(eca_k_size=(3, 3, 3, 3)))
+    assert _eca_sizes(backbone.body) == (5, 3, 7, 3)
+    assert backbone.model_kwargs == {"eca_k_size": (5, 3, 7, 3)}
+
+
+def test_eca_r50_detection_config_takes_a_backbone_trained_by_the_classification_recipe(tmp_path):
+    """configs/classification/eca_resnet50.yaml trains Eq. 12's kernel sizes (5, 5, 5, 7); the
+    released checkpoint has (3, 5, 5, 7): the Mask R-CNN ECA-R50 config's backbone takes either."""
+    from mmdet.registry import MODELS
+
+    from cvkit.tasks.detection import load_det_config
+
+    config = "configs/detection/mask-rcnn_eca-r50_fpn_1x_coco.py"
+    for sizes in ((5, 5, 5, 7), (3, 5, 5, 7)):
+        ckpt = _classifier_checkpoint(tmp_path / f"{sizes}.ckpt", "eca_resnet50", sizes)
+        cfg = load_det_config(config)
+        cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(ckpt))
+        assert _eca_sizes(MODELS.build(cfg.model.backbone).body) == sizes
+
+
 def test_missing_checkpoint_and_unknown_model_are_named(tmp_path):
     backbone = _build(model_name="eca_resnet18", init_cfg=dict(type="Pretrained",
                                                                checkpoint=str(tmp_path / "no.pth")))

@@ -48,7 +48,10 @@ def test_models_example(tmp_path, monkeypatch):
     demo = cvkit.create_model("eca_resnet18", global_pool="gcp", gcp_dim=32, gcp_iters=3,
                               num_classes=10)  # configs/classification/demo.yaml's model
     (tmp_path / "runs/demo/checkpoints").mkdir(parents=True)
-    torch.save(_lightning(demo), tmp_path / "runs/demo/checkpoints/last.ckpt")
+    torch.save({**_lightning(demo), "hyper_parameters": {  # as ClassificationTask saves them
+        "model_name": "eca_resnet18", "num_classes": 10,
+        "model_kwargs": {"global_pool": "gcp", "gcp_dim": 32, "gcp_iters": 3}}},
+        tmp_path / "runs/demo/checkpoints/last.ckpt")
     torch.save(timm.create_model("vit_small_patch16_224").state_dict(), tmp_path / "vit_s_224.pth")
     monkeypatch.chdir(tmp_path)
     built = []
@@ -69,6 +72,7 @@ def test_models_example(tmp_path, monkeypatch):
     for k, v in finetuned.state_dict().items():
         assert torch.equal(r50.state_dict()[k], v), k
     x = torch.randn(2, 3, 48, 48)
+    assert demo_model.global_pool.iters == 3  # from the checkpoint's model_kwargs
     with torch.no_grad():
         assert torch.equal(demo_model.eval()(x), demo.eval()(x))
     assert vit384.pos_embed.shape == (1, 1 + 24 * 24, 384)

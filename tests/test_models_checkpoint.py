@@ -345,6 +345,56 @@ def test_timm_pretrained_file_goes_through_the_converter(tmp_path):
         assert torch.equal(model(x), ref(x))
 
 
+def test_timm_pretrained_file_fixes_the_eca_kernel_sizes_and_gcp_width(tmp_path):
+    """The official ECA-ResNet-50 file (k = 3, 5, 5, 7; the preset's Eq. 12 gives 5, 5, 5, 7) and
+    a GCP checkpoint of another width load through timm's pretrained=True as through
+    cvkit.create_model; a width the caller gives still wins (and then does not fit)."""
+    path = tmp_path / "eca_resnet50.pth.tar"
+    torch.save({"state_dict": OrderedDict((f"module.{k}", v) for k, v in
+                                          official_eca_resnet50_state_dict().items())}, path)
+    model = timm.create_model("cvkit_eca_resnet50", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    ref = cvkit.create_model("eca_resnet50", checkpoint_path=path).eval()
+    assert [getattr(model, f"layer{i}")[0].eca.conv.kernel_size[0] for i in range(1, 5)] == [3, 5, 5, 7]
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    gcp = tmp_path / "gcp.pth"
+    torch.save(cvkit.create_model("resnet18_gcp", gcp_dim=32).state_dict(), gcp)
+    model = timm.create_model("cvkit_resnet18_gcp", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(gcp)))
+    assert model.fc.in_features == 32 * 33 // 2
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        timm.create_model("cvkit_resnet18_gcp", pretrained=True, gcp_dim=16,
+                          pretrained_cfg_overlay=dict(file=str(gcp)))
+
+
+def test_a_training_checkpoint_rebuilds_the_model_it_was_trained_as(tmp_path):
+    """The demo's last.ckpt (eca_resnet18, model_kwargs global_pool='gcp', gcp_dim 32,
+    gcp_iters 3): create_model and timm's pretrained=True take its model_kwargs (gcp_iters shows
+    in no tensor: it ran 5 iterations, silently) unless given; a checkpoint of another preset
+    lends none."""
+    trained = cvkit.create_model("eca_resnet18", num_classes=10, global_pool="gcp", gcp_dim=32,
+                                 gcp_iters=3).eval()
+    path = tmp_path / "last.ckpt"
+    torch.save({"hyper_parameters": {"model_name": "eca_resnet18", "num_classes": 10,
+                                     "model_kwargs": {"global_pool": "gcp", "gcp_dim": 32, "gcp_iters": 3,
+                                                      "checkpoint_path": "start.pth"}},
+                "state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, path)
+    x = _x()
+    # (timm's pretrained=True gives a head of another class count than 1000 new weights)
+    pooled = lambda m: m.forward_head(m.forward_features(x), pre_logits=True)  # noqa: E731
+    for model in (cvkit.create_model("eca_resnet18", checkpoint_path=path),
+                  timm.create_model("cvkit_eca_resnet18", pretrained=True, num_classes=10,
+                                    pretrained_cfg_overlay=dict(file=str(path)))):
+        assert model.global_pool.iters == 3
+        with torch.no_grad():
+            assert torch.equal(pooled(model.eval()), pooled(trained))
+    assert cvkit.create_model("eca_resnet18", checkpoint_path=path, gcp_iters=5).global_pool.iters == 5
+    with pytest.raises(CheckpointError, match="iSQRT-COV head"):  # resnet18's own: nothing lent
+        cvkit.create_model("resnet18", checkpoint_path=path, strict=False)
+
+
 # --- unreadable files, checkpoints without a classifier, other image sizes, the file writer -----
 def test_unreadable_files_say_why(tmp_path):
     """An empty file (an interrupted download) is named as such; only a valid file holding other
@@ -470,7 +520,7 @@ def test_convert_tool_model_args(tmp_path, capsys):
     assert tool.main([str(src), str(out), "--model", "resnet18", "--model-arg",
                       "global_pool=gcp"]) == 0
     assert "gcp_dim=32, num_classes=10" in capsys.readouterr().out
-    assert tool.main([str(src), str(out), "--model", "resnet18", "--model-arg", "gcp"]) == 1
+    assert tool.main([str(src), str(out), "--model", "resnet18", "--model-arg", "gcp"]) == 2
     assert "--model-arg 'gcp': expected KEY=VALUE" in capsys.readouterr().err
 
 
@@ -479,7 +529,7 @@ def test_convert_tool_misspelt_model_arg_is_one_line_naming_key_and_model(tmp_pa
     torch.save(cvkit.create_model("resnet18", num_classes=10).state_dict(), src)
     out = tmp_path / "o.pth"
     assert _convert_tool().main([str(src), str(out), "--model", "resnet18",
-                                 "--model-arg", "globl_pool=gcp"]) == 1
+                                 "--model-arg", "globl_pool=gcp"]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("error: --model-arg"), err
     assert "'globl_pool'" in err[0] and "'resnet18'" in err[0], err

@@ -136,13 +136,13 @@ def test_bad_inputs(tmp_path, cls_root, capsys):
     assert ev(["--checkpoint", str(ckpt), "--val", str(cls_root / "val"), "--out", str(tmp_path / "o")]) == 2
     assert "holds plain model weights: pass --model" in capsys.readouterr().err
     assert ev(["--checkpoint", str(tmp_path / "nope.pt"), "--val", str(cls_root / "val"),
-               "--out", str(tmp_path / "o")]) == 2
+               "--out", str(tmp_path / "o")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert ev(["--checkpoint", str(ckpt), "--model", "resnet18", "--val", str(cls_root / "val"),
                "--severities", "6", "--out", str(tmp_path / "o")]) == 2
     assert "severity must be an integer in 1..5" in capsys.readouterr().err
     assert ev(["--checkpoint", str(ckpt), "--model", "resnet18", "--imagenet-c", str(tmp_path / "none"),
-               "--out", str(tmp_path / "o")]) == 2
+               "--out", str(tmp_path / "o")]) == 1
     assert "does not exist" in capsys.readouterr().err
     mk = _tool("make_imagenet_c")
     assert mk(["--val", str(cls_root / "val"), "--out", str(tmp_path / "c"), "--corruptions", "foggy"]) == 2
@@ -201,7 +201,7 @@ def test_lightning_checkpoint_with_model_kwargs_loads_and_evaluates(tmp_path, cl
     assert set(state["errors"]["fog"]) == {"1"} and state["clean_error"] is not None
     assert state["meta"]["mean"] == [0.4, 0.5, 0.6]  # the checkpoint's normalisation, not the preset's
     capsys.readouterr()
-    assert _eval("--checkpoint", str(ckpt), "--val", str(cls_root / "val"), *SIZE, "--out", str(tmp_path / "o2")) == 2
+    assert _eval("--checkpoint", str(ckpt), "--val", str(cls_root / "val"), *SIZE, "--out", str(tmp_path / "o2")) == 1
     err = capsys.readouterr().err
     assert "10 classes" in err and "has 4" in err and str(ckpt) in err
 
@@ -287,7 +287,7 @@ def test_make_imagenet_c_empty_or_flat_val_is_one_line_error(tmp_path, kind, cap
     val.mkdir()
     if kind == "flat":
         Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(val / "y.png")
-    assert _tool("make_imagenet_c")(["--val", str(val), "--out", str(tmp_path / "o"), "--workers", "1"]) == 2
+    assert _tool("make_imagenet_c")(["--val", str(val), "--out", str(tmp_path / "o"), "--workers", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and str(val) in err
 
@@ -321,7 +321,7 @@ def test_baseline_validated_first_and_normalises(setup, tmp_path, capsys):
     bad.write_text(json.dumps({"clean_error": 0.2}))
     for path, msg in [(tmp_path / "nope.json", "does not exist"), (bad, "has no 'errors' mapping")]:
         out = tmp_path / f"o_{path.stem}"
-        assert ev([*args, "--baseline", str(path), "--out", str(out)]) == 2
+        assert ev([*args, "--baseline", str(path), "--out", str(out)]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and msg in err and str(path) in err
         assert not out.exists()  # nothing evaluated
@@ -350,7 +350,7 @@ def test_resume_compares_resolved_paths_and_names_differing_keys(setup, tmp_path
     assert ev([*args, "--checkpoint", ckpt.name, "--val", str(rel_val), *SIZE, "--out", str(out)]) == 0
     capsys.readouterr()
     assert ev([*args, "--checkpoint", ckpt.name, "--val", str(rel_val), "--resize", "40", "--crop", "30",
-               "--out", str(out)]) == 2
+               "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "crop: 32 there, 30 now" in err and err.count(" there, ") == 1  # only crop differs
 
@@ -369,7 +369,7 @@ def test_small_image_with_workers_and_negative_seed_are_one_line_errors(tmp_path
     ev = _tool("eval_corruption")
     base = ["--checkpoint", str(ckpt), "--imagenet-c", str(root), "--corruptions", "fog", "--severities", "1",
             "--no-progress", "--device", "cpu"]
-    assert ev([*base, "--crop", "40", "--workers", "2", "--out", str(tmp_path / "o")]) == 2
+    assert ev([*base, "--crop", "40", "--workers", "2", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "b/x.png is 20x20, smaller than the centre crop 40" in err
     assert ev([*base, "--seed", "-1", "--out", str(tmp_path / "o2")]) == 2
@@ -434,7 +434,7 @@ def test_folder_images_of_another_size_than_the_models_crop(setup, tmp_path, cap
             f"evaluated" in err)
     assert "tools/make_imagenet_c.py --val VAL --out DIR --resize 32 --crop 32" in err
     big = _with_datamodule_hp(ckpt, tmp_path / "b.ckpt", image_size=48, crop_pct=0.75)
-    assert ev(["--checkpoint", str(big), *args, "--out", str(tmp_path / "o2")]) == 2
+    assert ev(["--checkpoint", str(big), *args, "--out", str(tmp_path / "o2")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "x.png is 40x40, smaller than the centre crop 48" in err
     assert "make_imagenet_c.py --val VAL --out DIR --resize 64 --crop 48" in err
@@ -465,7 +465,7 @@ def test_model_arg_for_plain_weights(setup, tmp_path, capsys):
     assert got.keys() == ref.keys() and all(torch.equal(v, ref[k]) for k, v in got.items())
     capsys.readouterr()
     assert ev(["--checkpoint", str(plain), "--model", "resnet18", *args,
-               "--out", str(tmp_path / "o1")]) == 2
+               "--out", str(tmp_path / "o1")]) == 1
     err = capsys.readouterr().err  # the load error's advice in the tool's terms
     assert err.count("\n") == 1 and "pass --model-arg global_pool=gcp" in err, err
     assert ev(["--checkpoint", str(ckpt), "--model-arg", "global_pool=gcp", *args,
@@ -497,7 +497,16 @@ def test_report_names_the_missing_severities(tmp_path):
     assert summary["complete"] is False and summary["missing"] == ["snow", "fog"]  # canonical order
     assert summary["missing_severities"] == {"snow": [1, 2, 3, 4, 5], "fog": [2, 4, 5]}
     assert summary["held_out"]["missing_severities"]["spatter"] == [1, 3, 4, 5]
-    assert summary["benchmark"]["mCE"] is not None  # over the 13 complete ones
+    assert summary["benchmark"]["mCE"] is not None  # over the 13 complete ones, and says so
+    over = summary["benchmark"]["mCE_over"]
+    assert len(over) == 13 and "fog" not in over and "snow" not in over
+    assert "- mCE (AlexNet-normalised, only 13 of the 15 benchmark corruptions: not comparable): " in md
+    assert "- relative mCE (only 13 of the 15 benchmark corruptions: not comparable): " in md
+    errors.update(fog={str(s): 0.5 for s in range(1, 6)}, snow={str(s): 0.5 for s in range(1, 6)})
+    write_reports(state, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "- mCE (AlexNet-normalised, 15 benchmark corruptions): " in md and "Incomplete" not in md
+    assert len(json.loads((tmp_path / "summary.json").read_text())["benchmark"]["mCE_over"]) == 15
 
 
 def test_make_imagenet_c_refuses_the_other_format_in_the_same_folder(setup, tmp_path, capsys):
@@ -510,7 +519,7 @@ def test_make_imagenet_c_refuses_the_other_format_in_the_same_folder(setup, tmp_
             "--workers", "1"]
     assert mk(args) == 0 and len(list(out.rglob("*.jpg"))) == 30
     capsys.readouterr()
-    assert mk([*args, "--format", "png"]) == 2
+    assert mk([*args, "--format", "png"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{out / 'fog' / '1'} already holds .jpg images" in err
     assert not list(out.rglob("*.png"))
@@ -522,16 +531,16 @@ def test_results_written_before_resize_was_recorded_resume_at_256(tmp_path):
     """A released-folder run with --clean-val recorded no "resize" before it became a setting
     (its clean images were always resized to 256): such a results file resumes a run at 256 and
     is refused, naming resize, at another size."""
-    from cvkit.robustness.evaluate import RESULTS_FILE, _load_state
+    from cvkit.robustness.evaluate import RESULTS_FILE, resume_results
 
     old_meta = {"source": "folder", "root": str(tmp_path / "c"), "crop": 224,
                 "clean_root": str(tmp_path / "val"), "model": "resnet50"}
     (tmp_path / RESULTS_FILE).write_text(json.dumps(
         {"meta": old_meta, "clean_error": 0.25, "errors": {"fog": {"1": 0.4}}, "missing": {}}))
-    state = _load_state(tmp_path, {**old_meta, "resize": 256}, resume=True)
+    state = resume_results(tmp_path, {**old_meta, "resize": 256}, True, {})
     assert state["errors"] == {"fog": {"1": 0.4}} and state["clean_error"] == 0.25
     with pytest.raises(ValueError, match=r"resize: 256 there, 300 now"):
-        _load_state(tmp_path, {**old_meta, "resize": 300}, resume=True)
+        resume_results(tmp_path, {**old_meta, "resize": 300}, True, {})
 
 
 @pytest.mark.parametrize("task", ["cls", "det"])

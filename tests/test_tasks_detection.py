@@ -140,19 +140,20 @@ def test_mmdet_init_detector_and_inference_match_the_task(mask_rcnn_run, det_roo
     from mmdet.apis import inference_detector, init_detector
 
     task, _, work_dir = mask_rcnn_run
-    model = init_detector(str(MASK), str(work_dir / "detector.pth"), device="cpu")
-    classes = tuple(task.cfg.train_dataloader.dataset.metainfo.classes)
-    assert tuple(model.dataset_meta["classes"]) == classes
-    ours = inference_detector(model, str(det_root / "val" / "000000.jpg")).pred_instances
-    task.detector.eval()
-    batch = next(iter(task.test_dataloader()))
-    assert batch["data_samples"][0].img_path.endswith("000000.jpg")
-    with torch.no_grad():
-        theirs = task.detector.test_step(batch)[0].pred_instances
-    assert len(ours) > 0
-    torch.testing.assert_close(ours.bboxes, theirs.bboxes, atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(ours.scores, theirs.scores, atol=1e-4, rtol=1e-4)
-    assert torch.equal(ours.masks, theirs.masks)
+    for config in (MASK, work_dir / "config.py"):  # the config file, and the one train_detector wrote
+        model = init_detector(str(config), str(work_dir / "detector.pth"), device="cpu")
+        classes = tuple(task.cfg.train_dataloader.dataset.metainfo.classes)
+        assert tuple(model.dataset_meta["classes"]) == classes
+        ours = inference_detector(model, str(det_root / "val" / "000000.jpg")).pred_instances
+        task.detector.eval()
+        batch = next(iter(task.test_dataloader()))
+        assert batch["data_samples"][0].img_path.endswith("000000.jpg")
+        with torch.no_grad():
+            theirs = task.detector.test_step(batch)[0].pred_instances
+        assert len(ours) > 0
+        torch.testing.assert_close(ours.bboxes, theirs.bboxes, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(ours.scores, theirs.scores, atol=1e-4, rtol=1e-4)
+        assert torch.equal(ours.masks, theirs.masks)
 
 
 def test_the_config_runs_under_mmengine_runner(det_root, tmp_path):
@@ -399,13 +400,39 @@ def test_checkpoint_of_another_detector_is_one_error_naming_checkpoint_config_an
     ckpt = tmp_path / "detector.pth"
     torch.save({"state_dict": faster.state_dict(), "meta": {}}, ckpt)
     retina = CONFIGS / "retinanet_eca-r18_fpn_shapes.py"
-    assert test_det.main([str(retina), str(ckpt), "--accelerator", "cpu"]) == 2
+    assert test_det.main([str(retina), str(ckpt), "--accelerator", "cpu"]) == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
     assert len(err) == 1, err
     assert f"{ckpt} does not fit the detector of {retina}" in err[0], err
     assert ("shape mismatches ['neck.lateral_convs.0.conv.weight: checkpoint [64, 64, 1, 1] vs "
             "model [64, 128, 1, 1]'") in err[0], err
     assert "missing ['" in err[0] and "'rpn_head.rpn_conv.weight'" in err[0], err  # unexpected
+
+
+def test_a_detector_checkpoint_fixes_the_backbones_eca_kernel_sizes(tmp_path):
+    """A detector whose backbone has other ECA kernel sizes than its config builds (e.g. a
+    converted release, or one fine-tuned from a backbone with other sizes) loads through the
+    config: the sizes come from its weights; the exported config rebuilds it in mmdet's
+    init_detector."""
+    from mmdet.apis import init_detector
+
+    from cvkit.tasks.detection import DetectionTask, build_detector, load_det_config
+
+    opts = {"model.backbone.init_cfg": None, "model.backbone.model_kwargs": {"eca_k_size": (7, 5, 3, 3)}}
+    trained = build_detector(load_det_config(FASTER, opts))
+    ckpt = tmp_path / "detector.pth"
+    torch.save({"state_dict": trained.state_dict(), "meta": {}}, ckpt)
+    with pytest.warns(UserWarning, match=r"eca_k_size=\(7, 5, 3, 3\) from .*detector\.pth"):
+        task = DetectionTask(str(FASTER), load_from=str(ckpt),
+                             cfg_options={"model.backbone.model_kwargs": {"eca_k_size": (3, 3, 3, 3)}})
+    net = task.detector.backbone.body.model
+    assert [net.layer1[0].eca.conv.kernel_size[0], net.layer4[0].eca.conv.kernel_size[0]] == [7, 3]
+    ours, theirs = task.detector.state_dict(), trained.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert tuple(task.cfg.model.backbone.model_kwargs["eca_k_size"]) == (7, 5, 3, 3)
+    config = Path(task.export_config(str(tmp_path / "config.py")))
+    model = init_detector(str(config), str(ckpt), device="cpu")
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
 
 
 def test_random_init_does_not_dump_every_parameter_to_the_console(capfd):

@@ -47,6 +47,25 @@ def _parsed_recipe(recipe, tiny, tmp_path) -> ClassificationCLI:
                                        "--trainer.default_root_dir", str(tmp_path)], run=False)
 
 
+@pytest.mark.parametrize("recipe", ["resnet50_gcp_lrfast", "mobilenetv2_gcp_lrnorm"])
+def test_gcp_dim128_variant_overlays_any_gcp_recipe(recipe, tiny, tmp_path):
+    """variants/gcp_dim128.yaml after a GCP recipe: the paper's 128-d head (8256-d fc input), the
+    recipe's model, optimiser and schedule unchanged."""
+    base = _parsed_recipe(REPO / f"configs/classification/{recipe}.yaml", tiny, tmp_path).model
+    with torch.device("meta"):
+        cli = ClassificationCLI(args=["--config", str(REPO / f"configs/classification/{recipe}.yaml"),
+                                      "--config", str(REPO / "configs/classification/variants/gcp_dim128.yaml"),
+                                      "--data.root", str(tiny), "--trainer.devices", "1",
+                                      "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+                                      "--trainer.default_root_dir", str(tmp_path)], run=False)
+    task = cli.model
+    assert task.hparams.model_kwargs == {"gcp_dim": 128}
+    assert task.model.global_pool.dim == 128 and task.model.get_classifier().in_features == 8256
+    assert base.model.get_classifier().in_features == 32896
+    assert task.hparams.model_name == base.hparams.model_name
+    assert task.optimizer_cfg == base.optimizer_cfg and task.schedule == base.schedule
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_parses_and_builds_model_and_optimizer(recipe, tiny, tmp_path):
     """Every YAML goes through the real CLI parser and builds its model (on the meta device: the
@@ -446,10 +465,10 @@ def test_misspelt_model_kwargs_key_is_one_line_exit_2(tiny, tmp_path, capsys):
     assert "gcp_dimm" in line and "eca_resnet18" in line, line
 
 
-def test_misspelt_model_name_is_one_line_listing_the_closest(tiny, tmp_path, capsys):
+def test_misspelt_model_name_is_one_line_exit_2_listing_the_closest(tiny, tmp_path, capsys):
     rc = main(["fit", "--data.root", str(tiny), "--trainer.default_root_dir", str(tmp_path),
                "--model.model_name", "eca_resnet81"])
-    assert rc == 1
+    assert rc == 2  # a bad option value (cvkit.tool_errors.OptionError)
     line = _one_error_line(capsys)
     assert "unknown model 'eca_resnet81'" in line and "closest cvkit presets: eca_resnet18" in line
 

@@ -49,10 +49,20 @@ def _mmdet_converter():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cvkit.models.checkpoint import CheckpointError, read_checkpoint, save_state_dict
+    from cvkit.models.checkpoint import read_checkpoint, save_state_dict
     from cvkit.models.convert import to_cvkit
 
     try:
+        from cvkit.models.factory import parse_model_args
+        from cvkit.tool_errors import OptionError
+
+        given = parse_model_args(args.model_arg)  # options first, before reading the file
+        if given and not args.model:
+            raise OptionError("--model-arg needs --model (the preset the arguments are for)")
+        if args.model:
+            from cvkit.models.registry import get_preset
+
+            get_preset(args.model)
         state_dict = read_checkpoint(args.input, weights_only=not args.unsafe)
         if args.kind == "mmdet-legacy":
             state_dict = _mmdet_converter()(state_dict)
@@ -60,9 +70,7 @@ def main(argv=None) -> int:
             state_dict = to_cvkit(state_dict)
         if args.model:
             import cvkit
-            from cvkit.models.factory import parse_model_args
 
-            given = parse_model_args(args.model_arg)
             try:
                 model = cvkit.create_model(args.model, checkpoint_path=None,
                                            **{**_inferred(args.model, state_dict, given), **given})
@@ -75,11 +83,12 @@ def main(argv=None) -> int:
             from cvkit.models.checkpoint import load_state_dict
 
             load_state_dict(model, state_dict, strict=True, source=args.input)
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
-        from cvkit.tasks.evaluate import tool_hint
+    except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
+        from cvkit.tool_errors import is_user_error, report
 
-        print(f"error: {tool_hint(str(e))}", file=sys.stderr)
-        return 1
+        if not is_user_error(e):
+            raise
+        return report(e)
     save_state_dict(state_dict, args.output)
     print(f"wrote {len(state_dict)} tensors to {args.output}")
     return 0

@@ -23,7 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_seed
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed
+from cvkit.tool_errors import USAGE, OptionError, is_user_error, report
 
 
 #: Options of one task only (dest -> flag): given with the other task, they are an error rather
@@ -71,13 +72,18 @@ def parse(argv=None):
 
 
 def check_task_options(args) -> None:
-    """Refuse an option of the other task (one line, naming it); fill in the classifier defaults."""
+    """Refuse an option of the other task and a missing one (one line, naming it); fill in the
+    classifier defaults."""
     wrong = DET_ONLY if args.task == "cls" else CLS_ONLY
     given = [flag for dest, flag in wrong.items() if getattr(args, dest) is not None]
     if given:
-        raise ValueError(f"{given[0]} does not apply to --task {args.task}"
-                         + (" (the config's test_dataloader sets it)"
-                            if given[0] in ("--batch-size", "--workers") else ""))
+        raise OptionError(f"{given[0]} does not apply to --task {args.task}"
+                          + (" (the config's test_dataloader sets it)"
+                             if given[0] in ("--batch-size", "--workers") else ""))
+    if args.task == "det" and not args.config:
+        raise OptionError("--task det needs --config (an mmdet config file)")
+    if args.task == "cls" and not (args.imagenet_c or args.val):
+        raise OptionError("give --imagenet-c ROOT (released folder) or --val ROOT (on the fly)")
     for dest, value in CLS_DEFAULTS.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
@@ -87,12 +93,14 @@ def main(argv=None) -> int:
     args = parse(argv)
     try:
         check_seed(args.seed, "--seed")
+        for c in args.corruptions:
+            for s in args.severities:
+                check_corruption(c, s)
         check_task_options(args)
         from cvkit.models.factory import parse_model_args
         model_kwargs = parse_model_args(args.model_arg or [])
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e, USAGE)
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -103,15 +111,12 @@ def main(argv=None) -> int:
         try:
             _, devices = lightning_devices(device)  # 1 (the first GPU) or [N]
         except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return report(e, USAGE)
         if count < (1 if devices == 1 else devices[0] + 1):
             print(f"error: --device {device}: this machine has {count} CUDA GPU(s)", file=sys.stderr)
-            return 2
+            return USAGE
     try:
         if args.task == "det":
-            if not args.config:
-                raise ValueError("--task det needs --config (an mmdet config file)")
             from cvkit.robustness.detection import evaluate_detector
             state = evaluate_detector(args.config, args.checkpoint, args.out, corruptions=args.corruptions,
                                       severities=args.severities, seed=args.seed, device=device,
@@ -121,22 +126,21 @@ def main(argv=None) -> int:
             files = write_detection_reports(state, args.out)
             print(Path(files["markdown"]).read_text())
             return 0
+        from cvkit.data.transforms import CROP_PCT
         from cvkit.robustness.evaluate import (FolderSource, OnTheFlySource, eval_sizes,
                                                evaluate_classification, load_classifier)
         from cvkit.robustness.report import read_baseline, write_reports
         baseline = read_baseline(args.baseline) if args.baseline else None
         if args.imagenet_c:
             source = FolderSource(args.imagenet_c, crop=args.crop, clean_root=args.clean_val, resize=args.resize)
-        elif args.val:
-            source = OnTheFlySource(args.val, args.resize, args.crop, args.seed, args.jpeg_quality)
         else:
-            raise ValueError("give --imagenet-c ROOT (released folder) or --val ROOT (on the fly)")
+            source = OnTheFlySource(args.val, args.resize, args.crop, args.seed, args.jpeg_quality)
         model, name, dm_hp = load_classifier(args.checkpoint, args.model, device, source.classes,
                                              model_kwargs)
         resize, crop = eval_sizes(args.resize, args.crop, dm_hp)
         source.set_size(resize, crop)
         how = ("from --resize / --crop" if args.resize or args.crop else
-               f"as trained: image_size {dm_hp['image_size']}, crop_pct {dm_hp.get('crop_pct', 0.875)}"
+               f"as trained: image_size {dm_hp['image_size']}, crop_pct {dm_hp.get('crop_pct', CROP_PCT)}"
                if "image_size" in dm_hp else "the default for plain weights")
         print(f"image size: resize {resize}{' (the clean val)' if args.imagenet_c else ''}, "
               f"centre crop {crop} ({how})")
@@ -152,11 +156,10 @@ def main(argv=None) -> int:
                                                     **({"model_kwargs": model_kwargs}
                                                        if model_kwargs else {})})
         files = write_reports(state, args.out, baseline, baseline_name=args.baseline)
-    except (ValueError, FileNotFoundError) as e:
-        from cvkit.tasks.evaluate import tool_hint
-
-        print(f"error: {tool_hint(str(e))}", file=sys.stderr)
-        return 2
+    except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
+        if not is_user_error(e):
+            raise
+        return report(e)
     for c, sevs in state["missing"].items():
         for s, why in sevs.items():
             print(f"warning: {c} severity {s} not evaluated: {why}", file=sys.stderr)

@@ -13,8 +13,9 @@ images of the other format is refused (both would be evaluated): use another --o
 import argparse
 import sys
 
-from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_seed
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed
 from cvkit.robustness.folder import RELEASE_JPEG_QUALITY, write_imagenet_c
+from cvkit.tool_errors import is_user_error, report
 
 
 def main(argv=None) -> int:
@@ -33,11 +34,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         check_seed(args.seed, "--seed")
+        for c in args.corruptions:
+            for s in args.severities:
+                check_corruption(c, s)
         n = write_imagenet_c(args.val, args.out, args.corruptions, args.severities, args.resize,
                              args.crop, args.seed, args.format, args.quality, args.workers)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
+        if not is_user_error(e):
+            raise
+        return report(e)
     print(f"wrote {n} images under {args.out}")
     return 0
 

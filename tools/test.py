@@ -33,10 +33,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default=None, help="e.g. bf16-mixed")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from cvkit.data.datamodule import BadImageError
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from cvkit.models.factory import parse_model_args
-    from cvkit.tasks.evaluate import evaluate, tool_hint
+    from cvkit.tasks.evaluate import evaluate
+    from cvkit.tool_errors import is_user_error, report
 
     output = args.output or str(Path(args.checkpoint).with_suffix(".eval.json"))
     try:
@@ -45,12 +44,10 @@ def main(argv=None) -> int:
                           crop_pct=args.crop_pct, num_workers=args.workers,
                           accelerator=args.accelerator, precision=args.precision,
                           model_kwargs=parse_model_args(args.model_arg))
-    except MisconfigurationException as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, BadImageError) as e:
-        print(f"error: {tool_hint(str(e).strip().splitlines()[-1])}", file=sys.stderr)
-        return 1
+    except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
+        if not is_user_error(e):
+            raise
+        return report(e)
     print(json.dumps(result, indent=2))
     print(f"written to {output}")
     return 0

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from cvkit.tasks.detection import evaluate_detector
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from cvkit.tool_errors import is_user_error, report
 
     try:
         metrics = evaluate_detector(
@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             show_score_thr=args.show_score_thr, cfg_options=parse_cfg_options(args.cfg_options),
             trust_checkpoint=args.trust_checkpoint, accelerator=args.accelerator,
             devices=args.devices, precision=args.precision)
-    except (FileNotFoundError, ValueError, MisconfigurationException) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
+        if not is_user_error(e):
+            raise
+        return report(e)
     text = json.dumps(metrics, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

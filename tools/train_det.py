@@ -6,8 +6,9 @@
         --data-root data/coco --backbone-checkpoint eca_resnet50.pth.tar --devices 4 \\
         --strategy ddp --precision 16-mixed
 
-Writes WORK_DIR/checkpoints/last.ckpt (resume with --resume), WORK_DIR/detector.pth (for
-mmdet.apis.init_detector / tools/test_det.py), WORK_DIR/logs (CSV) and WORK_DIR/metrics.json.
+Writes WORK_DIR/checkpoints/last.ckpt (resume with --resume), WORK_DIR/detector.pth and
+WORK_DIR/config.py (for mmdet.apis.init_detector / tools/test_det.py), WORK_DIR/logs (CSV) and
+WORK_DIR/metrics.json.
 """
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ def parse_cfg_options(items: list[str]) -> dict:
     """``key=value`` pairs; values are Python literals when they parse as one."""
     import ast
 
+    from cvkit.tool_errors import OptionError
+
     options = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--cfg-options expects key=value, got {item!r}")
+        if not sep or not key.strip():
+            raise OptionError(f"--cfg-options expects key=value, got {item!r}")
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from cvkit.tasks.detection import train_detector
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from cvkit.tool_errors import is_user_error, report
 
     config = Path(args.config)
     if config.resolve() == DEFAULT_CONFIG and args.data_root is None:
@@ -74,15 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume, cfg_options=parse_cfg_options(args.cfg_options), seed=args.seed,
             accelerator=args.accelerator, devices=devices, strategy=args.strategy,
             precision=args.precision, max_epochs=args.epochs)
-    except (FileNotFoundError, ValueError, MisconfigurationException) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
+        if not is_user_error(e):
+            raise
+        return report(e)
     if task.global_rank != 0:  # DDP: the other ranks ran the same main(); rank 0 reports
         return 0
     os.makedirs(work_dir, exist_ok=True)
     Path(work_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
-    print(f"detector weights: {Path(work_dir, 'detector.pth')}")
+    print(f"detector weights: {Path(work_dir, 'detector.pth')} (config: {Path(work_dir, 'config.py')})")
     return 0
 
 

@@ -24,8 +24,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from cvkit.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize_batch,
-                                   train_transform)
+from cvkit.data.transforms import (CROP_PCT, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
+                                   eval_transform, normalize_batch, train_transform)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # a JPEG marker: 0xFF then a byte that is not stuffing (00), a restart marker (D0-D7) or fill (FF)
@@ -247,7 +247,7 @@ class ClassificationDataModule(LightningDataModule):
 
     def __init__(self, root: str = "data/classification", train_split: str = "train",
                  val_split: str = "val", test_split: Optional[str] = None, batch_size: int = 64,
-                 image_size: int = 224, crop_pct: float = 0.875,
+                 image_size: int = IMAGE_SIZE, crop_pct: float = CROP_PCT,
                  scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  hflip: float = 0.5, color_jitter: float = 0.0, randaugment: int = 0,
                  randaugment_magnitude: float = 0.5,

@@ -14,6 +14,16 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the papers' evaluation size: centre crop 224 of the image resized to 256 (224 / 0.875)
+IMAGE_SIZE, CROP_PCT = 224, 0.875
+
+
+def eval_resize(size: int, crop_pct: float = CROP_PCT) -> int:
+    """The shorter side the image is resized to before the centre crop ``size``:
+    ``round(size / crop_pct)``."""
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    return int(round(size / crop_pct))
 
 
 def _to_tensor(mean: Sequence[float], std: Sequence[float], normalize: bool) -> list:
@@ -112,11 +122,8 @@ class EvalTransform:
                 f"normalize={self.normalize})")
 
 
-def eval_transform(size: int = 224, crop_pct: float = 0.875,
+def eval_transform(size: int = IMAGE_SIZE, crop_pct: float = CROP_PCT,
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                    normalize: bool = True) -> EvalTransform:
-    """Resize the shorter side to ``round(size / crop_pct)``, centre crop ``size``
-    (:class:`EvalTransform`)."""
-    if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    return EvalTransform(size, int(round(size / crop_pct)), mean, std, normalize)
+    """Resize the shorter side to :func:`eval_resize`, centre crop ``size`` (:class:`EvalTransform`)."""
+    return EvalTransform(size, eval_resize(size, crop_pct), mean, std, normalize)

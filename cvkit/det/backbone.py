@@ -15,7 +15,8 @@ clears ``init_cfg`` as it does for mmdet's own backbones.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+import warnings
+from typing import Mapping, Sequence
 
 import torch
 from mmengine.model import BaseModule
@@ -28,6 +29,49 @@ def _pretrained_path(init_cfg) -> str | None:
     if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
         return os.path.expanduser(str(init_cfg.get("checkpoint", "")))
     return None
+
+
+#: where a CvkitBackbone's network sits in a detector's state dict (``body`` is timm's
+#: FeatureGetterNet, ``model`` the cvkit network inside it)
+DETECTOR_PREFIX = "backbone.body.model."
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def with_checkpoint_architecture(model_name: str, model_kwargs: Mapping, state: Mapping,
+                                 source: str) -> dict:
+    """``model_kwargs`` with the architecture keywords the weights ``state`` fix for
+    ``model_name`` (ECA kernel sizes, GCP width: ``cvkit.models.factory.checkpoint_arguments``):
+    the checkpoint's win, as its weights load into nothing else; a config value they replace is
+    a warning naming both."""
+    from cvkit.models.convert import to_cvkit
+    from cvkit.models.factory import checkpoint_arguments
+    from cvkit.models.registry import get_preset
+
+    kwargs = dict(model_kwargs)
+    fixed = checkpoint_arguments(get_preset(model_name), to_cvkit(dict(state)), kwargs)
+    fixed.pop("num_classes", None)  # a backbone has no classifier
+    for key, value in fixed.items():
+        if key in kwargs and _as_tuple(kwargs[key]) != _as_tuple(value):
+            warnings.warn(f"CvkitBackbone({model_name!r}): {key}={value!r} from {source} replaces "
+                          f"the config's {kwargs[key]!r}", stacklevel=2)
+    return {**kwargs, **fixed}
+
+
+def fit_backbone_config(backbone_cfg, detector_state: Mapping, source: str) -> None:
+    """Set in ``backbone_cfg`` (a detector config's ``model.backbone``) the architecture keywords
+    the backbone weights of a detector checkpoint fix, so the detector built from the config loads
+    them (e.g. the official ECA-Net release's kernel sizes in a converted detector). Only for a
+    ``CvkitBackbone``."""
+    if not str(backbone_cfg.get("type", "")).endswith("CvkitBackbone"):
+        return
+    body = {k[len(DETECTOR_PREFIX):]: v for k, v in detector_state.items()
+            if k.startswith(DETECTOR_PREFIX)}
+    if body:
+        backbone_cfg["model_kwargs"] = with_checkpoint_architecture(
+            backbone_cfg["model_name"], backbone_cfg.get("model_kwargs") or {}, body, source)
 
 
 def _build_feature_model(model_name: str, out_indices: Sequence[int], model_kwargs: dict,
@@ -61,7 +105,10 @@ class CvkitBackbone(BaseModule):
         norm_eval: keep every BatchNorm in eval mode (frozen statistics) during training, as mmdet
             does for ImageNet-pretrained ResNets at small per-GPU batches.
         model_kwargs: further keywords for ``cvkit.create_model`` (e.g. ``eca_k_size``,
-            ``drop_path_rate``, ``dynamic_img_size``).
+            ``drop_path_rate``, ``dynamic_img_size``). The architecture keywords a checkpoint
+            fixes (ECA kernel sizes, GCP width) come from the ``init_cfg`` checkpoint when there
+            is one (a config value they replace is a warning); ``self.model_kwargs`` holds
+            the keywords the backbone was built with.
         probe_size: input side used once to find which parameters each feature depends on
             (default: 64, else the model's ``pretrained_cfg['input_size']``).
         init_cfg: ``dict(type='Pretrained', checkpoint=path)`` loads a cvkit-readable checkpoint.
@@ -76,7 +123,13 @@ class CvkitBackbone(BaseModule):
         # a checkpoint present now is read while building (it may fix architecture details);
         # one that is missing now fails clearly in init_weights(), where mmengine loads weights
         self._loaded_from = checkpoint if checkpoint and os.path.isfile(checkpoint) else None
-        self.body = _build_feature_model(model_name, out_indices, dict(model_kwargs or {}),
+        self.model_kwargs = dict(model_kwargs or {})
+        if self._loaded_from:
+            from cvkit.models.checkpoint import read_checkpoint
+
+            self.model_kwargs = with_checkpoint_architecture(
+                model_name, self.model_kwargs, read_checkpoint(self._loaded_from), self._loaded_from)
+        self.body = _build_feature_model(model_name, out_indices, self.model_kwargs,
                                          self._loaded_from)
         self.out_indices = tuple(out_indices)
         self.out_channels = list(self.body.feature_info.channels())

@@ -18,7 +18,13 @@ from cvkit.models.convert import fit_to_model, to_cvkit
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not match the model."""
+    """A checkpoint that cannot be read or does not match the model. ``tool_message``: the same
+    with its advice phrased for the command-line tools (``--model`` / ``--model-arg`` instead of
+    Python keywords; :func:`cvkit.tool_errors.error_line` prints it)."""
+
+    def __init__(self, message: str, tool_message: str | None = None):
+        super().__init__(message)
+        self.tool_message = tool_message or message
 
 
 @dataclass
@@ -50,6 +56,21 @@ def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
     """The tensors of the checkpoint at ``path`` (raw names; the container is unwrapped: a
     ``state_dict`` / ``model`` entry, else the dict itself). Clear errors for a missing file or a
     file that is not a PyTorch checkpoint."""
+    return read_checkpoint_and_arguments(path, None, weights_only)[0]
+
+
+#: create_model's own arguments: never taken from a training checkpoint's model_kwargs
+_NOT_MODEL_ARGUMENTS = {"checkpoint_path", "pretrained_path", "reset_head", "strict", "weights_only",
+                        "num_classes", "features_only", "out_indices"}
+
+
+def read_checkpoint_and_arguments(path, model_name: str | None,
+                                  weights_only: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """:func:`read_checkpoint`'s tensors, and the model keywords a cvkit training checkpoint of
+    the preset ``model_name`` was trained with (its ``hyper_parameters['model_kwargs']``, e.g.
+    ``gcp_iters=3``, which no tensor shows); ``{}`` for any other file or model."""
+    from cvkit.models.registry import TIMM_PREFIX
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -60,6 +81,12 @@ def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
                               f"{load_failure(e)}") from None
+    arguments = {}
+    hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    if (model_name is not None and isinstance(hp, dict)
+            and str(hp.get("model_name", "")).removeprefix(TIMM_PREFIX) == model_name
+            and isinstance(hp.get("model_kwargs"), dict)):
+        arguments = {k: v for k, v in hp["model_kwargs"].items() if k not in _NOT_MODEL_ARGUMENTS}
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):
@@ -70,7 +97,7 @@ def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors (keys: {list(obj)[:5]})")
-    return tensors
+    return tensors, arguments
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path) -> None:
@@ -148,8 +175,10 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
     if mismatched:
         problems.append(_listing("shape mismatches", mismatched))
     if problems:
-        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems)
-                              + _hint(mismatched, missing, unexpected, own_head if headless else []))
+        text = f"{source} does not match the model: " + "; ".join(problems)
+        hints = _hints(mismatched, missing, unexpected, own_head if headless else [])
+        raise CheckpointError(text + "".join(f"; {python}" for python, _ in hints),
+                              text + "".join(f"; {tool}" for _, tool in hints))
     filled = {k: v for k, v in sd.items() if k in own}
     for k in own:  # older checkpoints lack BatchNorm's num_batches_tracked: keep the model's
         if k not in filled and k.endswith("num_batches_tracked"):
@@ -158,23 +187,39 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
     return LoadResult(missing, unexpected, did_reset)
 
 
-def _hint(mismatched: list[str], missing: list[str], unexpected: list[str],
-          headless: list[str]) -> str:
-    """What to do about a mismatch whose cause the keys show."""
+def _hints(mismatched: list[str], missing: list[str], unexpected: list[str],
+           headless: list[str]) -> list[tuple[str, str]]:
+    """What to do about a mismatch whose cause the keys show: (in Python terms, in the tools'
+    terms) per cause."""
     hints = []
     if any(".eca.conv.weight" in m for m in mismatched):
-        hints.append("ECA kernel sizes differ: cvkit.create_model(name, checkpoint_path=...) reads "
-                     "them from the checkpoint (or pass eca_k_size=...)")
+        hints.append(("ECA kernel sizes differ: cvkit.create_model(name, checkpoint_path=...) reads "
+                      "them from the checkpoint (or pass eca_k_size=...)",
+                      "ECA kernel sizes differ: the tools read them from the checkpoint; drop "
+                      "--model-arg eca_k_size"))
+    if any(k.endswith(".eca.conv.weight") for k in unexpected):
+        hints.append(("the checkpoint has ECA modules: build an eca_* preset (or pass eca=True)",
+                      "the checkpoint has ECA modules: give an eca_* preset as --model"))
+    elif any(k.endswith(".eca.conv.weight") for k in missing):
+        hints.append(("the model has ECA modules the checkpoint lacks: build the preset without "
+                      "eca_", "the model has ECA modules the checkpoint lacks: give a --model "
+                      "without eca_"))
     if any(k.startswith(("global_pool.reduce.", "gcp.")) for k in unexpected):
-        hints.append("the checkpoint has an iSQRT-COV head: build the model with "
-                     "global_pool='gcp' (or a *_gcp preset)")
+        hints.append(("the checkpoint has an iSQRT-COV head: build the model with "
+                      "global_pool='gcp' (or a *_gcp preset)",
+                      "the checkpoint has an iSQRT-COV head: pass --model-arg global_pool=gcp "
+                      "(or a *_gcp preset as --model)"))
     elif any(k.startswith(("global_pool.reduce.", "gcp.")) for k in missing):
-        hints.append("the model has an iSQRT-COV head the checkpoint lacks: build it without "
-                     "global_pool='gcp', or load with strict=False to train the head from scratch")
+        hints.append(("the model has an iSQRT-COV head the checkpoint lacks: build it without "
+                      "global_pool='gcp', or load with strict=False to train the head from scratch",
+                      "the model has an iSQRT-COV head the checkpoint lacks: give a --model "
+                      "without _gcp and no --model-arg global_pool=gcp"))
     if headless and set(headless) <= set(missing):
-        hints.append("the checkpoint has no classifier: pass reset_head=True to keep a new one, "
-                     "or num_classes=0 for none")
-    return "".join(f"; {h}" for h in hints)
+        hints.append(("the checkpoint has no classifier: pass reset_head=True to keep a new one, "
+                      "or num_classes=0 for none",
+                      "the checkpoint has no classifier, only a backbone (tools/convert_checkpoint.py "
+                      "reads it as one with --model-arg num_classes=0)"))
+    return hints
 
 
 def load_checkpoint(model: nn.Module, path, strict: bool = True, reset_head: bool = False,

@@ -6,9 +6,10 @@ from typing import Any
 
 from torch import nn
 
-from cvkit.models.checkpoint import load_state_dict, read_checkpoint
+from cvkit.models.checkpoint import load_state_dict, read_checkpoint_and_arguments
 from cvkit.models.convert import checkpoint_num_classes, infer_arch_overrides, to_cvkit
 from cvkit.models.registry import build, get_preset
+from cvkit.tool_errors import OptionError
 
 
 def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict[str, Any]:
@@ -19,7 +20,7 @@ def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict[str,
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise ValueError(f"{option} {pair!r}: expected KEY=VALUE, e.g. global_pool=gcp")
+            raise OptionError(f"{option} {pair!r}: expected KEY=VALUE, e.g. global_pool=gcp")
         try:
             out[key.strip()] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -40,6 +41,17 @@ def checkpoint_arguments(preset, state_dict: dict, overrides: dict) -> dict[str,
     return out
 
 
+def checkpoint_file_arguments(preset, path, overrides: dict) -> dict[str, Any]:
+    """The arguments :func:`create_model` reads from the checkpoint file at ``path`` except the
+    number of classes (for timm's ``pretrained=True`` loading, which handles the classifier
+    itself)."""
+    state_dict, trained_with = read_checkpoint_and_arguments(path, preset.name)
+    out = {**trained_with, **checkpoint_arguments(preset, to_cvkit(state_dict),
+                                                  {**trained_with, **overrides})}
+    out.pop("num_classes", None)
+    return out
+
+
 def create_model(name: str, num_classes: int | None = None, checkpoint_path=None,
                  features_only: bool = False, *, strict: bool = True, reset_head: bool = False,
                  weights_only: bool = True, **overrides: Any) -> nn.Module:
@@ -48,7 +60,8 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
     ``num_classes``: None means 1000, or the checkpoint's when one is given; a different explicit
     value with a checkpoint is an error unless ``reset_head=True``. ``checkpoint_path``: any format
     of :mod:`cvkit.models.convert`; architecture arguments the checkpoint fixes (ECA kernel sizes,
-    the GCP width) are read from it unless given. ``features_only``: a timm ``FeatureGetterNet``
+    the GCP width; for a cvkit training checkpoint of this preset, the ``model_kwargs`` it was
+    trained with, e.g. ``global_pool='gcp', gcp_iters=3``) are read from it unless given. ``features_only``: a timm ``FeatureGetterNet``
     returning the stage maps (``out_indices=`` selects them). ``overrides``: any constructor
     argument (``eca_k_size=(3, 5, 5, 7)``, ``gcp_dim=128``, ``hc_dynamic=True``, ``img_size=...``).
     """
@@ -59,7 +72,10 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
         return build(preset, features_only=features_only, **overrides)
 
     out_indices = overrides.pop("out_indices", None)
-    state_dict = to_cvkit(read_checkpoint(checkpoint_path, weights_only))
+    state_dict, trained_with = read_checkpoint_and_arguments(checkpoint_path, preset.name, weights_only)
+    state_dict = to_cvkit(state_dict)
+    for key, value in trained_with.items():  # a cvkit training checkpoint's model_kwargs
+        overrides.setdefault(key, value)
     for key, value in checkpoint_arguments(preset, state_dict, overrides).items():
         overrides.setdefault(key, value)  # what the user gave wins
     overrides.setdefault("num_classes", 1000)  # a checkpoint without a classifier

@@ -19,6 +19,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
 from timm.models._features import FeatureGetterNet
 
+from cvkit.tool_errors import OptionError
+
 TIMM_PREFIX = "cvkit_"
 
 
@@ -104,7 +106,7 @@ def get_preset(name: str) -> Preset:
     if key not in PRESETS:
         close = closest_names(key)
         hint = f"; closest: {', '.join(close)}" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (cvkit.list_models() lists all "
+        raise OptionError(f"unknown model {name!r}{hint} (cvkit.list_models() lists all "
                          f"{len(PRESETS)})")
     return PRESETS[key]
 
@@ -175,8 +177,25 @@ def build(preset: Preset, pretrained: bool = False, **overrides) -> Any:
     return model
 
 
+def _pretrained_file(kwargs: dict) -> str | None:
+    """The local weights file of a timm ``pretrained=True`` call (``pretrained_cfg_overlay`` or
+    ``pretrained_cfg`` with ``file=``), if any."""
+    for key in ("pretrained_cfg_overlay", "pretrained_cfg"):
+        cfg = kwargs.get(key)
+        path = cfg.get("file") if isinstance(cfg, dict) else getattr(cfg, "file", None)
+        if path:
+            return str(path)
+    return None
+
+
 def _timm_entrypoint(preset: Preset):
     def entrypoint(pretrained: bool = False, **kwargs):
+        path = _pretrained_file(kwargs) if pretrained else None
+        if path is not None:  # architecture the weights fix (ECA kernel sizes, GCP width), as
+            from cvkit.models.factory import checkpoint_file_arguments  # cvkit.create_model does
+
+            for key, value in checkpoint_file_arguments(preset, path, kwargs).items():
+                kwargs.setdefault(key, value)  # what the caller gave wins
         return build(preset, pretrained=pretrained, **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = TIMM_PREFIX + preset.name

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cvkit.tool_errors import OptionError
+
 CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
     "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
@@ -91,22 +93,23 @@ _PARAMS = {
 
 def corruption_params(name: str, severity: int):
     """The published parameters of corruption ``name`` at ``severity`` (validated)."""
-    _check(name, severity)
+    check_corruption(name, severity)
     return _PARAMS[name][severity - 1]
 
 
-def _check(name: str, severity) -> None:
+def check_corruption(name: str, severity) -> None:
+    """An OptionError naming an unknown corruption or a severity outside 1..5."""
     if name not in _PARAMS:
-        raise ValueError(f"unknown corruption {name!r}; expected one of: {', '.join(ALL_CORRUPTIONS)}")
+        raise OptionError(f"unknown corruption {name!r}; expected one of: {', '.join(ALL_CORRUPTIONS)}")
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r} (corruption {name!r})")
+        raise OptionError(f"severity must be an integer in 1..5, got {severity!r} (corruption {name!r})")
 
 
 def check_seed(seed, name: str = "seed") -> int:
     """A corruption seed: a non-negative int (NumPy's SeedSequence entropy); else a ValueError
     naming ``name`` (e.g. ``--seed`` for a tool)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
+        raise OptionError(f"{name} must be a non-negative integer, got {seed!r}")
     return int(seed)
 
 
@@ -590,7 +593,7 @@ def corrupt(img, name: str, severity: int = 1, seed: int | Sequence[int] | list 
     a *list* with one seed per image makes every image independent of the batch it is in. ``None``
     draws fresh entropy. Returns uint8 of the input's shape (and type/device).
     """
-    _check(name, severity)
+    check_corruption(name, severity)
     if isinstance(img, torch.Tensor):
         out = corrupt(img.detach().cpu().numpy(), name, severity, seed)
         return torch.from_numpy(out).to(img.device)
@@ -633,7 +636,7 @@ class Corrupt:
     the workers or order."""
 
     def __init__(self, name: str, severity: int, seed: int | None = None):
-        _check(name, severity)
+        check_corruption(name, severity)
         self.name, self.severity, self.seed, self._calls = name, severity, seed, 0
 
     def __call__(self, img, index: int | None = None):

@@ -18,9 +18,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, _check
-from cvkit.robustness.evaluate import RESULTS_FILE, _load_state, atomic_write_text, resolved_path
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, check_corruption
+from cvkit.robustness.evaluate import RESULTS_FILE, atomic_write_text, resolved_path, resume_results
 from cvkit.robustness.metrics import coco_c_summary
+from cvkit.tool_errors import OptionError
 
 
 def _test_pipeline(cfg) -> list:
@@ -34,7 +35,7 @@ def _test_pipeline(cfg) -> list:
 
 def with_corruption(cfg, corruption: str, severity: int, seed: int = 0):
     """A copy of ``cfg`` whose test pipeline corrupts each loaded image."""
-    _check(corruption, severity)
+    check_corruption(corruption, severity)
     cfg = copy.deepcopy(cfg)
     pipeline = _test_pipeline(cfg)
     at = next((i for i, t in enumerate(pipeline) if "LoadImage" in str(t.get("type", ""))), None)
@@ -54,7 +55,7 @@ def lightning_devices(device: str) -> tuple[str, int | list[int]]:
         return "gpu", 1
     if name == "cuda" and index.isdigit():
         return "gpu", [int(index)]
-    raise ValueError(f"--device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    raise OptionError(f"--device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 
 
 def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = ALL_CORRUPTIONS,
@@ -72,13 +73,13 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
     corruptions, severities = list(corruptions), list(severities)
     for c in corruptions:
         for s in severities:
-            _check(c, s)
+            check_corruption(c, s)
     if not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} does not exist")
     accelerator, devices = lightning_devices(device)
     cfg = load_det_config(config)
     out_dir = Path(out_dir)
-    # paths recorded resolved (and compared resolved by _load_state: a rerun spelling them
+    # paths recorded resolved (and compared resolved by resume_results: a rerun spelling them
     # relative or absolute resumes the same evaluation); a Config built in memory has no file and
     # is recorded by the digest of its contents
     config_file = (config if isinstance(config, (str, os.PathLike))
@@ -89,9 +90,7 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
     if config_file is None:
         text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
         meta["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    state = _load_state(out_dir, meta, resume)
-    if "clean_AP" not in state:  # nothing to resume: _load_state's fresh state is a classifier's
-        state = {"meta": meta, "clean_AP": None, "AP": {}}
+    state = resume_results(out_dir, meta, resume, {"meta": meta, "clean_AP": None, "AP": {}})
     path = out_dir / RESULTS_FILE
 
     def run(c):

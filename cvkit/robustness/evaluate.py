@@ -15,9 +15,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cvkit.atomic_write import atomic_write
-from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, _check, check_seed
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, check_corruption, check_seed
 from cvkit.robustness.folder import (CleanImageFolder, CorruptingCollate, EmptyFolderError,
-                                     ImageNetCFolder, folder_classes, list_image_folder)
+                                     ImageNetCFolder, first_image, folder_classes,
+                                     list_image_folder)
+from cvkit.tool_errors import OptionError
 
 RESULTS_FILE = "results.json"
 
@@ -49,10 +51,12 @@ def eval_sizes(resize: int | None, crop: int | None, dm_hp: dict) -> tuple[int, 
     """(resize, crop) of the evaluation: those given, else the checkpoint's training size as
     ``tools/test.py`` uses it (crop = ``image_size``, resize = ``round(crop / crop_pct)``), else
     224 and 256 (crop_pct 0.875) for plain weights."""
-    crop = crop or dm_hp.get("image_size", 224)
-    resize = resize or int(round(crop / dm_hp.get("crop_pct", 0.875)))
+    from cvkit.data.transforms import CROP_PCT, IMAGE_SIZE, eval_resize
+
+    crop = crop or dm_hp.get("image_size", IMAGE_SIZE)
+    resize = resize or eval_resize(crop, dm_hp.get("crop_pct", CROP_PCT))
     if resize < crop:
-        raise ValueError(f"--resize {resize} is smaller than the crop {crop}")
+        raise OptionError(f"--resize {resize} is smaller than the crop {crop}")
     return resize, crop
 
 
@@ -94,9 +98,8 @@ class FolderSource:
         than the crop, a warning (text) when larger (only its centre would be evaluated)."""
         for name in ALL_CORRUPTIONS:
             for s in SEVERITIES:
-                try:
-                    path = list_image_folder(self.root / name / str(s))[0][0][0]
-                except (EmptyFolderError, IndexError):
+                path = first_image(self.root / name / str(s))
+                if path is None:
                     continue
                 with Image.open(path) as im:
                     w, h = im.size
@@ -204,7 +207,9 @@ def _normalised(meta: dict) -> dict:
 LATER_META_KEYS = {"resize": 256}
 
 
-def _load_state(out_dir: Path, meta: dict, resume: bool) -> dict:
+def resume_results(out_dir: Path, meta: dict, resume: bool, fresh: dict) -> dict:
+    """The results saved in ``out_dir`` by an evaluation with the same ``meta`` (paths compared
+    resolved; a different one is a ValueError naming what differs), else ``fresh``."""
     path = out_dir / RESULTS_FILE
     if resume and path.is_file():
         state = json.loads(path.read_text())
@@ -217,7 +222,7 @@ def _load_state(out_dir: Path, meta: dict, resume: bool) -> dict:
             raise ValueError(f"{path} holds results of a different evaluation ({detail}); "
                              f"use another --out or --no-resume")
         return state
-    return {"meta": meta, "clean_error": None, "errors": {}, "missing": {}}
+    return fresh
 
 
 def evaluate_classification(model, source, out_dir, corruptions: Iterable[str] = ALL_CORRUPTIONS,
@@ -231,14 +236,15 @@ def evaluate_classification(model, source, out_dir, corruptions: Iterable[str] =
     corruptions, severities = list(corruptions), list(severities)
     for c in corruptions:
         for s in severities:
-            _check(c, s)
+            check_corruption(c, s)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = tuple(mean or cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(std or cfg.get("std", (0.229, 0.224, 0.225)))
     out_dir = Path(out_dir)
     meta = {"task": "classification", **source.describe(), "mean": list(mean), "std": list(std),
             **(meta_extra or {})}
-    state = _load_state(out_dir, meta, resume)
+    state = resume_results(out_dir, meta, resume,
+                           {"meta": meta, "clean_error": None, "errors": {}, "missing": {}})
     save = lambda: atomic_write_text(out_dir / RESULTS_FILE, json.dumps(state, indent=1))  # noqa: E731
 
     def loader(ds, collate):

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms import functional as TF
 
-from cvkit.robustness.corruptions import ALL_CORRUPTIONS, _check, check_seed, corrupt
+from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed, corrupt
 
 RELEASE_JPEG_QUALITY = 85
 
@@ -51,6 +51,20 @@ def folder_classes(root) -> list[str]:
         return find_classes(str(root))[0]
     except FileNotFoundError:
         return []
+
+
+def first_image(root) -> Path | None:
+    """The first image of an ImageFolder tree in :func:`list_image_folder`'s order (sorted class
+    folders, sorted files), found without listing the rest; None when it has none."""
+    from cvkit.data.datamodule import IMG_EXTENSIONS
+
+    for name in folder_classes(root):
+        for dirpath, dirnames, filenames in os.walk(Path(root, name), followlinks=True):
+            dirnames.sort()
+            for f in sorted(filenames):
+                if f.lower().endswith(IMG_EXTENSIONS):
+                    return Path(dirpath, f)
+    return None
 
 
 def load_rgb(path) -> Image.Image:
@@ -131,7 +145,7 @@ class CorruptingCollate:
     def __init__(self, corruption: str | None = None, severity: int = 1, seed: int = 0,
                  jpeg_quality: int | None = None):
         if corruption is not None:
-            _check(corruption, severity)
+            check_corruption(corruption, severity)
         self.corruption, self.severity, self.seed, self.jpeg_quality = corruption, severity, seed, jpeg_quality
 
     def __call__(self, items):
@@ -193,7 +207,7 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
         raise ValueError(f"format must be 'jpeg' or 'png', got {fmt!r}")
     for c in corruptions:
         for s in severities:
-            _check(c, s)
+            check_corruption(c, s)
     check_seed(seed)
     samples, classes = list_image_folder(val_root)
     other = (".png",) if fmt == "jpeg" else (".jpg", ".jpeg")

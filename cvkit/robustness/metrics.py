@@ -156,6 +156,7 @@ class RobustnessSummary:
             "benchmark": {
                 "corruptions": list(CORRUPTIONS),
                 "mCE": self.mce, "relative_mCE": self.relative_mce,
+                "mCE_over": list(self.ce),  # all 15 only when complete
                 "mean_error_percent": self.mean_error_benchmark,
                 "CE": self.ce, "relative_CE": self.relative_ce,
                 "errors_percent": {c: _pct(self.errors[c]) for c in CORRUPTIONS if c in self.errors},

@@ -10,7 +10,7 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmdet.registry import TRANSFORMS
 
-from cvkit.robustness.corruptions import _check, corrupt
+from cvkit.robustness.corruptions import check_corruption, corrupt
 from cvkit.robustness.folder import image_seed
 
 
@@ -20,7 +20,7 @@ class CorruptImage(BaseTransform):
     the seed is ``(seed, corruption index, severity, img_id)``, so every image is reproducible."""
 
     def __init__(self, corruption: str, severity: int, seed: int = 0):
-        _check(corruption, severity)
+        check_corruption(corruption, severity)
         self.corruption, self.severity, self.seed = corruption, severity, seed
 
     def transform(self, results: dict) -> dict:

@@ -17,6 +17,14 @@ from cvkit.robustness.evaluate import atomic_write_text, error_table
 from cvkit.robustness.metrics import ALEXNET_ERRORS, summarize
 
 
+def _over(summary) -> str:
+    """What the mCE is over: the 15 benchmark corruptions, or (incomplete: not comparable with
+    published mCEs) how many of them."""
+    n = len(summary.ce)
+    return ("15 benchmark corruptions" if summary.complete
+            else f"only {n} of the 15 benchmark corruptions: not comparable")
+
+
 def _fmt(v, nd=1):
     return "—" if v is None else f"{v:.{nd}f}"
 
@@ -112,8 +120,8 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
         lines += [f"Held-out corruption(s) not evaluated (not part of mCE): "
                   f"{describe_missing({c: gaps[c] for c in summary.held_out_missing})}.", ""]
     lines += [f"- clean error: {_fmt(d['clean_error_percent'], 2)} %",
-              f"- mCE (AlexNet-normalised, 15 benchmark corruptions): {_fmt(summary.mce, 2)}",
-              f"- relative mCE: {_fmt(summary.relative_mce, 2)}",
+              f"- mCE (AlexNet-normalised, {_over(summary)}): {_fmt(summary.mce, 2)}",
+              f"- relative mCE ({_over(summary)}): {_fmt(summary.relative_mce, 2)}",
               f"- mean error, benchmark corruptions: {_fmt(summary.mean_error_benchmark, 2)} %",
               f"- mean error, held-out corruptions: {_fmt(summary.mean_error_held_out, 2)} %"]
     if "versus_baseline" in d:

@@ -20,6 +20,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from cvkit.tasks.optim import OptimizerConfig
+from cvkit.tool_errors import OptionError
 from cvkit.tasks.schedules import LRSchedule
 
 
@@ -27,7 +28,7 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-class ConfigError(ValueError):
+class ConfigError(OptionError):
     """A bad option of the task (optimizer, schedule, model_kwargs, compile); the CLI exits 2."""
 
 
@@ -47,16 +48,26 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
                                       if not n.startswith(TIMM_PREFIX)), n=3, cutoff=0.8)
     hint = "".join(f"; closest {what}: {', '.join(names)}" for what, names in
                    (("cvkit presets", close), ("timm models", close_timm)) if names)
-    raise ValueError(f"unknown model {name!r}: not a cvkit preset (cvkit.list_models()) "
+    raise OptionError(f"unknown model {name!r}: not a cvkit preset (cvkit.list_models()) "
                      f"nor a timm model{hint}")
 
 
-def model_kwargs_error(model_name: str, model_kwargs: dict, error: TypeError,
-                       option: str = "model_kwargs") -> ConfigError:
-    """A one-line ConfigError for a model keyword the model does not take (``error``: what
-    building it raised), naming ``option``, the keywords and the model."""
-    reason = str(error).strip().splitlines()[-1].removeprefix(f"{model_name}: ")
-    return ConfigError(f"{option} {dict(model_kwargs)} of model {model_name!r}: {reason}")
+class ModelKwargsError(ConfigError):
+    """A model keyword the model does not take; ``reason``: what building the model said."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def model_kwargs_error(model_name: str, model_kwargs: dict, error: Exception,
+                       option: str = "model_kwargs") -> ModelKwargsError:
+    """A one-line error for a model keyword the model does not take (``error``: what building it
+    raised, or an earlier ModelKwargsError), naming ``option``, the keywords and the model."""
+    reason = getattr(error, "reason", None) or str(error).strip().splitlines()[-1]
+    reason = reason.removeprefix(f"{model_name}: ")
+    return ModelKwargsError(f"{option} {dict(model_kwargs)} of model {model_name!r}: {reason}",
+                            reason)
 
 
 def _as(cls, value, what: str):

@@ -21,7 +21,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from cvkit.data.datamodule import BadImageError, ClassificationDataModule
+from cvkit import tool_errors
+from cvkit.data.datamodule import ClassificationDataModule
 from cvkit.tasks.callbacks import (AppendingCSVLogger, AtomicCheckpointIO, KeepLastCheckpoint,
                                    TrainingReport)
 from cvkit.tasks.classification import ClassificationTask, ConfigError
@@ -102,11 +103,6 @@ def print_run_report(trainer) -> None:
     ]
     print("\n".join(line for line in lines if line is not None), flush=True)
 
-
-# FloatingPointError: a non-finite loss (NonFiniteLossError) or a model's own NaN guard
-# (``hc_nan_guard``), each one line naming the step / layer
-USER_ERRORS = (BadImageError, FloatingPointError, FileNotFoundError, ValueError)
-
 _STRUCTURE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
 
 
@@ -132,22 +128,18 @@ def argument_error_line(e: ArgumentError) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; errors a user can cause end as one line on stderr: exit code 2 for a bad option
-    or config key/value, 1 for bad data or a failed run."""
+    """Run the CLI; errors a user can cause end as one line on stderr (:mod:`cvkit.tool_errors`):
+    exit code 2 for a bad option or config key/value, 1 for bad data or a failed run (a
+    non-finite loss, a NaN caught by ``hc_nan_guard``: one line naming the step / layer)."""
     try:
         ClassificationCLI(args=None if argv is None else list(argv))
     except ArgumentError as e:
         print(f"error: bad option or config key: {argument_error_line(e)}", file=sys.stderr)
-        return 2
+        return tool_errors.USAGE
     except ConfigError as e:
-        print(f"error: bad option or config value: {e}", file=sys.stderr)
-        return 2
+        return tool_errors.report(e, prefix="bad option or config value: ")
     except MisconfigurationException as e:  # e.g. more GPUs asked for than the machine has
-        msg = " ".join(str(e).split())
-        print(f"error: bad trainer option (--trainer.*): {msg}", file=sys.stderr)
-        return 2
-    except USER_ERRORS as e:
-        msg = str(e).strip().splitlines()
-        print(f"error: {msg[-1] if msg else type(e).__name__}", file=sys.stderr)
-        return 1
+        return tool_errors.report(e, prefix="bad trainer option (--trainer.*): ")
+    except tool_errors.USER_ERRORS as e:
+        return tool_errors.report(e)
     return 0

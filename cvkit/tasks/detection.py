@@ -94,13 +94,11 @@ def build_detector(cfg) -> nn.Module:
         raise ValueError(f"cannot build the detector of {cfg.filename or 'the config'}: {e}") from e
 
 
-def load_detector_weights(detector: nn.Module, path: str, trust: bool = False,
-                          config: str | None = None) -> None:
-    """Load a detector checkpoint: a cvkit Lightning ``.ckpt`` (``detector.`` keys), an mmdet/mmengine
-    checkpoint or a bare state dict. ``weights_only=True`` unless ``trust`` (mmengine Runner
-    checkpoints hold logger objects that only an unrestricted, trusted load can read). Keys or
-    shapes that do not fit are one error naming ``path``, ``config`` (the detector's config file)
-    and the first keys."""
+def read_detector_state(path: str, trust: bool = False) -> Mapping[str, torch.Tensor]:
+    """The detector's state dict in a detector checkpoint: a cvkit Lightning ``.ckpt``
+    (``detector.`` keys), an mmdet/mmengine checkpoint or a bare state dict. ``weights_only=True``
+    unless ``trust`` (mmengine Runner checkpoints hold logger objects that only an unrestricted,
+    trusted load can read)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"detector checkpoint not found: {path!r}")
     try:
@@ -114,6 +112,17 @@ def load_detector_weights(detector: nn.Module, path: str, trust: bool = False,
         raise ValueError(f"{path}: no state dict inside")
     if any(k.startswith("detector.") for k in state):
         state = {k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")}
+    return state
+
+
+def load_detector_weights(detector: nn.Module, path: str, trust: bool = False,
+                          config: str | None = None,
+                          state: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Load a detector checkpoint (:func:`read_detector_state`; ``state``: already read from
+    ``path``). Keys or shapes that do not fit are one error naming ``path``, ``config`` (the
+    detector's config file) and the first keys."""
+    if state is None:
+        state = read_detector_state(path, trust)
     own = detector.state_dict()
     # checked before loading: load_state_dict raises a multi-line RuntimeError on shapes even when
     # not strict
@@ -189,11 +198,18 @@ class DetectionTask(L.LightningModule):
         self.cfg = load_det_config(config, cfg_options)
         if data_root is not None:
             set_data_root(self.cfg, data_root)
-        self.save_hyperparameters({"config": self.cfg.pretty_text, "auto_scale_lr": auto_scale_lr})
+        state = read_detector_state(load_from, trust_checkpoint) if load_from else None
+        if state is not None:  # architecture details the weights fix (e.g. ECA kernel sizes)
+            from cvkit.det.backbone import fit_backbone_config
+
+            fit_backbone_config(self.cfg.model.backbone, state, load_from)
         self.detector = build_detector(self.cfg)
-        if load_from:
-            load_detector_weights(self.detector, load_from, trust=trust_checkpoint,
-                                  config=self.cfg.filename)
+        backbone = getattr(self.detector, "backbone", None)
+        if isinstance(getattr(backbone, "model_kwargs", None), dict):  # a CvkitBackbone: the
+            self.cfg.model.backbone.model_kwargs = dict(backbone.model_kwargs)  # ones it was built with
+        self.save_hyperparameters({"config": self.cfg.pretty_text, "auto_scale_lr": auto_scale_lr})
+        if state is not None:
+            load_detector_weights(self.detector, load_from, config=self.cfg.filename, state=state)
         else:
             with _quiet_init_dump():
                 self.detector.init_weights()
@@ -390,6 +406,14 @@ class DetectionTask(L.LightningModule):
                          score_thr=self.show_score_thr)
 
     # -- export -------------------------------------------------------------------------------
+    def export_config(self, path: str) -> str:
+        """Write the config this detector was built from (data root, options and the backbone's
+        architecture keywords as built, e.g. the ECA kernel sizes its checkpoint fixed), as mmengine's
+        Runner dumps it: ``mmdet.apis.init_detector(path, detector.pth)`` rebuilds this detector."""
+        with atomic_write(path, "w") as f:
+            f.write(self.cfg.pretty_text)
+        return path
+
     def export_detector(self, path: str) -> str:
         """Write ``{'state_dict', 'meta': {'dataset_meta'}}`` for ``mmdet.apis.init_detector``
         (atomically: ``cvkit.atomic_write``)."""
@@ -444,8 +468,8 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
     """Fine-tune the detector of ``config``; returns the task and the validation metrics of its
     final weights (the last epoch is validated even when ``val_interval`` skips it).
 
-    Writes ``work_dir/checkpoints/last.ckpt`` (Lightning, resumable; rewritten every epoch) and
-    ``work_dir/detector.pth`` (for ``mmdet.apis.init_detector``).
+    Writes ``work_dir/checkpoints/last.ckpt`` (Lightning, resumable; rewritten every epoch),
+    ``work_dir/detector.pth`` and ``work_dir/config.py`` (for ``mmdet.apis.init_detector``).
     """
     cfg = load_det_config(config, cfg_options)
     if backbone_checkpoint:
@@ -458,6 +482,10 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
         warnings.warn("the backbone starts from random weights: pass backbone_checkpoint "
                       "(tools/train_det.py --backbone-checkpoint) to fine-tune a pretrained one",
                       stacklevel=2)
+    if resume:  # the backbone it trained, whatever the config or a backbone checkpoint says
+        from cvkit.det.backbone import fit_backbone_config
+
+        fit_backbone_config(cfg.model.backbone, read_detector_state(resume), resume)
     L.seed_everything(seed, workers=True, verbose=False)
     task = DetectionTask(cfg, data_root=data_root, load_from=load_from)
     trainer = make_trainer(task.cfg, work_dir, **trainer_kwargs)
@@ -466,6 +494,7 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
         trainer.validate(task, verbose=False)
     if trainer.is_global_zero:
         task.export_detector(osp.join(work_dir, "detector.pth"))
+        task.export_config(osp.join(work_dir, "config.py"))
     return task, dict(task.last_metrics)
 
 

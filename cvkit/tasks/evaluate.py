@@ -16,7 +16,8 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
     ``model_kwargs`` (model keywords the weights need, e.g. ``{"global_pool": "gcp"}``; the tools'
     ``--model-arg``). Loaded with ``weights_only=True``."""
     from cvkit.models.checkpoint import CheckpointError, load_failure
-    from cvkit.tasks.classification import ClassificationTask
+    from cvkit.tasks.classification import ClassificationTask, ModelKwargsError, model_kwargs_error
+    from cvkit.tool_errors import OptionError
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -33,7 +34,7 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
                          f"tools/eval_corruption.py --task det --config CONFIG --checkpoint {path})")
     if hp is not None and "model_name" in hp:
         if model_kwargs:
-            raise ValueError(f"{path} is a training checkpoint: it rebuilds its own model; "
+            raise OptionError(f"{path} is a training checkpoint: it rebuilds its own model; "
                              f"--model-arg ({', '.join(model_kwargs)}) is for plain weights")
         hp = {k: v for k, v in hp.items() if not k.startswith("_")}
         hp.pop("pretrained_path", None)
@@ -41,9 +42,12 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
         task.load_state_dict(ckpt["state_dict"], strict=True)
         return task, ckpt.get("datamodule_hyper_parameters", {})
     if model_name is None:
-        raise ValueError(f"{path} holds plain model weights: pass --model <preset name>")
-    task = ClassificationTask(model_name, num_classes=num_classes or 1000,
-                              model_kwargs={**(model_kwargs or {}), "checkpoint_path": str(path)})
+        raise OptionError(f"{path} holds plain model weights: pass --model <preset name>")
+    try:
+        task = ClassificationTask(model_name, num_classes=num_classes or 1000,
+                                  model_kwargs={**(model_kwargs or {}), "checkpoint_path": str(path)})
+    except ModelKwargsError as e:  # name the tools' option and the user's keywords only
+        raise model_kwargs_error(model_name, model_kwargs or {}, e, "--model-arg") from None
     return task, {}
 
 
@@ -55,12 +59,6 @@ def _is_detection_checkpoint(ckpt) -> bool:
     hp, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
     return (isinstance(hp, dict) and "config" in hp and "model_name" not in hp
             and isinstance(state, dict) and any(str(k).startswith("detector.") for k in state))
-
-
-def tool_hint(message: str) -> str:
-    """``message`` (a model-loading error) with its advice in the tools' terms (``--model-arg``)."""
-    return message.replace("build the model with global_pool='gcp'",
-                           "pass --model-arg global_pool=gcp")
 
 
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
@@ -76,6 +74,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
     from lightning.pytorch import Trainer
 
     from cvkit.data.datamodule import ClassificationDataModule
+    from cvkit.data.transforms import CROP_PCT, IMAGE_SIZE
 
     data = Path(data)
     if (data / "val").is_dir() and not any(p.suffix for p in data.iterdir() if p.is_file()):
@@ -85,8 +84,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
                             model_kwargs=model_kwargs)
     dm = ClassificationDataModule(
         root=str(data.parent), val_split=data.name, test_split=data.name, batch_size=batch_size,
-        image_size=image_size or dm_hp.get("image_size", 224),
-        crop_pct=crop_pct or dm_hp.get("crop_pct", 0.875),
+        image_size=image_size or dm_hp.get("image_size", IMAGE_SIZE),
+        crop_pct=crop_pct or dm_hp.get("crop_pct", CROP_PCT),
         mean=dm_hp.get("mean", (0.485, 0.456, 0.406)), std=dm_hp.get("std", (0.229, 0.224, 0.225)),
         num_workers=num_workers, persistent_workers=False)
     dm.setup("test")

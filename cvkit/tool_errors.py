@@ -1,0 +1,57 @@
+"""How the command-line tools (``tools/*.py`` and :mod:`cvkit.tasks.cli`) report an error a user
+can cause: one line ``error: ...`` on stderr, no traceback, and an exit status as argparse's:
+
+- :data:`USAGE` (2): a bad command line, option or config (argparse and jsonargparse errors, an
+  :class:`OptionError`, an accelerator or device the machine lacks);
+- :data:`FAILED` (1): the run failed on its inputs (a missing file, a checkpoint that does not
+  match, an unreadable image, a non-finite loss).
+
+Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import re
+import sys
+
+USAGE = 2
+FAILED = 1
+
+#: the exception types of a user's mistake (a CheckpointError, BadImageError, EmptyFolderError
+#: is a ValueError; NonFiniteLossError and ``hc_nan_guard``'s error a FloatingPointError)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError)
+
+
+class OptionError(ValueError):
+    """A bad option value, e.g. a misspelt ``--model-arg`` key or an unknown corruption name (also
+    when found only while the run is set up): exit status :data:`USAGE`."""
+
+
+def _misconfiguration(e: BaseException) -> bool:
+    """Lightning's MisconfigurationException (e.g. ``devices=4`` on a 1-GPU machine); looked up
+    only where Lightning is loaded, so tools without it do not import it."""
+    module = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return module is not None and isinstance(e, module.MisconfigurationException)
+
+
+def is_user_error(e: BaseException) -> bool:
+    return isinstance(e, USER_ERRORS) or _misconfiguration(e)
+
+
+def error_line(e: BaseException) -> str:
+    """``e``'s message as one line: a :class:`~cvkit.models.checkpoint.CheckpointError`'s advice
+    in the tools' terms (``--model-arg``); an error re-raised from a DataLoader worker (its
+    message holds the worker's traceback) by the original message."""
+    text = str(getattr(e, "tool_message", None) or e).strip()
+    if "Original Traceback" in text:  # torch.utils.data's ExceptionWrapper
+        text = re.sub(r"^[\w.]+: ", "", text.splitlines()[-1])
+    return " ".join(text.split()) or type(e).__name__
+
+
+def report(e: BaseException, status: int | None = None, prefix: str = "") -> int:
+    """Print ``error: <prefix><one line>`` on stderr; the exit status: ``status``, else
+    :data:`USAGE` for an :class:`OptionError` or a Lightning misconfiguration, :data:`FAILED` for
+    the rest."""
+    print(f"error: {prefix}{error_line(e)}", file=sys.stderr)
+    if status is not None:
+        return status
+    return USAGE if isinstance(e, OptionError) or _misconfiguration(e) else FAILED
