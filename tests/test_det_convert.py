@@ -34,7 +34,9 @@ def _legacy_from_current(state: dict) -> dict:
 def detector():
     from cvkit.tasks.detection import build_detector, load_det_config
 
-    cfg = load_det_config(CONFIG, {"model.backbone.init_cfg": None})
+    # the release's per-stage ECA kernel sizes (the config takes them from a checkpoint)
+    cfg = load_det_config(CONFIG, {"model.backbone.init_cfg": None,
+                                   "model.backbone.model_kwargs": {"eca_k_size": (3, 5, 5, 7)}})
     torch.manual_seed(0)
     model = build_detector(cfg).eval()
     with torch.no_grad():  # distinct values in every head row, so a misplaced row is detected
@@ -69,9 +71,15 @@ def test_converted_checkpoint_predicts_like_the_original(detector):
     from mmdet.testing import demo_mm_inputs
 
     converted = convert_legacy_mmdet_checkpoint(_legacy_from_current(detector.state_dict()))
+    from cvkit.det.backbone import fit_backbone_config
     from cvkit.tasks.detection import build_detector, load_det_config
 
-    other = build_detector(load_det_config(CONFIG, {"model.backbone.init_cfg": None})).eval()
+    # the plain config: the release's ECA kernel sizes come from the converted weights, as
+    # DetectionTask (tools/test_det.py) reads them
+    cfg = load_det_config(CONFIG, {"model.backbone.init_cfg": None})
+    fit_backbone_config(cfg.model.backbone, converted, "converted.pth")
+    assert tuple(cfg.model.backbone.model_kwargs["eca_k_size"]) == (3, 5, 5, 7)
+    other = build_detector(cfg).eval()
     other.load_state_dict(converted, strict=True)
     batch = demo_mm_inputs(1, image_shapes=(3, 96, 96), num_items=[2], num_classes=80)
     with torch.no_grad():
