@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 USAGE = 2
 FAILED = 1
@@ -24,6 +26,19 @@ USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, FloatingPointE
 class OptionError(ValueError):
     """A bad option value, e.g. a misspelt ``--model-arg`` key or an unknown corruption name (also
     when found only while the run is set up): exit status :data:`USAGE`."""
+
+
+@contextmanager
+def option_errors(prefix: str = "") -> Iterator[None]:
+    """A ValueError raised inside is a bad option (an OptionError, ``prefix`` before its
+    message): for code whose ValueErrors all come from the arguments it was given, e.g.
+    Lightning's ``Trainer(accelerator="foo")`` or ``precision=17``."""
+    try:
+        yield
+    except OptionError:
+        raise
+    except ValueError as e:
+        raise OptionError(f"{prefix}{' '.join(str(e).split())}") from None
 
 
 def _misconfiguration(e: BaseException) -> bool:

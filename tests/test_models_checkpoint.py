@@ -379,7 +379,7 @@ def test_a_training_checkpoint_rebuilds_the_model_it_was_trained_as(tmp_path):
     path = tmp_path / "last.ckpt"
     torch.save({"hyper_parameters": {"model_name": "eca_resnet18", "num_classes": 10,
                                      "model_kwargs": {"global_pool": "gcp", "gcp_dim": 32, "gcp_iters": 3,
-                                                      "checkpoint_path": "start.pth"}},
+                                                      "checkpoint_path": "start.pth", "drop_rate": 0.5}},
                 "state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, path)
     x = _x()
     # (timm's pretrained=True gives a head of another class count than 1000 new weights)
@@ -390,7 +390,13 @@ def test_a_training_checkpoint_rebuilds_the_model_it_was_trained_as(tmp_path):
         assert model.global_pool.iters == 3
         with torch.no_grad():
             assert torch.equal(pooled(model.eval()), pooled(trained))
+    assert cvkit.create_model("eca_resnet18", checkpoint_path=path).drop_rate == 0  # training-only
     assert cvkit.create_model("eca_resnet18", checkpoint_path=path, gcp_iters=5).global_pool.iters == 5
+    # a backbone keeps the preset's layout: the GCP run's stride-1 layer4 would halve C5's stride
+    for backbone in (cvkit.create_model("eca_resnet18", features_only=True, checkpoint_path=path),
+                     timm.create_model("cvkit_eca_resnet18", features_only=True, pretrained=True,
+                                       pretrained_cfg_overlay=dict(file=str(path)))):
+        assert backbone.feature_info.reduction()[-1] == 32
     with pytest.raises(CheckpointError, match="iSQRT-COV head"):  # resnet18's own: nothing lent
         cvkit.create_model("resnet18", checkpoint_path=path, strict=False)
 

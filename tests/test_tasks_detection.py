@@ -417,15 +417,19 @@ def test_a_detector_checkpoint_fixes_the_backbones_eca_kernel_sizes(tmp_path):
     init_detector."""
     from mmdet.apis import init_detector
 
+    import cvkit
     from cvkit.tasks.detection import DetectionTask, build_detector, load_det_config
 
     opts = {"model.backbone.init_cfg": None, "model.backbone.model_kwargs": {"eca_k_size": (7, 5, 3, 3)}}
     trained = build_detector(load_det_config(FASTER, opts))
     ckpt = tmp_path / "detector.pth"
     torch.save({"state_dict": trained.state_dict(), "meta": {}}, ckpt)
+    backbone = tmp_path / "backbone.pth"  # the config's init_cfg file, of other sizes: not read
+    torch.save(cvkit.create_model("eca_resnet18", eca_k_size=(3, 3, 3, 3)).state_dict(), backbone)
+    cfg = load_det_config(FASTER, {"model.backbone.model_kwargs": {"eca_k_size": (3, 3, 3, 3)}})
+    cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(backbone))
     with pytest.warns(UserWarning, match=r"eca_k_size=\(7, 5, 3, 3\) from .*detector\.pth"):
-        task = DetectionTask(str(FASTER), load_from=str(ckpt),
-                             cfg_options={"model.backbone.model_kwargs": {"eca_k_size": (3, 3, 3, 3)}})
+        task = DetectionTask(cfg, load_from=str(ckpt))
     net = task.detector.backbone.body.model
     assert [net.layer1[0].eca.conv.kernel_size[0], net.layer4[0].eca.conv.kernel_size[0]] == [7, 3]
     ours, theirs = task.detector.state_dict(), trained.state_dict()

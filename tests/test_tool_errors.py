@@ -20,7 +20,8 @@ FASTER = REPO / "configs/detection/faster-rcnn_eca-r18_fpn_shapes.py"
 
 
 def _tool(name: str):
-    sys.path.insert(0, str(REPO / "tools"))
+    if str(REPO / "tools") not in sys.path:  # train_det / test_det import each other
+        sys.path.insert(0, str(REPO / "tools"))
     spec = importlib.util.spec_from_file_location(f"cvkit_tool_{name}", REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -65,6 +66,36 @@ def test_every_tool_exits_2_for_a_bad_option_and_1_for_a_missing_input(name, tmp
         assert len(err) == 1 and err[0].startswith("error: "), (name, err)
         assert "Traceback" not in err[0]
     assert not (tmp_path / "o.pth").exists() and not (tmp_path / "c").exists()
+
+
+def test_option_values_found_while_building_are_exit_2(tmp_path, capsys):
+    """A --model-arg value the model refuses (an even ECA kernel size) and an accelerator or
+    precision Lightning does not know are bad options too, though found only while building."""
+    weights = tmp_path / "eca18.pth"
+    torch.save(cvkit.create_model("eca_resnet18", num_classes=10).state_dict(), weights)
+    val = str(REPO / "data/classification/val")
+    test = _tool("test")
+    for extra, said in ((["--model-arg", "eca_k_size=4"], "eca_k_size"),
+                        (["--accelerator", "foo"], "foo"), (["--precision", "17"], "17")):
+        capsys.readouterr()
+        assert test(["--checkpoint", str(weights), "--model", "eca_resnet18", "--data", val,
+                     "--workers", "0", *extra]) == USAGE, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and said in err[0], err
+    assert _cli(["fit", "--data.root", str(REPO / "data/classification"), "--trainer.accelerator",
+                 "foo", "--trainer.default_root_dir", str(tmp_path)]) == USAGE
+    assert "bad trainer option (--trainer.*): " in capsys.readouterr().err
+
+
+def test_errors_keep_their_advice_across_processes():
+    import pickle
+
+    from cvkit.tasks.classification import ModelKwargsError
+
+    e = pickle.loads(pickle.dumps(CheckpointError("python advice", "tool advice")))
+    assert str(e) == "python advice" and e.tool_message == "tool advice"
+    e = pickle.loads(pickle.dumps(ModelKwargsError("--model-arg {} of model 'x': bad", "bad")))
+    assert e.reason == "bad" and "--model-arg" in str(e)
 
 
 def test_training_cli_follows_the_same_exit_statuses(tmp_path, capsys):

@@ -59,7 +59,7 @@ def test_gcp_dim128_variant_overlays_any_gcp_recipe(recipe, tiny, tmp_path):
                                       "--trainer.accelerator", "cpu", "--trainer.logger", "false",
                                       "--trainer.default_root_dir", str(tmp_path)], run=False)
     task = cli.model
-    assert task.hparams.model_kwargs == {"gcp_dim": 128}
+    assert task.hparams.model_kwargs == {"global_pool": "gcp", "gcp_dim": 128}
     assert task.model.global_pool.dim == 128 and task.model.get_classifier().in_features == 8256
     assert base.model.get_classifier().in_features == 32896
     assert task.hparams.model_name == base.hparams.model_name

@@ -7,9 +7,10 @@
 ``--kind auto`` (default) reads every format ``cvkit.load_checkpoint`` reads: the official ECA-Net
 and iSQRT-COV / fast-MPN-COV releases, torchvision and timm state dicts, cvkit/Lightning ``.ckpt``.
 ``--model NAME`` also checks the result by loading it strictly into ``cvkit.create_model(NAME)``
-(ECA kernel sizes and the GCP width are read from the checkpoint) and prints what it inferred;
-``--model-arg`` passes further model arguments, e.g. ``--model eca_resnet18 --model-arg
-global_pool=gcp`` for the demo's checkpoint (values are Python literals, else strings).
+(ECA kernel sizes and the GCP width are read from the checkpoint, and a cvkit training
+checkpoint's model_kwargs) and prints what it inferred; ``--model-arg`` passes further model
+arguments, e.g. ``--model eca_resnet18 --model-arg global_pool=gcp`` for plain weights of the
+demo's model (values are Python literals, else strings).
 ``--kind mmdet-legacy`` converts an MMDetection 1.x detector checkpoint (e.g. the ECA-Net Mask R-CNN release) with
 ``cvkit.det.convert.convert_legacy_mmdet_checkpoint``.
 """
@@ -49,7 +50,7 @@ def _mmdet_converter():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cvkit.models.checkpoint import read_checkpoint, save_state_dict
+    from cvkit.models.checkpoint import read_checkpoint_and_arguments, save_state_dict
     from cvkit.models.convert import to_cvkit
 
     try:
@@ -59,21 +60,25 @@ def main(argv=None) -> int:
         given = parse_model_args(args.model_arg)  # options first, before reading the file
         if given and not args.model:
             raise OptionError("--model-arg needs --model (the preset the arguments are for)")
+        preset = None
         if args.model:
             from cvkit.models.registry import get_preset
 
-            get_preset(args.model)
-        state_dict = read_checkpoint(args.input, weights_only=not args.unsafe)
+            preset = get_preset(args.model).name
+        state_dict, trained_with = read_checkpoint_and_arguments(args.input, preset,
+                                                                 weights_only=not args.unsafe)
         if args.kind == "mmdet-legacy":
             state_dict = _mmdet_converter()(state_dict)
+            _print_backbone_eca_sizes(state_dict)
         else:
             state_dict = to_cvkit(state_dict)
         if args.model:
             import cvkit
 
             try:
-                model = cvkit.create_model(args.model, checkpoint_path=None,
-                                           **{**_inferred(args.model, state_dict, given), **given})
+                model = cvkit.create_model(
+                    args.model, checkpoint_path=None,
+                    **{**_inferred(args.model, state_dict, {**trained_with, **given}), **given})
             except TypeError as e:  # e.g. a misspelt --model-arg key
                 if not given:
                     raise
@@ -94,13 +99,28 @@ def main(argv=None) -> int:
     return 0
 
 
-def _inferred(name: str, state_dict, given: dict) -> dict:
+def _print_backbone_eca_sizes(detector_state) -> None:
+    """A converted detector's ECA kernel sizes: tools/test_det.py reads them from the file;
+    mmdet's own init_detector / Runner build the config first and need them in it."""
+    from cvkit.models.convert import infer_eca_k_size
+
+    prefix = "backbone.body.model."
+    k = infer_eca_k_size({key[len(prefix):]: v for key, v in detector_state.items()
+                          if key.startswith(prefix)})
+    if k is not None:
+        print(f"backbone ECA kernel sizes {k}: tools/test_det.py reads them from the converted file; "
+              f"for mmdet's init_detector / Runner add --cfg-options "
+              f"model.backbone.model_kwargs.eca_k_size=\"{k}\" (or set them in the config)")
+
+
+def _inferred(name: str, state_dict, known: dict) -> dict:
     """Arguments the checkpoint fixes (as ``create_model(..., checkpoint_path=...)`` reads
-    them), printed for the user (``given``: the --model-arg arguments)."""
+    them: a cvkit training checkpoint's model_kwargs, then what the tensors show), printed for the
+    user (``known``: those model_kwargs and the --model-arg arguments, which win)."""
     from cvkit.models.factory import checkpoint_arguments
     from cvkit.models.registry import get_preset
 
-    kw = checkpoint_arguments(get_preset(name), state_dict, given)
+    kw = {**known, **checkpoint_arguments(get_preset(name), state_dict, known)}
     print(f"{name}: " + (", ".join(f"{k}={v}" for k, v in kw.items()) or "no inferred arguments"))
     return kw
 

@@ -24,6 +24,8 @@ from mmdet.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from cvkit.tool_errors import OptionError
+
 
 def _pretrained_path(init_cfg) -> str | None:
     if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
@@ -50,6 +52,7 @@ def with_checkpoint_architecture(model_name: str, model_kwargs: Mapping, state: 
     from cvkit.models.factory import checkpoint_arguments
     from cvkit.models.registry import get_preset
 
+    _check_model_name(model_name)
     kwargs = dict(model_kwargs)
     fixed = checkpoint_arguments(get_preset(model_name), to_cvkit(dict(state)), kwargs)
     fixed.pop("num_classes", None)  # a backbone has no classifier
@@ -60,18 +63,35 @@ def with_checkpoint_architecture(model_name: str, model_kwargs: Mapping, state: 
     return {**kwargs, **fixed}
 
 
+def is_cvkit_backbone(backbone_cfg) -> bool:
+    return str((backbone_cfg or {}).get("type", "")).endswith("CvkitBackbone")
+
+
 def fit_backbone_config(backbone_cfg, detector_state: Mapping, source: str) -> None:
     """Set in ``backbone_cfg`` (a detector config's ``model.backbone``) the architecture keywords
     the backbone weights of a detector checkpoint fix, so the detector built from the config loads
-    them (e.g. the official ECA-Net release's kernel sizes in a converted detector). Only for a
-    ``CvkitBackbone``."""
-    if not str(backbone_cfg.get("type", "")).endswith("CvkitBackbone"):
+    them (e.g. the official ECA-Net release's kernel sizes in a converted detector), and drop its
+    ``init_cfg`` checkpoint: the detector's weights replace it (and its sizes must not win). Only
+    for a ``CvkitBackbone``."""
+    if not is_cvkit_backbone(backbone_cfg):
         return
     body = {k[len(DETECTOR_PREFIX):]: v for k, v in detector_state.items()
             if k.startswith(DETECTOR_PREFIX)}
     if body:
         backbone_cfg["model_kwargs"] = with_checkpoint_architecture(
             backbone_cfg["model_name"], backbone_cfg.get("model_kwargs") or {}, body, source)
+        backbone_cfg["init_cfg"] = None
+
+
+def _check_model_name(model_name: str) -> None:
+    import cvkit
+
+    known = cvkit.list_models()
+    if model_name not in known:
+        close = [m for m in known if model_name.split("_")[0] in m][:8]
+        raise OptionError(f"unknown cvkit backbone model_name={model_name!r} (model.backbone in the "
+                          f"detector config); cvkit models include {close or known[:8]} - see "
+                          "cvkit.list_models()")
 
 
 def _build_feature_model(model_name: str, out_indices: Sequence[int], model_kwargs: dict,
@@ -80,12 +100,6 @@ def _build_feature_model(model_name: str, out_indices: Sequence[int], model_kwar
     architecture details it fixes (e.g. ECA kernel sizes of the official release) come from it."""
     import cvkit
 
-    known = cvkit.list_models()
-    if model_name not in known:
-        close = [m for m in known if model_name.split("_")[0] in m][:8]
-        raise ValueError(f"unknown cvkit backbone model_name={model_name!r} (model.backbone in the "
-                         f"detector config); cvkit models include {close or known[:8]} - see "
-                         "cvkit.list_models()")
     return cvkit.create_model(model_name, features_only=True, out_indices=tuple(out_indices),
                               checkpoint_path=checkpoint, **model_kwargs)
 
@@ -119,6 +133,7 @@ class CvkitBackbone(BaseModule):
                  probe_size: int | None = None, init_cfg: dict | None = None):
         super().__init__(init_cfg=init_cfg)
         self.model_name = model_name
+        _check_model_name(model_name)
         checkpoint = _pretrained_path(init_cfg)
         # a checkpoint present now is read while building (it may fix architecture details);
         # one that is missing now fails clearly in init_weights(), where mmengine loads weights

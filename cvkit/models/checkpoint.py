@@ -26,6 +26,9 @@ class CheckpointError(ValueError):
         super().__init__(message)
         self.tool_message = tool_message or message
 
+    def __reduce__(self):  # pickled across processes with its tool message
+        return type(self), (str(self), self.tool_message)
+
 
 @dataclass
 class LoadResult:
@@ -59,16 +62,19 @@ def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
     return read_checkpoint_and_arguments(path, None, weights_only)[0]
 
 
-#: create_model's own arguments: never taken from a training checkpoint's model_kwargs
-_NOT_MODEL_ARGUMENTS = {"checkpoint_path", "pretrained_path", "reset_head", "strict", "weights_only",
-                        "num_classes", "features_only", "out_indices"}
+#: never taken from a training checkpoint's model_kwargs: create_model's own arguments and the
+#: training-only settings (regularisation, the NaN guard that syncs the device at every layer)
+_NOT_INHERITED = {"checkpoint_path", "pretrained_path", "reset_head", "strict", "weights_only",
+                  "num_classes", "features_only", "out_indices", "drop_rate", "drop_path_rate",
+                  "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "hc_nan_guard"}
 
 
 def read_checkpoint_and_arguments(path, model_name: str | None,
                                   weights_only: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """:func:`read_checkpoint`'s tensors, and the model keywords a cvkit training checkpoint of
     the preset ``model_name`` was trained with (its ``hyper_parameters['model_kwargs']``, e.g.
-    ``gcp_iters=3``, which no tensor shows); ``{}`` for any other file or model."""
+    ``gcp_iters=3``, which no tensor shows; not the training-only ones, ``drop_rate``...);
+    ``{}`` for any other file or model."""
     from cvkit.models.registry import TIMM_PREFIX
 
     path = Path(path)
@@ -86,7 +92,7 @@ def read_checkpoint_and_arguments(path, model_name: str | None,
     if (model_name is not None and isinstance(hp, dict)
             and str(hp.get("model_name", "")).removeprefix(TIMM_PREFIX) == model_name
             and isinstance(hp.get("model_kwargs"), dict)):
-        arguments = {k: v for k, v in hp["model_kwargs"].items() if k not in _NOT_MODEL_ARGUMENTS}
+        arguments = {k: v for k, v in hp["model_kwargs"].items() if k not in _NOT_INHERITED}
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):

@@ -46,6 +46,8 @@ def checkpoint_file_arguments(preset, path, overrides: dict) -> dict[str, Any]:
     number of classes (for timm's ``pretrained=True`` loading, which handles the classifier
     itself)."""
     state_dict, trained_with = read_checkpoint_and_arguments(path, preset.name)
+    if overrides.get("features_only"):  # as create_model: a backbone keeps the preset's layout
+        trained_with = {}
     out = {**trained_with, **checkpoint_arguments(preset, to_cvkit(state_dict),
                                                   {**trained_with, **overrides})}
     out.pop("num_classes", None)
@@ -61,7 +63,8 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
     value with a checkpoint is an error unless ``reset_head=True``. ``checkpoint_path``: any format
     of :mod:`cvkit.models.convert`; architecture arguments the checkpoint fixes (ECA kernel sizes,
     the GCP width; for a cvkit training checkpoint of this preset, the ``model_kwargs`` it was
-    trained with, e.g. ``global_pool='gcp', gcp_iters=3``) are read from it unless given. ``features_only``: a timm ``FeatureGetterNet``
+    trained with, e.g. ``global_pool='gcp', gcp_iters=3``, except with ``features_only``) are
+    read from it unless given. ``features_only``: a timm ``FeatureGetterNet``
     returning the stage maps (``out_indices=`` selects them). ``overrides``: any constructor
     argument (``eca_k_size=(3, 5, 5, 7)``, ``gcp_dim=128``, ``hc_dynamic=True``, ``img_size=...``).
     """
@@ -74,8 +77,9 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
     out_indices = overrides.pop("out_indices", None)
     state_dict, trained_with = read_checkpoint_and_arguments(checkpoint_path, preset.name, weights_only)
     state_dict = to_cvkit(state_dict)
-    for key, value in trained_with.items():  # a cvkit training checkpoint's model_kwargs
-        overrides.setdefault(key, value)
+    if not features_only:  # a backbone keeps the preset's layout (a GCP run's stride-1 layer4
+        for key, value in trained_with.items():  # would halve a detector's C5 stride)
+            overrides.setdefault(key, value)  # a cvkit training checkpoint's model_kwargs
     for key, value in checkpoint_arguments(preset, state_dict, overrides).items():
         overrides.setdefault(key, value)  # what the user gave wins
     overrides.setdefault("num_classes", 1000)  # a checkpoint without a classifier

@@ -19,9 +19,10 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from cvkit.models.checkpoint import CheckpointError
 from cvkit.tasks.optim import OptimizerConfig
-from cvkit.tool_errors import OptionError
 from cvkit.tasks.schedules import LRSchedule
+from cvkit.tool_errors import OptionError
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,9 +56,12 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 class ModelKwargsError(ConfigError):
     """A model keyword the model does not take; ``reason``: what building the model said."""
 
-    def __init__(self, message: str, reason: str):
+    def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
         self.reason = reason
+
+    def __reduce__(self):  # pickled across processes (DataLoader workers, DDP) with its reason
+        return type(self), (str(self), self.reason)
 
 
 def model_kwargs_error(model_name: str, model_kwargs: dict, error: Exception,
@@ -154,8 +158,10 @@ class ClassificationTask(LightningModule):
             kwargs.setdefault("reset_head", True)
         try:
             self.model = create_model(model_name, num_classes=num_classes, **kwargs)
-        except TypeError as e:  # e.g. a misspelt model_kwargs key
-            if not model_kwargs:
+        except CheckpointError:  # the weights, not the keywords
+            raise
+        except (TypeError, ValueError) as e:  # a misspelt key, a bad value (eca_k_size=4)
+            if not model_kwargs or isinstance(e, OptionError):
                 raise
             raise model_kwargs_error(model_name, model_kwargs, e) from None
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -62,7 +62,9 @@ class ClassificationCLI(LightningCLI):
             root = cfg.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = run_loggers(root, self.subcommand,
                                            resuming=self._get(self.config, "ckpt_path") is not None)
-        return super().instantiate_trainer(**kwargs)
+        # e.g. --trainer.accelerator foo, --trainer.precision 17: Lightning raises ValueError
+        with tool_errors.option_errors("bad trainer option (--trainer.*): "):
+            return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:

@@ -33,6 +33,7 @@ from torch import nn
 
 from cvkit.atomic_write import atomic_write
 from cvkit.models.checkpoint import load_failure
+from cvkit.tool_errors import option_errors
 
 METRIC_PREFIX = "coco/"
 
@@ -448,17 +449,18 @@ def make_trainer(cfg, work_dir: str, accelerator: str = "auto", devices: Any = "
     epochs = int(max_epochs if max_epochs is not None else train_cfg.get("max_epochs", 12))
     interval = int(train_cfg.get("val_interval", 1))
     log_every = int(((cfg.get("default_hooks") or {}).get("logger") or {}).get("interval", 50))
-    return L.Trainer(
-        default_root_dir=work_dir, accelerator=accelerator, devices=devices, strategy=strategy,
-        # the last epoch is validated by train_detector when the interval skips it
-        precision=precision, max_epochs=epochs, check_val_every_n_epoch=interval,
-        num_sanity_val_steps=0, log_every_n_steps=log_every,
-        limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
-        logger=CSVLogger(work_dir, name="logs") if logger else False,
-        callbacks=[KeepLastCheckpoint(dirpath=osp.join(work_dir, "checkpoints"), save_last=True,
-                                      save_top_k=0, save_on_train_epoch_end=True)],
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=enable_progress_bar, enable_model_summary=False)
+    with option_errors():  # an unknown accelerator, strategy or precision
+        return L.Trainer(
+            default_root_dir=work_dir, accelerator=accelerator, devices=devices, strategy=strategy,
+            # the last epoch is validated by train_detector when the interval skips it
+            precision=precision, max_epochs=epochs, check_val_every_n_epoch=interval,
+            num_sanity_val_steps=0, log_every_n_steps=log_every,
+            limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+            logger=CSVLogger(work_dir, name="logs") if logger else False,
+            callbacks=[KeepLastCheckpoint(dirpath=osp.join(work_dir, "checkpoints"), save_last=True,
+                                          save_top_k=0, save_on_train_epoch_end=True)],
+            plugins=[AtomicCheckpointIO()],
+            enable_progress_bar=enable_progress_bar, enable_model_summary=False)
 
 
 def train_detector(config: Any, work_dir: str, data_root: str | None = None,
@@ -482,9 +484,10 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
         warnings.warn("the backbone starts from random weights: pass backbone_checkpoint "
                       "(tools/train_det.py --backbone-checkpoint) to fine-tune a pretrained one",
                       stacklevel=2)
-    if resume:  # the backbone it trained, whatever the config or a backbone checkpoint says
-        from cvkit.det.backbone import fit_backbone_config
+    from cvkit.det.backbone import fit_backbone_config, is_cvkit_backbone
 
+    if resume and is_cvkit_backbone(cfg.model.get("backbone")):
+        # the backbone it trained, whatever the config or a backbone checkpoint says
         fit_backbone_config(cfg.model.backbone, read_detector_state(resume), resume)
     L.seed_everything(seed, workers=True, verbose=False)
     task = DetectionTask(cfg, data_root=data_root, load_from=load_from)

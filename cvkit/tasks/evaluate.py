@@ -47,7 +47,9 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
         task = ClassificationTask(model_name, num_classes=num_classes or 1000,
                                   model_kwargs={**(model_kwargs or {}), "checkpoint_path": str(path)})
     except ModelKwargsError as e:  # name the tools' option and the user's keywords only
-        raise model_kwargs_error(model_name, model_kwargs or {}, e, "--model-arg") from None
+        if not model_kwargs:  # none given: not an option's fault
+            raise ValueError(f"cannot build {model_name!r} for {path}: {e.reason}") from None
+        raise model_kwargs_error(model_name, model_kwargs, e, "--model-arg") from None
     return task, {}
 
 
@@ -75,6 +77,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
 
     from cvkit.data.datamodule import ClassificationDataModule
     from cvkit.data.transforms import CROP_PCT, IMAGE_SIZE
+    from cvkit.tool_errors import option_errors
 
     data = Path(data)
     if (data / "val").is_dir() and not any(p.suffix for p in data.iterdir() if p.is_file()):
@@ -93,8 +96,9 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
     if len(dm.test_set.classes) != n_head:
         raise ValueError(f"{data} has {len(dm.test_set.classes)} class folders but the checkpoint's "
                          f"head has {n_head} classes")
-    trainer = Trainer(accelerator=accelerator, devices=1, logger=False, precision=precision,
-                      enable_checkpointing=False, enable_model_summary=False)
+    with option_errors():  # an unknown accelerator or precision
+        trainer = Trainer(accelerator=accelerator, devices=1, logger=False, precision=precision,
+                          enable_checkpointing=False, enable_model_summary=False)
     metrics = trainer.test(task, datamodule=dm, verbose=False)[0]
     bad = task.gather_bad_files()
     result = {"checkpoint": str(checkpoint), "data": str(data), "images": len(dm.test_set) - len(bad),
