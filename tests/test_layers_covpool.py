@@ -352,21 +352,6 @@ def test_benchmark_cpu_report_runs_on_a_tiny_case():
     assert len(rows) == 4 and not any("not run" in r for r in rows)
 
 
-def test_benchmark_command_names_the_tile_config_override(monkeypatch):
-    """A table measured with ``CVKIT_ISQRT_COV_PRODUCT_CONFIGS`` says so in its command line."""
-    import argparse
-
-    from cvkit.benchmarks import covpool as bench
-
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    args = parser.parse_args(["--device", "cuda", "--batch", "128", "--dim", "256"])
-    plain = "python tools/benchmark.py covpool --device cuda --batch 128 --dim 256"
-    assert bench._command(args) == plain
-    monkeypatch.setenv("CVKIT_ISQRT_COV_PRODUCT_CONFIGS", "64,32,4,3;128,32,8,2")
-    assert bench._command(args) == 'CVKIT_ISQRT_COV_PRODUCT_CONFIGS="64,32,4,3;128,32,8,2" ' + plain
-
-
 @pytest.mark.slow
 def test_torch_compile_runs_the_head_eagerly_with_the_same_result():
     torch.manual_seed(0)
