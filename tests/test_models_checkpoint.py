@@ -333,6 +333,19 @@ def test_convert_tool_mmdet_legacy_mode(tmp_path):
             tool.main([str(src), str(tmp_path / "o.pth"), "--kind", "mmdet-legacy"])
 
 
+def test_convert_tool_prints_a_converted_detectors_eca_sizes(tmp_path, capsys):
+    """mmdet's init_detector / Runner build the config before reading weights: the tool says
+    which ECA kernel sizes a converted release has and the --cfg-options that give them."""
+    legacy = {f"module.backbone.{k}": v for k, v in official_eca_resnet50_state_dict().items()
+              if not k.startswith("fc.")}
+    src = tmp_path / "mask_rcnn_eca.pth"
+    torch.save({"meta": {"mmdet_version": "1.0.0"}, "state_dict": legacy}, src)
+    assert _convert_tool().main([str(src), str(tmp_path / "o.pth"), "--kind", "mmdet-legacy"]) == 0
+    out = capsys.readouterr().out
+    assert "backbone ECA kernel sizes (3, 5, 5, 7)" in out
+    assert '--cfg-options model.backbone.model_kwargs.eca_k_size="(3, 5, 5, 7)"' in out
+
+
 def test_timm_pretrained_file_goes_through_the_converter(tmp_path):
     torch.manual_seed(0)
     ref = _randomise_bn(cvkit.create_model("resnet18")).eval()

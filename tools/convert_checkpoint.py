@@ -102,11 +102,11 @@ def main(argv=None) -> int:
 def _print_backbone_eca_sizes(detector_state) -> None:
     """A converted detector's ECA kernel sizes: tools/test_det.py reads them from the file;
     mmdet's own init_detector / Runner build the config first and need them in it."""
+    from cvkit.det.convert import CVKIT_BACKBONE_PREFIX as PREFIX
     from cvkit.models.convert import infer_eca_k_size
 
-    prefix = "backbone.body.model."
-    k = infer_eca_k_size({key[len(prefix):]: v for key, v in detector_state.items()
-                          if key.startswith(prefix)})
+    k = infer_eca_k_size({key[len(PREFIX):]: v for key, v in detector_state.items()
+                          if key.startswith(PREFIX)})
     if k is not None:
         print(f"backbone ECA kernel sizes {k}: tools/test_det.py reads them from the converted file; "
               f"for mmdet's init_detector / Runner add --cfg-options "

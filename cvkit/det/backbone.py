@@ -33,11 +33,6 @@ def _pretrained_path(init_cfg) -> str | None:
     return None
 
 
-#: where a CvkitBackbone's network sits in a detector's state dict (``body`` is timm's
-#: FeatureGetterNet, ``model`` the cvkit network inside it)
-DETECTOR_PREFIX = "backbone.body.model."
-
-
 def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
@@ -73,10 +68,11 @@ def fit_backbone_config(backbone_cfg, detector_state: Mapping, source: str) -> N
     them (e.g. the official ECA-Net release's kernel sizes in a converted detector), and drop its
     ``init_cfg`` checkpoint: the detector's weights replace it (and its sizes must not win). Only
     for a ``CvkitBackbone``."""
+    from cvkit.det.convert import CVKIT_BACKBONE_PREFIX as PREFIX  # where the network sits
+
     if not is_cvkit_backbone(backbone_cfg):
         return
-    body = {k[len(DETECTOR_PREFIX):]: v for k, v in detector_state.items()
-            if k.startswith(DETECTOR_PREFIX)}
+    body = {k[len(PREFIX):]: v for k, v in detector_state.items() if k.startswith(PREFIX)}
     if body:
         backbone_cfg["model_kwargs"] = with_checkpoint_architecture(
             backbone_cfg["model_name"], backbone_cfg.get("model_kwargs") or {}, body, source)
