@@ -28,6 +28,8 @@ def atomic_write(path, mode: str = "wb") -> Iterator[IO]:
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
+    if path.is_dir():  # checked first: os.replace would name the temporary file
+        raise IsADirectoryError(f"cannot write {path}: it is a directory (give a file name)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -19,8 +19,10 @@ USAGE = 2
 FAILED = 1
 
 #: the exception types of a user's mistake (a CheckpointError, BadImageError, EmptyFolderError
-#: is a ValueError; NonFiniteLossError and ``hc_nan_guard``'s error a FloatingPointError)
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError)
+#: is a ValueError; NonFiniteLossError and ``hc_nan_guard``'s error a FloatingPointError; an
+#: output path that is a folder or not writable an IsADirectoryError / PermissionError)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               ValueError, FloatingPointError)
 
 
 class OptionError(ValueError):

@@ -87,6 +87,17 @@ def test_option_values_found_while_building_are_exit_2(tmp_path, capsys):
     assert "bad trainer option (--trainer.*): " in capsys.readouterr().err
 
 
+def test_an_output_path_that_is_a_folder_is_one_line_and_exit_1(tmp_path, capsys):
+    weights = tmp_path / "w.pth"
+    torch.save({"w": torch.zeros(2)}, weights)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert _tool("convert_checkpoint")([str(weights), str(folder)]) == FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write {folder}: it is a directory (give a file name)"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "w.pth"]  # no temporary left
+
+
 def test_errors_keep_their_advice_across_processes():
     import pickle
 

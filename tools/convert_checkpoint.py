@@ -88,13 +88,13 @@ def main(argv=None) -> int:
             from cvkit.models.checkpoint import load_state_dict
 
             load_state_dict(model, state_dict, strict=True, source=args.input)
+        save_state_dict(state_dict, args.output)
     except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
         from cvkit.tool_errors import is_user_error, report
 
         if not is_user_error(e):
             raise
         return report(e)
-    save_state_dict(state_dict, args.output)
     print(f"wrote {len(state_dict)} tensors to {args.output}")
     return 0
 
