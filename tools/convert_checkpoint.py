@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             try:
                 model = cvkit.create_model(
                     args.model, checkpoint_path=None,
-                    **{**_inferred(args.model, state_dict, {**trained_with, **given}), **given})
+                    **{**_inferred(args.model, state_dict, given, trained_with), **given})
             except TypeError as e:  # e.g. a misspelt --model-arg key
                 if not given:
                     raise
@@ -113,14 +113,14 @@ def _print_backbone_eca_sizes(detector_state) -> None:
               f"model.backbone.model_kwargs.eca_k_size=\"{k}\" (or set them in the config)")
 
 
-def _inferred(name: str, state_dict, known: dict) -> dict:
+def _inferred(name: str, state_dict, given: dict, trained_with: dict) -> dict:
     """Arguments the checkpoint fixes (as ``create_model(..., checkpoint_path=...)`` reads
-    them: a cvkit training checkpoint's model_kwargs, then what the tensors show), printed for the
-    user (``known``: those model_kwargs and the --model-arg arguments, which win)."""
+    them: a cvkit training checkpoint's model_kwargs ``trained_with``, then what the tensors show),
+    printed for the user (``given``: the --model-arg arguments, which win)."""
     from cvkit.models.factory import checkpoint_arguments
     from cvkit.models.registry import get_preset
 
-    kw = {**known, **checkpoint_arguments(get_preset(name), state_dict, known)}
+    kw = checkpoint_arguments(get_preset(name), state_dict, given, trained_with)
     print(f"{name}: " + (", ".join(f"{k}={v}" for k, v in kw.items()) or "no inferred arguments"))
     return kw
 

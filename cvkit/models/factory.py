@@ -28,17 +28,22 @@ def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict[str,
     return out
 
 
-def checkpoint_arguments(preset, state_dict: dict, overrides: dict) -> dict[str, Any]:
-    """What a (cvkit-named) checkpoint fixes for ``preset`` built with ``overrides`` (which
-    decide whether it has ECA and a GCP head): ECA kernel sizes, the GCP width and the number of
-    classes, where the checkpoint has them."""
-    arch = {**preset.kwargs, **overrides}
+def checkpoint_arguments(preset, state_dict: dict, overrides: dict, trained_with: dict | None = None,
+                         features_only: bool = False) -> dict[str, Any]:
+    """What a (cvkit-named) checkpoint fixes for ``preset`` built with ``overrides``: the
+    ``model_kwargs`` a cvkit training checkpoint was trained with (``trained_with``; not for
+    ``features_only``: a backbone keeps the preset's layout, a GCP run's stride-1 layer4 would
+    halve a detector's C5 stride), then the ECA kernel sizes, the GCP width and the number of
+    classes where its tensors have them (whether it has ECA / a GCP head: from ``overrides``, then
+    those model_kwargs). ``overrides`` win where the caller applies the result."""
+    inherited = {} if features_only else dict(trained_with or {})
+    arch = {**preset.kwargs, **inherited, **overrides}
     out = infer_arch_overrides(state_dict, preset.family, arch.get("eca", False),
                                arch.get("global_pool") == "gcp")
     classes = checkpoint_num_classes(state_dict, preset.family)
     if classes:
         out["num_classes"] = classes
-    return out
+    return {**inherited, **out}
 
 
 def checkpoint_file_arguments(preset, path, overrides: dict) -> dict[str, Any]:
@@ -46,10 +51,8 @@ def checkpoint_file_arguments(preset, path, overrides: dict) -> dict[str, Any]:
     number of classes (for timm's ``pretrained=True`` loading, which handles the classifier
     itself)."""
     state_dict, trained_with = read_checkpoint_and_arguments(path, preset.name)
-    if overrides.get("features_only"):  # as create_model: a backbone keeps the preset's layout
-        trained_with = {}
-    out = {**trained_with, **checkpoint_arguments(preset, to_cvkit(state_dict),
-                                                  {**trained_with, **overrides})}
+    out = checkpoint_arguments(preset, to_cvkit(state_dict), overrides, trained_with,
+                               bool(overrides.get("features_only")))
     out.pop("num_classes", None)
     return out
 
@@ -77,10 +80,8 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
     out_indices = overrides.pop("out_indices", None)
     state_dict, trained_with = read_checkpoint_and_arguments(checkpoint_path, preset.name, weights_only)
     state_dict = to_cvkit(state_dict)
-    if not features_only:  # a backbone keeps the preset's layout (a GCP run's stride-1 layer4
-        for key, value in trained_with.items():  # would halve a detector's C5 stride)
-            overrides.setdefault(key, value)  # a cvkit training checkpoint's model_kwargs
-    for key, value in checkpoint_arguments(preset, state_dict, overrides).items():
+    for key, value in checkpoint_arguments(preset, state_dict, overrides, trained_with,
+                                           features_only).items():
         overrides.setdefault(key, value)  # what the user gave wins
     overrides.setdefault("num_classes", 1000)  # a checkpoint without a classifier
     model = build(preset, **overrides)
