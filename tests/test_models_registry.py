@@ -87,6 +87,28 @@ def test_timm_create_model_equals_cvkit(name):
     assert b.pretrained_cfg["architecture"] == f"cvkit_{name}"
 
 
+@pytest.mark.parametrize("name", ["resnet18_hc2", "resnet50_dhc2", "mobilenetv2_fc2",
+                                  "resnet18_gcp", "vit_tiny_patch16_dhc2", "vit_tiny_patch16_gcp"])
+def test_deferred_init_on_the_meta_device(name):
+    """A model built under ``torch.device("meta")`` (no memory: shape inference, deferred
+    initialisation of large models) runs forward and backward there, and once materialised
+    with ``to_empty`` and given a checkpoint's weights computes what the eagerly built one does.
+    The connection and covariance layers used to open an autocast context torch refuses on meta."""
+    kw = small_kwargs(name)
+    eager = cvkit.create_model(name, **kw).eval()
+    with torch.device("meta"):
+        deferred = cvkit.create_model(name, **kw)
+    out = deferred(small_input(name).to("meta"))
+    assert out.device.type == "meta" and out.shape == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.device.type == "meta"
+               for p in deferred.parameters() if p.requires_grad)
+    deferred = deferred.to_empty(device="cpu").eval()
+    deferred.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(deferred(small_input(name)), eager(small_input(name)))
+
+
 def test_list_models_and_timm_names():
     assert "eca_resnet50" in cvkit.list_models("*eca*")
     assert cvkit.list_models("vit_small*") == sorted(n for n in PRESETS

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from cvkit.layers.autocast import autocast_off
+
 __all__ = ["isqrt_cov", "triu_vectorize", "CovariancePooling", "centred_covariance",
            "newton_schulz_polynomial"]
 
@@ -358,7 +360,7 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
             use_triton = True
         except RuntimeError:
             use_triton = False
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with autocast_off(x.device):
         if use_triton:
             return kernel(x, iters, vectorize)
         if x.shape[0] == 0:

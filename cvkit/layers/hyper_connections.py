@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvkit.layers.autocast import autocast_off
+
 
 def expand_streams(x: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` copies of ``x`` as a stream dim at position 1: ``(B, *rest) -> (B, n, *rest)``.
@@ -211,7 +213,7 @@ class _ConnectionBase(nn.Module):
         k, r, dtype = self.num_inputs, self.rate, streams.dtype
         b, spatial = streams.shape[0], streams.shape[3:]
         self._guard(streams, "input streams")
-        with torch.autocast(streams.device.type, enabled=False):
+        with autocast_off(streams.device):
             if self.dynamic:
                 alpha, beta = self._dynamic_gates(streams)
                 self._guard(alpha, "dynamic alpha")
@@ -235,7 +237,7 @@ class _ConnectionBase(nn.Module):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"{type(self).__name__}: branch must return shape {expected}, got {got}")
         self._guard(out, "branch output")
-        with torch.autocast(streams.device.type, enabled=False):
+        with autocast_off(streams.device):
             return torch.addcmul(mixed[:, k:], beta, self._spread_output(out))
 
     def extra_repr(self) -> str:
