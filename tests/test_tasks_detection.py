@@ -475,3 +475,34 @@ def test_unavailable_accelerator_is_one_line_in_both_tools(tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
     assert len(err) == 2 and all("`MPSAccelerator` can not run on your system" in ln
                                  for ln in err), err
+
+
+def test_train_det_reads_a_runner_checkpoint_with_trust_checkpoint_and_names_resumes_input(
+        tmp_path, capsys):
+    """A checkpoint holding pickled objects (as mmengine Runner's do) given to
+    ``tools/train_det.py --load-from`` fails with one line naming the option that reads it, and
+    ``--trust-checkpoint`` reads it (the run then reaches the trainer: here an accelerator this
+    machine lacks, exit 2). ``--resume`` takes train_det's own last.ckpt: its error says so rather
+    than advising an option that does not apply to it."""
+    import argparse
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import train_det
+
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    ckpt = tmp_path / "runner.pth"
+    state = build_detector(load_det_config(FASTER, {"model.backbone.init_cfg": None})).state_dict()
+    torch.save({"state_dict": state, "message_hub": argparse.Namespace(epoch=3)}, ckpt)
+    common = ["--work-dir", str(tmp_path / "w"), "--epochs", "1", "--accelerator", "mps"]
+    runs = [train_det.main([str(FASTER), "--load-from", str(ckpt)] + common),
+            train_det.main([str(FASTER), "--load-from", str(ckpt), "--trust-checkpoint"] + common),
+            train_det.main([str(FASTER), "--resume", str(ckpt)] + common)]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert runs == [1, 2, 1], (runs, err)
+    assert len(err) == 3, err
+    assert f"cannot load detector checkpoint {str(ckpt)!r}" in err[0], err
+    assert "argparse.Namespace" in err[0] and "--trust-checkpoint" in err[0], err
+    assert "`MPSAccelerator` can not run on your system" in err[1], err
+    assert "--resume takes WORK_DIR/checkpoints/last.ckpt of tools/train_det.py" in err[2], err
+    assert "--trust-checkpoint" not in err[2], err

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone-checkpoint", default=None,
                    help="classification checkpoint for the backbone (any format cvkit.load_checkpoint reads)")
     p.add_argument("--load-from", default=None, help="detector weights to start from")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="read --load-from with weights_only=False (mmengine Runner checkpoints "
+                        "hold pickled objects; only for files you trust)")
     p.add_argument("--resume", default=None, help="Lightning checkpoint to resume from")
     p.add_argument("--epochs", type=int, default=None, help="override train_cfg.max_epochs")
     p.add_argument("--accelerator", default="auto")
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             str(config), work_dir, data_root=args.data_root,
             backbone_checkpoint=args.backbone_checkpoint, load_from=args.load_from,
             resume=args.resume, cfg_options=parse_cfg_options(args.cfg_options), seed=args.seed,
+            trust_checkpoint=args.trust_checkpoint,
             accelerator=args.accelerator, devices=devices, strategy=args.strategy,
             precision=args.precision, max_epochs=args.epochs)
     except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)

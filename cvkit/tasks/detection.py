@@ -95,17 +95,21 @@ def build_detector(cfg) -> nn.Module:
         raise ValueError(f"cannot build the detector of {cfg.filename or 'the config'}: {e}") from e
 
 
-def read_detector_state(path: str, trust: bool = False) -> Mapping[str, torch.Tensor]:
+_UNTRUSTED_HINT = " (an mmengine Runner checkpoint? pass --trust-checkpoint if you trust it)"
+
+
+def read_detector_state(path: str, trust: bool = False,
+                        untrusted_hint: str = _UNTRUSTED_HINT) -> Mapping[str, torch.Tensor]:
     """The detector's state dict in a detector checkpoint: a cvkit Lightning ``.ckpt``
     (``detector.`` keys), an mmdet/mmengine checkpoint or a bare state dict. ``weights_only=True``
     unless ``trust`` (mmengine Runner checkpoints hold logger objects that only an unrestricted,
-    trusted load can read)."""
+    trusted load can read); ``untrusted_hint`` ends the error of a load that fails without it."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"detector checkpoint not found: {path!r}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as e:  # noqa: BLE001
-        hint = "" if trust else " (an mmengine Runner checkpoint? pass --trust-checkpoint if you trust it)"
+        hint = "" if trust else untrusted_hint
         raise ValueError(f"cannot load detector checkpoint {path!r}: {load_failure(e)}{hint}"
                          ) from e
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
@@ -466,9 +470,12 @@ def make_trainer(cfg, work_dir: str, accelerator: str = "auto", devices: Any = "
 def train_detector(config: Any, work_dir: str, data_root: str | None = None,
                    backbone_checkpoint: str | None = None, load_from: str | None = None,
                    resume: str | None = None, cfg_options: Mapping[str, Any] | None = None,
-                   seed: int = 0, **trainer_kwargs) -> tuple[DetectionTask, dict[str, float]]:
+                   seed: int = 0, trust_checkpoint: bool = False,
+                   **trainer_kwargs) -> tuple[DetectionTask, dict[str, float]]:
     """Fine-tune the detector of ``config``; returns the task and the validation metrics of its
     final weights (the last epoch is validated even when ``val_interval`` skips it).
+    ``trust_checkpoint``: read ``load_from`` with ``weights_only=False`` (mmengine Runner
+    checkpoints); ``resume`` takes a checkpoint this function wrote (``last.ckpt``).
 
     Writes ``work_dir/checkpoints/last.ckpt`` (Lightning, resumable; rewritten every epoch),
     ``work_dir/detector.pth`` and ``work_dir/config.py`` (for ``mmdet.apis.init_detector``).
@@ -488,9 +495,12 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
 
     if resume and is_cvkit_backbone(cfg.model.get("backbone")):
         # the backbone it trained, whatever the config or a backbone checkpoint says
-        fit_backbone_config(cfg.model.backbone, read_detector_state(resume), resume)
+        fit_backbone_config(cfg.model.backbone, read_detector_state(resume, untrusted_hint=(
+            " (--resume takes WORK_DIR/checkpoints/last.ckpt of tools/train_det.py; to start from "
+            "other detector weights use --load-from)")), resume)
     L.seed_everything(seed, workers=True, verbose=False)
-    task = DetectionTask(cfg, data_root=data_root, load_from=load_from)
+    task = DetectionTask(cfg, data_root=data_root, load_from=load_from,
+                         trust_checkpoint=trust_checkpoint)
     trainer = make_trainer(task.cfg, work_dir, **trainer_kwargs)
     trainer.fit(task, ckpt_path=resume)
     if task.last_metrics_step != trainer.global_step and trainer.limit_val_batches != 0:
