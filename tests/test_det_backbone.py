@@ -129,6 +129,41 @@ def test_the_checkpoint_fixes_the_eca_kernel_sizes_over_the_config(tmp_path):
     assert backbone.model_kwargs == {"eca_k_size": (5, 3, 7, 3)}
 
 
+def test_config_sizes_that_build_the_checkpoints_layout_do_not_warn(tmp_path):
+    """``eca_k_size=5`` and ``(5, 5, 5, 5)`` (or the 8 per-block sizes) build the same ResNet-18:
+    a config giving one beside a checkpoint of another form is no conflict; a real one warns."""
+    import warnings
+
+    init = dict(type="Pretrained", checkpoint=str(
+        _classifier_checkpoint(tmp_path / "eca5.ckpt", "eca_resnet18", 5)))
+    for given in (5, [5, 5, 5, 5], (5,) * 8):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backbone = _build(model_name="eca_resnet18", init_cfg=init,
+                              model_kwargs=dict(eca_k_size=given))
+        assert not [w for w in caught if "CvkitBackbone" in str(w.message)], given
+        assert _eca_sizes(backbone.body) == (5, 5, 5, 5)
+    with pytest.warns(UserWarning, match=r"eca_k_size=\(5, 5, 5, 5\) from .* replaces the "
+                                         r"config's \(5, 5, 5, 5, 5, 5, 5, 3\)"):
+        _build(model_name="eca_resnet18", init_cfg=init, model_kwargs=dict(eca_k_size=(5,) * 7 + (3,)))
+
+
+def test_a_backbone_checkpoint_is_read_once(tmp_path, monkeypatch):
+    """The checkpoint that fixes the backbone's architecture is the one its weights load from:
+    the file is read once, not once per use."""
+    import cvkit.models.checkpoint as checkpoint
+
+    init = dict(type="Pretrained", checkpoint=str(
+        _classifier_checkpoint(tmp_path / "eca.ckpt", "eca_resnet18", (5, 3, 7, 3))))
+    reads = []
+    load = torch.load
+    monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: reads.append(a[0]) or load(*a, **k))
+    backbone = _build(model_name="eca_resnet18", init_cfg=init)
+    backbone.init_weights()
+    assert [str(p) for p in reads] == [init["checkpoint"]]
+    assert _eca_sizes(backbone.body) == (5, 3, 7, 3)
+
+
 def test_eca_r50_detection_config_takes_a_backbone_trained_by_the_classification_recipe(tmp_path):
     """configs/classification/eca_resnet50.yaml trains Eq. 12's kernel sizes (5, 5, 5, 7); the
     released checkpoint has (3, 5, 5, 7): the Mask R-CNN ECA-R50 config's backbone takes either."""

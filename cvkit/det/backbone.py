@@ -33,10 +33,6 @@ def _pretrained_path(init_cfg) -> str | None:
     return None
 
 
-def _as_tuple(value):
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def with_checkpoint_architecture(model_name: str, model_kwargs: Mapping, state: Mapping,
                                  source: str) -> dict:
     """``model_kwargs`` with the architecture keywords the weights ``state`` fix for
@@ -45,14 +41,15 @@ def with_checkpoint_architecture(model_name: str, model_kwargs: Mapping, state: 
     a warning naming both."""
     from cvkit.models.convert import to_cvkit
     from cvkit.models.factory import checkpoint_arguments
-    from cvkit.models.registry import get_preset
+    from cvkit.models.registry import get_preset, same_architecture_value
 
     _check_model_name(model_name)
     kwargs = dict(model_kwargs)
-    fixed = checkpoint_arguments(get_preset(model_name), to_cvkit(dict(state)), kwargs)
+    preset = get_preset(model_name)
+    fixed = checkpoint_arguments(preset, to_cvkit(dict(state)), kwargs)
     fixed.pop("num_classes", None)  # a backbone has no classifier
     for key, value in fixed.items():
-        if key in kwargs and _as_tuple(kwargs[key]) != _as_tuple(value):
+        if key in kwargs and not same_architecture_value(preset, key, kwargs[key], value):
             warnings.warn(f"CvkitBackbone({model_name!r}): {key}={value!r} from {source} replaces "
                           f"the config's {kwargs[key]!r}", stacklevel=2)
     return {**kwargs, **fixed}
@@ -90,16 +87,6 @@ def _check_model_name(model_name: str) -> None:
                           "cvkit.list_models()")
 
 
-def _build_feature_model(model_name: str, out_indices: Sequence[int], model_kwargs: dict,
-                         checkpoint: str | None) -> nn.Module:
-    """``cvkit.create_model(..., features_only=True)``; with an existing ``checkpoint`` the
-    architecture details it fixes (e.g. ECA kernel sizes of the official release) come from it."""
-    import cvkit
-
-    return cvkit.create_model(model_name, features_only=True, out_indices=tuple(out_indices),
-                              checkpoint_path=checkpoint, **model_kwargs)
-
-
 @MODELS.register_module()
 class CvkitBackbone(BaseModule):
     """A cvkit model's feature maps for mmdet necks (tuple of NCHW maps at ``out_indices``).
@@ -135,13 +122,20 @@ class CvkitBackbone(BaseModule):
         # one that is missing now fails clearly in init_weights(), where mmengine loads weights
         self._loaded_from = checkpoint if checkpoint and os.path.isfile(checkpoint) else None
         self.model_kwargs = dict(model_kwargs or {})
-        if self._loaded_from:
+        if self._loaded_from:  # read once: its tensors fix the architecture, then load into it
             from cvkit.models.checkpoint import read_checkpoint
+            from cvkit.models.factory import model_from_state
 
+            state = read_checkpoint(self._loaded_from)
             self.model_kwargs = with_checkpoint_architecture(
-                model_name, self.model_kwargs, read_checkpoint(self._loaded_from), self._loaded_from)
-        self.body = _build_feature_model(model_name, out_indices, self.model_kwargs,
-                                         self._loaded_from)
+                model_name, self.model_kwargs, state, self._loaded_from)
+            self.body = model_from_state(model_name, state, self._loaded_from, features_only=True,
+                                         out_indices=tuple(out_indices), **self.model_kwargs)
+        else:
+            import cvkit
+
+            self.body = cvkit.create_model(model_name, features_only=True,
+                                           out_indices=tuple(out_indices), **self.model_kwargs)
         self.out_indices = tuple(out_indices)
         self.out_channels = list(self.body.feature_info.channels())
         self.num_features = len(self.body.feature_info.info)  # every level, not just the outputs

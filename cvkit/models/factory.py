@@ -77,8 +77,20 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
     if checkpoint_path is None:
         return build(preset, features_only=features_only, **overrides)
 
-    out_indices = overrides.pop("out_indices", None)
     state_dict, trained_with = read_checkpoint_and_arguments(checkpoint_path, preset.name, weights_only)
+    return model_from_state(preset.name, state_dict, str(checkpoint_path), features_only,
+                            strict=strict, reset_head=reset_head, trained_with=trained_with,
+                            **overrides)
+
+
+def model_from_state(name: str, state_dict: dict, source: str, features_only: bool = False, *,
+                     strict: bool = True, reset_head: bool = False,
+                     trained_with: dict | None = None, **overrides: Any) -> nn.Module:
+    """:func:`create_model` for checkpoint tensors already read from ``source`` (any format of
+    :mod:`cvkit.models.convert`; ``trained_with``: a training checkpoint's ``model_kwargs``), so a
+    caller that looked at them first does not read the file twice."""
+    preset = get_preset(name)
+    out_indices = overrides.pop("out_indices", None)
     state_dict = to_cvkit(state_dict)
     for key, value in checkpoint_arguments(preset, state_dict, overrides, trained_with,
                                            features_only).items():
@@ -94,6 +106,5 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
         cfg = model.pretrained_cfg
         model = FeatureGetterNet(model, out_indices=out_indices)
         model.pretrained_cfg = cfg
-    load_state_dict(model, state_dict, strict=strict, reset_head=reset_head,
-                    source=str(checkpoint_path))
+    load_state_dict(model, state_dict, strict=strict, reset_head=reset_head, source=source)
     return model

@@ -45,6 +45,26 @@ def _family_builder(family: str):
     return VisionTransformer
 
 
+def same_architecture_value(preset: Preset, key: str, a: Any, b: Any) -> bool:
+    """Whether ``key=a`` and ``key=b`` build the same ``preset``: equal values, or ECA kernel
+    sizes given in other forms that give every block the same size (``5`` and ``(5, 5, 5, 5)``)."""
+    def plain(v):
+        return tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    if plain(a) == plain(b):
+        return True
+    if key != "eca_k_size" or preset.family == "vit":
+        return False
+    if preset.family == "resnet":
+        from cvkit.models.resnet import block_eca_sizes
+    else:
+        from cvkit.models.mobilenetv2 import block_eca_sizes
+    try:
+        return block_eca_sizes(a, **preset.kwargs) == block_eca_sizes(b, **preset.kwargs)
+    except (ValueError, TypeError):  # a value the model refuses: not the same
+        return False
+
+
 PRESETS: dict[str, Preset] = {}
 
 
