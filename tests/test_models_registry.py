@@ -95,6 +95,8 @@ def test_deferred_init_on_the_meta_device(name):
     with ``to_empty`` and given a checkpoint's weights computes what the eagerly built one does.
     The connection and covariance layers used to open an autocast context torch refuses on meta."""
     kw = small_kwargs(name)
+    if "hc2" in name or "fc2" in name:
+        kw["hc_nan_guard"] = True  # no values on meta to check: the guard lets shapes through
     eager = cvkit.create_model(name, **kw).eval()
     with torch.device("meta"):
         deferred = cvkit.create_model(name, **kw)
