@@ -1,10 +1,9 @@
 """Image-classification transforms on albumentations (OpenCV kernels, uint8 HxWx3 RGB in).
 
 Train: RandomResizedCrop + horizontal flip, the ImageNet recipe of ECA-Net / iSQRT-COV / GCP
-(optional extras, off by default: colour jitter, a RandAugment-like policy); a crop larger than
-``size`` is shrunk with OpenCV's area filter (albumentations' ``area_for_downscale``), which
-antialiases as the papers' PIL/torchvision RandomResizedCrop does (OpenCV's bilinear resize does
-not: fine texture aliases into false patterns). Eval: resize the
+(optional extras, off by default: colour jitter, a RandAugment-like policy); the crop is resized
+with torchvision's antialiased bilinear resize, as the papers' PIL RandomResizedCrop
+(:mod:`cvkit.data.resized_crop`). Eval: resize the
 shorter side to ``size / crop_pct`` (256 for 224 at the usual crop_pct 0.875) then centre crop
 ``size``, with torchvision's antialiased bilinear resize: the pixels the papers (and the released
 checkpoints) were evaluated on, to within one grey level.
@@ -84,8 +83,10 @@ def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
     """Training pipeline; ``randaugment`` is the number of policy ops per image (0 = off)."""
     import albumentations as A
 
-    ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=tuple(ratio),
-                               area_for_downscale="image", p=1.0)]
+    from cvkit.data.resized_crop import AntialiasedRandomResizedCrop
+
+    ops = [AntialiasedRandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=tuple(ratio),
+                                        p=1.0)]
     if hflip > 0:
         ops.append(A.HorizontalFlip(p=hflip))
     if color_jitter > 0:
