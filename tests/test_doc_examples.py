@@ -80,6 +80,9 @@ def test_models_example(tmp_path, monkeypatch):
     assert [t.shape[1] for t in maps] == features.feature_info.channels()
     assert type(scope["m"]).__name__ == "VisionTransformer" and len(scope["m"].blocks) == 12
     assert any(b.hc_attn is not None for b in scope["m"].blocks)
+    image = torch.randn(1, 3, 224, 224)  # the exported program computes the same network
+    with torch.no_grad():
+        torch.testing.assert_close(scope["program"].module()(image), scope["m"](image))
 
 
 def test_layers_example():

@@ -311,6 +311,15 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
         return _covariance_backward(features, grad_sigma), None
 
 
+def _isqrt_cov_traceable(x: torch.Tensor, iters: int) -> torch.Tensor:
+    """The same C as :func:`_isqrt_cov_torch` in plain tensor operations (Newton-Schulz products,
+    no eigh, no autograd function, no data-dependent branch): for ``torch.export``, whose
+    programs (and ONNX, AOTInductor) run it anywhere. Autograd differentiates it there."""
+    a, trace, ok = _normalised(_as_channel_matrix(x), symmetrise=True)
+    s = torch.where(ok, trace, torch.zeros_like(trace)).sqrt()
+    return _newton_schulz(a, iters) * s[:, None, None]
+
+
 @torch.compiler.disable  # eager under torch.compile: one clean graph break, no tracing of eigh
 def _isqrt_cov_torch(x: torch.Tensor, iters: int, method: str | None = None) -> torch.Tensor:
     """(B, C, C) post-compensated square root. method: "eigh" (default on CPU) or "ns" (default
@@ -344,7 +353,9 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     "auto" (Triton for non-empty float32 CUDA inputs when the kernel is available, torch
     otherwise: float64 keeps its precision on the torch path). The Triton kernels compute in
     float32 (TF32 products as :func:`cvkit.kernels.isqrt_cov_triton` says): ``backend="triton"``
-    gives a float32 result for a float64 input."""
+    gives a float32 result for a float64 input. Under ``torch.export``, "auto" and "torch" trace
+    the Newton-Schulz iteration in plain tensor operations (a portable program: ONNX, AOTInductor;
+    the same function, by products instead of eigh); "triton" keeps its custom operators."""
     if backend not in _BACKENDS:
         raise ValueError(f"isqrt_cov: unknown backend {backend!r}; expected one of {_BACKENDS}")
     _check_input(x, iters)
@@ -354,7 +365,8 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     kernel = None
     if use_triton:
         kernel = _triton_kernel()
-    elif backend == "auto" and x.is_cuda and x.dtype == torch.float32 and x.shape[0] > 0:
+    elif (backend == "auto" and x.is_cuda and x.dtype == torch.float32 and x.shape[0] > 0
+          and not torch.compiler.is_exporting()):
         try:
             kernel = _triton_kernel()
             use_triton = True
@@ -366,6 +378,8 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
         if x.shape[0] == 0:
             c = x.shape[1] if x.dim() == 4 else x.shape[2]
             mat = x.new_zeros(0, c, c) + x.sum() * 0  # in the graph: backward gives a zero gradient
+        elif torch.compiler.is_exporting():
+            mat = _isqrt_cov_traceable(x, iters)
         else:
             mat = _isqrt_cov_torch(x, iters)
         return triu_vectorize(mat) if vectorize else mat

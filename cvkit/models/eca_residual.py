@@ -62,13 +62,18 @@ def _channel_windows(v: torch.Tensor, k: int, transpose: bool = False) -> torch.
     return F.pad(v, (left, right)).unfold(-1, k, 1)
 
 
+def _gate(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ECA's gate ``sigmoid(conv1d_k(mean_hw x))`` as (B, C, 1, 1), and the pooled (B, C)."""
+    b, c = x.shape[:2]
+    taps = weight.reshape(-1).to(x.dtype)
+    pooled = x.mean(dim=(2, 3))
+    return torch.sigmoid(_channel_windows(pooled, taps.numel()) @ taps).view(b, c, 1, 1), pooled
+
+
 class _EcaResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shortcut, weight, relu: bool, inplace: bool):
-        b, c, h, w = x.shape
-        taps = weight.reshape(-1).to(x.dtype)
-        pooled = x.mean(dim=(2, 3))                                           # (B, C)
-        gate = torch.sigmoid(_channel_windows(pooled, taps.numel()) @ taps).view(b, c, 1, 1)
+        gate, pooled = _gate(x, weight)
         if inplace:
             y = torch.addcmul(shortcut, x, gate, out=x)
             ctx.mark_dirty(x)
@@ -107,5 +112,10 @@ def eca_residual(x: torch.Tensor, shortcut: torch.Tensor, weight: torch.Tensor,
     """``relu(shortcut + x * eca_gate(x))`` (``relu=False``: no activation, MobileNetV2).
 
     ``inplace=True`` writes the result into ``x`` (which must not be needed afterwards, like the
-    output of the block's last BN)."""
+    output of the block's last BN). Under ``torch.export`` the same maths as plain operations:
+    an exported program holds no autograd function (and with gradients enabled torch refuses
+    its in-place ``out=`` write while tracing)."""
+    if torch.compiler.is_exporting():
+        y = torch.addcmul(shortcut, x, _gate(x, weight)[0])
+        return torch.relu(y) if relu else y
     return _EcaResidual.apply(x, shortcut, weight, relu, inplace)
