@@ -146,6 +146,16 @@ def test_config_sizes_that_build_the_checkpoints_layout_do_not_warn(tmp_path):
     with pytest.warns(UserWarning, match=r"eca_k_size=\(5, 5, 5, 5\) from .* replaces the "
                                          r"config's \(5, 5, 5, 5, 5, 5, 5, 3\)"):
         _build(model_name="eca_resnet18", init_cfg=init, model_kwargs=dict(eca_k_size=(5,) * 7 + (3,)))
+    # None is Eq. 12 (3, 5, 5, 5 for ResNet-18's widths): the same as a checkpoint of those sizes;
+    # create_model's weights_only is a keyword too
+    eq12 = dict(type="Pretrained", checkpoint=str(
+        _classifier_checkpoint(tmp_path / "eq12.ckpt", "eca_resnet18", None)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = _build(model_name="eca_resnet18", init_cfg=eq12,
+                          model_kwargs=dict(eca_k_size=None, weights_only=True))
+    assert not [w for w in caught if "CvkitBackbone" in str(w.message)]
+    assert _eca_sizes(backbone.body) == (3, 5, 5, 5)
 
 
 def test_a_backbone_checkpoint_is_read_once(tmp_path, monkeypatch):

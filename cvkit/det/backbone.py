@@ -49,7 +49,8 @@ def with_checkpoint_architecture(model_name: str, model_kwargs: Mapping, state: 
     fixed = checkpoint_arguments(preset, to_cvkit(dict(state)), kwargs)
     fixed.pop("num_classes", None)  # a backbone has no classifier
     for key, value in fixed.items():
-        if key in kwargs and not same_architecture_value(preset, key, kwargs[key], value):
+        others = {k: v for k, v in kwargs.items() if k != key}
+        if key in kwargs and not same_architecture_value(preset, key, kwargs[key], value, **others):
             warnings.warn(f"CvkitBackbone({model_name!r}): {key}={value!r} from {source} replaces "
                           f"the config's {kwargs[key]!r}", stacklevel=2)
     return {**kwargs, **fixed}
@@ -126,7 +127,8 @@ class CvkitBackbone(BaseModule):
             from cvkit.models.checkpoint import read_checkpoint
             from cvkit.models.factory import model_from_state
 
-            state = read_checkpoint(self._loaded_from)
+            weights_only = self.model_kwargs.pop("weights_only", True)  # create_model's, not the model's
+            state = read_checkpoint(self._loaded_from, weights_only)
             self.model_kwargs = with_checkpoint_architecture(
                 model_name, self.model_kwargs, state, self._loaded_from)
             self.body = model_from_state(model_name, state, self._loaded_from, features_only=True,

@@ -95,12 +95,6 @@ def _block_kernel_sizes(eca_k_size) -> list[int | None]:
                      f"per-stage or {len(channels)} per-block sizes, got {tuple(eca_k_size)}")
 
 
-def block_eca_sizes(eca_k_size, **_) -> list[int | None]:
-    """The ECA kernel size of every inverted-residual block, in order, that ``eca_k_size`` gives
-    (None: Eq. 12 from the block's channels)."""
-    return _block_kernel_sizes(eca_k_size)
-
-
 class MobileNetV2(nn.Module):
     """MobileNetV2 with timm's model contract."""
 

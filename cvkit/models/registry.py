@@ -45,26 +45,6 @@ def _family_builder(family: str):
     return VisionTransformer
 
 
-def same_architecture_value(preset: Preset, key: str, a: Any, b: Any) -> bool:
-    """Whether ``key=a`` and ``key=b`` build the same ``preset``: equal values, or ECA kernel
-    sizes given in other forms that give every block the same size (``5`` and ``(5, 5, 5, 5)``)."""
-    def plain(v):
-        return tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-    if plain(a) == plain(b):
-        return True
-    if key != "eca_k_size" or preset.family == "vit":
-        return False
-    if preset.family == "resnet":
-        from cvkit.models.resnet import block_eca_sizes
-    else:
-        from cvkit.models.mobilenetv2 import block_eca_sizes
-    try:
-        return block_eca_sizes(a, **preset.kwargs) == block_eca_sizes(b, **preset.kwargs)
-    except (ValueError, TypeError):  # a value the model refuses: not the same
-        return False
-
-
 PRESETS: dict[str, Preset] = {}
 
 
@@ -195,6 +175,28 @@ def build(preset: Preset, pretrained: bool = False, **overrides) -> Any:
         inner.pretrained_cfg = dict(inner.pretrained_cfg, input_size=(3, *size))
     inner.cvkit_preset = preset.name
     return model
+
+
+def same_architecture_value(preset: Preset, key: str, a: Any, b: Any, **others: Any) -> bool:
+    """Whether ``key=a`` and ``key=b`` (beside ``others``) build the same ``preset``: equal values,
+    or values that give every weight the same shape (ECA kernel sizes ``5`` and ``(5, 5, 5, 5)``,
+    or None where Eq. 12 gives the other's sizes), compared on the meta device (no memory)."""
+    def plain(v):
+        return tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    if plain(a) == plain(b):
+        return True
+    import torch
+
+    shapes = []
+    for value in (a, b):
+        try:
+            with torch.device("meta"):
+                model = build(preset, **{**others, key: value})
+        except (ValueError, TypeError):  # a value the model refuses: not the same
+            return False
+        shapes.append({k: tuple(v.shape) for k, v in model.state_dict().items()})
+    return shapes[0] == shapes[1]
 
 
 def _pretrained_file(kwargs: dict) -> str | None:

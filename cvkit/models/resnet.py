@@ -147,12 +147,6 @@ def _stage_kernel_sizes(eca_k_size, layers: Sequence[int]) -> list[list[int | No
                      f"per-block sizes, got {tuple(eca_k_size)}")
 
 
-def block_eca_sizes(eca_k_size, depth: int = 50, **_) -> list[int | None]:
-    """The ECA kernel size of every block, in order, that ``eca_k_size`` gives a ResNet of
-    ``depth`` (None: Eq. 12 from the block's channels)."""
-    return [k for stage in _stage_kernel_sizes(eca_k_size, ARCH[depth][1]) for k in stage]
-
-
 class ResNet(nn.Module):
     """ResNet with timm's model contract (``forward_features``, ``forward_head``, ...)."""
 
