@@ -1,7 +1,6 @@
 """Transforms: eval = torchvision's resize of the shorter side + centre crop, train = seeded RRC etc."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,5 @@
-"""Training input pipeline throughput: cvkit's (OpenCV decode + albumentations RandomResizedCrop,
-flip, normalise) beside torchvision's standard ``transforms`` pipeline (PIL decode +
+"""Training input pipeline throughput: cvkit's (OpenCV decode + RandomResizedCrop: albumentations'
+crop, torchvision's antialiased resize; flip, normalise) beside torchvision's standard ``transforms`` pipeline (PIL decode +
 RandomResizedCrop + RandomHorizontalFlip + ToTensor + Normalize), same folder, same DataLoader
 settings (batch, workers, no pinning), timed round-robin over full passes of the folder."""
 from __future__ import annotations
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> str:
         "",
         "| pipeline | images/s | ratio |",
         "|---|---:|---:|",
-        f"| cvkit as loaded: cv2.imdecode + albumentations RRC + flip, uint8 batches "
+        f"| cvkit as loaded: cv2.imdecode + RRC (antialiased) + flip, uint8 batches "
         f"(normalised later on the GPU) | {ips['cvkit']:.0f} | {ratio['cvkit']:.2f}x |",
         f"| cvkit + CPU normalise in the main process (CPU-only training) | "
         f"{ips['cvkit_cpu_norm']:.0f} | {ratio['cvkit_cpu_norm']:.2f}x |",
