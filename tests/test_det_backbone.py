@@ -139,8 +139,8 @@ def test_config_sizes_that_build_the_checkpoints_layout_do_not_warn(tmp_path):
     for given in (5, [5, 5, 5, 5], (5,) * 8):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            backbone = _build(model_name="eca_resnet18", init_cfg=init,
-                              model_kwargs=dict(eca_k_size=given))
+            backbone = _build(model_name="eca_resnet18", init_cfg=init,  # strict: a load keyword
+                              model_kwargs=dict(eca_k_size=given, strict=True))
         assert not [w for w in caught if "CvkitBackbone" in str(w.message)], given
         assert _eca_sizes(backbone.body) == (5, 5, 5, 5)
     with pytest.warns(UserWarning, match=r"eca_k_size=\(5, 5, 5, 5\) from .* replaces the "

@@ -365,8 +365,8 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     kernel = None
     if use_triton:
         kernel = _triton_kernel()
-    elif (backend == "auto" and x.is_cuda and x.dtype == torch.float32 and x.shape[0] > 0
-          and not torch.compiler.is_exporting()):
+    elif (backend == "auto" and not torch.compiler.is_exporting() and x.is_cuda
+          and x.dtype == torch.float32 and x.shape[0] > 0):
         try:
             kernel = _triton_kernel()
             use_triton = True

@@ -188,7 +188,8 @@ class _ConnectionBase(nn.Module):
             raise ValueError(f"{name}: streams must be floating point, got {streams.dtype}")
 
     def _guard(self, t: torch.Tensor, what: str) -> None:
-        if self.nan_guard and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+        if (self.nan_guard and t.device.type != "meta" and not torch.compiler.is_exporting()
+                and not bool(torch.isfinite(t).all())):  # no values to check: shapes pass
             raise FloatingPointError(f"{type(self).__name__}(layer_index={self.layer_index}): "
                                      f"non-finite values in {what}")
 

@@ -177,6 +177,11 @@ def build(preset: Preset, pretrained: bool = False, **overrides) -> Any:
     return model
 
 
+# create_model's / timm's keywords about loading weights, not about the network
+_LOADING_KEYWORDS = {"checkpoint_path", "weights_only", "strict", "reset_head", "pretrained",
+                     "pretrained_cfg", "pretrained_cfg_overlay"}
+
+
 def same_architecture_value(preset: Preset, key: str, a: Any, b: Any, **others: Any) -> bool:
     """Whether ``key=a`` and ``key=b`` (beside ``others``) build the same ``preset``: equal values,
     or values that give every weight the same shape (ECA kernel sizes ``5`` and ``(5, 5, 5, 5)``,
@@ -188,6 +193,7 @@ def same_architecture_value(preset: Preset, key: str, a: Any, b: Any, **others: 
         return True
     import torch
 
+    others = {k: v for k, v in others.items() if k not in _LOADING_KEYWORDS}
     shapes = []
     for value in (a, b):
         try:
