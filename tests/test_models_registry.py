@@ -111,6 +111,22 @@ def test_deferred_init_on_the_meta_device(name):
         torch.testing.assert_close(deferred(small_input(name)), eager(small_input(name)))
 
 
+@pytest.mark.parametrize("name", ["resnet18_gcp", "mobilenetv2_gcp", "vit_tiny_patch16_gcp"])
+def test_gcp_model_cast_to_bfloat16_runs(name):
+    """``model.to(torch.bfloat16)`` (half-precision inference, FSDP's parameter dtype): the
+    covariance head computes in float32 and hands the classifier the network's dtype again; the
+    logits are the float32 model's within bf16's rounding. (A CNN's float32 covariance met a bf16
+    classifier: "mat1 and mat2 must have the same dtype".)"""
+    torch.manual_seed(0)
+    model = cvkit.create_model(name, **small_kwargs(name)).eval()
+    x = small_input(name)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
 def test_list_models_and_timm_names():
     assert "eca_resnet50" in cvkit.list_models("*eca*")
     assert cvkit.list_models("vit_small*") == sorted(n for n in PRESETS
