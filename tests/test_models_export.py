@@ -1,7 +1,8 @@
 """Deployment: every kind of cvkit network (ECA, iSQRT-COV head, hyper-/frac-connections; ResNet,
-MobileNetV2, ViT) exports with ``torch.export`` at a dynamic batch size and to ONNX; the exported
-programs, called with gradients enabled as a user calls them, compute what the eager model does at
-another batch size (onnxruntime for ONNX)."""
+MobileNetV2, ViT) exports with ``torch.export`` at a dynamic batch size, to ONNX and through
+``torch.jit.trace``; the exported programs, called with gradients enabled as a user calls them,
+compute what the eager model does (at another batch size where the batch is dynamic; onnxruntime
+for ONNX)."""
 from __future__ import annotations
 
 import pytest
@@ -55,3 +56,20 @@ def test_onnx_export_runs_in_onnxruntime(name, tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["eca_resnet18", "resnet18_gcp", "vit_tiny_patch16_gcp",
+                                  "resnet50_dhc2"])
+def test_torchscript_trace_saves_and_loads(name, tmp_path):
+    """``torch.jit.trace`` (older serving stacks): the traced module saves and loads and computes
+    what the eager model does. (An ECA model refused to trace: an in-place autograd function; a
+    GCP model traced into a Python op that ``torch.jit.save`` refuses.)"""
+    model = _model(name)
+    x = small_input(name, batch=3)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (x,), check_trace=False)
+    torch.jit.save(traced, str(tmp_path / "traced.pt"))
+    loaded = torch.jit.load(str(tmp_path / "traced.pt"))
+    x = small_input(name, batch=5)  # the trace takes other batch sizes
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)

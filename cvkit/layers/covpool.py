@@ -29,6 +29,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from cvkit.layers.autocast import autocast_off
+from cvkit.layers.deployment import capturing_graph
 
 __all__ = ["isqrt_cov", "triu_vectorize", "CovariancePooling", "centred_covariance",
            "newton_schulz_polynomial"]
@@ -313,8 +314,8 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
 
 def _isqrt_cov_traceable(x: torch.Tensor, iters: int) -> torch.Tensor:
     """The same C as :func:`_isqrt_cov_torch` in plain tensor operations (Newton-Schulz products,
-    no eigh, no autograd function, no data-dependent branch): for ``torch.export``, whose
-    programs (and ONNX, AOTInductor) run it anywhere. Autograd differentiates it there."""
+    no eigh, no autograd function, no data-dependent branch): for ``torch.export`` and
+    ``torch.jit.trace``, whose programs run it anywhere. Autograd differentiates it there."""
     a, trace, ok = _normalised(_as_channel_matrix(x), symmetrise=True)
     s = torch.where(ok, trace, torch.zeros_like(trace)).sqrt()
     return _newton_schulz(a, iters) * s[:, None, None]
@@ -353,9 +354,10 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     "auto" (Triton for non-empty float32 CUDA inputs when the kernel is available, torch
     otherwise: float64 keeps its precision on the torch path). The Triton kernels compute in
     float32 (TF32 products as :func:`cvkit.kernels.isqrt_cov_triton` says): ``backend="triton"``
-    gives a float32 result for a float64 input. Under ``torch.export``, "auto" and "torch" trace
-    the Newton-Schulz iteration in plain tensor operations (a portable program: ONNX, AOTInductor;
-    the same function, by products instead of eigh); "triton" keeps its custom operators."""
+    gives a float32 result for a float64 input. Under ``torch.export`` / ``torch.jit.trace``, "auto"
+    and "torch" trace the Newton-Schulz iteration in plain tensor operations (a portable program:
+    ONNX, AOTInductor, TorchScript; the same function, by products instead of eigh); "triton"
+    keeps its custom operators."""
     if backend not in _BACKENDS:
         raise ValueError(f"isqrt_cov: unknown backend {backend!r}; expected one of {_BACKENDS}")
     _check_input(x, iters)
@@ -365,7 +367,7 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     kernel = None
     if use_triton:
         kernel = _triton_kernel()
-    elif (backend == "auto" and not torch.compiler.is_exporting() and x.is_cuda
+    elif (backend == "auto" and not capturing_graph() and x.is_cuda
           and x.dtype == torch.float32 and x.shape[0] > 0):
         try:
             kernel = _triton_kernel()
@@ -378,7 +380,7 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
         if x.shape[0] == 0:
             c = x.shape[1] if x.dim() == 4 else x.shape[2]
             mat = x.new_zeros(0, c, c) + x.sum() * 0  # in the graph: backward gives a zero gradient
-        elif torch.compiler.is_exporting():
+        elif capturing_graph():
             mat = _isqrt_cov_traceable(x, iters)
         else:
             mat = _isqrt_cov_torch(x, iters)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvkit.layers.autocast import autocast_off
+from cvkit.layers.deployment import capturing_graph
 
 
 def expand_streams(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -188,7 +189,7 @@ class _ConnectionBase(nn.Module):
             raise ValueError(f"{name}: streams must be floating point, got {streams.dtype}")
 
     def _guard(self, t: torch.Tensor, what: str) -> None:
-        if (self.nan_guard and t.device.type != "meta" and not torch.compiler.is_exporting()
+        if (self.nan_guard and t.device.type != "meta" and not capturing_graph()
                 and not bool(torch.isfinite(t).all())):  # no values to check: shapes pass
             raise FloatingPointError(f"{type(self).__name__}(layer_index={self.layer_index}): "
                                      f"non-finite values in {what}")

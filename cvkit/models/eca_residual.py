@@ -33,6 +33,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cvkit.layers.deployment import capturing_graph
+
 
 _CHUNK_ELEMENTS = 1 << 20  # 4 MB of fp32 temporaries: cache-sized, and malloc reuses them
 
@@ -112,10 +114,10 @@ def eca_residual(x: torch.Tensor, shortcut: torch.Tensor, weight: torch.Tensor,
     """``relu(shortcut + x * eca_gate(x))`` (``relu=False``: no activation, MobileNetV2).
 
     ``inplace=True`` writes the result into ``x`` (which must not be needed afterwards, like the
-    output of the block's last BN). Under ``torch.export`` the same maths as plain operations:
-    an exported program holds no autograd function (and with gradients enabled torch refuses
-    its in-place ``out=`` write while tracing)."""
-    if torch.compiler.is_exporting():
+    output of the block's last BN). While ``torch.export`` or ``torch.jit.trace`` captures the
+    model, the same maths as plain operations (:func:`cvkit.layers.deployment.capturing_graph`;
+    with gradients enabled torch also refuses the in-place ``out=`` write there)."""
+    if capturing_graph():
         y = torch.addcmul(shortcut, x, _gate(x, weight)[0])
         return torch.relu(y) if relu else y
     return _EcaResidual.apply(x, shortcut, weight, relu, inplace)
