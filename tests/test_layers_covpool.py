@@ -265,6 +265,27 @@ def test_covariance_pooling_shapes_and_gradients():
     torch.testing.assert_close(plain(y), triu_vectorize(literal_isqrt_cov(y, 5)))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_covariance_pooling_returns_the_input_dtype(dtype):
+    """A half-precision network (``model.to(bf16)``) gets its own dtype back from the head, for
+    maps and tokens: computed in float32 (equal to the float32 head on the same rounded input),
+    rounded once at the end. Under autocast the output follows the tensor it was given."""
+    torch.manual_seed(0)
+    head = CovariancePooling(8, dim=4, iters=5).eval()
+    maps = torch.randn(2, 8, 3, 3).to(dtype)
+    tokens = torch.randn(2, 9, 8).to(dtype)
+    with torch.no_grad():
+        for x in (maps, tokens):
+            ref = head(x.float())
+            out = head.to(dtype)(x)
+            head.float()
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert head(maps.float()).dtype == torch.float32
+            assert head(maps.bfloat16()).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(in_channels=0), r"in_channels.*0"),
     (dict(in_channels=8.0), r"in_channels.*8\.0"),     # was a TypeError from inside nn.Conv2d

@@ -389,7 +389,9 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
 
 class CovariancePooling(nn.Module):
     """iSQRT-COV head: optional 1x1 conv (no bias) + BatchNorm + ReLU reduction to ``dim``
-    channels (paper layout: 2048 -> 256), then :func:`isqrt_cov` -> (B, dim(dim+1)/2).
+    channels (paper layout: 2048 -> 256), then :func:`isqrt_cov` -> (B, dim(dim+1)/2), computed in
+    float32 and returned in the input's dtype (a bf16 / fp16 network hands its classifier its own
+    dtype, as under autocast; float64 stays float64).
 
     Accepts (B, C, H, W) maps and (B, N, C) tokens. Tokens go through the *same* reduction,
     treated as a 1 x N map: a per-token linear projection without bias, BatchNorm over batch and
@@ -426,13 +428,13 @@ class CovariancePooling(nn.Module):
             if x.shape[1] != self.in_channels:
                 raise ValueError(f"CovariancePooling: expected {self.in_channels} channels in "
                                  f"(B, C, H, W) input, got shape {_shape_str(x)}")
-            return isqrt_cov(self.reduce(x), self.iters, True, self.backend)
+            return isqrt_cov(self.reduce(x), self.iters, True, self.backend).to(x.dtype)
         if x.dim() == 3:
             if x.shape[2] != self.in_channels:
                 raise ValueError(f"CovariancePooling: expected {self.in_channels} channels in "
                                  f"(B, N, C) input, got shape {_shape_str(x)}")
             as_map = x.transpose(1, 2).unsqueeze(-1)          # (B, C, N, 1)
-            return isqrt_cov(self.reduce(as_map), self.iters, True, self.backend)
+            return isqrt_cov(self.reduce(as_map), self.iters, True, self.backend).to(x.dtype)
         raise ValueError(f"CovariancePooling: x must be (B, C, H, W) or (B, N, C), "
                          f"got shape {_shape_str(x)}")
 

@@ -52,4 +52,4 @@ class TokenCovariancePool(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         cls = tokens[:, 0]
         cov = self.cov(tokens[:, self.num_prefix_tokens:])  # (B, N, D) tokens: 1 x N map
-        return torch.cat([cls, cov.to(cls.dtype)], dim=1)
+        return torch.cat([cls, cov], dim=1)

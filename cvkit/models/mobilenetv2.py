@@ -181,7 +181,7 @@ class MobileNetV2(nn.Module):
         return run_blocks(self.features, x, self.spec, self.grad_checkpointing)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1).to(x.dtype)  # GCP computes in float32: back to the net's
+        x = self.global_pool(x).flatten(1)
         x = self.classifier[0](x)
         return x if pre_logits else self.classifier[1](x)
 
