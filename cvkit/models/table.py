@@ -6,10 +6,11 @@
 Counting method (one for every row): ``torch.utils.flop_counter.FlopCounterMode`` on one
 forward pass of a 1x3x224x224 image in eval mode, FLOPs / 2 = multiply-accumulates, which is what
 the papers call FLOPs. It counts convolutions, matrix products and attention (not element-wise
-operations, BN, pooling). The iSQRT-COV matrix square root runs as ``eigh`` on the CPU, which the
-counter does not see, so its Newton–Schulz form is added analytically: 12·d³ MACs for 5
-iterations (1 + 3·(N−2) + 2 matrix products of d×d), 0.20 G for d = 256. Parameters: all
-parameters, classifier included (1000 classes).
+operations, BN, pooling). The model runs on the meta device (shapes only): there the iSQRT-COV
+square root takes its Newton–Schulz form, whose max(1, 3N−3) d×d products the counter sees (12·d³
+MACs for 5 iterations, 0.20 G for d = 256; on the CPU it runs as ``eigh``, which the counter does
+not see), and attention its math form, which the counter counts (the CPU's fused attention kernel
+it does not). Parameters: all parameters, classifier included (1000 classes).
 """
 from __future__ import annotations
 
@@ -23,26 +24,23 @@ from torch.utils.flop_counter import FlopCounterMode
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 
 
-def newton_schulz_macs(dim: int, iters: int) -> int:
-    """Matrix products of the coupled Newton–Schulz iteration (iSQRT-COV), d³ MACs each."""
-    products = 1 if iters == 1 else 1 + 3 * (iters - 2) + 2
-    return products * dim ** 3
+def count_macs(model: torch.nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on ``inputs`` (FLOPs / 2, as the
+    counter counts them; run it on the meta device to count the forms above)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*inputs)
+    return counter.get_total_flops() // 2
 
 
 def measure(name: str) -> tuple[int, float]:
     """(number of parameters, GMACs at 224²) of preset ``name``."""
     import cvkit
 
-    model = cvkit.create_model(name).eval()
-    params = sum(p.numel() for p in model.parameters())
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, 3, 224, 224))
-    macs = counter.get_total_flops() / 2
-    pool = getattr(model, "global_pool", None) if not hasattr(model, "gcp") else \
-        (model.gcp.cov if model.gcp is not None else None)
-    if pool is not None and hasattr(pool, "iters") and hasattr(pool, "dim"):
-        macs += newton_schulz_macs(pool.dim or pool.in_channels, pool.iters)
+    with torch.device("meta"):
+        model = cvkit.create_model(name).eval()
+        params = sum(p.numel() for p in model.parameters())
+        macs = count_macs(model, torch.zeros(1, 3, 224, 224))
     return params, macs / 1e9
 
 
