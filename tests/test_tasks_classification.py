@@ -65,6 +65,27 @@ def test_few_steps_reduce_loss(cls_root, tmp_path, name, kwargs, opt, lr, steps)
     assert summary["global_batch"] == 18 and summary["lr"] == pytest.approx(lr)
 
 
+def test_mixup_trains_past_a_skipped_file(cls_root, tmp_path):
+    """6 images and a bad file in batches of 4 and 3: a batch with an odd number of good images
+    (timm's Mixup pairs samples and refused it: AssertionError) leaves its odd sample out of that
+    step; a batch of 1 is skipped."""
+    torch.manual_seed(0)
+    root = tiny_imagefolder(cls_root, tmp_path / "data", classes=2, train=3, val=1)
+    bad = add_bad_files(root / "train")[:1]
+    (bad[0].parent / "zz_notes.jpg").unlink()              # 6 images + 1 bad file, batches of 4 and 3
+    dm = ClassificationDataModule(root=str(root), batch_size=4, image_size=32, num_workers=0)
+    task = ClassificationTask("resnet18", num_classes=2, mixup=0.2,
+                              optimizer=dict(name="sgd", lr=0.01, reference_batch=4),
+                              schedule=dict(name="constant"))
+    seen = []
+    mix = task.mixup_fn
+    task.mixup_fn = lambda x, y: (seen.append(x.shape[0]), mix(x, y))[1]
+    report = TrainingReport(log_every_n_steps=1)
+    trainer = fit(task, dm, tmp_path, steps=2, callbacks=[report])
+    assert trainer.global_step == 2 and len(seen) == 2 and all(n in (2, 4) for n in seen)
+    assert json.loads(report.summary_path.read_text())["skipped_file_names"] == [str(bad[0])]
+
+
 def test_non_finite_loss_stops_with_last_good_checkpoint(cls_root, tmp_path):
     root = tiny_imagefolder(cls_root, tmp_path / "data", classes=2, train=8, val=2)
     dm = ClassificationDataModule(root=str(root), batch_size=4, image_size=32, num_workers=0)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+import cvkit
 from cls_helpers import tiny_imagefolder
 from cvkit.tasks.cli import ClassificationCLI, main
 
@@ -439,6 +440,63 @@ def test_resume_after_an_epoch_cut_by_limit_train_batches(tiny, tmp_path):
         {"epoch": 1, "batches": 0}
     _fit(tmp_path, "cut", tiny, "--ckpt_path", "last", **opts)
     _assert_same_weights(_weights(unbroken), _weights(cut))
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny, tmp_path_factory):
+    """A finished 1-epoch run (8 batches of 4) to resume from."""
+    tmp = tmp_path_factory.mktemp("one-epoch")
+    return tmp, _fit(tmp, "run", tiny, trainer__max_epochs=1)
+
+
+def test_resume_at_another_global_batch_is_refused_and_the_checkpoint_kept(one_epoch_run, tiny,
+                                                                             capsys):
+    """Batch 4 -> 2 on resume: the schedule would continue at step 8 = epoch 0.5 of the new 16
+    steps per epoch (the LR back up) and the LR stay the checkpoint's although the log said it
+    was rescaled. Refused with one line, before a step; last.ckpt untouched."""
+    tmp, run = one_epoch_run
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    config = _run_config(tmp, "run", tiny, config_name="half-batch", data__batch_size=2,
+                         checkpoint={}, trainer__deterministic=False)
+    capsys.readouterr()
+    assert main(["fit", "--config", str(config), "--ckpt_path", "last"]) == 2
+    line = _one_error_line(capsys)
+    assert "global batch 4" in line and "steps per epoch 8" in line and "pretrained_path" in line
+    assert last.read_bytes() == before
+
+
+def test_ckpt_path_file_resumes_with_the_command_line_model_options(one_epoch_run, tiny):
+    """``--ckpt_path FILE`` as ``--ckpt_path last``: the command line's --model.* options stay
+    (LightningCLI replaced them by the file's hyper-parameters, dropping e.g. label_smoothing)."""
+    tmp, run = one_epoch_run
+    copy = tmp / "copy.ckpt"
+    copy.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
+    config = _run_config(tmp, "file-resume", tiny, trainer__max_epochs=2, data__batch_size=4,
+                         checkpoint={}, trainer__deterministic=False)
+    assert main(["fit", "--config", str(config), "--ckpt_path", str(copy),
+                 "--model.label_smoothing", "0.1"]) == 0
+    state = _weights(tmp / "file-resume")
+    assert state["epoch"] == 1 and state["global_step"] == 16      # resumed: one more epoch
+    assert state["hyper_parameters"]["label_smoothing"] == 0.1
+
+
+def test_ckpt_path_of_another_network_or_plain_weights_is_one_line(one_epoch_run, tiny, capsys):
+    tmp, run = one_epoch_run
+    last = run / "checkpoints" / "last.ckpt"
+    config = _run_config(tmp, "other", tiny, data__batch_size=4, checkpoint={},
+                         trainer__deterministic=False)
+    capsys.readouterr()
+    assert main(["fit", "--config", str(config), "--ckpt_path", str(last),
+                 "--model.model_name", "resnet18"]) == 1
+    line = _one_error_line(capsys)
+    assert "holds another network" in line and "model.model_name='eca_resnet18'" in line
+    assert "layer1.0.eca.conv.weight" in line
+    plain = tmp / "plain.pth"
+    torch.save(cvkit.create_model("resnet18", num_classes=4).state_dict(), plain)
+    assert main(["fit", "--config", str(config), "--ckpt_path", str(plain)]) == 1
+    line = _one_error_line(capsys)
+    assert "not a training checkpoint" in line and f"--model.pretrained_path {plain}" in line
 
 
 def test_stale_checkpoint_temp_files_are_removed_and_atomic_io_kept_with_user_plugins(tiny, tmp_path):

@@ -185,6 +185,8 @@ class ClassificationTask(LightningModule):
         self.bad_files: set[str] = set()
         self.global_batch: Optional[int] = None
         self.scaled_lr: Optional[float] = None
+        self.steps_per_epoch: Optional[int] = None  # of an epoch-based schedule, else None
+        self._resumed_schedule: Optional[dict] = None  # what the resumed checkpoint was trained at
 
     # -- model ----------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -220,6 +222,10 @@ class ClassificationTask(LightningModule):
         if images.numel() == 0:
             return None
         if self.mixup_fn is not None:
+            if images.shape[0] % 2:  # a skipped bad file left an odd batch: timm's Mixup pairs samples
+                images, targets = images[:-1], targets[:-1]
+                if images.numel() == 0:
+                    return None
             images, targets = self.mixup_fn(images, targets)
         loss = self.train_loss_fn(self(images), targets)
         self._check_finite(loss)
@@ -284,10 +290,34 @@ class ClassificationTask(LightningModule):
         batches = trainer.num_training_batches
         if batches == float("inf") or trainer.max_epochs in (None, -1):
             steps_per_epoch, total_epochs = max(1, int(total_steps)), 1.0
+            self.steps_per_epoch = None
         else:
             steps_per_epoch = max(1, -(-int(batches) // accumulate))
             total_epochs = float(trainer.max_epochs)
+            self.steps_per_epoch = steps_per_epoch
+        self._check_resumed_schedule(global_batch)
         return self.build_optimizers(global_batch, steps_per_epoch, total_epochs)
+
+    def _check_resumed_schedule(self, global_batch: Optional[int]) -> None:
+        """A resumed run continues its schedule at the optimiser's step count, and Lightning
+        restores the checkpoint's LR: both only mean the same epoch and LR at the global batch and
+        steps per epoch the checkpoint was trained at, so another one is refused."""
+        was = self._resumed_schedule
+        if not was:
+            return
+        now = {"global_batch": global_batch, "steps_per_epoch": self.steps_per_epoch}
+        changed = [k for k in ("global_batch", "steps_per_epoch")
+                   if was.get(k) is not None and now[k] is not None and was[k] != now[k]]
+        if changed:
+            path = getattr(self.trainer, "ckpt_path", None) or "the checkpoint"
+            raise ConfigError(
+                f"--ckpt_path {path} was trained at "
+                + ", ".join(f"{k.replace('_', ' ')} {was[k]}" for k in changed)
+                + "; this run has " + ", ".join(f"{now[k]}" for k in changed)
+                + ": its LR schedule would continue at another epoch and its LR stay the "
+                "checkpoint's. Resume at the same global batch (data.batch_size x devices x "
+                "num_nodes x accumulate_grad_batches) and training set, or start a new run from "
+                "its weights with --model.pretrained_path")
 
     def build_optimizers(self, global_batch: Optional[int], steps_per_epoch: int,
                          total_epochs: float) -> dict[str, Any]:
@@ -308,6 +338,8 @@ class ClassificationTask(LightningModule):
 
     # -- resume: RNG streams (dropout, mixup) continue exactly where they stopped -------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cvkit_schedule"] = {"global_batch": self.global_batch,
+                                        "steps_per_epoch": self.steps_per_epoch}
         np_state = np.random.get_state()
         checkpoint["cvkit_rng"] = {
             "torch": torch.get_rng_state(),
@@ -316,6 +348,8 @@ class ClassificationTask(LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_same_network(checkpoint)
+        self._resumed_schedule = checkpoint.get("cvkit_schedule")
         rng = checkpoint.get("cvkit_rng")
         if rng is None:
             return
@@ -323,6 +357,36 @@ class ClassificationTask(LightningModule):
         name, keys, *rest = rng["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+
+    def _check_same_network(self, checkpoint: dict[str, Any]) -> None:
+        """The network the config builds must be the checkpoint's (``--ckpt_path`` restores a run;
+        the config's model options win, as for ``last``): one line naming the first tensors that
+        differ and the checkpoint's model options, instead of load_state_dict's key dump."""
+        theirs = checkpoint.get("state_dict") or {}
+        ours = self.state_dict()
+        prefix = "model."
+        differ = [k for k in sorted(set(theirs) | set(ours)) if k.startswith(prefix)
+                  and (k not in theirs or k not in ours or theirs[k].shape != ours[k].shape)]
+        if not differ:
+            return
+        from cvkit.models.checkpoint import CheckpointError
+
+        def shape(sd, k):
+            return tuple(sd[k].shape) if k in sd else "absent"
+
+        hp = checkpoint.get("hyper_parameters") or {}
+        trained = {k: hp.get(k) for k in ("model_name", "num_classes", "model_kwargs")}
+        config = {k: self.hparams.get(k) for k in trained}
+        path = getattr(self.trainer, "ckpt_path", None) or "the checkpoint"
+        examples = "; ".join(f"{k[len(prefix):]} {shape(theirs, k)} vs {shape(ours, k)}"
+                             for k in differ[:3])
+        raise CheckpointError(
+            f"{path} holds another network than the config builds ({len(differ)} tensors differ, "
+            f"e.g. {examples}): it was trained with "
+            + ", ".join(f"model.{k}={v!r}" for k, v in trained.items())
+            + "; the config gives " + ", ".join(f"model.{k}={v!r}" for k, v in config.items())
+            + ". Resume with the checkpoint's model options, or start a new run from its weights "
+            "with --model.pretrained_path")
 
     def gather_bad_files(self) -> list[str]:
         """Skipped files seen by any rank."""

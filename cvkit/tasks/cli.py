@@ -43,6 +43,18 @@ class ClassificationCLI(LightningCLI):
             parser_kwargs={"exit_on_error": False},
             args=args, run=run, **kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path FILE`` resumes as ``--ckpt_path last`` does: the config and the command line
+        define the run. (LightningCLI replaces the model options by a checkpoint file's
+        hyper-parameters, not last's: ``--model.model_kwargs '{hc_nan_guard: true}'``,
+        ``--model.compile``... were silently dropped. A network other than the checkpoint's is
+        refused when it loads: ``ClassificationTask._check_same_network``.) A file that is not a
+        training checkpoint is one line pointing at ``--model.pretrained_path``."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and Path(path).is_file():
+            check_training_checkpoint(path)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(KeepLastCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "val_top1",
@@ -69,6 +81,24 @@ class ClassificationCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print_run_report(self.trainer)
+
+
+def check_training_checkpoint(path) -> None:
+    """``path`` must be a Lightning training checkpoint (what ``--ckpt_path`` restores): a plain
+    state dict or another tool's file is one line, not Lightning's KeyError."""
+    import torch
+
+    from cvkit.models.checkpoint import CheckpointError, load_failure
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise CheckpointError(f"--ckpt_path {path} is not a readable training checkpoint: "
+                              f"{load_failure(e)}") from None
+    if not (isinstance(obj, dict) and "pytorch-lightning_version" in obj and "state_dict" in obj):
+        raise CheckpointError(f"--ckpt_path {path} is not a training checkpoint of tools/train.py "
+                              "(it holds no Lightning state); to start a run from its weights, "
+                              f"use --model.pretrained_path {path}")
 
 
 def run_loggers(root: str, subcommand: Optional[str], resuming: bool) -> list:
