@@ -94,6 +94,42 @@ def test_streams_at_init_equal_the_plain_network(tmp_path, plain, streams, atol)
             torch.equal(model(x), ref(x)) or pytest.fail("logits differ")
 
 
+@pytest.mark.parametrize("streams", ["vit_tiny_patch16_hc2", "vit_tiny_patch16_fc2",
+                                     "vit_tiny_patch16_dhc2"])
+def test_vit_streams_take_attention_masks_and_give_plain_scale_features(streams):
+    """With the plain ViT's weights, at initialisation: an attention mask (boolean, additive) or
+    ``is_causal`` changes the stream model as it changes the plain one (it was silently ignored),
+    and ``forward_intermediates`` / ``features_only`` give the plain hidden states (the streams'
+    mean; their sum was n times them, what a dense head fine-tuned from plain weights does not
+    expect)."""
+    torch.manual_seed(0)
+    ref = cvkit.create_model("vit_tiny_patch16", img_size=32).eval()
+    model = cvkit.create_model(streams, img_size=32)
+    model.load_state_dict(ref.state_dict(), strict=False)
+    model.eval()
+    x = _x(32, batch=2)
+    tokens = 1 + 4
+    keep = torch.rand(tokens, tokens) > 0.5
+    keep |= torch.eye(tokens, dtype=torch.bool)              # every query attends somewhere
+    additive = torch.randn(2, 1, tokens, tokens)
+    with torch.no_grad():
+        for kwargs in (dict(attn_mask=keep), dict(attn_mask=additive), dict(is_causal=True)):
+            want = ref.forward_features(x, **kwargs)
+            assert not torch.allclose(want, ref.forward_features(x), atol=1e-3)
+            torch.testing.assert_close(model.forward_features(x, **kwargs), want,
+                                       rtol=0, atol=2e-5)
+            got = model.forward_intermediates(x, indices=[0, 11], intermediates_only=True,
+                                              **kwargs)
+            for a, b in zip(got, ref.forward_intermediates(x, indices=[0, 11],
+                                                            intermediates_only=True, **kwargs)):
+                torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+    with torch.no_grad():
+        plain = ref.forward_intermediates(x, indices=[5, 11], intermediates_only=True)
+        for a, b in zip(model.forward_intermediates(x, indices=[5, 11], intermediates_only=True),
+                        plain):
+            torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+
+
 # --- official release layouts, built here from the papers' key names --------------------------
 def official_eca_resnet50_state_dict(k_size=(3, 5, 5, 7), num_classes=1000, seed=0):
     """The official ECA-Net ResNet-50 layout: torchvision names + layerX.Y.eca.conv.weight [1,1,k],

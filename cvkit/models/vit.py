@@ -10,6 +10,9 @@ Built on timm's ``VisionTransformer`` and ``Block``, so parameter names, initial
   then norm and head). ``fc_rate=m`` — frac-connections: the embedding is split into ``m``
   fractions and concatenated back. At the paper's initialisation both equal the plain pre-norm
   network (the final LayerNorm removes the factor n of the sum; up to its epsilon).
+  ``forward_intermediates`` / ``features_only`` give the streams' mean (the plain network's hidden
+  state at init, as the CNNs' merge: a dense head fine-tuned from plain weights sees the scale it
+  expects, not n times it). Attention masks (``attn_mask``, ``is_causal``) reach every block.
 * ``global_pool="gcp"`` — :class:`~cvkit.models.heads.TokenCovariancePool`: the class token
   concatenated with the iSQRT-COV of the patch tokens, one linear classifier.
 * a clear error for an input of the wrong size (timm's PatchEmbed asserts deep inside).
@@ -21,7 +24,7 @@ from functools import partial
 import torch
 from torch import nn
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models.vision_transformer import Block, VisionTransformer as TimmVisionTransformer
 from timm.models.vision_transformer import init_weights_vit_timm
 
@@ -44,8 +47,9 @@ class StreamBlock(Block):
         self.hc_attn = spec.connection(dim, 2 * depth, channel_first=False) if spec else None
         self.hc_mlp = spec.connection(dim, 2 * depth + 1, channel_first=False) if spec else None
 
-    def attn_branch(self, h: torch.Tensor) -> torch.Tensor:
-        return self.drop_path1(self.ls1(self.attn(self.norm1(h))))
+    def attn_branch(self, h: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        return self.drop_path1(self.ls1(self.attn(self.norm1(h), attn_mask=attn_mask,
+                                                  is_causal=is_causal)))
 
     def mlp_branch(self, h: torch.Tensor) -> torch.Tensor:
         return self.drop_path2(self.ls2(self.mlp(self.norm2(h))))
@@ -53,9 +57,9 @@ class StreamBlock(Block):
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         if self.hc_attn is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        if attn_mask is not None or is_causal:
-            raise ValueError("attention masks are not supported with hyper-/frac-connections")
-        x = self.hc_attn(x, self.attn_branch)
+        branch = (self.attn_branch if attn_mask is None and not is_causal else
+                  partial(self.attn_branch, attn_mask=attn_mask, is_causal=is_causal))
+        x = self.hc_attn(x, branch)
         return self.hc_mlp(x, self.mlp_branch)
 
 
@@ -107,7 +111,10 @@ class VisionTransformer(TimmVisionTransformer):
             self._check_input(x)
             return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
         x = self.spec.open(self._embed(x))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
+        if attn_mask is not None or is_causal:  # as timm: block by block, with the mask
+            for blk in self.blocks:
+                x = blk(x, attn_mask=attn_mask, is_causal=is_causal)
+        elif self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
@@ -116,13 +123,17 @@ class VisionTransformer(TimmVisionTransformer):
     def forward_intermediates(self, x: torch.Tensor, indices=None,
                               return_prefix_tokens: bool = False, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False, **kwargs):
+                              intermediates_only: bool = False, attn_mask=None,
+                              is_causal: bool = False, **kwargs):
         if self.spec is None:
             self._check_input(x)
             return super().forward_intermediates(
                 x, indices, return_prefix_tokens=return_prefix_tokens, norm=norm,
                 stop_early=stop_early, output_fmt=output_fmt,
-                intermediates_only=intermediates_only, **kwargs)
+                intermediates_only=intermediates_only, attn_mask=attn_mask,
+                is_causal=is_causal, **kwargs)
+        if kwargs:
+            raise TypeError(f"forward_intermediates() got unexpected arguments {sorted(kwargs)}")
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.blocks), indices)
@@ -131,9 +142,14 @@ class VisionTransformer(TimmVisionTransformer):
         blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
         intermediates = []
         for i, blk in enumerate(blocks):
-            x = blk(x)
-            if i in take:
-                y = self._merge(x)
+            if attn_mask is not None or is_causal:
+                x = blk(x, attn_mask=attn_mask, is_causal=is_causal)
+            elif self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+            if i in take:  # the streams' mean: the plain ViT's hidden state at init (their sum is n x)
+                y = self.spec.close(x, average=True)
                 intermediates.append(self.norm(y) if norm else y)
         prefix = [y[:, :self.num_prefix_tokens] for y in intermediates]
         intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
