@@ -77,6 +77,21 @@ def test_test_tool_evaluates_plain_weights_with_model_args(gcp_weights, tmp_path
     assert result["images"] == 4 and 0 <= result["top1"] <= 100
 
 
+def test_test_tool_takes_val_of_a_dataset_root_with_files_beside_the_splits(gcp_weights, tmp_path):
+    """An ImageNet root holds files beside train/ and val/ (LOC_synset_mapping.txt): --data ROOT
+    evaluates ROOT/val (it took ROOT itself: "2 class folders", train and val)."""
+    weights, val, _ = gcp_weights
+    (val.parent / "LOC_synset_mapping.txt").write_text("n01440764 tench\n")
+    out = tmp_path / "eval.json"
+    assert _test_tool().main(["--checkpoint", str(weights), "--model", "resnet18",
+                              "--model-arg", "global_pool=gcp", "--model-arg", "gcp_dim=32",
+                              "--data", str(val.parent), "--image-size", "32", "--workers", "0",
+                              "--accelerator", "cpu", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["data"] == str(val) and result["images"] == 4
+    assert not list(tmp_path.glob(".eval.json.*"))             # written atomically, no temp left
+
+
 def test_test_tool_misspelt_model_arg_or_model_is_one_line(gcp_weights, capsys):
     weights, val, _ = gcp_weights
     tool = _test_tool()

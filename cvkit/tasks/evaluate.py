@@ -80,7 +80,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
     from cvkit.tool_errors import option_errors
 
     data = Path(data)
-    if (data / "val").is_dir() and not any(p.suffix for p in data.iterdir() if p.is_file()):
+    if _is_dataset_root(data):
         data = data / "val"
     split_classes = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
     task, dm_hp = load_task(checkpoint, model_name, num_classes=len(split_classes) or None,
@@ -105,6 +105,16 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
               "top1": 100 * metrics["test_top1"], "top5": 100 * metrics["test_top5"],
               "loss": metrics["test_loss"], "skipped_files": len(bad)}
     if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+        from cvkit.atomic_write import atomic_write
+
+        with atomic_write(output, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _is_dataset_root(data: Path) -> bool:
+    """``data`` holds splits (``val/<class>/<image>``), not classes: its ``val`` holds folders.
+    Files beside the splits (an ImageNet root's ``LOC_synset_mapping.txt``, a README) do not
+    matter; a split with a class named ``val`` holds images there."""
+    val = data / "val"
+    return val.is_dir() and any(p.is_dir() for p in val.iterdir())
