@@ -27,7 +27,9 @@ def test_corruption_inserted_after_loading(wrapped):
     ds = out.test_dataloader.dataset
     ds = ds.dataset if wrapped else ds
     assert [t["type"] for t in ds.pipeline] == ["LoadImageFromFile", "CorruptImage", "Resize", "PackDetInputs"]
-    assert ds.pipeline[1] == dict(type="CorruptImage", corruption="fog", severity=3, seed=7)
+    assert ds.pipeline[1] == dict(type="CorruptImage", corruption="fog", severity=3, seed=7, channel_order="rgb")
+    bgr = with_corruption(cfg, "fog", 3, seed=7, channel_order="bgr").test_dataloader.dataset
+    assert (bgr.dataset if wrapped else bgr).pipeline[1]["channel_order"] == "bgr"
     orig = cfg.test_dataloader.dataset
     assert len((orig.dataset if wrapped else orig).pipeline) == 3  # the input config is untouched
 
@@ -39,6 +41,8 @@ def test_bad_configs():
     cfg.test_dataloader.dataset.pipeline = [dict(type="Resize", scale=(1, 1))]
     with pytest.raises(ValueError, match="no LoadImageFromFile"):
         with_corruption(cfg, "fog", 1)
+    with pytest.raises(ValueError, match="channel_order must be 'rgb' or 'bgr', got 'RGB'"):
+        with_corruption(_cfg(), "fog", 1, channel_order="RGB")
 
 
 def test_corrupt_image_transform_is_registered_and_seeded():
@@ -57,6 +61,36 @@ def test_corrupt_image_transform_is_registered_and_seeded():
     np.testing.assert_array_equal(out[..., ::-1], expected)
     with pytest.raises(ValueError, match="unknown corruption"):
         TRANSFORMS.build(dict(type="CorruptImage", corruption="frosty", severity=2))
+
+
+@pytest.mark.parametrize("corruption", ["frost", "snow", "spatter"])
+def test_corrupt_image_channel_order(corruption):
+    """channel_order="bgr" corrupts mmcv's BGR array as is (the published COCO-C protocol:
+    mmdet's Corrupt passes it straight to imagecorruptions); "rgb" (the default) corrupts the
+    RGB image and converts back to BGR. The colour-asymmetric corruptions differ between them."""
+    import numpy as np
+    from mmdet.registry import TRANSFORMS
+
+    import cvkit.robustness.mmdet_transform  # noqa: F401
+    from cvkit.robustness import corrupt
+    from cvkit.robustness.folder import image_seed
+
+    bgr = np.random.default_rng(1).integers(0, 256, (48, 56, 3), dtype=np.uint8)
+    bgr[:, :, 0] //= 3  # unequal channels, so swapping them matters
+    seed = image_seed(5, corruption, 3, 4)
+
+    def run(**kw):
+        step = TRANSFORMS.build(dict(type="CorruptImage", corruption=corruption, severity=3, seed=5, **kw))
+        return step(dict(img=bgr.copy(), img_id=4))["img"]
+
+    published = run(channel_order="bgr")
+    np.testing.assert_array_equal(published, corrupt(bgr, corruption, 3, seed=seed))
+    as_rgb = run()
+    np.testing.assert_array_equal(as_rgb, corrupt(bgr[..., ::-1], corruption, 3, seed=seed)[..., ::-1])
+    np.testing.assert_array_equal(run(channel_order="rgb"), as_rgb)
+    assert np.abs(published.astype(int) - as_rgb.astype(int)).mean() > 1
+    with pytest.raises(ValueError, match="channel_order must be 'rgb' or 'bgr', got 'rbg'"):
+        TRANSFORMS.build(dict(type="CorruptImage", corruption=corruption, severity=3, channel_order="rbg"))
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +141,12 @@ def test_report_names_the_missing_severities(tmp_path):
     assert "**Incomplete**: not evaluated: gaussian_noise, shot_noise," in md
     assert "jpeg_compression (all severities); fog (severities 2, 4, 5) — mPC" in md
     assert state["summary"]["missing_severities"]["fog"] == [2, 4, 5] and "fog" in state["summary"]["missing"]
+
+
+def test_channel_order_is_det_only(tmp_path, capsys):
+    assert _tool().main(["--checkpoint", "x.ckpt", "--val", str(tmp_path), "--coco-c-channel-order", "bgr",
+                         "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "error: --coco-c-channel-order does not apply to --task cls\n"
 
 
 @pytest.fixture
@@ -238,3 +278,37 @@ def test_coco_c_end_to_end_on_synthetic_coco(trained_faster_rcnn, tmp_path, det_
     assert tool.main(args) == 0
     assert json.loads((out / "results.json").read_text())["AP"]["gaussian_noise"]["5"] == 0.01
     assert seen == []
+
+
+@pytest.mark.parametrize("order", [None, "bgr"])
+def test_channel_order_reaches_the_pipeline_and_the_reports(tmp_path, coco_test_calls, monkeypatch, order):
+    """--coco-c-channel-order goes into every corrupted set's CorruptImage step and is recorded
+    (results.json meta, summary.json, report.md); only bgr is comparable with published COCO-C
+    tables, and a results file of the other order is not resumed."""
+    import cvkit.tasks.detection as det
+
+    steps = []
+    monkeypatch.setattr(det, "evaluate_detector", lambda cfg, ckpt, **kw: steps.append(
+        [t for t in cfg.test_dataloader.dataset.pipeline if t["type"] == "CorruptImage"]) or {"bbox_mAP": 0.5})
+    args = ["--task", "det", "--config", str(FASTER), "--checkpoint", "det.pth", "--data-root", "data",
+            "--corruptions", "fog", "--severities", "1", "--device", "cpu", "--no-progress", "--out", "out"]
+    assert _tool().main([*args, *(["--coco-c-channel-order", order] if order else [])]) == 0
+    expected = order or "rgb"
+    assert steps[0] == [] and [s["channel_order"] for s in steps[1]] == [expected]  # clean, fog 1
+    assert json.loads((tmp_path / "out/results.json").read_text())["meta"]["channel_order"] == expected
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["channel_order"] == expected and summary["comparable_with_published"] is False  # incomplete
+    md = (tmp_path / "out/report.md").read_text()
+    assert f"- channel order: {expected}; not comparable with published COCO-C mPCs: " in md
+    assert ("corrupted as RGB, the published COCO-C protocol corrupts mmcv's BGR array" in md) == (order is None)
+    other = ["--coco-c-channel-order", "rgb" if order else "bgr"]
+    assert _tool().main([*args, *other]) == 1  # another evaluation in the same --out
+
+
+def test_detection_comparability():
+    from cvkit.robustness.report import coco_c_comparability
+
+    assert coco_c_comparability({"channel_order": "bgr"}, {"complete": True})[0] is True
+    assert coco_c_comparability({"channel_order": "rgb"}, {"complete": True})[0] is False
+    assert coco_c_comparability({}, {"complete": True})[0] is False  # results before the option: rgb
+    assert coco_c_comparability({"channel_order": "bgr"}, {"complete": False})[0] is False

@@ -486,7 +486,8 @@ def test_report_names_the_missing_severities(tmp_path):
     errors = {c: {str(s): 0.5 for s in range(1, 6)} for c in CORRUPTIONS if c not in ("fog", "snow")}
     errors["fog"] = {"1": 0.3, "3": 0.4}
     errors["spatter"] = {"2": 0.5}
-    state = {"meta": {}, "clean_error": 0.1, "errors": errors, "missing": {}}
+    state = {"meta": {"source": "imagenet-c-folder", "crop": 224}, "clean_error": 0.1, "errors": errors,
+             "missing": {}}
     write_reports(state, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert ("**Incomplete**: mCE needs all 5 severities of the 15 benchmark corruptions; not evaluated: "
@@ -557,4 +558,165 @@ def test_a_cuda_device_the_machine_lacks_is_one_line(task, tmp_path, capsys):
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     err = capsys.readouterr().err
     assert err == f"error: --device cuda:99: this machine has {count} CUDA GPU(s)\n", err
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ audit fixes (corruption robustness)
+def _complete_state(meta):
+    from cvkit.robustness import CORRUPTIONS
+    return {"meta": meta, "clean_error": 0.1, "missing": {},
+            "errors": {c: {str(s): 0.5 for s in range(1, 6)} for c in CORRUPTIONS}}
+
+
+@pytest.mark.parametrize("meta, comparable, why", [
+    ({"source": "imagenet-c-folder", "crop": 224, "rendered_by": None}, True, "at 224 px"),
+    ({"source": "on-the-fly", "crop": 48, "jpeg_quality": None}, False,
+     "on-the-fly corruptions (cvkit's imagecorruptions formulas, no JPEG step) at 48 px"),
+    ({"source": "on-the-fly", "crop": 224, "jpeg_quality": 85}, False, "JPEG quality 85) at 224 px"),
+    ({"source": "imagenet-c-folder", "crop": 224, "rendered_by": {"renders": [{"seed": 0}]}}, False,
+     "a folder rendered by cvkit's tools/make_imagenet_c.py"),
+    ({"source": "imagenet-c-folder", "crop": 192}, False, "centre-cropped to 192 px, not 224"),
+    ({}, None, "the image source is not recorded"),
+])
+def test_reports_say_whether_comparable_with_published_mces(tmp_path, meta, comparable, why):
+    """Only the released folder (no cvkit render marker) at 224 px is comparable with published
+    mCEs: summary.json says so (comparable_with_published, comparability), the mCE lines and the
+    CSV too; the same errors from any other source are labelled not comparable, with the reason."""
+    import csv
+
+    from cvkit.robustness.report import write_reports
+    write_reports(_complete_state(meta), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["comparable_with_published"] is comparable and why in summary["comparability"]
+    md = (tmp_path / "report.md").read_text()
+    mce_line = next(line for line in md.splitlines() if line.startswith("- mCE "))
+    if comparable:
+        assert mce_line.startswith("- mCE (AlexNet-normalised, 15 benchmark corruptions): ")
+        assert "Comparable with published ImageNet-C mCEs: yes" in md
+    elif comparable is None:
+        assert f"15 benchmark corruptions; {why}: comparability with published mCEs unknown)" in mce_line
+    else:
+        assert mce_line.startswith("- mCE (AlexNet-normalised, 15 benchmark corruptions; ") and why in mce_line
+        assert mce_line.endswith(": not comparable): 64.67"), mce_line  # 0.5 everywhere
+        assert md.startswith(f"# ImageNet-C report\n\n**Not comparable with published ImageNet-C mCEs**: ")
+    with open(tmp_path / "errors.csv") as f:
+        cells = {r["comparable_with_published"] for r in csv.DictReader(f)}
+    assert cells == {{True: "true", False: "false", None: ""}[comparable]}
+
+
+def test_incomplete_release_run_is_not_comparable(tmp_path):
+    from cvkit.robustness.report import write_reports
+    state = _complete_state({"source": "imagenet-c-folder", "crop": 224})
+    del state["errors"]["fog"]
+    write_reports(state, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["comparable_with_published"] is False
+    assert summary["comparability"] == "only 14 of the 15 benchmark corruptions complete"
+
+
+def test_rendered_folder_carries_a_marker_recorded_by_the_evaluation(setup, tmp_path, capsys):
+    """tools/make_imagenet_c.py writes a marker (generator, seed, sizes, format, JPEG quality);
+    evaluating the folder records it (meta.rendered_by) and reports the mCE as not comparable;
+    the same folder without the marker is taken as the release (here at 32 px: still not)."""
+    from cvkit.robustness.folder import RENDER_MARKER
+    _, val, ckpt = setup
+    root = tmp_path / "c"
+    mk = _tool("make_imagenet_c")
+    args = ["--val", str(val), "--out", str(root), *SIZE, "--corruptions", "fog", "--severities", "1",
+            "--workers", "1", "--seed", "3"]
+    assert mk(args) == 0
+    marker = json.loads((root / RENDER_MARKER).read_text())
+    assert marker["generator"].startswith("cvkit tools/make_imagenet_c.py")
+    assert marker["renders"] == [{"cvkit_version": cvkit.__version__, "seed": 3, "resize": 40, "crop": 32,
+                                  "format": "jpeg", "jpeg_quality": 85}]
+    assert mk([*args, "--corruptions", "snow"]) == 0  # the same settings: recorded once
+    assert mk([*args, "--format", "png", "--corruptions", "brightness", "--seed", "4"]) == 0
+    renders = json.loads((root / RENDER_MARKER).read_text())["renders"]
+    assert len(renders) == 2 and renders[1]["format"] == "png" and renders[1]["jpeg_quality"] is None
+    ev = _tool("eval_corruption")
+    common = ["--checkpoint", str(ckpt), "--imagenet-c", str(root), "--crop", "32", "--corruptions", "fog",
+              "--severities", "1", "--workers", "0", "--no-progress", "--device", "cpu"]
+    assert ev([*common, "--out", str(tmp_path / "o")]) == 0
+    meta = json.loads((tmp_path / "o" / "results.json").read_text())["meta"]
+    assert meta["source"] == "imagenet-c-folder"  # the layout; rendered_by says who made it
+    assert meta["rendered_by"] == json.loads((root / RENDER_MARKER).read_text())
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["comparable_with_published"] is False
+    assert "rendered by cvkit's tools/make_imagenet_c.py" in summary["comparability"]
+    assert "rendered by cvkit's tools/make_imagenet_c.py" in capsys.readouterr().out  # printed report
+    (root / RENDER_MARKER).unlink()
+    assert ev([*common, "--out", str(tmp_path / "o2")]) == 0
+    assert json.loads((tmp_path / "o2" / "results.json").read_text())["meta"]["rendered_by"] is None
+
+
+def test_on_the_fly_report_says_not_comparable(setup, tmp_path, capsys):
+    """The printed report of an on-the-fly run names the source and size in the mCE line."""
+    _, val, ckpt = setup
+    assert _eval("--checkpoint", str(ckpt), "--val", str(val), *SIZE, "--corruptions", "fog",
+                 "--severities", "1", "--out", str(tmp_path / "o")) == 0
+    out = capsys.readouterr().out
+    assert ("- mCE (AlexNet-normalised, only 0 of the 15 benchmark corruptions; on-the-fly corruptions "
+            "(cvkit's imagecorruptions formulas, no JPEG step) at 32 px: not comparable): ") in out
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["comparable_with_published"] is False and summary["meta"]["source"] == "on-the-fly"
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--seed", "5"], "--seed does not apply to --imagenet-c"),
+    (["--seed", "0"], "--seed does not apply to --imagenet-c"),  # the default value, given
+    (["--jpeg-quality", "85"], "--jpeg-quality does not apply to --imagenet-c"),
+    (["--crop", "0"], "--crop must be a positive number of pixels, got 0"),
+    (["--resize", "0"], "--resize must be a positive number of pixels, got 0"),
+    (["--crop", "-5"], "--crop must be a positive number of pixels, got -5"),
+])
+def test_imagenet_c_options_refused_not_ignored(tmp_path, option, message, capsys):
+    """Options that do not apply to a pre-rendered folder, and sizes below 1, are one-line usage
+    errors naming the option, before anything is loaded or written."""
+    ev = _tool("eval_corruption")
+    assert ev(["--checkpoint", str(tmp_path / "x.ckpt"), "--imagenet-c", str(tmp_path), *option,
+               "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--crop", "0"], "--crop must be a positive number of pixels, got 0"),
+    (["--resize", "-1"], "--resize must be a positive number of pixels, got -1"),
+    (["--crop", "-5"], "--crop must be a positive number of pixels, got -5"),
+    (["--jpeg-quality", "0"], "--jpeg-quality must be an integer in 1..100, got 0"),
+    (["--jpeg-quality", "101"], "--jpeg-quality must be an integer in 1..100, got 101"),
+    (["--jpeg-quality", "-5"], "--jpeg-quality must be an integer in 1..100, got -5"),
+])
+def test_on_the_fly_bad_sizes_and_jpeg_quality_are_one_line_errors(tmp_path, option, message, capsys):
+    ev = _tool("eval_corruption")
+    assert ev(["--checkpoint", str(tmp_path / "x.ckpt"), "--val", str(tmp_path), *option,
+               "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n", err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_sizes_zero_is_refused_not_the_default():
+    from cvkit.robustness.evaluate import eval_sizes
+    with pytest.raises(ValueError, match="--crop must be a positive number of pixels, got 0"):
+        eval_sizes(None, 0, {"image_size": 48})
+    with pytest.raises(ValueError, match="--resize must be a positive number of pixels, got 0"):
+        eval_sizes(0, 32, {})
+    with pytest.raises(ValueError, match="--crop must be a positive number of pixels, got -5"):
+        eval_sizes(None, -5, {})
+    assert eval_sizes(None, 1, {}) == (1, 1)  # 1 is a size (round(1 / 0.875) = 1)
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--quality", "0"], "--quality must be an integer in 1..100, got 0"),
+    (["--quality", "200"], "--quality must be an integer in 1..100, got 200"),
+    (["--quality", "90", "--format", "png"], "--quality does not apply to --format png"),
+    (["--crop", "0"], "--crop must be a positive number of pixels, got 0"),
+    (["--resize", "-3"], "--resize must be a positive number of pixels, got -3"),
+])
+def test_make_imagenet_c_bad_options_are_one_line_errors(tmp_path, option, message, capsys):
+    assert _tool("make_imagenet_c")(["--val", str(tmp_path), "--out", str(tmp_path / "o"), *option]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
     assert not (tmp_path / "o").exists()

@@ -186,7 +186,7 @@ def test_recipe_lr_scales_with_nodes_devices_and_accumulation(tiny, tmp_path, mo
                                   "--trainer.devices", "1", "--trainer.accelerator", "cpu",
                                   "--trainer.accumulate_grad_batches", "2",
                                   "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
-                                  "--trainer.logger", "false", "--model.model_name", "resnet18",
+                                  "--trainer.logger", "false", "--model.model_name", "eca_resnet18",
                                   "--trainer.default_root_dir", str(tmp_path)], run=False)
     monkeypatch.setattr(Trainer, "world_size", property(lambda self: 2 * 2))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

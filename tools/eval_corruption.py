@@ -17,13 +17,18 @@ Classifier: writes results.json, summary.json, errors.csv, report.md, heatmap.pn
 Detector (--task det): writes results.json, summary.json, ap.csv, report.md, heatmap.png; the
 options that only concern classifiers (--model, --model-arg, --imagenet-c, --val, --clean-val,
 --resize, --crop, --jpeg-quality, --batch-size, --workers, --baseline) are refused there: the
-config's test_dataloader sets batch size and workers.
+config's test_dataloader sets batch size and workers. --coco-c-channel-order bgr corrupts mmcv's
+BGR array as is, as the published COCO-C protocol does (default rgb; docs/robustness.md).
+--seed and --jpeg-quality concern on-the-fly corruption and are refused with --imagenet-c.
+Reports say whether the numbers are comparable with published ones (only the released
+ImageNet-C files at 224 px are, and COCO-C with --coco-c-channel-order bgr).
 """
 import argparse
 import sys
 from pathlib import Path
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed
+from cvkit.robustness.folder import check_jpeg_quality, check_pixels
 from cvkit.tool_errors import USAGE, OptionError, is_user_error, report
 
 
@@ -33,8 +38,12 @@ CLS_ONLY = {"model": "--model", "model_arg": "--model-arg", "imagenet_c": "--ima
             "val": "--val", "clean_val": "--clean-val", "resize": "--resize", "crop": "--crop",
             "jpeg_quality": "--jpeg-quality", "batch_size": "--batch-size", "workers": "--workers",
             "baseline": "--baseline"}
-DET_ONLY = {"config": "--config", "data_root": "--data-root"}
+DET_ONLY = {"config": "--config", "data_root": "--data-root", "coco_c_channel_order": "--coco-c-channel-order"}
+#: Options of on-the-fly corruption, refused with --imagenet-c (its images are already corrupted)
+ON_THE_FLY_ONLY = {"seed": "--seed", "jpeg_quality": "--jpeg-quality"}
 CLS_DEFAULTS = {"batch_size": 64, "workers": 2}  # resize / crop: the checkpoint's (eval_sizes)
+DET_DEFAULTS = {"coco_c_channel_order": "rgb"}
+SEED = 0
 
 
 def parse(argv=None):
@@ -46,6 +55,9 @@ def parse(argv=None):
                    help="model keyword plain weights need, e.g. global_pool=gcp (repeatable)")
     p.add_argument("--config", default=None, help="mmdet config (--task det)")
     p.add_argument("--data-root", default=None, help="COCO-style root overriding the config's (--task det)")
+    p.add_argument("--coco-c-channel-order", choices=["rgb", "bgr"], default=None,
+                   help="--task det: corrupt the image as rgb (default) or mmcv's bgr array as is, as the "
+                        "published COCO-C protocol does (comparable with its tables)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--imagenet-c", default=None, help="released ImageNet-C root")
     src.add_argument("--val", default=None, help="ImageFolder val root, corrupted on the fly")
@@ -54,9 +66,10 @@ def parse(argv=None):
                    help="default: round(crop / the checkpoint's crop_pct), 256 for plain weights")
     p.add_argument("--crop", type=int, default=None,
                    help="default: the checkpoint's image_size, 224 for plain weights")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help=f"corruption seed (default {SEED}; not with --imagenet-c)")
     p.add_argument("--jpeg-quality", type=int, default=None,
-                   help="on the fly: JPEG round trip as the release (85) so results equal a generated folder")
+                   help="on the fly: JPEG round trip (1..100) as the release (85) so results equal a "
+                        "generated folder")
     p.add_argument("--corruptions", nargs="+", default=list(ALL_CORRUPTIONS), metavar="NAME")
     p.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     p.add_argument("--batch-size", type=int, default=None, help="default 64 (classifier only)")
@@ -72,8 +85,8 @@ def parse(argv=None):
 
 
 def check_task_options(args) -> None:
-    """Refuse an option of the other task and a missing one (one line, naming it); fill in the
-    classifier defaults."""
+    """Refuse an option of the other task or source, a missing one and a bad value (one line,
+    naming it); fill in the defaults."""
     wrong = DET_ONLY if args.task == "cls" else CLS_ONLY
     given = [flag for dest, flag in wrong.items() if getattr(args, dest) is not None]
     if given:
@@ -84,7 +97,18 @@ def check_task_options(args) -> None:
         raise OptionError("--task det needs --config (an mmdet config file)")
     if args.task == "cls" and not (args.imagenet_c or args.val):
         raise OptionError("give --imagenet-c ROOT (released folder) or --val ROOT (on the fly)")
-    for dest, value in CLS_DEFAULTS.items():
+    if args.imagenet_c:
+        given = [flag for dest, flag in ON_THE_FLY_ONLY.items() if getattr(args, dest) is not None]
+        if given:
+            raise OptionError(f"{given[0]} does not apply to --imagenet-c (its images are already "
+                              f"corrupted; it is for --val, on the fly)")
+    for flag in ("--resize", "--crop"):
+        value = getattr(args, flag[2:])
+        if value is not None:
+            check_pixels(value, flag)
+    if args.jpeg_quality is not None:
+        check_jpeg_quality(args.jpeg_quality, "--jpeg-quality")
+    for dest, value in {**(CLS_DEFAULTS if args.task == "cls" else DET_DEFAULTS), "seed": SEED}.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
 
@@ -92,7 +116,8 @@ def check_task_options(args) -> None:
 def main(argv=None) -> int:
     args = parse(argv)
     try:
-        check_seed(args.seed, "--seed")
+        if args.seed is not None:
+            check_seed(args.seed, "--seed")
         for c in args.corruptions:
             for s in args.severities:
                 check_corruption(c, s)
@@ -121,7 +146,8 @@ def main(argv=None) -> int:
             state = evaluate_detector(args.config, args.checkpoint, args.out, corruptions=args.corruptions,
                                       severities=args.severities, seed=args.seed, device=device,
                                       data_root=args.data_root, resume=not args.no_resume,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress,
+                                      channel_order=args.coco_c_channel_order)
             from cvkit.robustness.report import write_detection_reports
             files = write_detection_reports(state, args.out)
             print(Path(files["markdown"]).read_text())
@@ -139,7 +165,7 @@ def main(argv=None) -> int:
                                              model_kwargs)
         resize, crop = eval_sizes(args.resize, args.crop, dm_hp)
         source.set_size(resize, crop)
-        how = ("from --resize / --crop" if args.resize or args.crop else
+        how = ("from --resize / --crop" if args.resize is not None or args.crop is not None else
                f"as trained: image_size {dm_hp['image_size']}, crop_pct {dm_hp.get('crop_pct', CROP_PCT)}"
                if "image_size" in dm_hp else "the default for plain weights")
         print(f"image size: resize {resize}{' (the clean val)' if args.imagenet_c else ''}, "

@@ -8,6 +8,11 @@ so a rerun resumes; paths in the saved settings are compared resolved, as for cl
 
 ``CocoMetric`` rounds AP to 3 decimals (mmdet exposes no unrounded value), so mPC and rPC are
 means of rounded APs.
+
+``channel_order``: ``"rgb"`` (default) corrupts the image as RGB; ``"bgr"`` passes mmcv's BGR array
+to the corruption as is, as the published COCO-C protocol does (mmdetection's
+``tools/analysis_tools/test_robustness.py`` and its ``Corrupt`` transform): frost, snow and
+spatter differ, and only ``"bgr"`` gives mPC comparable with published COCO-C tables.
 """
 from __future__ import annotations
 
@@ -33,15 +38,27 @@ def _test_pipeline(cfg) -> list:
     return dataset["pipeline"]
 
 
-def with_corruption(cfg, corruption: str, severity: int, seed: int = 0):
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def check_channel_order(channel_order) -> str:
+    """``"rgb"`` or ``"bgr"`` (see the module docstring); else an OptionError naming it."""
+    if channel_order not in CHANNEL_ORDERS:
+        raise OptionError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+    return channel_order
+
+
+def with_corruption(cfg, corruption: str, severity: int, seed: int = 0, channel_order: str = "rgb"):
     """A copy of ``cfg`` whose test pipeline corrupts each loaded image."""
     check_corruption(corruption, severity)
+    check_channel_order(channel_order)
     cfg = copy.deepcopy(cfg)
     pipeline = _test_pipeline(cfg)
     at = next((i for i, t in enumerate(pipeline) if "LoadImage" in str(t.get("type", ""))), None)
     if at is None:
         raise ValueError("the config's test pipeline has no LoadImageFromFile step")
-    pipeline.insert(at + 1, dict(type="CorruptImage", corruption=corruption, severity=severity, seed=seed))
+    pipeline.insert(at + 1, dict(type="CorruptImage", corruption=corruption, severity=severity, seed=seed,
+                                 channel_order=channel_order))
     return cfg
 
 
@@ -61,9 +78,10 @@ def lightning_devices(device: str) -> tuple[str, int | list[int]]:
 def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = ALL_CORRUPTIONS,
                       severities: Iterable[int] = SEVERITIES, seed: int = 0, device: str = "cpu",
                       data_root: str | None = None, metric: str = "bbox_mAP", resume: bool = True,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, channel_order: str = "rgb") -> dict:
     """bbox AP (fraction, as ``CocoMetric`` reports it) per corruption/severity; returns the state
-    ``{meta, clean_AP, AP: {c: {sev: ap}}, summary}`` and saves it to ``<out>/results.json``."""
+    ``{meta, clean_AP, AP: {c: {sev: ap}}, summary}`` and saves it to ``<out>/results.json``.
+    ``channel_order``: the image's channel order as the corruption sees it (module docstring)."""
     from tqdm.auto import tqdm
 
     import cvkit.robustness.mmdet_transform  # noqa: F401  registers CorruptImage
@@ -74,6 +92,7 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
     for c in corruptions:
         for s in severities:
             check_corruption(c, s)
+    check_channel_order(channel_order)
     if not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} does not exist")
     accelerator, devices = lightning_devices(device)
@@ -86,7 +105,7 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
                    else getattr(config, "filename", None))
     meta = {"task": "detection", "config": resolved_path(config_file),
             "checkpoint": resolved_path(checkpoint), "seed": seed, "metric": metric,
-            "data_root": resolved_path(data_root)}
+            "data_root": resolved_path(data_root), "channel_order": channel_order}
     if config_file is None:
         text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
         meta["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
@@ -112,7 +131,7 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
         save()
     todo = [(c, s) for c in corruptions for s in severities if str(s) not in state["AP"].get(c, {})]
     for c, s in tqdm(todo, desc="COCO-C", disable=not progress, unit="set"):
-        state["AP"].setdefault(c, {})[str(s)] = run(with_corruption(cfg, c, s, seed))
+        state["AP"].setdefault(c, {})[str(s)] = run(with_corruption(cfg, c, s, seed, channel_order))
         save()
     save()
     return state

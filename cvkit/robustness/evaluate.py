@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from cvkit.atomic_write import atomic_write
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, check_corruption, check_seed
 from cvkit.robustness.folder import (CleanImageFolder, CorruptingCollate, EmptyFolderError,
-                                     ImageNetCFolder, first_image, folder_classes,
-                                     list_image_folder)
+                                     ImageNetCFolder, check_jpeg_quality, check_pixels, first_image,
+                                     folder_classes, list_image_folder, read_render_marker)
 from cvkit.tool_errors import OptionError
 
 RESULTS_FILE = "results.json"
@@ -50,18 +50,24 @@ def load_classifier(checkpoint, model_name: str | None = None, device: str = "cp
 def eval_sizes(resize: int | None, crop: int | None, dm_hp: dict) -> tuple[int, int]:
     """(resize, crop) of the evaluation: those given, else the checkpoint's training size as
     ``tools/test.py`` uses it (crop = ``image_size``, resize = ``round(crop / crop_pct)``), else
-    224 and 256 (crop_pct 0.875) for plain weights."""
+    224 and 256 (crop_pct 0.875) for plain weights. A size below 1 is an OptionError naming it."""
     from cvkit.data.transforms import CROP_PCT, IMAGE_SIZE, eval_resize
 
-    crop = crop or dm_hp.get("image_size", IMAGE_SIZE)
-    resize = resize or eval_resize(crop, dm_hp.get("crop_pct", CROP_PCT))
+    if crop is not None:
+        check_pixels(crop, "--crop")
+    if resize is not None:
+        check_pixels(resize, "--resize")
+    crop = dm_hp.get("image_size", IMAGE_SIZE) if crop is None else crop
+    if resize is None:  # crop_pct is in (0, 1]: never below the crop
+        resize = eval_resize(crop, dm_hp.get("crop_pct", CROP_PCT))
     if resize < crop:
         raise OptionError(f"--resize {resize} is smaller than the crop {crop}")
     return resize, crop
 
 
 class FolderSource:
-    """Released layout ``<root>/<corruption>/<severity>/<class>/<img>``: centre crop only."""
+    """Released layout ``<root>/<corruption>/<severity>/<class>/<img>``: centre crop only. A folder
+    rendered by ``tools/make_imagenet_c.py`` is recorded with its marker (``rendered_by``)."""
 
     kind = "imagenet-c-folder"
 
@@ -73,6 +79,7 @@ class FolderSource:
         if not self.root.is_dir():
             raise ValueError(f"ImageNet-C folder {str(self.root)!r} does not exist")
         self.crop, self.resize, self.clean_root = crop, resize, clean_root
+        self.rendered_by = read_render_marker(self.root)
         if classes is None and clean_root is not None:
             classes = list_image_folder(clean_root)[1]
         if classes is None:
@@ -88,7 +95,8 @@ class FolderSource:
 
     def describe(self) -> dict:
         d = {"source": self.kind, "root": str(self.root.resolve()), "crop": self.crop,
-             "clean_root": None if self.clean_root is None else str(Path(self.clean_root).resolve())}
+             "clean_root": None if self.clean_root is None else str(Path(self.clean_root).resolve()),
+             "rendered_by": self.rendered_by}
         if self.clean_root is not None:  # the clean images are resized first
             d["resize"] = self.resize
         return d
@@ -143,6 +151,8 @@ class OnTheFlySource:
     def __init__(self, val_root, resize: int = 256, crop: int = 224, seed: int = 0,
                  jpeg_quality: int | None = None):
         check_seed(seed)
+        if jpeg_quality is not None:
+            check_jpeg_quality(jpeg_quality)
         self.dataset = CleanImageFolder(val_root, resize, crop)
         self.classes = self.dataset.classes
         self.val_root, self.resize, self.crop = Path(val_root), resize, crop
@@ -203,8 +213,9 @@ def _normalised(meta: dict) -> dict:
 
 # Meta keys added after results files were first written, with the value every earlier run used:
 # a file without the key resumes a run that has that value (the released-folder source recorded
-# no "resize"; its clean images were always resized to 256)
-LATER_META_KEYS = {"resize": 256}
+# no "resize", its clean images were always resized to 256; no "rendered_by", no folder had a
+# render marker; COCO-C no "channel_order", it always corrupted as RGB)
+LATER_META_KEYS = {"resize": 256, "rendered_by": None, "channel_order": "rgb"}
 
 
 def resume_results(out_dir: Path, meta: dict, resume: bool, fresh: dict) -> dict:

@@ -5,11 +5,13 @@ The release was made as: PIL image -> ``Resize(256)`` (shorter side, bilinear) -
 ``make_imagenet_c.py``). The released images are therefore already 224x224: evaluate them with a
 centre crop only, never resize again. On the fly we repeat the same steps in memory; with
 ``jpeg_quality=85`` the JPEG step too, which makes on-the-fly and generated-folder evaluation
-give identical inputs.
+give identical inputs. Both use cvkit's corruptions (the ``imagecorruptions`` formulas), not the
+release's pixels: a folder cvkit renders carries a :data:`RENDER_MARKER` saying so.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -20,9 +22,56 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms import functional as TF
 
+from cvkit.atomic_write import atomic_write
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed, corrupt
+from cvkit.tool_errors import OptionError
 
 RELEASE_JPEG_QUALITY = 85
+
+#: JSON file :func:`write_imagenet_c` writes into the root it renders: evaluating that folder
+#: records it as rendered by cvkit (``meta.rendered_by``), not as the released ImageNet-C files
+RENDER_MARKER = "cvkit_render.json"
+RENDER_GENERATOR = "cvkit tools/make_imagenet_c.py (cvkit.robustness.folder.write_imagenet_c)"
+
+
+def check_pixels(value, name: str) -> int:
+    """An image size in pixels (an int >= 1); else an OptionError naming ``name`` (e.g. ``--crop``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise OptionError(f"{name} must be a positive number of pixels, got {value!r}")
+    return int(value)
+
+
+def check_jpeg_quality(value, name: str = "jpeg_quality") -> int:
+    """A JPEG quality in 1..100, libjpeg's scale (PIL clamps anything else silently, and 0 encodes
+    as 1); else an OptionError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= 100:
+        raise OptionError(f"{name} must be an integer in 1..100, got {value!r}")
+    return int(value)
+
+
+def read_render_marker(root) -> dict | None:
+    """The :data:`RENDER_MARKER` of a folder rendered by cvkit, None when it has none (the
+    release); a marker that is not a JSON object is a ValueError naming it."""
+    path = Path(root) / RENDER_MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"render marker {path} is not readable JSON: {e}") from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("renders"), list):
+        raise ValueError(f"render marker {path} has no 'renders' list: expected a file written by "
+                         f"tools/make_imagenet_c.py")
+    return marker
+
+
+def _mark_rendered(out_root, settings: dict) -> None:
+    """Add ``settings`` (one render's) to ``out_root``'s marker, each distinct setting once."""
+    marker = read_render_marker(out_root) or {"generator": RENDER_GENERATOR, "renders": []}
+    if settings not in marker["renders"]:
+        marker["renders"].append(settings)
+        with atomic_write(Path(out_root) / RENDER_MARKER, "w") as f:
+            f.write(json.dumps(marker, indent=1))
 
 
 def image_seed(seed: int, corruption: str, severity: int, index: int) -> tuple[int, int, int, int]:
@@ -198,10 +247,13 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
     ``optimize=True``; ``fmt='png'`` for a lossless copy). Image i of every set uses seed
     :func:`image_seed`, so the result equals on-the-fly corruption. Parallel over ``workers``
     processes (default: all cores). Returns the number of images written. A set already holding
-    images of the other format is refused (ValueError naming it) before anything is written."""
+    images of the other format is refused (ValueError naming it) before anything is written.
+    ``out_root`` gets a :data:`RENDER_MARKER` recording the generator and settings."""
     import multiprocessing as mp
 
     from tqdm.auto import tqdm
+
+    import cvkit
 
     if fmt not in ("jpeg", "png"):
         raise ValueError(f"format must be 'jpeg' or 'png', got {fmt!r}")
@@ -209,6 +261,10 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
         for s in severities:
             check_corruption(c, s)
     check_seed(seed)
+    check_pixels(resize, "resize")
+    check_pixels(crop, "crop")
+    if fmt == "jpeg":
+        check_jpeg_quality(quality, "quality")
     samples, classes = list_image_folder(val_root)
     other = (".png",) if fmt == "jpeg" else (".jpg", ".jpeg")
     for c in corruptions:
@@ -219,6 +275,9 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
                 raise ValueError(f"{d} already holds {found.suffix} images (e.g. {found}): rendering "
                                  f"--format {fmt} there would leave both and the evaluation would count "
                                  f"both; use another --out or delete {d}")
+    _mark_rendered(out_root, {"cvkit_version": cvkit.__version__, "seed": seed, "resize": resize,
+                              "crop": crop, "format": fmt,
+                              "jpeg_quality": quality if fmt == "jpeg" else None})
     tasks = [(samples[i:i + chunk], classes, str(out_root), c, s, i, resize, crop, seed, fmt, quality)
              for c in corruptions for s in severities for i in range(0, len(samples), chunk)]
     workers = workers or os.cpu_count() or 1

@@ -2,7 +2,9 @@
 
 Registered in mmdet's ``TRANSFORMS`` on import (this module imports mmcv/mmdet, so only the
 detection path imports it). Insert it right after ``LoadImageFromFile``: the full-resolution image
-is corrupted before resizing, as in Michaelis et al. 2019 (COCO-C).
+is corrupted before resizing, as in Michaelis et al. 2019 (COCO-C). ``channel_order="bgr"`` follows
+their published protocol, which corrupts mmcv's BGR array as if it were RGB
+(:mod:`cvkit.robustness.detection`).
 """
 from __future__ import annotations
 
@@ -11,26 +13,31 @@ from mmcv.transforms import BaseTransform
 from mmdet.registry import TRANSFORMS
 
 from cvkit.robustness.corruptions import check_corruption, corrupt
+from cvkit.robustness.detection import check_channel_order
 from cvkit.robustness.folder import image_seed
 
 
 @TRANSFORMS.register_module(force=True)
 class CorruptImage(BaseTransform):
     """Corrupt ``results['img']`` (BGR uint8, as mmcv loads it) with ``corruption`` at ``severity``;
-    the seed is ``(seed, corruption index, severity, img_id)``, so every image is reproducible."""
+    the seed is ``(seed, corruption index, severity, img_id)``, so every image is reproducible.
+    ``channel_order="rgb"`` corrupts it as RGB (swapped there and back), ``"bgr"`` as it is (the
+    published COCO-C protocol)."""
 
-    def __init__(self, corruption: str, severity: int, seed: int = 0):
+    def __init__(self, corruption: str, severity: int, seed: int = 0, channel_order: str = "rgb"):
         check_corruption(corruption, severity)
         self.corruption, self.severity, self.seed = corruption, severity, seed
+        self.channel_order = check_channel_order(channel_order)
 
     def transform(self, results: dict) -> dict:
         img = results["img"]
         key = results.get("img_id", results.get("sample_idx", 0))
-        rgb = np.ascontiguousarray(img[..., ::-1]) if img.ndim == 3 and img.shape[2] == 3 else img
-        out = corrupt(rgb, self.corruption, self.severity,
+        swap = self.channel_order == "rgb" and img.ndim == 3 and img.shape[2] == 3
+        out = corrupt(np.ascontiguousarray(img[..., ::-1]) if swap else img, self.corruption, self.severity,
                       seed=image_seed(self.seed, self.corruption, self.severity, int(key)))
-        results["img"] = np.ascontiguousarray(out[..., ::-1]) if out.ndim == 3 and out.shape[2] == 3 else out
+        results["img"] = np.ascontiguousarray(out[..., ::-1]) if swap else out
         return results
 
     def __repr__(self) -> str:
-        return f"CorruptImage(corruption={self.corruption!r}, severity={self.severity}, seed={self.seed})"
+        return (f"CorruptImage(corruption={self.corruption!r}, severity={self.severity}, seed={self.seed}, "
+                f"channel_order={self.channel_order!r})")

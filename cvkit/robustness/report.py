@@ -1,7 +1,8 @@
 """Reports of an ImageNet-C evaluation: JSON summary, CSV table, Markdown table, PNG heatmap
 (corruption x severity error) and per-corruption bars against a baseline model (AlexNet's
 published errors unless another evaluation is given). Benchmark and held-out corruptions are
-kept apart everywhere.
+kept apart everywhere. Every report says whether its numbers are comparable with published ones
+(``comparable_with_published`` and ``comparability`` in summary.json).
 """
 from __future__ import annotations
 
@@ -13,16 +14,52 @@ from pathlib import Path
 import numpy as np
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, HELD_OUT, SEVERITIES
-from cvkit.robustness.evaluate import atomic_write_text, error_table
+from cvkit.robustness.evaluate import FolderSource, OnTheFlySource, atomic_write_text, error_table
 from cvkit.robustness.metrics import ALEXNET_ERRORS, summarize
 
+RELEASE_CROP = 224  # the released ImageNet-C images, on which published mCEs were measured
 
-def _over(summary) -> str:
-    """What the mCE is over: the 15 benchmark corruptions, or (incomplete: not comparable with
-    published mCEs) how many of them."""
-    n = len(summary.ce)
-    return ("15 benchmark corruptions" if summary.complete
-            else f"only {n} of the 15 benchmark corruptions: not comparable")
+
+def source_comparability(meta: dict) -> tuple[bool | None, str]:
+    """Whether an evaluation's images (``results.json`` -> ``meta``) are those published mCEs were
+    measured on, the released ImageNet-C files at 224 px (None: not recorded), and why (not)."""
+    source, crop = meta.get("source"), meta.get("crop")
+    if source == OnTheFlySource.kind:
+        q = meta.get("jpeg_quality")
+        return False, (f"on-the-fly corruptions (cvkit's imagecorruptions formulas, "
+                       f"{'no JPEG step' if q is None else f'JPEG quality {q}'}) at {crop} px")
+    if source == FolderSource.kind:
+        if meta.get("rendered_by"):
+            return False, (f"a folder rendered by cvkit's tools/make_imagenet_c.py (imagecorruptions "
+                           f"formulas), not the released files, at {crop} px")
+        if crop != RELEASE_CROP:
+            return False, f"an ImageNet-C folder centre-cropped to {crop} px, not {RELEASE_CROP}"
+        return True, (f"an ImageNet-C folder without cvkit's render marker (taken as the released "
+                      f"files) at {RELEASE_CROP} px")
+    return None, "the image source is not recorded"
+
+
+def comparability(meta: dict, summary) -> tuple[bool | None, str]:
+    """:func:`source_comparability`, and not comparable either when a benchmark corruption lacks
+    a severity (``summary``: :func:`~cvkit.robustness.metrics.summarize`'s)."""
+    ok, why = source_comparability(meta)
+    if summary.complete:
+        return ok, why
+    short = f"only {len(summary.ce)} of the 15 benchmark corruptions complete"
+    return False, short if ok else f"{short}; {why}"
+
+
+def _over(summary, meta: dict) -> str:
+    """What the mCE is over (the 15 benchmark corruptions, or how many of them) and, when it is
+    not comparable with published mCEs, why."""
+    ok, why = source_comparability(meta)
+    over = ("15 benchmark corruptions" if summary.complete
+            else f"only {len(summary.ce)} of the 15 benchmark corruptions")
+    if ok and summary.complete:
+        return over
+    if ok is None and summary.complete:
+        return f"{over}; {why}: comparability with published mCEs unknown"
+    return f"{over}{f'; {why}' if ok is False else ''}: not comparable"
 
 
 def _fmt(v, nd=1):
@@ -87,6 +124,7 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
     d = summary.as_dict()
     d["missing_reasons"] = state.get("missing", {})
     d["meta"] = state.get("meta", {})
+    d["comparable_with_published"], d["comparability"] = comparability(d["meta"], summary)
     if baseline_state is not None:
         d["versus_baseline"] = {"baseline": baseline_name,
                                 **_versus_baseline(table, state.get("clean_error"), baseline_state)}
@@ -98,7 +136,9 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["corruption", "group"] + [f"error_s{s}_percent" for s in SEVERITIES]
-               + ["mean_error_percent", "CE", "relative_CE", "missing_severities"])
+               + ["mean_error_percent", "CE", "relative_CE", "missing_severities",
+                  "comparable_with_published"])
+    comparable_cell = {True: "true", False: "false", None: ""}[d["comparable_with_published"]]
     for group, names in (("benchmark", CORRUPTIONS), ("held_out", HELD_OUT)):
         for c in names:  # every corruption, so gaps of either group show
             errs = [None if e is None else 100 * e for e in table.get(c, [None] * 5)]
@@ -107,10 +147,17 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
                        + [f"{np.mean(errs):.4f}" if full else "",
                           f"{summary.ce[c]:.4f}" if c in summary.ce else "",
                           f"{summary.relative_ce[c]:.4f}" if c in summary.relative_ce else "",
-                          " ".join(str(s) for s, e in zip(SEVERITIES, errs) if e is None)])
+                          " ".join(str(s) for s, e in zip(SEVERITIES, errs) if e is None),
+                          comparable_cell])
     atomic_write_text(files["csv"], buf.getvalue())
 
     lines = ["# ImageNet-C report", ""]
+    if d["comparable_with_published"] is False:
+        lines += [f"**Not comparable with published ImageNet-C mCEs**: {d['comparability']} (published "
+                  f"mCEs were measured on the released files at {RELEASE_CROP} px).", ""]
+    else:
+        lines += [f"Comparable with published ImageNet-C mCEs: "
+                  f"{'yes' if d['comparable_with_published'] else 'unknown'} ({d['comparability']}).", ""]
     gaps = summary.missing_severities
     if not summary.complete:
         lines += [f"**Incomplete**: mCE needs all 5 severities of the 15 benchmark corruptions; not "
@@ -120,8 +167,8 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
         lines += [f"Held-out corruption(s) not evaluated (not part of mCE): "
                   f"{describe_missing({c: gaps[c] for c in summary.held_out_missing})}.", ""]
     lines += [f"- clean error: {_fmt(d['clean_error_percent'], 2)} %",
-              f"- mCE (AlexNet-normalised, {_over(summary)}): {_fmt(summary.mce, 2)}",
-              f"- relative mCE ({_over(summary)}): {_fmt(summary.relative_mce, 2)}",
+              f"- mCE (AlexNet-normalised, {_over(summary, d['meta'])}): {_fmt(summary.mce, 2)}",
+              f"- relative mCE ({_over(summary, d['meta'])}): {_fmt(summary.relative_mce, 2)}",
               f"- mean error, benchmark corruptions: {_fmt(summary.mean_error_benchmark, 2)} %",
               f"- mean error, held-out corruptions: {_fmt(summary.mean_error_held_out, 2)} %"]
     if "versus_baseline" in d:
@@ -155,12 +202,29 @@ def _save_figure(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def coco_c_comparability(meta: dict, summary: dict) -> tuple[bool, str]:
+    """Whether a COCO-C run followed the published protocol (mmcv's BGR array corrupted as is,
+    all 15 benchmark corruptions complete), and why (not); runs that recorded no channel order
+    corrupted as RGB."""
+    order = meta.get("channel_order", "rgb")
+    why = ("mmcv's BGR array corrupted as is, as the published COCO-C protocol does" if order == "bgr"
+           else "corrupted as RGB, the published COCO-C protocol corrupts mmcv's BGR array (frost, "
+                "snow and spatter differ; --coco-c-channel-order bgr follows it)")
+    if not summary["complete"]:
+        return False, f"not all 15 benchmark corruptions complete; {why}"
+    return order == "bgr", why
+
+
 def write_detection_reports(state: dict, out_dir) -> dict[str, Path]:
-    """COCO-C reports: summary.json (mPC, rPC, per-corruption mean AP), ap.csv, report.md and
-    heatmap.png (AP by corruption and severity), benchmark and held-out corruptions apart."""
+    """COCO-C reports: summary.json (mPC, rPC, per-corruption mean AP, channel order and
+    comparability), ap.csv, report.md and heatmap.png (AP by corruption and severity), benchmark
+    and held-out corruptions apart."""
     out_dir = Path(out_dir)
     table = {c: [state["AP"].get(c, {}).get(str(s)) for s in SEVERITIES] for c in state["AP"]}
-    summary = state["summary"]
+    meta = state.get("meta", {})
+    comparable, why = coco_c_comparability(meta, state["summary"])
+    summary = {**state["summary"], "channel_order": meta.get("channel_order", "rgb"),
+               "comparable_with_published": comparable, "comparability": why}
     files = {"summary": out_dir / "summary.json", "csv": out_dir / "ap.csv",
              "markdown": out_dir / "report.md", "heatmap": out_dir / "heatmap.png"}
     atomic_write_text(files["summary"], json.dumps(summary, indent=1))
@@ -176,6 +240,8 @@ def write_detection_reports(state: dict, out_dir) -> dict[str, Path]:
               f"{_fmt(None if summary['mPC'] is None else 100 * summary['mPC'])}",
               f"- rPC: {_fmt(summary['rPC_percent'])} %",
               f"- held-out mean AP: {_fmt(None if summary['held_out_mPC'] is None else 100 * summary['held_out_mPC'])}",
+              f"- channel order: {summary['channel_order']}; "
+              f"{'comparable' if comparable else 'not comparable'} with published COCO-C mPCs: {why}",
               "", "| corruption | group | " + " | ".join(f"s{s}" for s in SEVERITIES) + " |", "|---" * 7 + "|"]
     for group, names in (("benchmark", CORRUPTIONS), ("held_out", HELD_OUT)):
         for c in names:
