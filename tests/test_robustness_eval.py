@@ -649,6 +649,22 @@ def test_rendered_folder_carries_a_marker_recorded_by_the_evaluation(setup, tmp_
     assert json.loads((tmp_path / "o2" / "results.json").read_text())["meta"]["rendered_by"] is None
 
 
+def test_clean_val_is_framed_as_the_corrupted_images(tmp_path):
+    """With --imagenet-c and no --resize, the clean val is resized as the corrupted images were
+    made (the release: 256 for a 224 crop; a cvkit-rendered folder: its marker's resize), not by
+    the checkpoint's crop_pct (0.95 would give 236: other image regions than the corrupted ones)."""
+    from cvkit.robustness.evaluate import FolderSource
+    from cvkit.robustness.folder import _mark_rendered
+
+    (tmp_path / "fog" / "1" / "a").mkdir(parents=True)
+    source = FolderSource(tmp_path)
+    assert source.clean_resize(224)[0] == 256 and source.clean_resize(32)[0] == 37
+    _mark_rendered(tmp_path, {"seed": 0, "resize": 40, "crop": 32, "format": "jpeg", "jpeg_quality": 85})
+    source = FolderSource(tmp_path)
+    assert source.clean_resize(32) == (40, "as the folder was rendered (its cvkit_render.json)")
+    assert source.clean_resize(224)[0] == 256  # no render at that crop
+
+
 def test_on_the_fly_report_says_not_comparable(setup, tmp_path, capsys):
     """The printed report of an on-the-fly run names the source and size in the mCE line."""
     _, val, ckpt = setup

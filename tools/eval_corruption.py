@@ -164,16 +164,19 @@ def main(argv=None) -> int:
         model, name, dm_hp = load_classifier(args.checkpoint, args.model, device, source.classes,
                                              model_kwargs)
         resize, crop = eval_sizes(args.resize, args.crop, dm_hp)
-        source.set_size(resize, crop)
         how = ("from --resize / --crop" if args.resize is not None or args.crop is not None else
                f"as trained: image_size {dm_hp['image_size']}, crop_pct {dm_hp.get('crop_pct', CROP_PCT)}"
                if "image_size" in dm_hp else "the default for plain weights")
+        source.set_size(resize, crop)
+        note = source.check_image_size() if args.imagenet_c else None  # suggests the model's size
+        if args.imagenet_c and args.resize is None:  # the clean val framed as the corrupted images
+            resize, framing = source.clean_resize(crop)
+            how += f"; clean resize: {framing}"
+            source.set_size(resize, crop)
         print(f"image size: resize {resize}{' (the clean val)' if args.imagenet_c else ''}, "
               f"centre crop {crop} ({how})")
-        if args.imagenet_c:
-            note = source.check_image_size()
-            if note:
-                print(f"warning: {note}", file=sys.stderr)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
         state = evaluate_classification(model, source, args.out, args.corruptions, args.severities,
                                         args.batch_size, args.workers, device, not args.no_resume,
                                         not args.no_progress, mean=dm_hp.get("mean"), std=dm_hp.get("std"),

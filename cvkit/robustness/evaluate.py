@@ -93,6 +93,17 @@ class FolderSource:
     def set_size(self, resize: int, crop: int) -> None:
         self.resize, self.crop = resize, crop
 
+    def clean_resize(self, crop: int) -> tuple[int, str]:
+        """The resize of the clean val that frames it as the corrupted images were framed, and
+        how it was chosen: the render marker's resize for ``crop`` (a folder cvkit rendered), else
+        the release's Resize(256) / CenterCrop(224) ratio (Hendrycks & Dietterich), not the
+        checkpoint's crop_pct: clean and corrupted errors are then of the same image regions."""
+        renders = (self.rendered_by or {}).get("renders", [])
+        sizes = {r.get("resize") for r in renders if r.get("crop") == crop}
+        if len(sizes) == 1 and isinstance(next(iter(sizes)), int):
+            return next(iter(sizes)), "as the folder was rendered (its cvkit_render.json)"
+        return round(crop * 256 / 224), "the release's framing, resize 256 for crop 224"
+
     def describe(self) -> dict:
         d = {"source": self.kind, "root": str(self.root.resolve()), "crop": self.crop,
              "clean_root": None if self.clean_root is None else str(Path(self.clean_root).resolve()),
