@@ -730,6 +730,7 @@ def test_eval_sizes_zero_is_refused_not_the_default():
     (["--quality", "90", "--format", "png"], "--quality does not apply to --format png"),
     (["--crop", "0"], "--crop must be a positive number of pixels, got 0"),
     (["--resize", "-3"], "--resize must be a positive number of pixels, got -3"),
+    (["--resize", "40", "--crop", "48"], "--resize 40 is smaller than --crop 48"),
 ])
 def test_make_imagenet_c_bad_options_are_one_line_errors(tmp_path, option, message, capsys):
     assert _tool("make_imagenet_c")(["--val", str(tmp_path), "--out", str(tmp_path / "o"), *option]) == 2

@@ -44,6 +44,8 @@ def main(argv=None) -> int:
                 check_corruption(c, s)
         check_pixels(args.resize, "--resize")
         check_pixels(args.crop, "--crop")
+        if args.resize < args.crop:  # the centre crop would pad the image with black borders
+            raise OptionError(f"--resize {args.resize} is smaller than --crop {args.crop}")
         if args.quality is not None:
             if args.format == "png":
                 raise OptionError("--quality does not apply to --format png (lossless)")
