@@ -499,6 +499,16 @@ def test_ckpt_path_of_another_network_or_plain_weights_is_one_line(one_epoch_run
     assert "not a training checkpoint" in line and f"--model.pretrained_path {plain}" in line
 
 
+def test_ckpt_path_last_without_a_checkpoint_says_it_starts_from_scratch(tiny, tmp_path, capsys):
+    run = _fit(tmp_path, "fresh", tiny, "--ckpt_path", "last", trainer__max_steps=1)
+    err = capsys.readouterr().err
+    assert (f"warning: --ckpt_path last: no last.ckpt in {run / 'checkpoints'}: training starts "
+            "from scratch") in err
+    _fit(tmp_path, "fresh", tiny, "--ckpt_path", "last", trainer__max_steps=2)  # now it resumes
+    assert "training starts from scratch" not in capsys.readouterr().err
+    assert _weights(run)["global_step"] == 2
+
+
 def test_stale_checkpoint_temp_files_are_removed_and_atomic_io_kept_with_user_plugins(tiny, tmp_path):
     from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
     from lightning.pytorch.plugins.environments import LightningEnvironment

@@ -78,6 +78,20 @@ class ClassificationCLI(LightningCLI):
         with tool_errors.option_errors("bad trainer option (--trainer.*): "):
             return super().instantiate_trainer(**kwargs)
 
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` without a last checkpoint trains from scratch (Lightning's rule, for
+        scripts that always pass it): say so plainly, naming the folder searched (Lightning's own
+        warning advises save_last=True, which cvkit already sets)."""
+        if self._get(self.config, "ckpt_path") != "last" or not self.trainer.is_global_zero:
+            return
+        callback = self.trainer.checkpoint_callback
+        folder = Path(getattr(callback, "dirpath", None)
+                      or Path(self.trainer.default_root_dir) / "checkpoints")
+        if not (folder / "last.ckpt").is_file():
+            print(f"warning: --ckpt_path last: no last.ckpt in {folder}: training starts from "
+                  "scratch (to resume a run, give its --trainer.default_root_dir)",
+                  file=sys.stderr, flush=True)
+
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print_run_report(self.trainer)
