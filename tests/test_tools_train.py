@@ -499,6 +499,33 @@ def test_ckpt_path_of_another_network_or_plain_weights_is_one_line(one_epoch_run
     assert "not a training checkpoint" in line and f"--model.pretrained_path {plain}" in line
 
 
+def test_test_tool_checks_the_class_names_the_checkpoint_was_trained_on(one_epoch_run, tiny,
+                                                                         tmp_path, capsys):
+    """A checkpoint records its training classes in label order; tools/test.py on a folder of as
+    many classes under other names (labels that mean other classes) is one line, not a score."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("cvkit_test_tool", REPO / "tools" / "test.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    test_main = tool.main
+    _, run = one_epoch_run
+    last = run / "checkpoints" / "last.ckpt"
+    classes = sorted(p.name for p in (tiny / "train").iterdir())
+    assert _weights(run)["ClassificationDataModule"]["classes"] == classes
+    common = ["--checkpoint", str(last), "--workers", "0", "--accelerator", "cpu",
+              "--output", str(tmp_path / "eval.json")]
+    assert test_main([*common, "--data", str(tiny / "val")]) == 0
+    other = tmp_path / "val"
+    shutil.copytree(tiny / "val", other)
+    (other / classes[1]).rename(other / "zz_other")
+    capsys.readouterr()
+    assert test_main([*common, "--data", str(other)]) == 1
+    line = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(line) == 1 and f"label 1 is {classes[2]!r} there, {classes[1]!r} in training" in line[0]
+
+
 def test_ckpt_path_last_without_a_checkpoint_says_it_starts_from_scratch(tiny, tmp_path, capsys):
     run = _fit(tmp_path, "fresh", tiny, "--ckpt_path", "last", trainer__max_steps=1)
     err = capsys.readouterr().err

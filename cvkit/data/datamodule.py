@@ -334,10 +334,14 @@ class ClassificationDataModule(LightningDataModule):
         return epoch, done
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint: where the training pass stands (for mid-epoch resume)."""
-        if self._train_loader is None or getattr(self, "trainer", None) is None:
-            return {}
-        return {"train_position": self._train_loader.state_dict()}
+        """Saved in every checkpoint: the class names in label order (what ``tools/test.py`` checks
+        a val folder against) and where the training pass stands (for mid-epoch resume)."""
+        state: dict[str, Any] = {}
+        if self.train_set is not None:
+            state["classes"] = list(self.train_set.classes)
+        if self._train_loader is not None and getattr(self, "trainer", None) is not None:
+            state["train_position"] = self._train_loader.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = state_dict.get("train_position")

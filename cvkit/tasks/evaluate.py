@@ -40,7 +40,11 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
         hp.pop("pretrained_path", None)
         task = ClassificationTask(**hp)
         task.load_state_dict(ckpt["state_dict"], strict=True)
-        return task, ckpt.get("datamodule_hyper_parameters", {})
+        dm_hp = dict(ckpt.get("datamodule_hyper_parameters", {}))
+        classes = (ckpt.get("ClassificationDataModule") or {}).get("classes")
+        if classes is not None:  # the training classes in label order (checkpoints since 2026-11-28)
+            dm_hp["classes"] = list(classes)
+        return task, dm_hp
     if model_name is None:
         raise OptionError(f"{path} holds plain model weights: pass --model <preset name>")
     try:
@@ -96,6 +100,13 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
     if len(dm.test_set.classes) != n_head:
         raise ValueError(f"{data} has {len(dm.test_set.classes)} class folders but the checkpoint's "
                          f"head has {n_head} classes")
+    trained = dm_hp.get("classes")
+    if trained is not None and trained != dm.test_set.classes:  # labels would mean other classes
+        i = next(i for i, (a, b) in enumerate(zip(trained, dm.test_set.classes)) if a != b)
+        raise ValueError(f"the class folders of {data} are not the classes {checkpoint} was trained "
+                         f"on: label {i} is {dm.test_set.classes[i]!r} there, {trained[i]!r} in "
+                         f"training ({len(set(trained) - set(dm.test_set.classes))} training "
+                         f"classes missing)")
     with option_errors():  # an unknown accelerator or precision
         trainer = Trainer(accelerator=accelerator, devices=1, logger=False, precision=precision,
                           enable_checkpointing=False, enable_model_summary=False)
