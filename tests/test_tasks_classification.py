@@ -84,6 +84,9 @@ def test_mixup_trains_past_a_skipped_file(cls_root, tmp_path):
     trainer = fit(task, dm, tmp_path, steps=2, callbacks=[report])
     assert trainer.global_step == 2 and len(seen) == 2 and all(n in (2, 4) for n in seen)
     assert json.loads(report.summary_path.read_text())["skipped_file_names"] == [str(bad[0])]
+    odd = ClassificationDataModule(root=str(root), batch_size=3, image_size=32, num_workers=0)
+    with pytest.raises(ValueError, match="data.batch_size must be even, got 3"):
+        fit(task, odd, tmp_path, steps=1)          # a configured odd batch: refused, not trimmed
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(cls_root, tmp_path):

@@ -157,7 +157,7 @@ RELEASED_ECA_K = {"eca_resnet18": (3, 5, 7, 7), "eca_resnet34": (3, 3, 5, 7),
 @pytest.mark.parametrize("name", sorted(RELEASED_ECA_K))
 def test_eca_recipe_trains_the_released_architecture(name, tiny, tmp_path):
     """A recipe that reproduces a number of ECA-Net's tables trains the model the number was
-    measured with: ECA-ResNet-50 has its 80 ECA parameters (3 + 4 x 5 + 6 x 5 + 3 x 7), and a
+    measured with: ECA-ResNet-50 has its 80 ECA parameters (3 x 3 + 4 x 5 + 6 x 5 + 3 x 7), and a
     checkpoint it writes loads where the release does."""
     from cvkit.layers.eca import EcaModule
 
@@ -497,6 +497,53 @@ def test_ckpt_path_of_another_network_or_plain_weights_is_one_line(one_epoch_run
     assert main(["fit", "--config", str(config), "--ckpt_path", str(plain)]) == 1
     line = _one_error_line(capsys)
     assert "not a training checkpoint" in line and f"--model.pretrained_path {plain}" in line
+
+
+def test_validate_ckpt_path_file_takes_the_checkpoints_model(one_epoch_run, tiny, capsys):
+    """validate / test / predict with a checkpoint file keep LightningCLI's rule (the file's model
+    options), unlike fit, which resumes with the config's; plain weights there point at
+    tools/test.py."""
+    tmp, run = one_epoch_run
+    config = _run_config(tmp, "validate-other", tiny, data__batch_size=4, checkpoint={},
+                         trainer__deterministic=False)
+    last = run / "checkpoints" / "last.ckpt"
+    assert main(["validate", "--config", str(config), "--ckpt_path", str(last),
+                 "--model.model_name", "resnet18"]) == 0
+    plain = tmp / "plain-validate.pth"
+    torch.save(cvkit.create_model("resnet18", num_classes=4).state_dict(), plain)
+    capsys.readouterr()
+    assert main(["validate", "--config", str(config), "--ckpt_path", str(plain)]) == 1
+    assert "tools/test.py --checkpoint" in _one_error_line(capsys)
+
+
+def test_network_and_schedule_checks_in_every_restore_order(one_epoch_run):
+    """FSDP / DeepSpeed load the weights themselves (no state_dict reaches on_load_checkpoint) and
+    restore after configure_optimizers; load_from_checkpoint has no trainer and may be non-strict:
+    no false "another network", and the schedule check still runs."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from cvkit.models.checkpoint import CheckpointError
+    from cvkit.tasks.classification import ClassificationTask, ConfigError
+
+    _, run = one_epoch_run
+    ckpt = _weights(run)
+    other = {**ckpt, "state_dict": {k: v for k, v in ckpt["state_dict"].items() if ".eca." not in k}}
+    task = ClassificationTask("resnet18", num_classes=4)
+    task.on_load_checkpoint(other)                                  # no trainer: load_from_checkpoint
+    task.trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(CheckpointError, match="holds another network"):
+        task.on_load_checkpoint(ckpt)
+    task.strict_loading = False
+    task.on_load_checkpoint(ckpt)                                   # non-strict: the user's choice
+    task.strict_loading = True
+    task.trainer.state.fn = TrainerFn.FITTING
+    fsdp = {k: v for k, v in other.items() if k != "state_dict"}
+    task._schedule_now = {"global_batch": 8, "steps_per_epoch": 4}  # configure_optimizers ran first
+    with pytest.raises(ConfigError, match="global batch 4, steps per epoch 8; this run has 8, 4"):
+        task.on_load_checkpoint(fsdp)
+    task.setup("fit")                                               # a new fit starts clean
+    assert task._schedule_now is None and task._resumed_schedule is None
 
 
 def test_test_tool_checks_the_class_names_the_checkpoint_was_trained_on(one_epoch_run, tiny,

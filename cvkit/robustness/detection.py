@@ -11,8 +11,9 @@ means of rounded APs.
 
 ``channel_order``: ``"rgb"`` (default) corrupts the image as RGB; ``"bgr"`` passes mmcv's BGR array
 to the corruption as is, as the published COCO-C protocol does (mmdetection's
-``tools/analysis_tools/test_robustness.py`` and its ``Corrupt`` transform): frost, snow and
-spatter differ, and only ``"bgr"`` gives mPC comparable with published COCO-C tables.
+``tools/analysis_tools/test_robustness.py`` and its ``Corrupt`` transform): frost, snow, spatter
+and jpeg_compression (PIL's YCbCr conversion assumes RGB) differ, the noises in which draw lands
+on which channel, and only ``"bgr"`` gives mPC comparable with published COCO-C tables.
 """
 from __future__ import annotations
 

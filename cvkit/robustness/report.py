@@ -209,7 +209,7 @@ def coco_c_comparability(meta: dict, summary: dict) -> tuple[bool, str]:
     order = meta.get("channel_order", "rgb")
     why = ("mmcv's BGR array corrupted as is, as the published COCO-C protocol does" if order == "bgr"
            else "corrupted as RGB, the published COCO-C protocol corrupts mmcv's BGR array (frost, "
-                "snow and spatter differ; --coco-c-channel-order bgr follows it)")
+                "snow, spatter and jpeg_compression differ; --coco-c-channel-order bgr follows it)")
     if not summary["complete"]:
         return False, f"not all 15 benchmark corruptions complete; {why}"
     return order == "bgr", why

@@ -187,8 +187,12 @@ class ClassificationTask(LightningModule):
         self.scaled_lr: Optional[float] = None
         self.steps_per_epoch: Optional[int] = None  # of an epoch-based schedule, else None
         self._resumed_schedule: Optional[dict] = None  # what the resumed checkpoint was trained at
+        self._schedule_now: Optional[dict] = None  # what this fit trains at (configure_optimizers)
 
     # -- model ----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        self._resumed_schedule = self._schedule_now = None  # nothing carried over from another run
+
     def configure_model(self) -> None:
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -295,21 +299,27 @@ class ClassificationTask(LightningModule):
             steps_per_epoch = max(1, -(-int(batches) // accumulate))
             total_epochs = float(trainer.max_epochs)
             self.steps_per_epoch = steps_per_epoch
-        self._check_resumed_schedule(global_batch)
+        if self.mixup_fn is not None and per_device is not None and per_device % 2:
+            raise ConfigError(f"mixup / cutmix pair the samples of a batch: data.batch_size must be "
+                              f"even, got {per_device}")
+        self._schedule_now = {"global_batch": global_batch, "steps_per_epoch": self.steps_per_epoch}
+        self._check_resumed_schedule()
         return self.build_optimizers(global_batch, steps_per_epoch, total_epochs)
 
-    def _check_resumed_schedule(self, global_batch: Optional[int]) -> None:
+    def _check_resumed_schedule(self) -> None:
         """A resumed run continues its schedule at the optimiser's step count, and Lightning
         restores the checkpoint's LR: both only mean the same epoch and LR at the global batch and
-        steps per epoch the checkpoint was trained at, so another one is refused."""
-        was = self._resumed_schedule
-        if not was:
+        steps per epoch the checkpoint was trained at, so another one is refused. Runs once both
+        are known: after configure_optimizers, before or after the checkpoint is read (FSDP and
+        DeepSpeed restore it after setting up)."""
+        was, now = self._resumed_schedule, self._schedule_now
+        if not was or now is None:
             return
-        now = {"global_batch": global_batch, "steps_per_epoch": self.steps_per_epoch}
+        self._resumed_schedule = None
         changed = [k for k in ("global_batch", "steps_per_epoch")
                    if was.get(k) is not None and now[k] is not None and was[k] != now[k]]
         if changed:
-            path = getattr(self.trainer, "ckpt_path", None) or "the checkpoint"
+            path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
             raise ConfigError(
                 f"--ckpt_path {path} was trained at "
                 + ", ".join(f"{k.replace('_', ' ')} {was[k]}" for k in changed)
@@ -349,7 +359,9 @@ class ClassificationTask(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_same_network(checkpoint)
-        self._resumed_schedule = checkpoint.get("cvkit_schedule")
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        self._resumed_schedule = checkpoint.get("cvkit_schedule") if fitting else None
+        self._check_resumed_schedule()
         rng = checkpoint.get("cvkit_rng")
         if rng is None:
             return
@@ -362,7 +374,9 @@ class ClassificationTask(LightningModule):
         """The network the config builds must be the checkpoint's (``--ckpt_path`` restores a run;
         the config's model options win, as for ``last``): one line naming the first tensors that
         differ and the checkpoint's model options, instead of load_state_dict's key dump."""
-        theirs = checkpoint.get("state_dict") or {}
+        if "state_dict" not in checkpoint or self._trainer is None or not self.strict_loading:
+            return  # FSDP / DeepSpeed load and check the weights themselves; load_from_checkpoint
+        theirs = checkpoint["state_dict"]
         ours = self.state_dict()
         prefix = "model."
         differ = [k for k in sorted(set(theirs) | set(ours)) if k.startswith(prefix)
@@ -377,7 +391,7 @@ class ClassificationTask(LightningModule):
         hp = checkpoint.get("hyper_parameters") or {}
         trained = {k: hp.get(k) for k in ("model_name", "num_classes", "model_kwargs")}
         config = {k: self.hparams.get(k) for k in trained}
-        path = getattr(self.trainer, "ckpt_path", None) or "the checkpoint"
+        path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
         examples = "; ".join(f"{k[len(prefix):]} {shape(theirs, k)} vs {shape(ours, k)}"
                              for k in differ[:3])
         raise CheckpointError(

@@ -44,16 +44,19 @@ class ClassificationCLI(LightningCLI):
             args=args, run=run, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
-        """``--ckpt_path FILE`` resumes as ``--ckpt_path last`` does: the config and the command line
-        define the run. (LightningCLI replaces the model options by a checkpoint file's
+        """``fit --ckpt_path FILE`` resumes as ``--ckpt_path last`` does: the config and the command
+        line define the run. (LightningCLI replaces the model options by a checkpoint file's
         hyper-parameters, not last's: ``--model.model_kwargs '{hc_nan_guard: true}'``,
         ``--model.compile``... were silently dropped. A network other than the checkpoint's is
-        refused when it loads: ``ClassificationTask._check_same_network``.) A file that is not a
+        refused when it loads: ``ClassificationTask._check_same_network``.) ``validate`` / ``test``
+        / ``predict`` take the file's model options, as LightningCLI does. A file that is not a
         training checkpoint is one line pointing at ``--model.pretrained_path``."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if path and Path(path).is_file():
-            check_training_checkpoint(path)
+            check_training_checkpoint(path, sub)
+        if sub != "fit":
+            super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(KeepLastCheckpoint, "checkpoint")
@@ -97,7 +100,7 @@ class ClassificationCLI(LightningCLI):
             print_run_report(self.trainer)
 
 
-def check_training_checkpoint(path) -> None:
+def check_training_checkpoint(path, subcommand: str = "fit") -> None:
     """``path`` must be a Lightning training checkpoint (what ``--ckpt_path`` restores): a plain
     state dict or another tool's file is one line, not Lightning's KeyError."""
     import torch
@@ -110,9 +113,11 @@ def check_training_checkpoint(path) -> None:
         raise CheckpointError(f"--ckpt_path {path} is not a readable training checkpoint: "
                               f"{load_failure(e)}") from None
     if not (isinstance(obj, dict) and "pytorch-lightning_version" in obj and "state_dict" in obj):
+        advice = (f"to start a run from its weights, use --model.pretrained_path {path}"
+                  if subcommand == "fit" else
+                  f"to evaluate plain weights: tools/test.py --checkpoint {path} --model NAME")
         raise CheckpointError(f"--ckpt_path {path} is not a training checkpoint of tools/train.py "
-                              "(it holds no Lightning state); to start a run from its weights, "
-                              f"use --model.pretrained_path {path}")
+                              f"(it holds no Lightning state); {advice}")
 
 
 def run_loggers(root: str, subcommand: Optional[str], resuming: bool) -> list:
