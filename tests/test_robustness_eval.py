@@ -650,19 +650,26 @@ def test_rendered_folder_carries_a_marker_recorded_by_the_evaluation(setup, tmp_
 
 
 def test_clean_val_is_framed_as_the_corrupted_images(tmp_path):
-    """With --imagenet-c and no --resize, the clean val is resized as the corrupted images were
-    made (the release: 256 for a 224 crop; a cvkit-rendered folder: its marker's resize), not by
-    the checkpoint's crop_pct (0.95 would give 236: other image regions than the corrupted ones)."""
+    """With --imagenet-c and no --resize, the clean val is resized as the stored (only centre-
+    cropped) images were made, whatever the model's crop: the release's ratio for S-pixel images
+    (256 for 224), or a cvkit-rendered folder's recorded resize for them; not the checkpoint's
+    crop_pct (0.95 would give other image regions than the corrupted ones)."""
     from cvkit.robustness.evaluate import FolderSource
     from cvkit.robustness.folder import _mark_rendered
 
-    (tmp_path / "fog" / "1" / "a").mkdir(parents=True)
-    source = FolderSource(tmp_path)
-    assert source.clean_resize(224)[0] == 256 and source.clean_resize(32)[0] == 37
-    _mark_rendered(tmp_path, {"seed": 0, "resize": 40, "crop": 32, "format": "jpeg", "jpeg_quality": 85})
-    source = FolderSource(tmp_path)
-    assert source.clean_resize(32) == (40, "as the folder was rendered (its cvkit_render.json)")
-    assert source.clean_resize(224)[0] == 256  # no render at that crop
+    _write_c_folder(tmp_path, {("fog", 1): ["a"]})                  # 40x40 images
+    source = FolderSource(tmp_path, crop=32)
+    assert source.clean_resize()[0] == round(40 * 256 / 224) == 46
+    _mark_rendered(tmp_path, {"seed": 0, "resize": 48, "crop": 40, "format": "png",
+                              "jpeg_quality": None})
+    source = FolderSource(tmp_path, crop=32)
+    assert source.clean_resize() == (48, "as its 40 px images were rendered (cvkit_render.json)")
+    _mark_rendered(tmp_path, {"seed": 1, "resize": 56, "crop": 40, "format": "png",
+                              "jpeg_quality": None})
+    resize, why = FolderSource(tmp_path).clean_resize()
+    assert resize == 46 and "several resizes for 40 px images" in why
+    (tmp_path / "fog" / "1" / "a" / "x.png").unlink()
+    assert FolderSource(tmp_path).clean_resize()[0] is None
 
 
 def test_on_the_fly_report_says_not_comparable(setup, tmp_path, capsys):

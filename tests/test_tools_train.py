@@ -516,6 +516,19 @@ def test_validate_ckpt_path_file_takes_the_checkpoints_model(one_epoch_run, tiny
     assert "tools/test.py --checkpoint" in _one_error_line(capsys)
 
 
+def test_validate_a_fine_tune_whose_initial_weights_are_gone(tiny, tmp_path):
+    """The checkpoint file's model options include the fine-tune's pretrained_path; validate
+    loads the checkpoint's weights, so a pretrained file moved or deleted since does not matter."""
+    init = tmp_path / "init.pth"
+    torch.save(cvkit.create_model("eca_resnet18", num_classes=4).state_dict(), init)
+    run = _fit(tmp_path, "fine-tune", tiny, f"--model.pretrained_path={init}",
+               trainer__max_steps=1)
+    init.unlink()
+    config = sorted(tmp_path.glob("fine-tune-*.yaml"))[-1]
+    assert main(["validate", "--config", str(config), "--ckpt_path",
+                 str(run / "checkpoints" / "last.ckpt")]) == 0
+
+
 def test_network_and_schedule_checks_in_every_restore_order(one_epoch_run):
     """FSDP / DeepSpeed load the weights themselves (no state_dict reaches on_load_checkpoint) and
     restore after configure_optimizers; load_from_checkpoint has no trainer and may be non-strict:

@@ -170,9 +170,11 @@ def main(argv=None) -> int:
         source.set_size(resize, crop)
         note = source.check_image_size() if args.imagenet_c else None  # suggests the model's size
         if args.imagenet_c and args.resize is None:  # the clean val framed as the corrupted images
-            resize, framing = source.clean_resize(crop)
-            how += f"; clean resize: {framing}"
-            source.set_size(resize, crop)
+            framed, framing = source.clean_resize()
+            if framed is not None and framed >= crop:
+                resize = framed
+                how += f"; clean resize: {framing}"
+                source.set_size(resize, crop)
         print(f"image size: resize {resize}{' (the clean val)' if args.imagenet_c else ''}, "
               f"centre crop {crop} ({how})")
         if note:

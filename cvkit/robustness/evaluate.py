@@ -93,16 +93,33 @@ class FolderSource:
     def set_size(self, resize: int, crop: int) -> None:
         self.resize, self.crop = resize, crop
 
-    def clean_resize(self, crop: int) -> tuple[int, str]:
-        """The resize of the clean val that frames it as the corrupted images were framed, and
-        how it was chosen: the render marker's resize for ``crop`` (a folder cvkit rendered), else
-        the release's Resize(256) / CenterCrop(224) ratio (Hendrycks & Dietterich), not the
-        checkpoint's crop_pct: clean and corrupted errors are then of the same image regions."""
+    def clean_resize(self) -> tuple[int | None, str]:
+        """The resize of the clean val that frames it as the corrupted images are framed, and how
+        it was chosen. The stored images (side S) are only centre-cropped, so the region they show
+        was fixed when they were made: resize R, then crop S. R is the render marker's resize for
+        S-pixel images (a folder cvkit rendered), else the release's Resize(256) / CenterCrop(224)
+        ratio, round(S * 256 / 224) (Hendrycks & Dietterich); whatever the model's crop, not its
+        crop_pct, so clean and corrupted errors are of the same regions. (None, why): no image."""
+        side = self.image_side()
+        if side is None:
+            return None, "no image in the folder"
         renders = (self.rendered_by or {}).get("renders", [])
-        sizes = {r.get("resize") for r in renders if r.get("crop") == crop}
+        sizes = {r.get("resize") for r in renders if r.get("crop") == side}
         if len(sizes) == 1 and isinstance(next(iter(sizes)), int):
-            return next(iter(sizes)), "as the folder was rendered (its cvkit_render.json)"
-        return round(crop * 256 / 224), "the release's framing, resize 256 for crop 224"
+            return next(iter(sizes)), f"as its {side} px images were rendered (cvkit_render.json)"
+        why = (f"; its cvkit_render.json records several resizes for {side} px images"
+               if len(sizes) > 1 else "")
+        return round(side * 256 / 224), f"the release's framing, 256 for 224 px images{why}"
+
+    def image_side(self) -> int | None:
+        """The shorter side of the folder's first image (every image of a folder has its size)."""
+        for name in ALL_CORRUPTIONS:
+            for s in SEVERITIES:
+                path = first_image(self.root / name / str(s))
+                if path is not None:
+                    with Image.open(path) as im:
+                        return min(im.size)
+        return None
 
     def describe(self) -> dict:
         d = {"source": self.kind, "root": str(self.root.resolve()), "crop": self.crop,

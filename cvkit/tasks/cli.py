@@ -57,6 +57,8 @@ class ClassificationCLI(LightningCLI):
             check_training_checkpoint(path, sub)
         if sub != "fit":
             super()._parse_ckpt_path()
+            if path and Path(path).is_file():  # the file's weights replace the initial ones: the
+                self.config[sub].model.pretrained_path = None  # run's may be gone (load_task too)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(KeepLastCheckpoint, "checkpoint")
@@ -87,6 +89,8 @@ class ClassificationCLI(LightningCLI):
         warning advises save_last=True, which cvkit already sets)."""
         if self._get(self.config, "ckpt_path") != "last" or not self.trainer.is_global_zero:
             return
+        if self._get(self.config, "trainer").get("logger") not in (None, True, False):
+            return  # a user's logger decides where checkpoints go (Lightning's warning stays)
         callback = self.trainer.checkpoint_callback
         folder = Path(getattr(callback, "dirpath", None)
                       or Path(self.trainer.default_root_dir) / "checkpoints")

@@ -102,11 +102,13 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
                          f"head has {n_head} classes")
     trained = dm_hp.get("classes")
     if trained is not None and trained != dm.test_set.classes:  # labels would mean other classes
-        i = next(i for i, (a, b) in enumerate(zip(trained, dm.test_set.classes)) if a != b)
+        here = dm.test_set.classes
+        i = next((i for i, (a, b) in enumerate(zip(trained, here)) if a != b),
+                 min(len(trained), len(here)))  # one list continues the other
         raise ValueError(f"the class folders of {data} are not the classes {checkpoint} was trained "
-                         f"on: label {i} is {dm.test_set.classes[i]!r} there, {trained[i]!r} in "
-                         f"training ({len(set(trained) - set(dm.test_set.classes))} training "
-                         f"classes missing)")
+                         f"on: label {i} is {here[i] if i < len(here) else None!r} there, "
+                         f"{trained[i] if i < len(trained) else None!r} in training "
+                         f"({len(set(trained) - set(here))} training classes missing)")
     with option_errors():  # an unknown accelerator or precision
         trainer = Trainer(accelerator=accelerator, devices=1, logger=False, precision=precision,
                           enable_checkpointing=False, enable_model_summary=False)
