@@ -6,6 +6,7 @@ from that file.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Iterable
@@ -111,15 +112,20 @@ class FolderSource:
                if len(sizes) > 1 else "")
         return round(side * 256 / 224), f"the release's framing, 256 for 224 px images{why}"
 
+    @functools.cached_property
+    def first_image(self) -> tuple[Path, tuple[int, int]] | None:
+        """The folder's first stored image and its (width, height), read once (every image of a
+        folder has one size); None when it has none."""
+        path = next((p for name in ALL_CORRUPTIONS for s in SEVERITIES
+                     for p in [first_image(self.root / name / str(s))] if p is not None), None)
+        if path is None:
+            return None
+        with Image.open(path) as im:
+            return path, im.size
+
     def image_side(self) -> int | None:
-        """The shorter side of the folder's first image (every image of a folder has its size)."""
-        for name in ALL_CORRUPTIONS:
-            for s in SEVERITIES:
-                path = first_image(self.root / name / str(s))
-                if path is not None:
-                    with Image.open(path) as im:
-                        return min(im.size)
-        return None
+        """The shorter side of the folder's images."""
+        return None if self.first_image is None else min(self.first_image[1])
 
     def describe(self) -> dict:
         d = {"source": self.kind, "root": str(self.root.resolve()), "crop": self.crop,
@@ -132,24 +138,19 @@ class FolderSource:
     def check_image_size(self) -> str | None:
         """Compare the crop with the first image found: a ValueError naming it when it is smaller
         than the crop, a warning (text) when larger (only its centre would be evaluated)."""
-        for name in ALL_CORRUPTIONS:
-            for s in SEVERITIES:
-                path = first_image(self.root / name / str(s))
-                if path is None:
-                    continue
-                with Image.open(path) as im:
-                    w, h = im.size
-                render = (f"render a set at the model's size with tools/make_imagenet_c.py --val VAL "
-                          f"--out DIR --resize {self.resize} --crop {self.crop}")
-                if min(w, h) < self.crop:
-                    raise ValueError(f"image {path} is {w}x{h}, smaller than the centre crop {self.crop}: "
-                                     f"ImageNet-C images are centre-cropped only; {render}, or pass "
-                                     f"--crop {min(w, h)}")
-                if (w, h) != (self.crop, self.crop):
-                    return (f"the images of {self.root} are {w}x{h}, the crop is {self.crop}: only their "
-                            f"centre {self.crop}x{self.crop} is evaluated, at the folder's scale; to "
-                            f"evaluate at the model's, {render}")
-                return None
+        if self.first_image is None:
+            return None
+        path, (w, h) = self.first_image
+        render = (f"render a set at the model's size with tools/make_imagenet_c.py --val VAL "
+                  f"--out DIR --resize {self.resize} --crop {self.crop}")
+        if min(w, h) < self.crop:
+            raise ValueError(f"image {path} is {w}x{h}, smaller than the centre crop {self.crop}: "
+                             f"ImageNet-C images are centre-cropped only; {render}, or pass "
+                             f"--crop {min(w, h)}")
+        if (w, h) != (self.crop, self.crop):
+            return (f"the images of {self.root} are {w}x{h}, the crop is {self.crop}: only their "
+                    f"centre {self.crop}x{self.crop} is evaluated, at the folder's scale; to "
+                    f"evaluate at the model's, {render}")
         return None
 
     def corrupted(self, corruption: str, severity: int) -> tuple[Dataset | None, str | None]:

@@ -55,14 +55,22 @@ def read_render_marker(root) -> dict | None:
     path = Path(root) / RENDER_MARKER
     if not path.is_file():
         return None
+    return read_json_object(path, f"render marker {path}", "renders", list,
+                            "tools/make_imagenet_c.py")
+
+
+def read_json_object(path, label: str, key: str, kind: type, writer: str) -> dict:
+    """The JSON object in ``path`` whose ``key`` holds a ``kind``; else a ValueError starting
+    with ``label`` (the file, as the user named it) and naming ``writer``, the tool that writes
+    such a file."""
     try:
-        marker = json.loads(path.read_text())
+        obj = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"render marker {path} is not readable JSON: {e}") from None
-    if not isinstance(marker, dict) or not isinstance(marker.get("renders"), list):
-        raise ValueError(f"render marker {path} has no 'renders' list: expected a file written by "
-                         f"tools/make_imagenet_c.py")
-    return marker
+        raise ValueError(f"{label} is not readable JSON: {e}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), kind):
+        raise ValueError(f"{label} has no {key!r} {'list' if kind is list else 'mapping'}: "
+                         f"expected a file written by {writer}")
+    return obj
 
 
 def _mark_rendered(out_root, settings: dict) -> None:

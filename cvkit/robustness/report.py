@@ -15,6 +15,7 @@ import numpy as np
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, HELD_OUT, SEVERITIES
 from cvkit.robustness.evaluate import FolderSource, OnTheFlySource, atomic_write_text, error_table
+from cvkit.robustness.folder import read_json_object
 from cvkit.robustness.metrics import ALEXNET_ERRORS, summarize
 
 RELEASE_CROP = 224  # the released ImageNet-C images, on which published mCEs were measured
@@ -82,13 +83,8 @@ def read_baseline(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--baseline {str(path)!r} does not exist")
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"--baseline {str(path)!r} is not readable JSON: {e}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("errors"), dict):
-        raise ValueError(f"--baseline {str(path)!r} has no 'errors' mapping: expected a results.json "
-                         f"written by tools/eval_corruption.py")
+    state = read_json_object(path, f"--baseline {str(path)!r}", "errors", dict,
+                             "tools/eval_corruption.py (its results.json)")
     try:
         for c, sevs in state["errors"].items():
             if c not in ALL_CORRUPTIONS or not isinstance(sevs, dict) \

@@ -53,12 +53,13 @@ class ClassificationCLI(LightningCLI):
         training checkpoint is one line pointing at ``--model.pretrained_path``."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
-        if path and Path(path).is_file():
-            check_training_checkpoint(path, sub)
+        if not (path and Path(path).is_file()):  # "last" / "best" / none: nothing to read here
+            return
+        check_training_checkpoint(path, sub)
         if sub != "fit":
             super()._parse_ckpt_path()
-            if path and Path(path).is_file():  # the file's weights replace the initial ones: the
-                self.config[sub].model.pretrained_path = None  # run's may be gone (load_task too)
+            # the file's weights replace the initial ones, whose file may be gone (as load_task)
+            self.config[sub].model.pretrained_path = None
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(KeepLastCheckpoint, "checkpoint")
