@@ -187,7 +187,8 @@ def _fit_tiny_task(tmp_path, cls_root, model_kwargs, mean=(0.4, 0.5, 0.6)):
 
 def test_lightning_checkpoint_with_model_kwargs_loads_and_evaluates(tmp_path, cls_root, capsys):
     """a task checkpoint with non-preset model_kwargs (GCP head) is rebuilt from its
-    hyper-parameters, with the datamodule's normalisation; a class-count mismatch is an error."""
+    hyper-parameters, with the datamodule's normalisation; classes it was not trained on are an
+    error."""
     from cvkit.robustness.evaluate import load_classifier
     task, ckpt, val = _fit_tiny_task(tmp_path, cls_root, {"global_pool": "gcp", "gcp_dim": 16})
     model, name, dm_hp = load_classifier(ckpt, classes=["a", "b", "c", "d"])
@@ -203,7 +204,8 @@ def test_lightning_checkpoint_with_model_kwargs_loads_and_evaluates(tmp_path, cl
     capsys.readouterr()
     assert _eval("--checkpoint", str(ckpt), "--val", str(cls_root / "val"), *SIZE, "--out", str(tmp_path / "o2")) == 1
     err = capsys.readouterr().err
-    assert "10 classes" in err and "has 4" in err and str(ckpt) in err
+    # the checkpoint recorded its 4 class names: the other 6 folders are named
+    assert "not trained on (6 of 10; its 4 classes begin" in err and str(ckpt) in err
 
 
 def _read_csv(path):
@@ -744,3 +746,67 @@ def test_make_imagenet_c_bad_options_are_one_line_errors(tmp_path, option, messa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
     assert not (tmp_path / "o").exists()
+
+
+def _with_classes(ckpt, dst, classes, key="ClassificationDataModule"):
+    """A copy of ``ckpt`` whose datamodule recorded ``classes`` (as checkpoints since 2026-11-28
+    do; a subclass of the datamodule is keyed by its own class name)."""
+    c = torch.load(ckpt, weights_only=True)
+    c[key] = {"classes": list(classes)}
+    torch.save(c, dst)
+    return dst
+
+
+@pytest.mark.parametrize("key", ["ClassificationDataModule", "MyImageNetDataModule"])
+def test_folders_lacking_a_class_keep_the_checkpoints_labels(setup, tmp_path, key, capsys):
+    """With the training class names recorded, a corrupted set (and clean val) lacking a whole
+    class is labelled by name as trained: its errors equal those of the full set's other images;
+    on the fly likewise; a class the checkpoint was not trained on is a one-line error."""
+    from cvkit.robustness.evaluate import load_classifier, top1_error
+    from cvkit.robustness.folder import CleanImageFolder, CorruptingCollate, list_image_folder
+    _, val, ckpt = setup
+    trained = sorted(p.name for p in val.iterdir())
+    ckpt = _with_classes(ckpt, tmp_path / "m.ckpt", trained, key)
+    full = tmp_path / "c"
+    assert _tool("make_imagenet_c")(["--val", str(val), "--out", str(full), *SIZE, "--corruptions", "fog",
+                                     "--severities", "1", "--format", "png", "--workers", "1"]) == 0
+    gone = trained[0]  # label 0: without it every other label shifts by one in folder order
+    part, part_val = tmp_path / "c_part", tmp_path / "val_part"
+    shutil.copytree(full, part)
+    shutil.copytree(val, part_val)
+    shutil.rmtree(part / "fog" / "1" / gone)
+    shutil.rmtree(part_val / gone)
+
+    model = load_classifier(ckpt, device="cpu")[0]
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+
+    def reference(dataset):  # the full folder's labels (its own sorted classes = trained), less `gone`
+        dataset.samples = [(p, t) for p, t in dataset.samples if Path(p).parent.name != gone]
+        loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=CorruptingCollate(None))
+        return top1_error(model, loader, "cpu", mean, std)
+
+    from cvkit.robustness.folder import ImageNetCFolder
+    assert list_image_folder(full / "fog" / "1")[1] == trained
+    want_fog = reference(ImageNetCFolder(full / "fog" / "1", 32))
+    want_clean = reference(CleanImageFolder(val, 40, 32))
+    assert _eval("--checkpoint", str(ckpt), "--imagenet-c", str(part), "--clean-val", str(part_val), *SIZE,
+                 "--out", str(tmp_path / "o")) == 0
+    state = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert state["errors"]["fog"]["1"] == pytest.approx(want_fog)
+    assert state["clean_error"] == pytest.approx(want_clean)
+    assert _eval("--checkpoint", str(ckpt), "--val", str(part_val), *SIZE, "--corruptions", "fog",
+                 "--severities", "1", "--out", str(tmp_path / "fly")) == 0
+    assert json.loads((tmp_path / "fly" / "results.json").read_text())["clean_error"] == pytest.approx(want_clean)
+    capsys.readouterr()
+    (part / "fog" / "1" / "zebra").mkdir()  # a class the checkpoint never saw
+    shutil.copy(next((part / "fog" / "1" / trained[1]).iterdir()), part / "fog" / "1" / "zebra" / "z.png")
+    assert _eval("--checkpoint", str(ckpt), "--imagenet-c", str(part), *SIZE, "--out", str(tmp_path / "o2")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "['zebra']" in err and str(part / "fog" / "1") in err
+    assert not (tmp_path / "o2" / "results.json").exists()
+
+
+def test_recorded_classes_of_a_datamodule_subclass():
+    from cvkit.tasks.evaluate import recorded_classes
+    assert recorded_classes({"state_dict": {}, "MyDataModule": {"classes": ["a", "b"], "train_position": {}}}) == ["a", "b"]
+    assert recorded_classes({"state_dict": {}, "hyper_parameters": {"num_classes": 2}}) is None

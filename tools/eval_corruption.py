@@ -163,6 +163,8 @@ def main(argv=None) -> int:
             source = OnTheFlySource(args.val, args.resize, args.crop, args.seed, args.jpeg_quality)
         model, name, dm_hp = load_classifier(args.checkpoint, args.model, device, source.classes,
                                              model_kwargs)
+        if "classes" in dm_hp:  # labels as trained, the folders' class names mapped onto them
+            source.use_classes(dm_hp["classes"], args.checkpoint)
         resize, crop = eval_sizes(args.resize, args.crop, dm_hp)
         how = ("from --resize / --crop" if args.resize is not None or args.crop is not None else
                f"as trained: image_size {dm_hp['image_size']}, crop_pct {dm_hp.get('crop_pct', CROP_PCT)}"

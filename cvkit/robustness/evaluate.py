@@ -36,13 +36,16 @@ def load_classifier(checkpoint, model_name: str | None = None, device: str = "cp
     """(model, preset name, datamodule hyper-parameters) from a checkpoint, rebuilt as
     :func:`cvkit.tasks.evaluate.load_task` does (Lightning hyper-parameters incl. ``model_kwargs``;
     plain weights need ``model_name``, and ``model_kwargs`` where the preset lacks what they
-    need). The head must have ``len(classes)`` outputs."""
+    need). The head must have ``len(classes)`` outputs, unless the checkpoint recorded its class
+    names (``dm_hp["classes"]``: hand them to the source's ``use_classes``)."""
     from cvkit.tasks.evaluate import load_task
 
     num_classes = None if classes is None else len(classes)
     task, dm_hp = load_task(checkpoint, model_name, num_classes=num_classes, model_kwargs=model_kwargs)
     n_head = task.hparams.num_classes
-    if num_classes is not None and n_head != num_classes:
+    if num_classes is not None and n_head != num_classes and "classes" not in dm_hp:
+        # with the training class names recorded, the data's are mapped onto them instead
+        # (the source's use_classes)
         raise ValueError(f"the evaluation data has {num_classes} classes but the head of checkpoint "
                          f"{checkpoint} has {n_head}")
     return task.model.to(device).eval(), task.hparams.model_name, dm_hp
@@ -93,6 +96,19 @@ class FolderSource:
 
     def set_size(self, resize: int, crop: int) -> None:
         self.resize, self.crop = resize, crop
+
+    def use_classes(self, trained: list[str], checkpoint) -> None:
+        """Label every folder by the classes ``checkpoint`` was trained on (label order), mapped
+        by name: a folder may lack some; one it was not trained on is a ValueError naming it."""
+        from cvkit.tasks.evaluate import unknown_classes
+
+        folders = [self.root / name / str(s) for name in ALL_CORRUPTIONS for s in SEVERITIES]
+        folders += [] if self.clean_root is None else [Path(self.clean_root)]
+        for d in folders:
+            why = unknown_classes(trained, folder_classes(d), d, checkpoint)
+            if why:
+                raise ValueError(why)
+        self.classes = list(trained)
 
     def clean_resize(self) -> tuple[int | None, str]:
         """The resize of the clean val that frames it as the corrupted images are framed, and how
@@ -189,6 +205,17 @@ class OnTheFlySource:
 
     def set_size(self, resize: int, crop: int) -> None:
         self.resize, self.crop = self.dataset.resize, self.dataset.crop = resize, crop
+
+    def use_classes(self, trained: list[str], checkpoint) -> None:
+        """Label the val set by the classes ``checkpoint`` was trained on, mapped by name (it may
+        lack some; one it was not trained on is a ValueError naming it)."""
+        from cvkit.tasks.evaluate import unknown_classes
+
+        why = unknown_classes(trained, self.classes, self.val_root, checkpoint)
+        if why:
+            raise ValueError(why)
+        self.dataset = CleanImageFolder(self.val_root, self.resize, self.crop, trained)
+        self.classes = self.dataset.classes
 
     def describe(self) -> dict:
         return {"source": self.kind, "root": str(self.val_root.resolve()), "resize": self.resize,

@@ -153,13 +153,28 @@ def jpeg_roundtrip(img: np.ndarray, quality: int = RELEASE_JPEG_QUALITY) -> np.n
     return np.asarray(Image.open(buf).convert("RGB"))
 
 
+def labels_by_name(samples: list[tuple[str, int]], found: list[str], classes: list[str],
+                   root) -> list[tuple[str, int]]:
+    """``samples`` labelled by their index in ``found`` (a folder's own sorted classes), relabelled
+    by their class name's index in ``classes`` (the evaluation's); the folder may lack classes of
+    it, a class outside it is a ValueError naming the folder."""
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(f"{root} has class folder(s) {unknown[:5]} not in the evaluation's "
+                         f"class list ({len(classes)} classes)")
+    index = {c: i for i, c in enumerate(classes)}
+    return [(p, index[found[t]]) for p, t in samples]
+
+
 class CleanImageFolder(Dataset):
     """ImageFolder val set -> (uint8 HxWx3 crop, target, index), resized + centre-cropped."""
 
     def __init__(self, root, resize: int = 256, crop: int = 224, classes: list[str] | None = None):
+        """``classes``: the class list of the whole evaluation (the labels' order), onto which the
+        folder's classes are mapped by name (see :func:`labels_by_name`); else the folder's own."""
         self.samples, self.classes = list_image_folder(root)
-        if classes is not None and classes != self.classes:
-            raise ValueError(f"classes of {root} differ from the reference class list")
+        if classes is not None:
+            self.samples, self.classes = labels_by_name(self.samples, self.classes, classes, root), list(classes)
         self.resize, self.crop = resize, crop
 
     def __len__(self) -> int:
@@ -179,12 +194,7 @@ class ImageNetCFolder(Dataset):
         mapped onto it by name (it may lack some), a class outside it is an error."""
         self.samples, found = list_image_folder(root)
         if classes is not None:
-            unknown = sorted(set(found) - set(classes))
-            if unknown:
-                raise ValueError(f"{root} has class folder(s) {unknown[:5]} not in the evaluation's "
-                                 f"class list ({len(classes)} classes)")
-            index = {c: i for i, c in enumerate(classes)}
-            self.samples = [(p, index[found[t]]) for p, t in self.samples]
+            self.samples = labels_by_name(self.samples, found, classes, root)
         self.crop = crop
 
     def __len__(self) -> int:

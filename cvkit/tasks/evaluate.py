@@ -41,9 +41,9 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
         task = ClassificationTask(**hp)
         task.load_state_dict(ckpt["state_dict"], strict=True)
         dm_hp = dict(ckpt.get("datamodule_hyper_parameters", {}))
-        classes = (ckpt.get("ClassificationDataModule") or {}).get("classes")
+        classes = recorded_classes(ckpt)
         if classes is not None:  # the training classes in label order (checkpoints since 2026-11-28)
-            dm_hp["classes"] = list(classes)
+            dm_hp["classes"] = classes
         return task, dm_hp
     if model_name is None:
         raise OptionError(f"{path} holds plain model weights: pass --model <preset name>")
@@ -55,6 +55,40 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
             raise ValueError(f"cannot build {model_name!r} for {path}: {e.reason}") from None
         raise model_kwargs_error(model_name, model_kwargs, e, "--model-arg") from None
     return task, {}
+
+
+def recorded_classes(ckpt: dict) -> list[str] | None:
+    """The class names in label order that a checkpoint's datamodule recorded
+    (``ClassificationDataModule.state_dict``). Lightning keys the state by the datamodule's class
+    name, so a subclass's is found by its content: the one entry holding a ``classes`` list."""
+    found = [v["classes"] for v in ckpt.values()
+             if isinstance(v, dict) and isinstance(v.get("classes"), list)
+             and all(isinstance(c, str) for c in v["classes"])]
+    return list(found[0]) if len(found) == 1 else None
+
+
+def class_mismatch(trained: list[str], here: list[str], data, checkpoint) -> str | None:
+    """Why the class folders ``here`` of ``data`` cannot be labelled as ``checkpoint`` was trained
+    (``trained``, label order), or None when they are the same list."""
+    if trained == here:
+        return None
+    i = next((i for i, (a, b) in enumerate(zip(trained, here)) if a != b),
+             min(len(trained), len(here)))  # one list continues the other
+    return (f"the class folders of {data} are not the classes {checkpoint} was trained on: label "
+            f"{i} is {here[i] if i < len(here) else None!r} there, "
+            f"{trained[i] if i < len(trained) else None!r} in training "
+            f"({len(set(trained) - set(here))} training classes missing)")
+
+
+def unknown_classes(trained: list[str], here, data, checkpoint) -> str | None:
+    """Why class folders ``here`` of ``data`` cannot be mapped by name onto the classes
+    ``checkpoint`` was trained on (some are not among them), or None when all are."""
+    unknown = sorted(set(here) - set(trained))
+    if not unknown:
+        return None
+    return (f"{data} has class folder(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that "
+            f"{checkpoint} was not trained on ({len(unknown)} of {len(set(here))}; its "
+            f"{len(trained)} classes begin {trained[:3]})")
 
 
 def _is_detection_checkpoint(ckpt) -> bool:
@@ -101,14 +135,9 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
         raise ValueError(f"{data} has {len(dm.test_set.classes)} class folders but the checkpoint's "
                          f"head has {n_head} classes")
     trained = dm_hp.get("classes")
-    if trained is not None and trained != dm.test_set.classes:  # labels would mean other classes
-        here = dm.test_set.classes
-        i = next((i for i, (a, b) in enumerate(zip(trained, here)) if a != b),
-                 min(len(trained), len(here)))  # one list continues the other
-        raise ValueError(f"the class folders of {data} are not the classes {checkpoint} was trained "
-                         f"on: label {i} is {here[i] if i < len(here) else None!r} there, "
-                         f"{trained[i] if i < len(trained) else None!r} in training "
-                         f"({len(set(trained) - set(here))} training classes missing)")
+    why = None if trained is None else class_mismatch(trained, dm.test_set.classes, data, checkpoint)
+    if why:  # labels would mean other classes
+        raise ValueError(why)
     with option_errors():  # an unknown accelerator or precision
         trainer = Trainer(accelerator=accelerator, devices=1, logger=False, precision=precision,
                           enable_checkpointing=False, enable_model_summary=False)
