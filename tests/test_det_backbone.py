@@ -68,6 +68,42 @@ def test_frozen_stages_independent_of_out_indices_survive_a_training_step(
             assert torch.equal(b, buffers[name]) == (name.split(".")[0] in frozen_top), name
 
 
+def test_frozen_vit_blocks_go_to_eval_but_the_trainable_blocks_keep_drop_path():
+    """pos_embed / cls_token sit on the ViT itself: freezing them must not put the whole ViT (and
+    the stochastic depth of its trainable blocks) into eval mode."""
+    backbone = _build(model_name="vit_tiny_patch16", out_indices=(3,), frozen_stages=1,
+                      model_kwargs=dict(dynamic_img_size=True, drop_path_rate=0.5))
+    net = backbone.body.model
+    assert not net.pos_embed.requires_grad and not net.blocks[1].attn.qkv.weight.requires_grad
+    assert all(p.requires_grad for p in net.blocks[2].parameters())
+    backbone.train()
+    assert net.training
+    assert not any(m.training for m in [*net.patch_embed.modules(), *net.blocks[0].modules(),
+                                        *net.blocks[1].modules()])
+    assert all(m.training for m in [*net.blocks[2].modules(), *net.blocks[3].modules()])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # drop path still draws: two training-mode passes differ
+        assert not torch.equal(backbone(x)[0], backbone(x)[0])
+
+
+def test_frozen_stages_stay_in_eval_after_sync_batchnorm_conversion():
+    """Lightning's ``sync_batchnorm=True`` / mmengine's ``sync_bn='torch'`` replace every BatchNorm
+    object; the frozen stages' new norm layers must still keep their statistics."""
+    backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3, 4), frozen_stages=1)
+    backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
+    backbone.train()
+    net = backbone.body.model
+    frozen_norms = [net.bn1, *(m for m in net.layer1.modules()
+                               if isinstance(m, torch.nn.SyncBatchNorm))]
+    assert all(isinstance(m, torch.nn.SyncBatchNorm) and not m.training for m in frozen_norms)
+    assert isinstance(net.layer2[0].bn1, torch.nn.SyncBatchNorm) and net.layer2[0].bn1.training
+    before = [m.running_mean.clone() for m in frozen_norms]
+    backbone(torch.randn(2, 3, 64, 64))  # one process: SyncBatchNorm runs as BatchNorm
+    for m, mean in zip(frozen_norms, before):
+        torch.testing.assert_close(m.running_mean, mean)
+    assert not torch.equal(net.layer2[0].bn1.running_mean, torch.zeros(128))
+
+
 def test_norm_eval_keeps_every_batchnorm_in_eval():
     backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3, 4), norm_eval=True)
     backbone.train()

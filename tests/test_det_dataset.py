@@ -22,16 +22,17 @@ def _subset(det_root: Path, out: Path, n_images: int = 3) -> dict:
             "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
 
 
-def _dataset(root: Path, coco: dict, test_mode: bool = False, **kwargs):
+def _dataset(root: Path, coco: dict | str, test_mode: bool = False, classes=CLASSES, **kwargs):
+    """The dataset over ``coco`` written to ``root/ann.json`` (a str: the file's text as is)."""
     from cvkit.tasks.detection import load_det_config  # registers cvkit.det and mmdet scope
     from mmdet.registry import DATASETS
 
     load_det_config({})
-    (root / "ann.json").write_text(json.dumps(coco))
+    (root / "ann.json").write_text(coco if isinstance(coco, str) else json.dumps(coco))
     pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True),
                 dict(type="PackDetInputs")]
     return DATASETS.build(dict(type="CvkitCocoDataset", data_root=str(root), ann_file="ann.json",
-                               data_prefix=dict(img="img/"), metainfo=dict(classes=CLASSES),
+                               data_prefix=dict(img="img/"), metainfo=dict(classes=classes),
                                pipeline=pipeline, test_mode=test_mode, **kwargs))
 
 
@@ -87,6 +88,33 @@ def test_empty_category_list_and_unknown_classes_are_errors(det_root, tmp_path):
     renamed = [{**c, "name": "disc"} if c["name"] == "circle" else c for c in coco["categories"]]
     with pytest.raises(ValueError, match=r"classes \['circle'\] .* not among the file's categories"):
         _dataset(tmp_path, {**coco, "categories": renamed})
+
+
+def test_classes_in_another_order_than_the_file_are_an_error_naming_both(det_root, tmp_path):
+    """mmdet's CocoDataset and CocoMetric number labels in the file's category order: config
+    classes in another order would name every label wrongly. A subset in the file's order loads."""
+    coco = _subset(det_root, tmp_path)
+    in_file_order = r"\['circle', 'triangle', 'square', 'star', 'cross'\]"
+    with pytest.raises(ValueError, match=r"ann\.json: .*classes .* \['cross', 'star', 'square', "
+                                         r"'triangle', 'circle'\] are not in the file's category "
+                                         rf"order {in_file_order}"):
+        _dataset(tmp_path, coco, classes=CLASSES[::-1])
+    ds = _dataset(tmp_path, coco, classes=("triangle", "star"))
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    by_image = {}
+    for a in coco["annotations"]:
+        if names[a["category_id"]] in ("triangle", "star"):
+            by_image.setdefault(a["image_id"], []).append(names[a["category_id"]])
+    for i in range(len(ds)):
+        info = ds.get_data_info(i)
+        shown = [ds.metainfo["classes"][inst["bbox_label"]] for inst in info["instances"]]
+        assert shown == by_image.get(info["img_id"], [])
+
+
+def test_invalid_annotation_json_is_a_value_error_naming_the_file(det_root, tmp_path):
+    text = json.dumps(_subset(det_root, tmp_path))
+    with pytest.raises(ValueError, match=r"ann\.json: not a valid JSON file \(Expecting"):
+        _dataset(tmp_path, text[:len(text) // 2])  # truncated, as by an interrupted copy
 
 
 def test_missing_annotation_file_is_named(tmp_path):

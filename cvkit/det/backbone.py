@@ -21,7 +21,6 @@ from typing import Mapping, Sequence
 import torch
 from mmengine.model import BaseModule
 from mmdet.registry import MODELS
-from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from cvkit.tool_errors import OptionError
@@ -148,7 +147,7 @@ class CvkitBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.probe_size = probe_size
-        self._frozen_modules: list[nn.Module] = []
+        self._frozen_module_names: list[str] = []
         self._freeze_stages()
 
     # -- freezing -----------------------------------------------------------------------------
@@ -189,22 +188,29 @@ class CvkitBackbone(BaseModule):
         return {n for (n, _), g in zip(named, grads) if g is not None}
 
     def _freeze_stages(self) -> None:
+        """Freeze the parameters feeding feature ``frozen_stages`` and record, by name, the modules
+        that ``train()`` keeps in eval mode: those whose whole parameter tree is frozen (with their
+        parameter-free children such as DropPath / Dropout), never one with a trainable
+        descendant (a ViT holds ``pos_embed`` itself, yet its later blocks train)."""
         if self.frozen_stages < 0:
             return
         frozen = self._params_feeding(self.frozen_stages)
         for name, param in self.body.named_parameters():
             if name in frozen:
                 param.requires_grad_(False)
-        self._frozen_modules = [
-            m for m in self.body.modules()
-            if any(True for _ in m.parameters(recurse=False))
-            and all(not p.requires_grad for p in m.parameters(recurse=False))]
+        self._frozen_module_names = [
+            name for name, m in self.body.named_modules()
+            if any(True for _ in m.parameters())
+            and all(n in frozen for n, _ in m.named_parameters(prefix=name))]
 
     def train(self, mode: bool = True) -> "CvkitBackbone":
         super().train(mode)
         if mode:
-            for m in self._frozen_modules:
-                m.eval()
+            # looked up by name each time: SyncBatchNorm conversion replaces the module objects
+            frozen = set(self._frozen_module_names)
+            for name, m in self.body.named_modules():
+                if name in frozen:
+                    m.eval()
             if self.norm_eval:
                 for m in self.body.modules():
                     if isinstance(m, _BatchNorm):

@@ -11,14 +11,17 @@ in mmdet's ``DATASETS``) checks the annotation file when it loads and, per ``on_
   ``max_runtime_skips`` (then the run stops with the count and the last error);
 * ``'error'``: raises at the first bad sample, naming the file, annotation id and problem.
 
-An empty category list, configured classes missing from the file, or a missing annotation file are
-always errors; so are missing image files of an evaluation split (``test_mode=True``: val/test),
+An empty category list, configured classes missing from the file or listed in another order than
+the file's (mmdet's ``CocoDataset`` and ``CocoMetric`` number labels in the file's category order,
+so the names would be wrong), or an annotation file that is missing or not valid JSON are always
+errors; so are missing image files of an evaluation split (``test_mode=True``: val/test),
 whatever ``on_bad_sample`` says: ``CocoMetric`` evaluates every image of the annotation file, so a
 skipped image would silently lower the AP (all its objects missed). The error gives how many are
 missing and names the first ones. Boxes outside their image are skipped there as in training.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os.path as osp
 from collections import Counter
@@ -38,7 +41,11 @@ class _CheckedCOCO(COCO):
     def __init__(self, annotation_file: str):
         if not osp.isfile(annotation_file):
             raise FileNotFoundError(f"COCO annotation file not found: {annotation_file!r}")
-        super().__init__(annotation_file)
+        try:
+            super().__init__(annotation_file)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # both ValueErrors: a user error
+            raise ValueError(f"{annotation_file}: not a valid JSON file ({e}) - is it truncated, "
+                             "e.g. by an interrupted copy or download?") from e
         if not self.dataset.get("categories"):
             raise ValueError(f"{annotation_file}: the COCO 'categories' list is empty - a detector "
                              "needs at least one category")
@@ -100,6 +107,14 @@ class CvkitCocoDataset(CocoDataset):
         if missing:
             raise ValueError(f"{self.ann_file}: classes {missing} of the dataset config (metainfo) "
                              f"are not among the file's categories {self._file_categories}")
+        classes = list(self.metainfo["classes"])
+        label_order = [self._file_categories[cat_id] for cat_id in self.cat_ids]
+        if label_order != classes:
+            # mmdet's CocoDataset and CocoMetric both number labels in the file's category order
+            raise ValueError(f"{self.ann_file}: the dataset config's classes (metainfo) {classes} "
+                             f"are not in the file's category order {label_order}; labels follow "
+                             "the file's order, so the names would be wrong - list metainfo "
+                             "classes in the file's order")
         data_list = [d for d in data_list if not d.pop("_bad_image", False)]
         self._log_summary()
         return data_list
