@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import stat
 from collections import OrderedDict
 from pathlib import Path
@@ -589,3 +590,35 @@ def test_convert_tool_misspelt_model_arg_is_one_line_naming_key_and_model(tmp_pa
     assert len(err) == 1 and err[0].startswith("error: --model-arg"), err
     assert "'globl_pool'" in err[0] and "'resnet18'" in err[0], err
     assert not out.exists()
+
+
+def test_features_only_ignores_only_what_its_pruning_removed(tmp_path):
+    """A features_only model ignores the checkpoint keys of the layers it pruned (later stages or
+    blocks, pooling, classifier); a checkpoint of another network (deeper stages, ECA modules,
+    hyper-connections) is an error naming the keys, as for the whole model, also when the backbone
+    is built through timm and loaded afterwards (the detection backbone's init_weights)."""
+    def saved(name, **kw):
+        path = tmp_path / f"{name}.pth"
+        torch.save(_randomise_bn(cvkit.create_model(name, **kw)).state_dict(), path)
+        return path
+
+    r18 = saved("resnet18")
+    feats = cvkit.create_model("resnet18", features_only=True, out_indices=(1, 2), checkpoint_path=r18)
+    full = cvkit.create_model("resnet18", checkpoint_path=r18).eval()
+    with torch.no_grad():
+        got = feats.eval()(_x())
+        want = full.forward_intermediates(_x(), indices=(1, 2), intermediates_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    vit = saved("vit_tiny_patch16", img_size=32)
+    cvkit.create_model("vit_tiny_patch16", img_size=32, features_only=True, out_indices=(2,),
+                       checkpoint_path=vit)  # blocks 3-11, norm and head pruned
+    for other, name, kw, missing in [
+            (saved("resnet34"), "resnet18", {}, "96 unexpected keys (layer1.2.conv1.weight"),
+            (saved("eca_resnet18"), "resnet18", {}, "8 unexpected keys (layer1.0.eca.conv.weight"),
+            (saved("vit_tiny_patch16_hc2", img_size=32), "vit_tiny_patch16", {"img_size": 32},
+             "unexpected keys (blocks.0.hc_attn")]:
+        with pytest.raises(CheckpointError, match=re.escape(missing)):
+            cvkit.create_model(name, features_only=True, checkpoint_path=other, **kw)
+        backbone = timm.create_model(f"cvkit_{name}", features_only=True, **kw)
+        with pytest.raises(CheckpointError, match=re.escape(missing)):
+            cvkit.load_checkpoint(backbone, other)

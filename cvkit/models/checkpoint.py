@@ -137,11 +137,14 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
     ``reset_head``: the model keeps its freshly initialised classifier when the checkpoint's has
     another size or the checkpoint has none. A model without a classifier (``num_classes=0``)
     ignores the checkpoint's, as timm does. A ``features_only`` wrapper is loaded through its
-    ``model``; the keys of the layers it pruned (classifier, pooling, later stages) are ignored.
+    ``model``; the keys of the layers it pruned (classifier, pooling, later stages:
+    :func:`cvkit.models.pruning.pruned_away`) are ignored, any other key it lacks is unexpected.
     A ViT checkpoint of another image or patch size is resampled to the model's
     (:func:`~cvkit.models.convert.fit_to_model`).
     """
     from timm.models._features import FeatureGetterNet
+
+    from cvkit.models.pruning import pruned_away
 
     pruned = isinstance(model, FeatureGetterNet)
     target = model.model if pruned else model
@@ -170,7 +173,10 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
     did_reset = did_reset or bool(headless and reset_head)
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")
                and not (did_reset and k in own_head)]
-    unexpected = [] if pruned else [k for k in sd if k not in own]
+    # a features_only model ignores what its pruning removed (cvkit.models.pruning), nothing else;
+    # a wrapper of a model that does not record it ignores every key it lacks
+    unexpected = [k for k in sd if k not in own
+                  and not (pruned and pruned_away(target, k) in (True, None))]
     mismatched = [f"{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}"
                   for k in sd if k in own and sd[k].shape != own[k].shape]
     problems = []

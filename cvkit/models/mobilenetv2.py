@@ -25,6 +25,7 @@ from timm.models._features import feature_take_indices
 from cvkit.layers.eca import EcaModule, check_eca_k_size
 from cvkit.models.eca_residual import eca_residual
 from cvkit.models.heads import create_pool
+from cvkit.models.pruning import records_pruned_keys
 from cvkit.models.streams import run_blocks, stream_spec
 
 # t (expansion), c (channels), n (blocks), s (stride of the first block): the paper's Table 2
@@ -200,6 +201,7 @@ class MobileNetV2(nn.Module):
         x, intermediates = run_blocks(run, x, self.spec, self.grad_checkpointing, take=blocks)
         return intermediates if intermediates_only else (x, intermediates)
 
+    @records_pruned_keys
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         take, max_index = feature_take_indices(len(FEATURE_BLOCKS), indices)

@@ -27,6 +27,7 @@ from timm.models._features import feature_take_indices
 from cvkit.layers.eca import EcaModule, check_eca_k_size
 from cvkit.models.eca_residual import eca_residual
 from cvkit.models.heads import create_pool
+from cvkit.models.pruning import records_pruned_keys
 from cvkit.models.streams import StreamSpec, run_blocks, stream_spec
 
 ARCH = {
@@ -285,6 +286,7 @@ class ResNet(nn.Module):
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)
 
+    @records_pruned_keys
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         take, max_index = feature_take_indices(5, indices)

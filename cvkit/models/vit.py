@@ -29,6 +29,7 @@ from timm.models.vision_transformer import Block, VisionTransformer as TimmVisio
 from timm.models.vision_transformer import init_weights_vit_timm
 
 from cvkit.models.heads import TokenCovariancePool
+from cvkit.models.pruning import records_pruned_keys
 from cvkit.models.streams import StreamSpec, connection_no_weight_decay, stream_spec
 
 ARCH = {"tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -180,6 +181,11 @@ class VisionTransformer(TimmVisionTransformer):
         device = self.cls_token.device
         self.head = (nn.Linear(self.head_hidden_size, num_classes, device=device)
                      if num_classes else nn.Identity())
+
+    @records_pruned_keys
+    def prune_intermediate_layers(self, *args, **kwargs) -> list[int]:
+        """timm's, recording the keys it removes (``pruned_keys``)."""
+        return super().prune_intermediate_layers(*args, **kwargs)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
