@@ -622,3 +622,54 @@ def test_features_only_ignores_only_what_its_pruning_removed(tmp_path):
         backbone = timm.create_model(f"cvkit_{name}", features_only=True, **kw)
         with pytest.raises(CheckpointError, match=re.escape(missing)):
             cvkit.load_checkpoint(backbone, other)
+
+
+def test_features_only_keeps_the_trained_backbone_options_not_the_head(tmp_path):
+    """A training checkpoint's model_kwargs build its backbone (hyper-connections: the trained
+    connections give the trained maps) but not its head: the GCP run's stride-1 last stage and
+    covariance pooling are the classifier's, pruned from a features_only backbone."""
+    torch.manual_seed(0)
+    kwargs = {"hc_rate": 2, "hc_dynamic": True, "global_pool": "gcp", "gcp_dim": 16}
+    trained = _randomise_bn(cvkit.create_model("eca_resnet18", num_classes=5, **kwargs))
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if ".streams." in name:  # trained connections, not their initial values
+                p.add_(0.3 * torch.randn_like(p))
+    path = tmp_path / "hc.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()},
+                "hyper_parameters": {"model_name": "eca_resnet18", "num_classes": 5,
+                                     "model_kwargs": kwargs}}, path)
+    feats = cvkit.create_model("eca_resnet18", features_only=True, checkpoint_path=path).eval()
+    assert feats.feature_info.reduction()[-1] == 32  # the preset's strides, not the GCP run's
+    with torch.no_grad():
+        got = feats(_x())
+        want = trained.eval().forward_intermediates(_x(), intermediates_only=True)
+    for i in range(4):  # stem and stages 1-3 (stage 4 has another stride in the GCP run)
+        assert torch.equal(got[i], want[i])
+    plain = tmp_path / "hc_weights.pth"  # weights only: which options is a hint, not a key dump
+    torch.save(trained.state_dict(), plain)
+    with pytest.raises(CheckpointError, match="has hyper-/frac-connections: build the model with "
+                                              "the hc_rate"):
+        cvkit.create_model("eca_resnet18", features_only=True, checkpoint_path=plain)
+
+
+def test_head_options_without_the_head_and_misplaced_out_indices_are_errors(tmp_path):
+    """gcp_dim / gcp_iters without the iSQRT-COV head, out_indices without features_only: errors
+    naming them (they were ignored); a GAP checkpoint starts a GCP model with the hint's
+    strict=False, reset_head=True; a compiled model loads a checkpoint into its weights."""
+    for name, kw in [("resnet18", {"gcp_dim": 128}), ("mobilenetv2", {"gcp_iters": 3}),
+                     ("vit_tiny_patch16", {"gcp_dim": 64, "img_size": 32})]:
+        with pytest.raises(ValueError, match=r"given to a model without the iSQRT-COV head"):
+            cvkit.create_model(name, **kw)
+    assert cvkit.create_model("resnet18", global_pool="gcp", gcp_dim=16).global_pool.dim == 16
+    gap = tmp_path / "r18.pth"
+    torch.save(_randomise_bn(cvkit.create_model("resnet18")).state_dict(), gap)
+    with pytest.raises(ValueError, match=r"out_indices=\(1, 2\) is for features_only=True"):
+        cvkit.create_model("resnet18", checkpoint_path=gap, out_indices=(1, 2))
+    with pytest.raises(CheckpointError, match="strict=False, reset_head=True"):
+        cvkit.create_model("resnet18_gcp", checkpoint_path=gap)
+    gcp = cvkit.create_model("resnet18_gcp", checkpoint_path=gap, strict=False, reset_head=True)
+    assert torch.equal(gcp.conv1.weight, torch.load(gap)["conv1.weight"])
+    compiled = torch.compile(cvkit.create_model("resnet18"))
+    cvkit.load_checkpoint(compiled, gap)
+    assert torch.equal(compiled.conv1.weight, torch.load(gap)["conv1.weight"])

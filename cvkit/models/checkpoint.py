@@ -146,6 +146,7 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
 
     from cvkit.models.pruning import pruned_away
 
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper shares the weights
     pruned = isinstance(model, FeatureGetterNet)
     target = model.model if pruned else model
     sd = fit_to_model(to_cvkit(state_dict), target)
@@ -223,9 +224,20 @@ def _hints(mismatched: list[str], missing: list[str], unexpected: list[str],
                       "(or a *_gcp preset as --model)"))
     elif any(k.startswith(("global_pool.reduce.", "gcp.")) for k in missing):
         hints.append(("the model has an iSQRT-COV head the checkpoint lacks: build it without "
-                      "global_pool='gcp', or load with strict=False to train the head from scratch",
+                      "global_pool='gcp', or load with strict=False, reset_head=True to train the "
+                      "head and a new classifier from scratch",
                       "the model has an iSQRT-COV head the checkpoint lacks: give a --model "
                       "without _gcp and no --model-arg global_pool=gcp"))
+    streams = (".streams.", ".hc_attn.", ".hc_mlp.")  # CNN blocks' / ViT sub-layers' connections
+    if any(s in k for k in unexpected for s in streams):
+        hints.append(("the checkpoint has hyper-/frac-connections: build the model with the "
+                      "hc_rate / fc_rate (hc_dynamic) it was trained with (or its *_hc preset)",
+                      "the checkpoint has hyper-/frac-connections: pass --model-arg hc_rate=N "
+                      "(fc_rate, hc_dynamic) as it was trained, or its *_hc preset as --model"))
+    elif any(s in k for k in missing for s in streams):
+        hints.append(("the model has hyper-/frac-connections the checkpoint lacks: build it "
+                      "without hc_rate / fc_rate", "the model has hyper-/frac-connections the "
+                      "checkpoint lacks: give a --model without them"))
     if headless and set(headless) <= set(missing):
         hints.append(("the checkpoint has no classifier: pass reset_head=True to keep a new one, "
                       "or num_classes=0 for none",

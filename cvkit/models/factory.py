@@ -28,15 +28,21 @@ def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict[str,
     return out
 
 
+HEAD_KWARGS = ("global_pool", "gcp_dim", "gcp_iters", "num_classes", "drop_rate")
+"""Model keywords of the classification head (pooling, classifier), which ``features_only`` prunes."""
+
+
 def checkpoint_arguments(preset, state_dict: dict, overrides: dict, trained_with: dict | None = None,
                          features_only: bool = False) -> dict[str, Any]:
     """What a (cvkit-named) checkpoint fixes for ``preset`` built with ``overrides``: the
-    ``model_kwargs`` a cvkit training checkpoint was trained with (``trained_with``; not for
-    ``features_only``: a backbone keeps the preset's layout, a GCP run's stride-1 layer4 would
-    halve a detector's C5 stride), then the ECA kernel sizes, the GCP width and the number of
-    classes where its tensors have them (whether it has ECA / a GCP head: from ``overrides``, then
-    those model_kwargs). ``overrides`` win where the caller applies the result."""
-    inherited = {} if features_only else dict(trained_with or {})
+    ``model_kwargs`` a cvkit training checkpoint was trained with (``trained_with``; for
+    ``features_only`` all but the head's, which pruning removes: a GCP run's stride-1 layer4 would
+    halve a detector's C5 stride, while hyper-connections or ECA sizes are the backbone's), then
+    the ECA kernel sizes, the GCP width and the number of classes where its tensors have them
+    (whether it has ECA / a GCP head: from ``overrides``, then those model_kwargs). ``overrides``
+    win where the caller applies the result."""
+    inherited = {k: v for k, v in (trained_with or {}).items()
+                 if not (features_only and k in HEAD_KWARGS)}
     arch = {**preset.kwargs, **inherited, **overrides}
     out = infer_arch_overrides(state_dict, preset.family, arch.get("eca", False),
                                arch.get("global_pool") == "gcp")
@@ -66,7 +72,8 @@ def create_model(name: str, num_classes: int | None = None, checkpoint_path=None
     value with a checkpoint is an error unless ``reset_head=True``. ``checkpoint_path``: any format
     of :mod:`cvkit.models.convert`; architecture arguments the checkpoint fixes (ECA kernel sizes,
     the GCP width; for a cvkit training checkpoint of this preset, the ``model_kwargs`` it was
-    trained with, e.g. ``global_pool='gcp', gcp_iters=3``, except with ``features_only``) are
+    trained with, e.g. ``global_pool='gcp', gcp_iters=3``; with ``features_only`` all but the
+    head's, :data:`HEAD_KWARGS`) are
     read from it unless given. ``features_only``: a timm ``FeatureGetterNet``
     returning the stage maps (``out_indices=`` selects them). ``overrides``: any constructor
     argument (``eca_k_size=(3, 5, 5, 7)``, ``gcp_dim=128``, ``hc_dynamic=True``, ``img_size=...``).
@@ -91,6 +98,9 @@ def model_from_state(name: str, state_dict: dict, source: str, features_only: bo
     caller that looked at them first does not read the file twice."""
     preset = get_preset(name)
     out_indices = overrides.pop("out_indices", None)
+    if out_indices is not None and not features_only:
+        raise ValueError(f"out_indices={out_indices!r} is for features_only=True (the feature maps "
+                         f"it returns); {name} without it is a classifier")
     state_dict = to_cvkit(state_dict)
     for key, value in checkpoint_arguments(preset, state_dict, overrides, trained_with,
                                            features_only).items():

@@ -142,6 +142,12 @@ def model_kwargs(preset: Preset, overrides: dict[str, Any]) -> dict[str, Any]:
     """The constructor arguments of ``preset`` with the user's ``overrides`` applied."""
     kwargs = dict(preset.kwargs)
     kwargs.update(overrides)
+    head_only = [k for k in ("gcp_dim", "gcp_iters") if k in overrides]
+    if head_only and kwargs.get("global_pool") != "gcp":  # the model would ignore them
+        raise ValueError(f"{', '.join(f'{k}={overrides[k]!r}' for k in head_only)} given to a "
+                         f"model without the iSQRT-COV head (global_pool="
+                         f"{kwargs.get('global_pool', 'the default')!r}): use a *_gcp preset or "
+                         f"pass global_pool='gcp'")
     if preset.family == "vit":
         from cvkit.models.vit import ARCH
 
