@@ -191,3 +191,45 @@ print("batch", tuple(images.shape), len(bad))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "batch (4, 3, 32, 32) 0" in done.stdout
+
+
+def test_flip_is_drawn_independently_of_the_crop(tmp_path):
+    """Seeded per sample (index, epoch), the flip is a fair coin whatever the crop: the crop's
+    area (read from a picture whose red names the column) and the flip are uncorrelated. With
+    albumentations' set_random_seed every op drew the same first number, so only crops smaller
+    than about half the image were ever mirrored (correlation -0.7)."""
+    from cvkit.data.transforms import train_transform
+
+    cols = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    img = np.stack([cols, cols.T, np.full_like(cols, 128)], -1)
+    (tmp_path / "c").mkdir()
+    Image.fromarray(img).save(tmp_path / "c" / "g.png")
+    ds = ImageFolderDataset(tmp_path, transform=train_transform(32, normalize=False), seed=0)
+    flips, widths = [], []
+    for epoch in range(600):
+        red = ds[(0, epoch)][0][0].float()
+        left, right = red[:, 0].mean(), red[:, -1].mean()
+        flips.append(bool(left > right))
+        widths.append(float(abs(right - left)))  # the crop's width in source columns
+    flips, widths = np.array(flips), np.array(widths)
+    assert 0.42 < flips.mean() < 0.58
+    assert abs(np.corrcoef(flips, widths)[0, 1]) < 0.15
+    assert widths[flips].max() > 200 and widths[~flips].min() < 100  # large crops are mirrored too
+    again = ImageFolderDataset(tmp_path, transform=train_transform(32, normalize=False), seed=0)
+    assert torch.equal(again[(0, 5)][0], ds[(0, 5)][0])  # still deterministic per (index, epoch)
+
+
+def test_decode_keeps_the_stored_orientation_as_pil(tmp_path):
+    """A JPEG whose EXIF says "rotate 90°" decodes as stored, as PIL (the papers' loader and the
+    corruption tools) reads it: OpenCV alone would rotate it."""
+    img = np.zeros((60, 120, 3), np.uint8)
+    img[:, :40] = 255  # a white left third
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(img).save(path, exif=exif.tobytes(), quality=95)
+    ours = decode_image(path)
+    with Image.open(path) as im:
+        pil = np.asarray(im.convert("RGB"))
+    assert ours.shape == pil.shape == (60, 120, 3)
+    assert np.abs(ours.astype(int) - pil.astype(int)).max() <= 2

@@ -14,6 +14,7 @@ the first batch not yet consumed of an unfinished one — so the resumed run sta
 from __future__ import annotations
 
 import os
+import random
 import re
 import warnings
 from pathlib import Path
@@ -82,7 +83,9 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
         # fast path: the EOI is at the end; else walk the segments (data may follow the EOI)
         if b"\xff\xd9" not in buf[-64:].tobytes() and not _jpeg_reaches_eoi(buf.tobytes()):
             raise BadImageError(f"truncated JPEG file {path}")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    # the stored pixels, as PIL (the papers' loader, cvkit's corruption tools) reads them: OpenCV
+    # would apply the EXIF orientation (a rotated photo would differ between the two)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buf.size else None
     if img is None:
         raise BadImageError(f"not a decodable image file {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -144,9 +147,12 @@ class ImageFolderDataset(Dataset):
             warnings.warn(f"skipping {e} (set strict=True to stop instead)", stacklevel=1)
             return {"bad_file": path}
         if self.transform is not None:
-            if epoch is not None and hasattr(self.transform, "set_random_seed"):
-                seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
-                self.transform.set_random_seed(int(seed))
+            if epoch is not None and hasattr(self.transform, "set_random_state"):
+                seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+                # one stream shared by every op: albumentations' set_random_seed(seed) gives each op
+                # its own generator from the same seed, so their first draws are equal (the flip
+                # was tied to the crop's area: no large crop was ever mirrored)
+                self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
             img = self.transform(image=img)["image"]
         return img, target
 
