@@ -34,6 +34,20 @@ def test_corruption_inserted_after_loading(wrapped):
     assert len((orig.dataset if wrapped else orig).pipeline) == 3  # the input config is untouched
 
 
+def test_corruption_reaches_every_dataset_a_wrapper_holds():
+    """ConcatDataset (``datasets``) and a wrapper with its own pipeline (MultiImageMixDataset):
+    the corruption goes after LoadImageFromFile of every wrapped dataset, where images load."""
+    cfg = Config(dict(test_dataloader=dict(batch_size=1, dataset=dict(
+        type="ConcatDataset", datasets=[_cfg().test_dataloader.dataset, dict(
+            type="MultiImageMixDataset", dataset=_cfg().test_dataloader.dataset,
+            pipeline=[dict(type="PackDetInputs")])]))))
+    out = with_corruption(cfg, "fog", 2).test_dataloader.dataset
+    for dataset in (out.datasets[0], out.datasets[1].dataset):
+        assert [t["type"] for t in dataset.pipeline] == ["LoadImageFromFile", "CorruptImage", "Resize",
+                                                          "PackDetInputs"]
+    assert out.datasets[1].pipeline == [dict(type="PackDetInputs")]
+
+
 def test_bad_configs():
     with pytest.raises(ValueError, match="severity must be an integer in 1..5"):
         with_corruption(_cfg(), "fog", 0)
@@ -312,3 +326,32 @@ def test_detection_comparability():
     assert coco_c_comparability({"channel_order": "rgb"}, {"complete": True})[0] is False
     assert coco_c_comparability({}, {"complete": True})[0] is False  # results before the option: rgb
     assert coco_c_comparability({"channel_order": "bgr"}, {"complete": False})[0] is False
+
+
+def test_trust_checkpoint_reads_a_runner_checkpoint(tmp_path, capsys):
+    """A checkpoint with pickled objects (as mmengine's Runner saves) fails with one line advising
+    --trust-checkpoint, which --task det has: with it the checkpoint reads and the run goes on
+    (here to the empty data root's missing annotation file). --task cls refuses it."""
+    import argparse
+
+    import torch
+
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    ckpt = tmp_path / "runner.pth"
+    torch.save({"state_dict": build_detector(load_det_config(FASTER)).state_dict(),
+                "message_hub": argparse.Namespace(epoch=3)}, ckpt)
+    (tmp_path / "empty").mkdir()
+    args = ["--task", "det", "--config", str(FASTER), "--checkpoint", str(ckpt), "--data-root",
+            str(tmp_path / "empty"), "--corruptions", "fog", "--severities", "1", "--device", "cpu",
+            "--no-progress"]
+    tool = _tool()
+    runs = [tool.main(args + ["--out", str(tmp_path / "a")]),
+            tool.main(args + ["--out", str(tmp_path / "b"), "--trust-checkpoint"])]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert runs == [1, 1] and len(err) == 2, (runs, err)
+    assert f"cannot load detector checkpoint {str(ckpt)!r}" in err[0] and "--trust-checkpoint" in err[0]
+    assert "cannot load detector checkpoint" not in err[1] and "instances_val.json" in err[1], err
+    assert tool.main(["--checkpoint", "x.ckpt", "--val", str(tmp_path), "--trust-checkpoint",
+                      "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "error: --trust-checkpoint does not apply to --task cls\n"

@@ -3,6 +3,7 @@
 set, the tools, and the same config and weights through mmdet's own APIs."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -507,3 +508,128 @@ def test_train_det_reads_a_runner_checkpoint_with_trust_checkpoint_and_names_res
     assert "`MPSAccelerator` can not run on your system" in err[1], err
     assert "--resume takes WORK_DIR/checkpoints/last.ckpt of tools/train_det.py" in err[2], err
     assert "--trust-checkpoint" not in err[2], err
+
+
+# -- devices, config options, config mistakes, dataset wrappers, clip_grad ------------------------
+def test_data_preprocessor_puts_the_batch_on_the_device_lightning_gives():
+    """Lightning moves the task with ``nn.Module.to`` (never mmengine's BaseDataPreprocessor.to,
+    where the preprocessor learns its device) and hands every batch to transfer_batch_to_device
+    with the device: the preprocessor's output is on it ('meta' stands in for a GPU)."""
+    from mmdet.testing import demo_mm_inputs
+
+    from cvkit.tasks.detection import DetectionTask
+
+    task = DetectionTask(FASTER)
+    meta = torch.device("meta")
+    task.to(meta)  # what Lightning's Strategy.model_to_device does
+    batch = demo_mm_inputs(1, image_shapes=(3, 64, 64), num_items=[2], num_classes=5)
+    batch = task.transfer_batch_to_device(batch, meta, 0)
+    data = task.detector.data_preprocessor(batch, True)
+    assert data["inputs"].device == meta
+    assert data["data_samples"][0].gt_instances.bboxes.device == meta
+
+
+def test_backbone_init_cfg_options_on_a_config_without_one(tmp_path, capsys):
+    """``--cfg-options model.backbone.init_cfg.checkpoint=FILE`` (docs/detection.md) on the
+    synthetic-set config, whose init_cfg is None, initialises the backbone from FILE (a
+    Pretrained init_cfg), and so does a whole init_cfg dict; the tool gets past the config."""
+    import cvkit
+    from cvkit.tasks.detection import DetectionTask
+
+    torch.manual_seed(3)
+    ckpt = tmp_path / "eca_resnet18.pth"
+    state = cvkit.create_model(BACKBONE).state_dict()
+    torch.save(state, ckpt)
+    for options in ({"model.backbone.init_cfg.checkpoint": str(ckpt)},
+                    {"model.backbone.init_cfg": {"type": "Pretrained", "checkpoint": str(ckpt)}}):
+        task = DetectionTask(FASTER, cfg_options=options)
+        assert dict(task.cfg.model.backbone.init_cfg) == {"type": "Pretrained", "checkpoint": str(ckpt)}
+        assert task.detector.backbone._loaded_from == str(ckpt)
+        assert torch.equal(task.detector.backbone.body.model.conv1.weight, state["conv1.weight"])
+    sys.path.insert(0, str(REPO / "tools"))
+    import train_det
+
+    rc = train_det.main(["--work-dir", str(tmp_path / "w"), "--epochs", "1", "--accelerator", "mps",
+                         "--cfg-options", f"model.backbone.init_cfg.checkpoint={ckpt}"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert rc == 2 and len(err) == 1 and "MPSAccelerator" in err[0], err  # past the config
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("model.backbone.frozen_stage=1", ["model.backbone (CvkitBackbone): ", "'frozen_stage'"]),
+    ("model.backbone.model_kwargs.eca_ksize=3", ["model.backbone (CvkitBackbone): ", "'eca_ksize'"]),
+    ("model.backbone.out_indices=(1,2,3,5)",
+     ["model.backbone (CvkitBackbone): feature index 5 is out of range (0 to 4)"]),
+    ("model.rpn_head.loss_bbox.type=NoSuchLoss", ["model.rpn_head.loss_bbox (NoSuchLoss): "]),
+    ("model.neck.in_channels=[64,128,256,1024]",
+     ["model.neck.in_channels=[64, 128, 256, 1024] does not match the output channels of "
+      "model.backbone (model_name 'eca_resnet18', out_indices (1, 2, 3, 4)): [64, 128, 256, 512]"]),
+])
+def test_config_mistakes_are_one_line_naming_the_entry(option, expected, tmp_path, capsys):
+    """A keyword or value a module refuses, an unknown type and a neck that does not fit the
+    backbone are one ``error:`` line naming the config file and entry, exit 2 (not a traceback
+    from deep inside mmengine or, for the neck, torch's first convolution)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import train_det
+
+    rc = train_det.main([str(FASTER), "--work-dir", str(tmp_path), "--epochs", "1",
+                         "--accelerator", "cpu", "--cfg-options", option,
+                         "train_dataloader.dataset.indices=2", "val_dataloader.dataset.indices=2"])
+    err = capsys.readouterr().err.splitlines()
+    lines = [ln for ln in err if ln.startswith("error: ")]
+    assert rc == 2 and len(lines) == 1, err[-5:]
+    assert lines[0].startswith(f"error: cannot build the detector of {FASTER}: "), lines
+    for text in expected:
+        assert text in lines[0], lines
+
+
+@pytest.mark.parametrize("wrapper", ["RepeatDataset", "ConcatDataset"])
+def test_data_root_reaches_the_datasets_inside_a_wrapper(wrapper, det_root, tmp_path):
+    """--data-root moves the datasets a RepeatDataset / ConcatDataset wraps (the wrapper takes no
+    data_root) and the evaluator's annotation file; the loader builds."""
+    from cvkit.tasks.detection import build_dataloader, load_det_config, set_data_root
+
+    cfg = load_det_config(FASTER)
+    inner = cfg.train_dataloader.dataset
+    cfg.train_dataloader.dataset = (dict(type=wrapper, times=2, dataset=inner)
+                                    if wrapper == "RepeatDataset"
+                                    else dict(type=wrapper, datasets=[inner, copy.deepcopy(inner)]))
+    set_data_root(cfg, str(det_root))
+    assert "data_root" not in cfg.train_dataloader.dataset
+    wrapped = cfg.train_dataloader.dataset
+    leaves = [wrapped.dataset] if wrapper == "RepeatDataset" else wrapped.datasets
+    assert all(leaf.data_root == os.path.join(str(det_root), "") for leaf in leaves)
+    assert cfg.val_evaluator.ann_file == os.path.join(str(det_root), "annotations/instances_val.json")
+    assert len(build_dataloader(cfg.train_dataloader).dataset) == 800  # 2 x the 400 images
+
+
+def test_clip_grad_follows_mmengine_semantics():
+    """optim_wrapper.clip_grad as mmengine's OptimWrapper applies it: max_norm in the given
+    norm_type (here the L1 norm of all-ones gradients becomes max_norm), type='value' clamps to
+    clip_value; a clip_grad the clipping function cannot take is one error naming it."""
+    import lightning as L
+
+    from cvkit.tasks.detection import DetectionTask
+    from cvkit.tool_errors import OptionError
+
+    def clipped(clip_grad, fill):
+        task = DetectionTask(FASTER, cfg_options={"optim_wrapper.clip_grad": clip_grad})
+        task.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                                 enable_model_summary=False)
+        optimizer = task.configure_optimizers()
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        for p in params:
+            p.grad = torch.full_like(p, fill)
+        task.configure_gradient_clipping(optimizer)
+        return torch.cat([p.grad.flatten() for p in params]).double()  # 12 M: fp32 sums drift
+
+    grads = clipped({"max_norm": 10.0, "norm_type": 1}, 1.0)
+    assert float(grads.abs().sum()) == pytest.approx(10.0, rel=1e-3)
+    grads = clipped({"max_norm": 10.0, "norm_type": 2}, 1.0)
+    assert float(grads.norm()) == pytest.approx(10.0, rel=1e-3)
+    grads = clipped({"_delete_": True, "type": "value", "clip_value": 0.5}, -2.0)
+    assert torch.all(grads == -0.5)
+    with pytest.raises(OptionError, match=r"optim_wrapper.clip_grad=.*'clip_value': 0.5.*"
+                                          r"clip_grad_value_: got an unexpected keyword argument "
+                                          r"'max_norm'"):
+        clipped({"type": "value", "clip_value": 0.5}, 1.0)  # merged into the inherited max_norm

@@ -19,6 +19,8 @@ options that only concern classifiers (--model, --model-arg, --imagenet-c, --val
 --resize, --crop, --jpeg-quality, --batch-size, --workers, --baseline) are refused there: the
 config's test_dataloader sets batch size and workers. --coco-c-channel-order bgr corrupts mmcv's
 BGR array as is, as the published COCO-C protocol does (default rgb; docs/robustness.md).
+--trust-checkpoint reads an mmengine Runner checkpoint (pickled objects: only files you trust),
+as tools/test_det.py does.
 --seed and --jpeg-quality concern on-the-fly corruption and are refused with --imagenet-c.
 Reports say whether the numbers are comparable with published ones (only the released
 ImageNet-C files at 224 px are, and COCO-C with --coco-c-channel-order bgr).
@@ -38,11 +40,12 @@ CLS_ONLY = {"model": "--model", "model_arg": "--model-arg", "imagenet_c": "--ima
             "val": "--val", "clean_val": "--clean-val", "resize": "--resize", "crop": "--crop",
             "jpeg_quality": "--jpeg-quality", "batch_size": "--batch-size", "workers": "--workers",
             "baseline": "--baseline"}
-DET_ONLY = {"config": "--config", "data_root": "--data-root", "coco_c_channel_order": "--coco-c-channel-order"}
+DET_ONLY = {"config": "--config", "data_root": "--data-root", "coco_c_channel_order": "--coco-c-channel-order",
+            "trust_checkpoint": "--trust-checkpoint"}
 #: Options of on-the-fly corruption, refused with --imagenet-c (its images are already corrupted)
 ON_THE_FLY_ONLY = {"seed": "--seed", "jpeg_quality": "--jpeg-quality"}
 CLS_DEFAULTS = {"batch_size": 64, "workers": 2}  # resize / crop: the checkpoint's (eval_sizes)
-DET_DEFAULTS = {"coco_c_channel_order": "rgb"}
+DET_DEFAULTS = {"coco_c_channel_order": "rgb", "trust_checkpoint": False}
 SEED = 0
 
 
@@ -58,6 +61,9 @@ def parse(argv=None):
     p.add_argument("--coco-c-channel-order", choices=["rgb", "bgr"], default=None,
                    help="--task det: corrupt the image as rgb (default) or mmcv's bgr array as is, as the "
                         "published COCO-C protocol does (comparable with its tables)")
+    p.add_argument("--trust-checkpoint", action="store_true", default=None,
+                   help="--task det: read --checkpoint with weights_only=False (mmengine Runner "
+                        "checkpoints hold pickled objects; only for files you trust)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--imagenet-c", default=None, help="released ImageNet-C root")
     src.add_argument("--val", default=None, help="ImageFolder val root, corrupted on the fly")
@@ -147,7 +153,8 @@ def main(argv=None) -> int:
                                       severities=args.severities, seed=args.seed, device=device,
                                       data_root=args.data_root, resume=not args.no_resume,
                                       progress=not args.no_progress,
-                                      channel_order=args.coco_c_channel_order)
+                                      channel_order=args.coco_c_channel_order,
+                                      trust_checkpoint=args.trust_checkpoint)
             from cvkit.robustness.report import write_detection_reports
             files = write_detection_reports(state, args.out)
             print(Path(files["markdown"]).read_text())

@@ -30,13 +30,14 @@ from cvkit.robustness.metrics import coco_c_summary
 from cvkit.tool_errors import OptionError
 
 
-def _test_pipeline(cfg) -> list:
-    dataset = cfg.test_dataloader["dataset"]
-    while "pipeline" not in dataset and "dataset" in dataset:  # dataset wrappers
-        dataset = dataset["dataset"]
-    if "pipeline" not in dataset:
+def _test_pipelines(cfg) -> list[list]:
+    """The pipelines of the test datasets, inside dataset wrappers too (where images load)."""
+    from cvkit.tasks.detection import leaf_datasets
+
+    datasets = leaf_datasets(cfg.test_dataloader["dataset"])
+    if any("pipeline" not in dataset for dataset in datasets):
         raise ValueError("the config's test_dataloader.dataset has no pipeline to insert the corruption into")
-    return dataset["pipeline"]
+    return list({id(d["pipeline"]): d["pipeline"] for d in datasets}.values())  # each one once
 
 
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -54,12 +55,12 @@ def with_corruption(cfg, corruption: str, severity: int, seed: int = 0, channel_
     check_corruption(corruption, severity)
     check_channel_order(channel_order)
     cfg = copy.deepcopy(cfg)
-    pipeline = _test_pipeline(cfg)
-    at = next((i for i, t in enumerate(pipeline) if "LoadImage" in str(t.get("type", ""))), None)
-    if at is None:
-        raise ValueError("the config's test pipeline has no LoadImageFromFile step")
-    pipeline.insert(at + 1, dict(type="CorruptImage", corruption=corruption, severity=severity, seed=seed,
-                                 channel_order=channel_order))
+    for pipeline in _test_pipelines(cfg):
+        at = next((i for i, t in enumerate(pipeline) if "LoadImage" in str(t.get("type", ""))), None)
+        if at is None:
+            raise ValueError("the config's test pipeline has no LoadImageFromFile step")
+        pipeline.insert(at + 1, dict(type="CorruptImage", corruption=corruption, severity=severity,
+                                     seed=seed, channel_order=channel_order))
     return cfg
 
 
@@ -79,10 +80,13 @@ def lightning_devices(device: str) -> tuple[str, int | list[int]]:
 def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = ALL_CORRUPTIONS,
                       severities: Iterable[int] = SEVERITIES, seed: int = 0, device: str = "cpu",
                       data_root: str | None = None, metric: str = "bbox_mAP", resume: bool = True,
-                      progress: bool = True, channel_order: str = "rgb") -> dict:
+                      progress: bool = True, channel_order: str = "rgb",
+                      trust_checkpoint: bool = False) -> dict:
     """bbox AP (fraction, as ``CocoMetric`` reports it) per corruption/severity; returns the state
     ``{meta, clean_AP, AP: {c: {sev: ap}}, summary}`` and saves it to ``<out>/results.json``.
-    ``channel_order``: the image's channel order as the corruption sees it (module docstring)."""
+    ``channel_order``: the image's channel order as the corruption sees it (module docstring);
+    ``trust_checkpoint``: read ``checkpoint`` with ``weights_only=False`` (mmengine Runner
+    checkpoints; only for files you trust)."""
     from tqdm.auto import tqdm
 
     import cvkit.robustness.mmdet_transform  # noqa: F401  registers CorruptImage
@@ -115,7 +119,7 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
 
     def run(c):
         metrics = coco_test(c, str(checkpoint), data_root=data_root, accelerator=accelerator,
-                            devices=devices)
+                            devices=devices, trust_checkpoint=trust_checkpoint)
         for key in (metric, f"coco/{metric}"):
             if key in metrics:
                 return float(metrics[key])

@@ -33,7 +33,7 @@ from torch import nn
 
 from cvkit.atomic_write import atomic_write
 from cvkit.models.checkpoint import load_failure
-from cvkit.tool_errors import option_errors
+from cvkit.tool_errors import OptionError, option_errors
 
 METRIC_PREFIX = "coco/"
 
@@ -63,36 +63,147 @@ def load_det_config(config: Any, cfg_options: Mapping[str, Any] | None = None):
         except Exception as e:  # noqa: BLE001 - syntax/_base_ errors surface with the file name
             raise ValueError(f"cannot read detection config {path!r}: {type(e).__name__}: {e}") from e
     if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
+        merge_cfg_options(cfg, cfg_options)
     return cfg
 
 
+def merge_cfg_options(cfg, cfg_options: Mapping[str, Any]) -> None:
+    """``cfg.merge_from_dict(cfg_options)``, except that an option under a key whose value is
+    ``None`` sets it (mmengine refuses to merge into ``None``), e.g.
+    ``model.backbone.init_cfg.checkpoint=FILE`` on ``init_cfg=None``; an ``init_cfg`` so set with
+    a ``checkpoint`` and no ``type`` is ``Pretrained``. A value that does not merge is an
+    OptionError."""
+    from mmengine.config import ConfigDict
+
+    created = []  # dotted keys whose None became a dict
+    for key, value in cfg_options.items():
+        node, parts = cfg, key.split(".")
+        for i, part in enumerate(parts):
+            if not hasattr(node, "get") or part not in node:  # a list index, a new key: as mmengine
+                break
+            if node[part] is None:
+                if i < len(parts) - 1 or isinstance(value, Mapping):
+                    node[part] = ConfigDict()
+                    created.append(parts[:i + 1])
+                break
+            node = node[part]
+    try:
+        cfg.merge_from_dict(dict(cfg_options))
+    except (TypeError, AttributeError) as e:  # e.g. a dict option on a string, a list item
+        raise OptionError(f"cfg_options {dict(cfg_options)!r}: {e}") from None
+    for parts in created:
+        if parts[-1] == "init_cfg":
+            init_cfg = cfg
+            for part in parts:
+                init_cfg = init_cfg[part]
+            if "checkpoint" in init_cfg and "type" not in init_cfg:
+                init_cfg["type"] = "Pretrained"
+
+
+def leaf_datasets(dataset_cfg) -> list:
+    """The dataset configs inside dataset wrappers (``dataset`` of RepeatDataset /
+    ClassBalancedDataset / MultiImageMixDataset, ``datasets`` of ConcatDataset), in order;
+    ``[dataset_cfg]`` when it wraps none."""
+    if dataset_cfg.get("dataset") is not None:
+        return leaf_datasets(dataset_cfg["dataset"])
+    if isinstance(dataset_cfg.get("datasets"), (list, tuple)):
+        return [leaf for inner in dataset_cfg["datasets"] for leaf in leaf_datasets(inner)]
+    return [dataset_cfg]
+
+
 def set_data_root(cfg, data_root: str) -> None:
-    """Point every dataset of ``cfg`` (and the evaluators' ``ann_file``) at ``data_root``."""
+    """Point every dataset of ``cfg`` (inside dataset wrappers too) and the evaluators'
+    ``ann_file`` at ``data_root``."""
     data_root = osp.join(os.fspath(data_root), "")
     for split in ("train", "val", "test"):
         loader = cfg.get(f"{split}_dataloader")
         if not loader:
             continue
-        dataset = loader["dataset"]
-        old_root = dataset.get("data_root") or ""
-        dataset["data_root"] = data_root
-        evaluator = cfg.get(f"{split}_evaluator")
-        if evaluator and old_root:
-            for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
-                ann = metric.get("ann_file")
-                if isinstance(ann, str) and ann.startswith(old_root):
-                    metric["ann_file"] = osp.join(data_root, ann[len(old_root):])
+        old_roots = []
+        for dataset in leaf_datasets(loader["dataset"]):
+            old_roots.append(dataset.get("data_root") or "")
+            dataset["data_root"] = data_root
+        evaluator = cfg.get(f"{split}_evaluator") or []
+        for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
+            ann = metric.get("ann_file")
+            old_root = next((r for r in old_roots if r and isinstance(ann, str)
+                             and ann.startswith(r)), None)
+            if old_root is not None:
+                metric["ann_file"] = osp.join(data_root, ann[len(old_root):])
 
 
 def build_detector(cfg) -> nn.Module:
-    """``MODELS.build(cfg.model)``; an unknown type or backbone fails naming the config entry."""
+    """``MODELS.build(cfg.model)``. A config mistake (an unknown type, a keyword or value the
+    module refuses, a neck whose ``in_channels`` are not the backbone's output channels) is one
+    OptionError naming the config file and entry."""
     from mmdet.registry import MODELS
 
+    where = cfg.filename or "the config"
     try:
-        return MODELS.build(cfg.model)
-    except KeyError as e:
-        raise ValueError(f"cannot build the detector of {cfg.filename or 'the config'}: {e}") from e
+        detector = MODELS.build(cfg.model)
+    except OptionError:
+        raise
+    except (KeyError, TypeError, AssertionError, ValueError) as e:
+        raise OptionError(f"cannot build the detector of {where}: {_failed_entry(cfg.model, e)}"
+                          f"{str(e) or type(e).__name__}") from e
+    _check_neck_channels(cfg.model, detector, where)
+    return detector
+
+
+def _config_entries(node, path: str) -> Iterator[tuple[str, Mapping]]:
+    """``(dotted path, entry)`` for every dict with a ``type`` in ``node``."""
+    if isinstance(node, Mapping):
+        if "type" in node:
+            yield path, node
+        for key, value in node.items():
+            yield from _config_entries(value, f"{path}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _config_entries(value, f"{path}.{i}")
+
+
+def _failed_entry(model_cfg, error: BaseException) -> str:
+    """``"model.backbone (CvkitBackbone): "``: the innermost config entry mmengine's
+    ``build_from_cfg`` was building when ``error`` was raised (its ``cfg`` in the traceback),
+    located in ``model_cfg``; ``""`` when there is none."""
+    import traceback
+
+    built = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_name == "build_from_cfg" and "mmengine" in frame.f_code.co_filename:
+            built = frame.f_locals.get("cfg")
+    if not isinstance(built, Mapping) or "type" not in built:
+        return ""
+    kind = built["type"]
+    name = kind if isinstance(kind, str) else getattr(kind, "__name__", repr(kind))
+    same_type = [(p, e) for p, e in _config_entries(model_cfg, "model") if e["type"] == kind]
+    # the parent may add keys (e.g. train_cfg) before building: every key of the entry matches
+    same = [p for p, e in same_type if all(k in built and built[k] == v for k, v in e.items())]
+    path = (same or [p for p, _ in same_type] or [None])[0]
+    return f"{path} ({name}): " if path else f"{name}: "
+
+
+def _check_neck_channels(model_cfg, detector: nn.Module, where: str) -> None:
+    """The neck's ``in_channels`` are the backbone's ``out_channels`` (when it states them): a
+    mismatch otherwise fails at the first forward, deep in torch."""
+    neck = model_cfg.get("neck")
+    channels = getattr(getattr(detector, "backbone", None), "out_channels", None)
+    if not isinstance(neck, Mapping) or not isinstance(channels, (list, tuple)):
+        return
+    given, channels = neck.get("in_channels"), [int(c) for c in channels]
+    if isinstance(given, int) and len(channels) == 1:
+        fits = given == channels[0]
+    elif isinstance(given, (list, tuple)):
+        fits = list(given) == channels
+    else:  # an int for one map of several (a neck that picks it), or no in_channels
+        return
+    if not fits:
+        backbone = model_cfg.backbone
+        what = ", ".join(f"{k} {backbone[k]!r}" for k in ("model_name", "out_indices")
+                         if k in backbone)
+        raise OptionError(f"cannot build the detector of {where}: model.neck.in_channels={given!r} "
+                          f"does not match the output channels of model.backbone "
+                          f"({what or backbone.get('type')}): {channels}")
 
 
 _UNTRUSTED_HINT = " (an mmengine Runner checkpoint? pass --trust-checkpoint if you trust it)"
@@ -225,6 +336,7 @@ class DetectionTask(L.LightningModule):
         self._evaluators: dict[str, Any] = {}
         self._iter_schedulers: list = []
         self._epoch_schedulers: list = []
+        self._optim_wrapper = None  # configure_optimizers builds it
         self.last_metrics: dict[str, float] = {}
         self.last_metrics_step: int | None = None  # global step of the weights last_metrics measured
 
@@ -247,7 +359,11 @@ class DetectionTask(L.LightningModule):
         return self._loader("test")
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch  # the detector's data_preprocessor moves inputs and data samples itself
+        """The batch as loaded: the detector's data preprocessor moves it to ``device``. Lightning
+        moves this module with ``nn.Module.to``, which never calls mmengine's
+        ``BaseDataPreprocessor.to``, where the preprocessor learns its device: set here."""
+        self.detector.data_preprocessor.to(device)
+        return batch
 
     # -- optimisation -------------------------------------------------------------------------
     def global_batch_size(self) -> int:
@@ -274,9 +390,21 @@ class DetectionTask(L.LightningModule):
         wrapper_cfg["type"] = "OptimWrapper"  # AMP is Lightning's (Trainer precision)
         wrapper_cfg.pop("loss_scale", None)
         wrapper_cfg.pop("dtype", None)
-        self._clip_grad = wrapper_cfg.pop("clip_grad", None)
         wrapper_cfg["optimizer"]["lr"] = self.scaled_lr()
-        wrapper = build_optim_wrapper(self.detector, wrapper_cfg)
+        with option_errors("optim_wrapper: "):  # e.g. clip_grad type='max'
+            wrapper = build_optim_wrapper(self.detector, wrapper_cfg)
+        if wrapper.clip_grad_kwargs:  # checked now rather than at the first step's clipping
+            import inspect
+
+            try:
+                inspect.signature(wrapper.clip_func).bind([], **wrapper.clip_grad_kwargs)
+            except TypeError as e:
+                raise OptionError(
+                    f"optim_wrapper.clip_grad={dict(self.cfg.optim_wrapper.clip_grad)!r}: "
+                    f"{wrapper.clip_func.__name__}: {e} (type='norm' takes max_norm, norm_type; "
+                    "type='value' takes clip_value; _delete_=True replaces an inherited clip_grad)"
+                ) from None
+        self._optim_wrapper = wrapper  # its clip_grad clips (configure_gradient_clipping)
         schedulers = self.cfg.get("param_scheduler") or []
         if isinstance(schedulers, Mapping):
             schedulers = [schedulers]
@@ -288,11 +416,13 @@ class DetectionTask(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None):
-        if gradient_clip_val is None and self._clip_grad:
-            gradient_clip_val = float(self._clip_grad.get("max_norm"))
-            gradient_clip_algorithm = "norm"
-        if gradient_clip_val:
+        """The Trainer's ``gradient_clip_val`` when given, else the config's
+        ``optim_wrapper.clip_grad`` clipped by mmengine's ``OptimWrapper`` itself (``type='norm'``:
+        ``clip_grad_norm_(max_norm, norm_type, ...)``; ``type='value'``: ``clip_grad_value_``)."""
+        if gradient_clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif self._optim_wrapper is not None and self._optim_wrapper.clip_grad_kwargs:
+            self._optim_wrapper._clip_grad()  # the params of its optimizer, which Lightning steps
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         for sched in self._iter_schedulers:

@@ -7,7 +7,9 @@ cvkit_backbone = dict(
     model_name='eca_resnet18',
     # frozen_stages=1 (inherited): stem + layer1 keep the pretrained low-level filters (and save time)
     norm_eval=False,
-    init_cfg=None)  # tools/train_det.py --backbone-checkpoint sets it
+    # random init; tools/train_det.py --backbone-checkpoint FILE or
+    # --cfg-options model.backbone.init_cfg.checkpoint=FILE sets a Pretrained one
+    init_cfg=None)
 shapes_neck = dict(in_channels=[64, 128, 256, 512], out_channels=64)
 shapes_rcnn = dict(
     rpn_head=dict(
