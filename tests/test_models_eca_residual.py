@@ -87,3 +87,49 @@ def test_chunked_dot_product_over_several_chunks(monkeypatch, channels_last):
     expected = torch.einsum("bchw,bchw->bc", grad, y - s)
     torch.testing.assert_close(module._masked_residual_dot(grad, y, s), expected,
                                rtol=1e-12, atol=1e-12)
+
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("relu", [True, False])
+def test_compiles_in_one_graph_with_the_same_values_and_gradients(relu, inplace, grad):
+    """torch.compile(fullgraph=True) takes the fused function whole, forward and backward
+    (``aot_eager``): Dynamo refuses an ``inplace`` write whose dirty input is not the very tensor
+    returned, and ``mark_dirty`` outside a gradient-recording ``apply`` (inference), which made
+    every ECA block a graph break (the ResNet and MobileNetV2 blocks pass ``inplace=True``)."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(4)
+    x, s = (torch.randn(2, 8, 3, 3, dtype=torch.float64, generator=g) for _ in range(2))
+    w = torch.randn(1, 1, 3, dtype=torch.float64, generator=g)
+    upstream = torch.randn(2, 8, 3, 3, dtype=torch.float64, generator=g)
+
+    def block(a, b, c):
+        return eca_residual(a * 1.0, b, c, relu=relu, inplace=inplace)  # a non-leaf, as BN's output
+
+    results = []
+    for fn in (block, torch.compile(block, fullgraph=True, backend="aot_eager")):
+        inputs = [t.clone().requires_grad_() for t in (x, s, w)]
+        with torch.set_grad_enabled(grad):
+            out = fn(*inputs)
+        if grad:
+            out.backward(upstream)
+        results.append((out.detach(), *(t.grad for t in inputs if grad)))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_inference_writes_into_x_as_the_autograd_function(relu):
+    """Without gradients (no autograd function) the result is the same and, with ``inplace``, still
+    written into ``x``: no block-output-sized tensor more at inference."""
+    g = torch.Generator().manual_seed(5)
+    x, s = (torch.randn(2, 8, 4, 4, dtype=torch.float64, generator=g) for _ in range(2))
+    w = torch.randn(1, 1, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    expected = eca_residual(x.clone(), s, w, relu, inplace=True)
+    assert expected.requires_grad  # the autograd function
+    x_in = x.clone()
+    with torch.no_grad():
+        out = eca_residual(x_in, s, w, relu, inplace=True)
+    assert out.data_ptr() == x_in.data_ptr() and not out.requires_grad
+    torch.testing.assert_close(out, expected.detach(), rtol=0, atol=0)

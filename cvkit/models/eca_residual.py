@@ -72,17 +72,26 @@ def _gate(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return torch.sigmoid(_channel_windows(pooled, taps.numel()) @ taps).view(b, c, 1, 1), pooled
 
 
+def _fused(x, shortcut, weight, relu: bool, inplace: bool):
+    """The forward: ``(y, gate, pooled)``; with ``inplace`` ``y`` is ``x`` itself (torch.compile
+    refuses an autograd function whose dirty input is not the very tensor it returns)."""
+    gate, pooled = _gate(x, weight)
+    if inplace:
+        torch.addcmul(shortcut, x, gate, out=x)
+        y = x
+    else:
+        y = torch.addcmul(shortcut, x, gate)
+    if relu:
+        y.relu_()
+    return y, gate, pooled
+
+
 class _EcaResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shortcut, weight, relu: bool, inplace: bool):
-        gate, pooled = _gate(x, weight)
+        y, gate, pooled = _fused(x, shortcut, weight, relu, inplace)
         if inplace:
-            y = torch.addcmul(shortcut, x, gate, out=x)
             ctx.mark_dirty(x)
-        else:
-            y = torch.addcmul(shortcut, x, gate)
-        if relu:
-            y = y.relu_()
         ctx.save_for_backward(y, shortcut, gate, pooled, weight)
         ctx.relu = relu
         return y
@@ -116,8 +125,13 @@ def eca_residual(x: torch.Tensor, shortcut: torch.Tensor, weight: torch.Tensor,
     ``inplace=True`` writes the result into ``x`` (which must not be needed afterwards, like the
     output of the block's last BN). While ``torch.export`` or ``torch.jit.trace`` captures the
     model, the same maths as plain operations (:func:`cvkit.layers.deployment.capturing_graph`;
-    with gradients enabled torch also refuses the in-place ``out=`` write there)."""
+    with gradients enabled torch also refuses the in-place ``out=`` write there). Without a
+    gradient to record (inference) the same forward without the autograd function: torch.compile
+    cannot trace its ``mark_dirty`` there, a graph break at every block."""
     if capturing_graph():
         y = torch.addcmul(shortcut, x, _gate(x, weight)[0])
         return torch.relu(y) if relu else y
+    if not (torch.is_grad_enabled() and (x.requires_grad or shortcut.requires_grad
+                                         or weight.requires_grad)):
+        return _fused(x, shortcut, weight, relu, inplace)[0]
     return _EcaResidual.apply(x, shortcut, weight, relu, inplace)
