@@ -89,6 +89,44 @@ def test_converted_checkpoint_predicts_like_the_original(detector):
     torch.testing.assert_close(a.scores, b.scores)
 
 
+def test_mmdet_legacy_advice_rebuilds_the_converted_detector_in_init_detector(
+        detector, tmp_path, monkeypatch, capsys):
+    """The options ``tools/convert_checkpoint.py --kind mmdet-legacy`` prints make mmdet's
+    ``init_detector`` rebuild the converted detector with the release's ECA kernel sizes although
+    the config's ImageNet backbone checkpoint is present (with Eq. 12's (5, 5, 5, 7), which it
+    would read while building): the advice clears that init_cfg. The command-line and the
+    Python forms say the same."""
+    import ast
+    import itertools
+    import re
+    import shlex
+    import sys
+
+    from mmdet.apis import init_detector
+
+    import cvkit
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import convert_checkpoint
+    import train_det
+
+    monkeypatch.chdir(tmp_path)  # the config's init_cfg: checkpoints/eca_resnet50_imagenet.pth
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(cvkit.create_model("eca_resnet50", eca_k_size=(5, 5, 5, 7)).state_dict(),
+               tmp_path / "checkpoints/eca_resnet50_imagenet.pth")
+    torch.save(_legacy_from_current(detector.state_dict()), tmp_path / "legacy.pth")
+    assert convert_checkpoint.main(["--kind", "mmdet-legacy", "legacy.pth", "converted.pth"]) == 0
+    out = capsys.readouterr().out
+    words = shlex.split(out.split("--cfg-options ", 1)[1].splitlines()[0])
+    flags = train_det.parse_cfg_options(list(itertools.takewhile(lambda w: "=" in w, words)))
+    model = init_detector(str(CONFIG), "converted.pth", device="cpu", cfg_options=flags)
+    net = model.backbone.body.model
+    assert [getattr(net, f"layer{i}")[0].eca.conv.kernel_size[0] for i in (1, 2, 3, 4)] == [3, 5, 5, 7]
+    ours = detector.state_dict()
+    assert all(torch.equal(v, ours[k]) for k, v in model.state_dict().items())
+    assert ast.literal_eval(re.search(r"cfg_options=(\{.*?\})", out).group(1)) == flags
+
+
 def test_converter_rejects_current_layout_and_empty():
     with pytest.raises(ValueError, match="roi_head"):
         convert_legacy_mmdet_checkpoint({"roi_head.bbox_head.fc_cls.weight": torch.zeros(81, 4)})

@@ -380,7 +380,8 @@ def test_convert_tool_prints_a_converted_detectors_eca_sizes(tmp_path, capsys):
     assert _convert_tool().main([str(src), str(tmp_path / "o.pth"), "--kind", "mmdet-legacy"]) == 0
     out = capsys.readouterr().out
     assert "backbone ECA kernel sizes (3, 5, 5, 7)" in out
-    assert '--cfg-options model.backbone.model_kwargs.eca_k_size="(3, 5, 5, 7)"' in out
+    assert ('--cfg-options model.backbone.init_cfg=None '
+            'model.backbone.model_kwargs.eca_k_size="(3, 5, 5, 7)"') in out
 
 
 def test_timm_pretrained_file_goes_through_the_converter(tmp_path):
@@ -673,3 +674,60 @@ def test_head_options_without_the_head_and_misplaced_out_indices_are_errors(tmp_
     compiled = torch.compile(cvkit.create_model("resnet18"))
     cvkit.load_checkpoint(compiled, gap)
     assert torch.equal(compiled.conv1.weight, torch.load(gap)["conv1.weight"])
+
+
+def test_converted_training_checkpoint_rebuilds_the_trained_network(tmp_path, capsys):
+    """The settings of a run that no tensor shows (``gcp_iters=1``; the preset's default is 5)
+    travel in the converted file: ``create_model`` from it, and tools/test.py's loader, give the
+    trained logits, while the file stays a plain dict of tensors for ``model.load_state_dict``."""
+    from cvkit.tasks.evaluate import load_task
+
+    torch.manual_seed(0)
+    trained = _randomise_bn(cvkit.create_model("resnet18_gcp", gcp_iters=1, gcp_dim=16,
+                                               num_classes=5)).eval()
+    src, out = tmp_path / "last.ckpt", tmp_path / "clean.pth"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()},
+                "hyper_parameters": {"model_name": "resnet18_gcp", "num_classes": 5,
+                                     "model_kwargs": {"gcp_iters": 1, "gcp_dim": 16}}}, src)
+    assert _convert_tool().main([str(src), str(out), "--model", "resnet18_gcp"]) == 0
+    assert "gcp_iters=1" in capsys.readouterr().out
+    x = _x(size=32)
+    with torch.no_grad():
+        expected = trained(x)
+        assert torch.equal(cvkit.create_model("resnet18_gcp", checkpoint_path=out).eval()(x),
+                           expected)
+        task, _ = load_task(out, "resnet18_gcp", num_classes=5)
+        assert torch.equal(task.model.eval()(x), expected)
+    clean = torch.load(out, weights_only=True)
+    assert set(clean) == set(trained.state_dict())
+    trained.load_state_dict(clean)  # strict: tensors only
+
+
+def test_converted_file_keeps_the_model_args_it_was_verified_with(tmp_path):
+    """A --model-arg that no tensor fixes (a ViT's ``img_size``: its position embedding is resampled
+    to the size the model is built with) is recorded too: no silent resampling to 224."""
+    vit = cvkit.create_model("vit_tiny_patch16", img_size=32, num_classes=3).eval()
+    src, out = tmp_path / "vit.pth", tmp_path / "clean.pth"
+    torch.save(vit.state_dict(), src)
+    assert _convert_tool().main([str(src), str(out), "--model", "vit_tiny_patch16",
+                                 "--model-arg", "img_size=32"]) == 0
+    model = cvkit.create_model("vit_tiny_patch16", checkpoint_path=out).eval()
+    assert model.pos_embed.shape == vit.pos_embed.shape
+    x = _x(size=32)
+    with torch.no_grad():
+        assert torch.equal(model(x), vit(x))
+
+
+def test_another_head_than_the_trained_gcp_one_takes_none_of_its_settings(tmp_path):
+    """global_pool='avg' given for a GCP training checkpoint: its gcp_dim / gcp_iters are not
+    inherited (they would be an error without the GCP head); the backbone loads, non-strict."""
+    gcp = cvkit.create_model("resnet18", num_classes=4, global_pool="gcp", gcp_dim=16, gcp_iters=3)
+    path = tmp_path / "gcp.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in gcp.state_dict().items()},
+                "hyper_parameters": {"model_name": "resnet18", "num_classes": 4,
+                                     "model_kwargs": {"global_pool": "gcp", "gcp_dim": 16,
+                                                      "gcp_iters": 3}}}, path)
+    avg = cvkit.create_model("resnet18", checkpoint_path=path, global_pool="avg", strict=False,
+                             reset_head=True)
+    assert avg.get_classifier().in_features == 512
+    assert torch.equal(avg.conv1.weight, gcp.conv1.weight)

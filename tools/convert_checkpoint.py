@@ -10,7 +10,10 @@ and iSQRT-COV / fast-MPN-COV releases, torchvision and timm state dicts, cvkit/L
 (ECA kernel sizes and the GCP width are read from the checkpoint, and a cvkit training
 checkpoint's model_kwargs) and prints what it inferred; ``--model-arg`` passes further model
 arguments, e.g. ``--model eca_resnet18 --model-arg global_pool=gcp`` for plain weights of the
-demo's model (values are Python literals, else strings).
+demo's model (values are Python literals, else strings). With ``--model`` the file also records
+the model and all these arguments (:func:`_with_settings`), so that
+``cvkit.create_model(NAME, checkpoint_path=OUT)`` rebuilds the verified network, e.g. a GCP run's
+``gcp_iters`` or a ViT's ``img_size``, which no tensor shows.
 ``--kind mmdet-legacy`` converts an MMDetection 1.x detector checkpoint (e.g. the ECA-Net Mask R-CNN release) with
 ``cvkit.det.convert.convert_legacy_mmdet_checkpoint``.
 """
@@ -75,10 +78,9 @@ def main(argv=None) -> int:
         if args.model:
             import cvkit
 
+            kwargs = {**_inferred(args.model, state_dict, given, trained_with), **given}
             try:
-                model = cvkit.create_model(
-                    args.model, checkpoint_path=None,
-                    **{**_inferred(args.model, state_dict, given, trained_with), **given})
+                model = cvkit.create_model(args.model, checkpoint_path=None, **kwargs)
             except TypeError as e:  # e.g. a misspelt --model-arg key
                 if not given:
                     raise
@@ -88,6 +90,7 @@ def main(argv=None) -> int:
             from cvkit.models.checkpoint import load_state_dict
 
             load_state_dict(model, state_dict, strict=True, source=args.input)
+            state_dict = _with_settings(state_dict, preset, kwargs)
         save_state_dict(state_dict, args.output)
     except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
         from cvkit.tool_errors import is_user_error, report
@@ -101,16 +104,35 @@ def main(argv=None) -> int:
 
 def _print_backbone_eca_sizes(detector_state) -> None:
     """A converted detector's ECA kernel sizes: tools/test_det.py reads them from the file;
-    mmdet's own init_detector / Runner build the config first and need them in it."""
+    mmdet's own init_detector / Runner build the config first and need them in it, and no
+    backbone ``init_cfg``: CvkitBackbone reads that checkpoint while building, and its sizes win."""
     from cvkit.det.convert import CVKIT_BACKBONE_PREFIX as PREFIX
     from cvkit.models.convert import infer_eca_k_size
 
     k = infer_eca_k_size({key[len(PREFIX):]: v for key, v in detector_state.items()
                           if key.startswith(PREFIX)})
     if k is not None:
+        options = {"model.backbone.init_cfg": None, "model.backbone.model_kwargs.eca_k_size": k}
+        flags = " ".join(f"{key}=None" if v is None else f'{key}="{v}"' for key, v in options.items())
         print(f"backbone ECA kernel sizes {k}: tools/test_det.py reads them from the converted file; "
-              f"for mmdet's init_detector / Runner add --cfg-options "
-              f"model.backbone.model_kwargs.eca_k_size=\"{k}\" (or set them in the config)")
+              f"mmdet's init_detector / Runner need them in the config and the backbone's ImageNet "
+              f"init_cfg cleared: init_detector(config, checkpoint, cfg_options={options!r}), "
+              f"or --cfg-options {flags}")
+
+
+def _with_settings(state_dict, preset: str, kwargs: dict):
+    """``state_dict`` with the settings it was verified with as its ``hyper_parameters``
+    attribute, shaped as a training checkpoint's entry (``{"model_name", "model_kwargs"}``), which
+    ``create_model(..., checkpoint_path=...)`` reads the same way: tensors alone rebuilt e.g. a
+    ``gcp_iters=1`` run with the default 5, silently. An attribute, as torch's own ``_metadata``,
+    not an entry: the file stays a plain dict of tensors for ``model.load_state_dict(torch.load(f))``
+    and timm, and a top-level ``hyper_parameters`` would make tools/test.py take it for a training
+    checkpoint."""
+    from collections import OrderedDict
+
+    out = OrderedDict(state_dict)
+    out.hyper_parameters = {"model_name": preset, "model_kwargs": dict(kwargs)}
+    return out
 
 
 def _inferred(name: str, state_dict, given: dict, trained_with: dict) -> dict:

@@ -73,8 +73,8 @@ def read_checkpoint_and_arguments(path, model_name: str | None,
                                   weights_only: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """:func:`read_checkpoint`'s tensors, and the model keywords a cvkit training checkpoint of
     the preset ``model_name`` was trained with (its ``hyper_parameters['model_kwargs']``, e.g.
-    ``gcp_iters=3``, which no tensor shows; not the training-only ones, ``drop_rate``...);
-    ``{}`` for any other file or model."""
+    ``gcp_iters=3``, which no tensor shows; not the training-only ones, ``drop_rate``...), or
+    that tools/convert_checkpoint.py recorded; ``{}`` for any other file or model."""
     from cvkit.models.registry import TIMM_PREFIX
 
     path = Path(path)
@@ -88,7 +88,10 @@ def read_checkpoint_and_arguments(path, model_name: str | None,
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
                               f"{load_failure(e)}") from None
     arguments = {}
-    hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    # a Lightning checkpoint's entry, or the same as an attribute of a plain state dict (as torch's
+    # ``_metadata``; tools/convert_checkpoint.py), which dict consumers do not see
+    hp = (obj.get("hyper_parameters", getattr(obj, "hyper_parameters", None))
+          if isinstance(obj, dict) else None)
     if (model_name is not None and isinstance(hp, dict)
             and str(hp.get("model_name", "")).removeprefix(TIMM_PREFIX) == model_name
             and isinstance(hp.get("model_kwargs"), dict)):

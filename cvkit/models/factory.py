@@ -43,6 +43,9 @@ def checkpoint_arguments(preset, state_dict: dict, overrides: dict, trained_with
     win where the caller applies the result."""
     inherited = {k: v for k, v in (trained_with or {}).items()
                  if not (features_only and k in HEAD_KWARGS)}
+    if {**preset.kwargs, **inherited, **overrides}.get("global_pool") != "gcp":
+        inherited.pop("gcp_dim", None)  # the caller's other head: the trained one's settings
+        inherited.pop("gcp_iters", None)  # do not apply
     arch = {**preset.kwargs, **inherited, **overrides}
     out = infer_arch_overrides(state_dict, preset.family, arch.get("eca", False),
                                arch.get("global_pool") == "gcp")
