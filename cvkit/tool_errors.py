@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 USAGE = 2
 FAILED = 1
@@ -72,3 +72,24 @@ def report(e: BaseException, status: int | None = None, prefix: str = "") -> int
     if status is not None:
         return status
     return USAGE if isinstance(e, OptionError) or _misconfiguration(e) else FAILED
+
+
+#: option rules for :func:`check_options`: (test, what the value must be)
+POSITIVE_INT = (lambda v: v >= 1 and v == int(v), "an integer >= 1")
+NON_NEGATIVE_INT = (lambda v: v >= 0 and v == int(v), "an integer >= 0")
+FRACTION = (lambda v: 0 < v <= 1, "in (0, 1]")
+PROBABILITY = (lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+def check_options(checks: Iterable[tuple[str, Any, Callable[[Any], bool], str]],
+                  error: type[ValueError] | None = None) -> None:
+    """Raise ``error`` for the first ``(key, value, test, allowed)`` whose ``test(value)`` fails
+    (a value the test cannot compare fails too): one line naming the key, what is allowed and the
+    value given."""
+    for key, value, test, allowed in checks:
+        try:
+            ok = bool(test(value))
+        except (TypeError, ValueError, IndexError, OverflowError):
+            ok = False
+        if not ok:
+            raise (error or OptionError)(f"{key} must be {allowed}, got {value!r}")

@@ -38,7 +38,7 @@ def test_bad_files_are_skipped_named_and_counted(tiny):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seen_bad, n_images = [], 0
-        for images, targets, skipped in torch.utils.data.DataLoader(
+        for images, targets, skipped, _ in torch.utils.data.DataLoader(
                 dm.train_set, batch_size=4, collate_fn=dm.train_dataloader().collate_fn):
             seen_bad += skipped
             n_images += images.shape[0]
@@ -147,7 +147,7 @@ def test_loader_resumes_mid_epoch_exactly(tiny):
     fresh.resume_at(state)
     rest = list(fresh)
     assert len(rest) == len(unbroken) - 2
-    for (a, ta, _), (b, tb, _) in zip(unbroken[2:], rest):
+    for (a, ta, *_), (b, tb, *_) in zip(unbroken[2:], rest):
         assert torch.equal(a, b) and torch.equal(ta, tb)
     # the next epoch starts from its beginning again
     fresh.sampler.set_epoch(2)
@@ -185,7 +185,7 @@ cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (1000, 1000))  # the parent's po
 dm = ClassificationDataModule(root={str(tiny)!r}, batch_size=4, image_size=32, num_workers=1,
                               persistent_workers=False)
 dm.setup("fit")
-images, targets, bad = next(iter(dm.train_dataloader()))
+images, targets, bad, _ = next(iter(dm.train_dataloader()))
 print("batch", tuple(images.shape), len(bad))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -233,3 +233,52 @@ def test_decode_keeps_the_stored_orientation_as_pil(tmp_path):
         pil = np.asarray(im.convert("RGB"))
     assert ours.shape == pil.shape == (60, 120, 3)
     assert np.abs(ours.astype(int) - pil.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("option,allowed", [
+    ({"mean": (0.5, 0.5)}, "3 finite values"), ({"std": (0.0, 1.0, 1.0)}, "3 values > 0"),
+    ({"ratio": (0.0, 1.0)}, "0 < min <= max"), ({"ratio": (2.0, 1.0)}, "0 < min <= max"),
+    ({"scale": (0.5, 1.5)}, "0 < min <= max <= 1"), ({"hflip": 2}, "in [0, 1]"),
+    ({"image_size": 0}, "integer >= 1"), ({"batch_size": 0}, "integer >= 1"),
+    ({"crop_pct": 0}, "in (0, 1]"), ({"seed": -1}, "integer >= 0"),
+    ({"num_workers": -2}, "integer >= 0"), ({"color_jitter": -0.1}, ">= 0"),
+    ({"randaugment": 12}, "in [0, 11]"), ({"randaugment_magnitude": 1.5}, "in [0, 1]"),
+])
+def test_bad_option_values_are_one_line_naming_the_key(option, allowed):
+    """Checked when the datamodule is built, before any data is read (the root does not exist):
+    each was a traceback, a NaN loss or albumentations' validation dump at the first batch."""
+    from cvkit.tool_errors import OptionError
+
+    (key, value), = option.items()
+    with pytest.raises(OptionError) as e:
+        ClassificationDataModule(root="/nowhere", **option)
+    msg = str(e.value)
+    assert msg.startswith(f"data.{key} must be ") and allowed in msg and repr(value) in msg, msg
+    assert "\n" not in msg
+
+
+def test_option_values_at_the_ends_of_their_ranges_are_accepted():
+    ClassificationDataModule(root="/nowhere", hflip=0, crop_pct=1.0, scale=(1.0, 1.0),
+                             ratio=(1.0, 1.0), image_size=1, seed=0, num_workers=0,
+                             randaugment=11, randaugment_magnitude=1.0, mean=[0, 0, 0],
+                             std=[1, 1, 1])
+    ClassificationDataModule(root="/nowhere", hflip=1, num_workers=None)
+
+
+def test_collate_records_where_skipped_files_were(tiny):
+    """A bad file is dropped from the images, and the batch says which position it held."""
+    add_bad_files(tiny / "val")  # 2 bad files at the end of the first class folder
+    dm = ClassificationDataModule(root=str(tiny), batch_size=3, image_size=32, num_workers=0)
+    dm.setup("test")
+    names = [p for p, _ in dm.test_set.samples]
+    start, skipped = 0, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for images, targets, bad, bad_at in dm.test_dataloader():
+            size = images.shape[0] + len(bad)
+            assert [names[start + i] for i in bad_at] == bad
+            skipped += bad
+            kept = [i for i in range(size) if i not in bad_at]
+            assert targets.tolist() == [dm.test_set.samples[start + i][1] for i in kept]
+            start += size
+    assert start == len(names) and len(skipped) == 2

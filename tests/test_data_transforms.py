@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cvkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from cvkit.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, RANDAUGMENT_OPS, eval_transform,
+                                   randaugment_like, train_transform)
 
 
 def reference_eval(img: np.ndarray, size: int, crop_pct: float) -> np.ndarray:
@@ -141,3 +142,11 @@ def test_normalisation_is_imagenets_on_the_device_and_in_the_pipeline():
     on_device = normalize_batch(raw[None])[0].numpy()
     np.testing.assert_allclose(normalised, expected, atol=1e-5)
     np.testing.assert_allclose(on_device, expected, atol=1e-5)
+
+
+def test_randaugment_ops_is_the_number_of_policy_ops():
+    """data.randaugment is checked against RANDAUGMENT_OPS (more ops per image than the policy
+    holds failed at the first image); every op can be drawn at once."""
+    assert len(randaugment_like().transforms) == RANDAUGMENT_OPS
+    img = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    assert train_transform(32, randaugment=RANDAUGMENT_OPS)(image=img)["image"].shape == (3, 32, 32)

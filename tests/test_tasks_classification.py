@@ -21,7 +21,7 @@ def fixed_batch_loss(task: ClassificationTask, dm: ClassificationDataModule) -> 
     statistics: after a few steps BatchNorm's running averages still mostly hold their init)."""
     batch = next(iter(torch.utils.data.DataLoader(
         dm.train_set, batch_size=len(dm.train_set), collate_fn=dm.train_dataloader().collate_fn)))
-    images, targets, _ = dm.on_after_batch_transfer(batch, 0)  # uint8 -> normalised float
+    images, targets, *_ = dm.on_after_batch_transfer(batch, 0)  # uint8 -> normalised float
     with torch.no_grad():
         return float(torch.nn.functional.cross_entropy(task(images), targets))
 
@@ -178,3 +178,71 @@ def test_unknown_model_name_lists_the_closest_presets_and_timm_models():
     assert "cvkit presets" not in str(e.value)  # none close
     with pytest.raises(ValueError, match=r"nor a timm model$"):
         create_model("zzzz", num_classes=2)
+
+
+def test_predict_keeps_a_row_per_file_when_one_is_skipped(cls_root, tmp_path):
+    """A bad file in the predict folder keeps its row (NaN): row i stays the prediction of
+    dm.test_set.samples[i] (the row was dropped and every later prediction shifted onto the
+    wrong image)."""
+    import warnings
+
+    from cvkit.data.transforms import normalize_batch
+
+    torch.manual_seed(0)
+    root = tiny_imagefolder(cls_root, tmp_path / "data", classes=2, train=1, val=4)
+    add_bad_files(root / "val")                 # 2 bad files between the two classes' images
+    dm = ClassificationDataModule(root=str(root), batch_size=3, image_size=32, num_workers=0)
+    task = ClassificationTask("resnet18", num_classes=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = torch.cat(Trainer(accelerator="cpu", devices=1, logger=False,
+                                 enable_progress_bar=False, enable_model_summary=False)
+                         .predict(task, datamodule=dm))
+    samples = dm.test_set.samples
+    assert rows.shape == (len(samples), 2) == (10, 2)
+    task.eval()
+    for i, (path, _) in enumerate(samples):
+        if path.endswith(("zz_truncated.jpg", "zz_notes.jpg")):
+            assert rows[i].isnan().all(), i
+            continue
+        image = dm.test_set[i][0][None]
+        with torch.no_grad():
+            expected = task(normalize_batch(image, dm.hparams.mean, dm.hparams.std)).softmax(-1)[0]
+        torch.testing.assert_close(rows[i], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stage,num_classes", [("fit", 2), ("validate", 5), ("test", 2)])
+def test_head_of_another_class_count_is_one_line_naming_both(cls_root, tmp_path, stage,
+                                                             num_classes):
+    """A head smaller than the data's classes failed at the first step with cross entropy's bare
+    ``IndexError: Target 2 is out of bounds``; a larger one scored labels as other classes."""
+    from cvkit.tasks.classification import ConfigError
+
+    root = tiny_imagefolder(cls_root, tmp_path / "data", classes=3, train=2, val=1)
+    split = "train" if stage == "fit" else "val"
+    dm = ClassificationDataModule(root=str(root), batch_size=2, image_size=32, num_workers=0)
+    task = ClassificationTask("resnet18", num_classes=num_classes)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    with pytest.raises(ConfigError) as e:
+        getattr(trainer, stage)(task, datamodule=dm)
+    msg = str(e.value)
+    assert "\n" not in msg and f"(model.num_classes) has {num_classes} outputs but " \
+        f"{root / split} has 3 class folders" in msg, msg
+
+
+@pytest.mark.parametrize("option,allowed", [
+    ({"label_smoothing": 1.0}, "in [0, 1)"), ({"label_smoothing": -0.1}, "in [0, 1)"),
+    ({"mixup": -0.2}, ">= 0 (0 = off)"), ({"cutmix": float("nan")}, ">= 0 (0 = off)"),
+    ({"mixup_prob": 1.5}, "a probability in [0, 1]"),
+    ({"mixup_switch_prob": -1}, "a probability in [0, 1]"),
+    ({"ema_decay": 1.0}, "null (off) or in [0, 1)"), ({"num_classes": 0}, "an integer >= 1"),
+])
+def test_bad_task_option_values_are_one_line_naming_the_key(option, allowed):
+    from cvkit.tasks.classification import ConfigError
+
+    (key, value), = option.items()
+    with pytest.raises(ConfigError) as e:
+        ClassificationTask("resnet18", **{"num_classes": 3, **option})
+    assert str(e.value) == f"model.{key} must be {allowed}, got {value!r}"

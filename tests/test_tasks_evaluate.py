@@ -134,3 +134,21 @@ def test_test_tool_unavailable_accelerator_is_one_line_exit_2(gcp_weights, capsy
     assert rc == 2
     line = _error_line(capsys)
     assert "`MPSAccelerator` can not run on your system" in line, line
+
+
+@pytest.mark.parametrize("option,where", [
+    (["--image-size", "-5"], "--image-size must be an integer >= 1, got -5"),
+    (["--image-size", "0"], "--image-size must be an integer >= 1, got 0"),
+    (["--crop-pct", "0"], "--crop-pct must be in (0, 1], got 0.0"),
+    (["--crop-pct", "1.5"], "--crop-pct must be in (0, 1], got 1.5"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+])
+def test_test_tool_bad_size_or_crop_is_one_line_exit_2(gcp_weights, option, where, capsys):
+    """A size < 1 or a crop_pct outside (0, 1] is refused naming the option (0 silently became the
+    checkpoint's value, -5 was a traceback, 1.5 exit 1)."""
+    weights, val, _ = gcp_weights
+    rc = _test_tool().main(["--checkpoint", str(weights), "--model", "resnet18", "--model-arg",
+                            "global_pool=gcp", "--model-arg", "gcp_dim=32", "--data", str(val),
+                            "--workers", "0", "--accelerator", "cpu", *option])
+    assert rc == 2
+    assert _error_line(capsys) == f"error: {where}"

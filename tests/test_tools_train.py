@@ -702,3 +702,29 @@ def test_trainer_misconfiguration_is_one_line_exit_2(tiny, tmp_path, capsys):
     line = _one_error_line(capsys)
     assert line == ("error: bad trainer option (--trainer.*): `Trainer(devices='0')` value is not "
                     "a valid input using cpu accelerator."), line
+
+
+@pytest.mark.parametrize("option,where", [
+    (["--data.mean", "[0.5,0.5]"], ["data.mean", "3 finite values", "[0.5, 0.5]"]),
+    (["--data.std", "[0,1,1]"], ["data.std", "3 values > 0"]),
+    (["--data.ratio", "[0,1]"], ["data.ratio", "0 < min <= max"]),
+    (["--data.scale", "[0.5,0.2]"], ["data.scale", "0 < min <= max <= 1"]),
+    (["--data.hflip", "2"], ["data.hflip", "in [0, 1]", "got 2"]),
+    (["--data.image_size", "0"], ["data.image_size", "integer >= 1", "got 0"]),
+    (["--data.crop_pct", "1.5"], ["data.crop_pct", "in (0, 1]"]),
+    (["--data.seed", "-1"], ["data.seed", "integer >= 0", "got -1"]),
+    (["--model.label_smoothing", "1.5"], ["model.label_smoothing", "in [0, 1)", "got 1.5"]),
+    (["--model.mixup", "-0.2"], ["model.mixup", ">= 0"]),
+    (["--model.mixup_prob", "2"], ["model.mixup_prob", "in [0, 1]"]),
+])
+def test_bad_data_or_model_value_is_one_line_exit_2(option, where, tiny, tmp_path, capsys):
+    """Each was a traceback at the first step, a NaN loss, a math domain error or albumentations'
+    validation dump (exit 1); now refused when the datamodule / task is built, naming the key."""
+    rc = main(["fit", "--data.root", str(tiny), "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+               "--trainer.logger", "false", "--data.num_workers", "0", "--data.batch_size", "4",
+               "--data.image_size", "32", "--model.model_name", "resnet18", *option])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    for word in where:
+        assert word in line, line

@@ -4,7 +4,10 @@
     python tools/test.py --checkpoint runs/demo/checkpoints/last.ckpt --data data/classification/val
     python tools/test.py --checkpoint eca_resnet50.pth --model eca_resnet50 --data /data/imagenet/val
     python tools/test.py --checkpoint demo.pth --model eca_resnet18 --model-arg global_pool=gcp \
-        --data data/classification/val
+        --image-size 48 --crop-pct 1.0 --data data/classification/val
+
+Plain weights record no training image size: it is 224 (resize 256) unless --image-size /
+--crop-pct give the model's (the demo's: 48 px, crop_pct 1.0).
 
 --model-arg KEY=VALUE (repeatable) passes a model argument plain weights need (values are Python
 literals, else strings), as in tools/convert_checkpoint.py.

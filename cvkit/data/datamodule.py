@@ -26,7 +26,9 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from cvkit.data.transforms import (CROP_PCT, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
-                                   eval_transform, normalize_batch, train_transform)
+                                   RANDAUGMENT_OPS, eval_transform, normalize_batch,
+                                   train_transform)
+from cvkit.tool_errors import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, check_options
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # a JPEG marker: 0xFF then a byte that is not stuffing (00), a restart marker (D0-D7) or fill (FF)
@@ -157,14 +159,17 @@ class ImageFolderDataset(Dataset):
         return img, target
 
 
-def collate_skip_bad(batch: list) -> tuple[Any, Any, list[str]]:
-    """Collate ``(image, target)`` pairs, dropping skipped files; returns (images, targets, bad)."""
-    bad = [b["bad_file"] for b in batch if isinstance(b, dict)]
+def collate_skip_bad(batch: list) -> tuple[Any, Any, list[str], list[int]]:
+    """Collate ``(image, target)`` pairs, dropping skipped files; returns (images, targets, bad,
+    bad_at): the skipped files' paths and their positions in the batch (what keeps predictions
+    attributable: ``ClassificationTask.predict_step`` gives them NaN rows)."""
+    bad_at = [i for i, b in enumerate(batch) if isinstance(b, dict)]
+    bad = [batch[i]["bad_file"] for i in bad_at]
     good = [b for b in batch if not isinstance(b, dict)]
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad, bad_at
     images, targets = default_collate(good)
-    return images, targets, bad
+    return images, targets, bad, bad_at
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -246,9 +251,13 @@ class ClassificationDataModule(LightningDataModule):
             + flip; no colour jitter, no RandAugment).
         num_workers: loader processes per device (None: CPU cores / devices, at most 8).
         pin_memory: None = when CUDA is available.
-        mean, std: normalisation, applied on the device (batches travel as uint8).
+        mean, std: normalisation, applied on the device (batches travel as uint8): 3 values, one
+            per RGB channel (images are decoded as RGB).
         strict: stop on a bad image file instead of skipping it with a warning.
         seed: sampler order and per-sample augmentation seed.
+
+    A value out of range is a one-line :class:`~cvkit.tool_errors.OptionError` naming
+    ``data.<key>`` and the allowed values, when the datamodule is built.
     """
 
     def __init__(self, root: str = "data/classification", train_split: str = "train",
@@ -260,6 +269,28 @@ class ClassificationDataModule(LightningDataModule):
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  num_workers: Optional[int] = None, pin_memory: Optional[bool] = None,
                  persistent_workers: bool = True, strict: bool = False, seed: int = 0):
+        def rgb(test):
+            return lambda v: len(v) == 3 and all(test(x) for x in v)
+
+        check_options(("data." + key, value, test, allowed) for key, value, test, allowed in [
+            ("batch_size", batch_size, *POSITIVE_INT),
+            ("image_size", image_size, *POSITIVE_INT),
+            ("crop_pct", crop_pct, *FRACTION),
+            ("scale", scale, lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+             "[min, max] area fractions with 0 < min <= max <= 1"),
+            ("ratio", ratio, lambda v: len(v) == 2 and 0 < v[0] <= v[1] < float("inf"),
+             "[min, max] aspect ratios with 0 < min <= max"),
+            ("hflip", hflip, *PROBABILITY),
+            ("color_jitter", color_jitter, lambda v: 0 <= v < float("inf"), ">= 0 (0 = off)"),
+            ("randaugment", randaugment, lambda v: 0 <= v <= RANDAUGMENT_OPS and v == int(v),
+             f"an integer in [0, {RANDAUGMENT_OPS}] (ops per image, 0 = off)"),
+            ("randaugment_magnitude", randaugment_magnitude, lambda v: 0 <= v <= 1, "in [0, 1]"),
+            ("mean", mean, rgb(lambda x: abs(x) < float("inf")), "3 finite values (R, G, B)"),
+            ("std", std, rgb(lambda x: 0 < x < float("inf")), "3 values > 0 (R, G, B)"),
+            ("num_workers", num_workers, lambda v: v is None or NON_NEGATIVE_INT[0](v),
+             "null (automatic) or an integer >= 0"),
+            ("seed", seed, *NON_NEGATIVE_INT),
+        ])
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root)

@@ -18,6 +18,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the papers' evaluation size: centre crop 224 of the image resized to 256 (224 / 0.875)
 IMAGE_SIZE, CROP_PCT = 224, 0.875
+#: the number of ops :func:`randaugment_like` picks from (the most ``num_ops`` can be)
+RANDAUGMENT_OPS = 11
 
 
 def eval_resize(size: int, crop_pct: float = CROP_PCT) -> int:

@@ -19,10 +19,11 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from cvkit.data.datamodule import ClassificationDataModule
 from cvkit.models.checkpoint import CheckpointError
 from cvkit.tasks.optim import OptimizerConfig
 from cvkit.tasks.schedules import LRSchedule
-from cvkit.tool_errors import OptionError
+from cvkit.tool_errors import POSITIVE_INT, PROBABILITY, OptionError, check_options
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -92,6 +93,15 @@ def _as(cls, value, what: str):
         raise ConfigError(f"{what}: {e}") from None
 
 
+def head_mismatch(num_classes: int, dataset, head: str) -> Optional[str]:
+    """Why ``head`` (``num_classes`` outputs) cannot be trained or scored on ``dataset`` (an
+    ImageFolderDataset: label i is its i-th class folder), or None when the counts match."""
+    if num_classes == len(dataset.classes):
+        return None
+    return (f"{head} has {num_classes} outputs but {dataset.root} has {len(dataset.classes)} "
+            f"class folders (one output per class folder is needed)")
+
+
 def _compile_options(value) -> Optional[dict[str, Any]]:
     """The ``compile`` argument as ``torch.compile`` keywords (None: no compilation); unknown
     keys are reported here, not at the first training step."""
@@ -129,8 +139,10 @@ class ClassificationTask(LightningModule):
             ``{mode: reduce-overhead}`` (CUDA graphs: no per-launch cost for the ~22 launches of
             the Triton covariance kernels, docs/kernels.md). None / False = eager.
 
-    Bad options (an unknown key or name, a model_kwargs key the model does not take) raise a
-    one-line :class:`ConfigError` when the task is built.
+    Bad options (an unknown key or name, a model_kwargs key the model does not take, a value out
+    of range) raise a one-line :class:`ConfigError` when the task is built; a head whose
+    ``num_classes`` is not the ClassificationDataModule's class count, when fit / validate / test
+    start.
     """
 
     def __init__(self, model_name: str = "eca_resnet50", num_classes: int = 1000,
@@ -143,6 +155,16 @@ class ClassificationTask(LightningModule):
                  mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5,
                  ema_decay: Optional[float] = None, channels_last: bool = False,
                  compile: Union[bool, dict[str, Any], None] = None):
+        non_negative = (lambda v: 0 <= v < float("inf"), ">= 0 (0 = off)")
+        check_options((("model." + key, value, test, allowed) for key, value, test, allowed in [
+            ("num_classes", num_classes, *POSITIVE_INT),
+            ("label_smoothing", label_smoothing, lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("mixup", mixup, *non_negative),
+            ("cutmix", cutmix, *non_negative),
+            ("mixup_prob", mixup_prob, *PROBABILITY),
+            ("mixup_switch_prob", mixup_switch_prob, *PROBABILITY),
+            ("ema_decay", ema_decay, lambda v: v is None or 0 <= v < 1, "null (off) or in [0, 1)"),
+        ]), ConfigError)
         super().__init__()
         self._compile_options = _compile_options(compile)
         self.optimizer_cfg = _as(OptimizerConfig, optimizer, "optimizer")
@@ -192,6 +214,21 @@ class ClassificationTask(LightningModule):
     # -- model ----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         self._resumed_schedule = self._schedule_now = None  # nothing carried over from another run
+        self._check_head(stage)
+
+    def _check_head(self, stage: str) -> None:
+        """The head must have one output per class folder of the split this stage reads (a
+        smaller one failed at the first step with cross entropy's bare IndexError; a larger one
+        scores labels as other classes)."""
+        dm = getattr(self._trainer, "datamodule", None)
+        if not isinstance(dm, ClassificationDataModule):
+            return
+        dataset = {"fit": dm.train_set, "validate": dm.val_set, "test": dm.test_set}.get(stage)
+        why = None if dataset is None else head_mismatch(
+            self.hparams.num_classes, dataset, "the model's head (model.num_classes)")
+        if why:
+            raise ConfigError(f"{why}; build the task with num_classes=dm.num_classes "
+                              f"({len(dataset.classes)})")
 
     def configure_model(self) -> None:
         if self.hparams.channels_last:
@@ -214,11 +251,11 @@ class ClassificationTask(LightningModule):
 
     # -- steps ----------------------------------------------------------------------------------
     def _unpack(self, batch):
-        if len(batch) == 3:
-            images, targets, bad = batch
-            self.bad_files.update(bad)
-        else:
-            images, targets = batch
+        """(images, targets) of a batch; the skipped files of a ``collate_skip_bad`` batch are
+        recorded."""
+        images, targets, *rest = batch
+        if rest:
+            self.bad_files.update(rest[0])
         return images, targets
 
     def training_step(self, batch, batch_idx: int):
@@ -274,8 +311,22 @@ class ClassificationTask(LightningModule):
         return self._eval_step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int):
+        """Class probabilities, one row per sample of the batch as the loader gave it: a skipped
+        file keeps its row, NaN (so row i of the concatenated predictions is sample i of the
+        predict set, ``dm.test_set.samples[i]``)."""
         images, _ = self._unpack(batch)
-        return self(images).softmax(-1)
+        bad_at = batch[3] if len(batch) > 3 else []
+        probs = self(images).softmax(-1) if images.numel() else None
+        if not bad_at:
+            return probs
+        rows = images.shape[0] + len(bad_at)
+        out = torch.full((rows, self.hparams.num_classes), float("nan"), device=images.device,
+                         dtype=torch.float32 if probs is None else probs.dtype)
+        if probs is not None:
+            kept = torch.ones(rows, dtype=torch.bool)
+            kept[bad_at] = False
+            out[kept.to(out.device)] = probs
+        return out
 
     # -- optimisation ---------------------------------------------------------------------------
     def _per_device_batch(self) -> Optional[int]:

@@ -110,13 +110,20 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
     """Top-1 / top-5 (percent) of ``checkpoint`` on the ImageFolder split ``data``
     (``data/<class>/<image>``; a folder holding ``val/`` is accepted too). Writes JSON to ``output``
     when given. Image size and crop default to the ones the checkpoint was trained with.
-    ``model_name`` / ``model_kwargs``: for plain weights (see :func:`load_task`)."""
+    ``model_name`` / ``model_kwargs``: for plain weights (see :func:`load_task`). A size below 1,
+    a crop_pct outside (0, 1] or negative workers is an OptionError naming the tool's option."""
     from lightning.pytorch import Trainer
 
     from cvkit.data.datamodule import ClassificationDataModule
     from cvkit.data.transforms import CROP_PCT, IMAGE_SIZE
-    from cvkit.tool_errors import option_errors
+    from cvkit.tasks.classification import head_mismatch
+    from cvkit.tool_errors import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, check_options,
+                                   option_errors)
 
+    check_options((key, value, *rule) for key, value, rule in [
+        ("--batch-size", batch_size, POSITIVE_INT), ("--image-size", image_size, POSITIVE_INT),
+        ("--crop-pct", crop_pct, FRACTION), ("--workers", num_workers, NON_NEGATIVE_INT),
+    ] if value is not None)  # None: as trained / automatic
     data = Path(data)
     if _is_dataset_root(data):
         data = data / "val"
@@ -125,15 +132,14 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
                             model_kwargs=model_kwargs)
     dm = ClassificationDataModule(
         root=str(data.parent), val_split=data.name, test_split=data.name, batch_size=batch_size,
-        image_size=image_size or dm_hp.get("image_size", IMAGE_SIZE),
-        crop_pct=crop_pct or dm_hp.get("crop_pct", CROP_PCT),
+        image_size=dm_hp.get("image_size", IMAGE_SIZE) if image_size is None else image_size,
+        crop_pct=dm_hp.get("crop_pct", CROP_PCT) if crop_pct is None else crop_pct,
         mean=dm_hp.get("mean", (0.485, 0.456, 0.406)), std=dm_hp.get("std", (0.229, 0.224, 0.225)),
         num_workers=num_workers, persistent_workers=False)
     dm.setup("test")
-    n_head = task.hparams.num_classes
-    if len(dm.test_set.classes) != n_head:
-        raise ValueError(f"{data} has {len(dm.test_set.classes)} class folders but the checkpoint's "
-                         f"head has {n_head} classes")
+    why = head_mismatch(task.hparams.num_classes, dm.test_set, f"the head of {checkpoint}")
+    if why:
+        raise ValueError(why)
     trained = dm_hp.get("classes")
     why = None if trained is None else class_mismatch(trained, dm.test_set.classes, data, checkpoint)
     if why:  # labels would mean other classes
