@@ -10,6 +10,7 @@ Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import numbers
 import re
 import sys
 from contextlib import contextmanager
@@ -75,8 +76,12 @@ def report(e: BaseException, status: int | None = None, prefix: str = "") -> int
 
 
 #: option rules for :func:`check_options`: (test, what the value must be)
-POSITIVE_INT = (lambda v: v >= 1 and v == int(v), "an integer >= 1")
-NON_NEGATIVE_INT = (lambda v: v >= 0 and v == int(v), "an integer >= 0")
+def _integer(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+POSITIVE_INT = (lambda v: _integer(v) and v >= 1, "an integer >= 1")
+NON_NEGATIVE_INT = (lambda v: _integer(v) and v >= 0, "an integer >= 0")
 FRACTION = (lambda v: 0 < v <= 1, "in (0, 1]")
 PROBABILITY = (lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 

@@ -249,3 +249,28 @@ def test_simple_feature_pyramid_strides_and_channels():
     assert all(o.shape[:2] == (2, 32) for o in outs)
     sum(o.sum() for o in outs).backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_backbone_from_a_training_checkpoint_takes_its_backbone_options(tmp_path):
+    """A classification training checkpoint trained with hyper-connections starts the detection
+    backbone with them (its model_kwargs, not its GCP head's): the maps of the trained network."""
+    import cvkit
+
+    torch.manual_seed(0)
+    kwargs = {"hc_rate": 2, "global_pool": "gcp", "gcp_dim": 16}
+    trained = cvkit.create_model("eca_resnet18", num_classes=4, **kwargs).eval()
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if ".streams." in name:
+                p.add_(0.3 * torch.randn_like(p))
+    path = tmp_path / "hc.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()},
+                "hyper_parameters": {"model_name": "eca_resnet18", "num_classes": 4,
+                                     "model_kwargs": kwargs}}, path)
+    backbone = _build(model_name="eca_resnet18", out_indices=(1, 2, 3),
+                      init_cfg=dict(type="Pretrained", checkpoint=str(path))).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = backbone(x)
+        want = trained.forward_intermediates(x, indices=(1, 2, 3), intermediates_only=True)
+    assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, want))

@@ -731,3 +731,18 @@ def test_another_head_than_the_trained_gcp_one_takes_none_of_its_settings(tmp_pa
                              reset_head=True)
     assert avg.get_classifier().in_features == 512
     assert torch.equal(avg.conv1.weight, gcp.conv1.weight)
+
+
+def test_vit_gcp_checkpoint_starts_a_plain_features_only_vit(tmp_path):
+    """The ViT's covariance head (``gcp.*``, beside the blocks, not in a pooling module) is part
+    of the pruned head: its checkpoint starts a features_only ViT of the plain preset, as the
+    CNNs' GCP checkpoints do; the blocks' maps are the trained network's."""
+    gcp = cvkit.create_model("vit_tiny_patch16", img_size=32, global_pool="gcp", gcp_dim=16).eval()
+    path = tmp_path / "vit_gcp.pth"
+    torch.save(gcp.state_dict(), path)
+    feats = cvkit.create_model("vit_tiny_patch16", img_size=32, features_only=True,
+                               out_indices=(2,), checkpoint_path=path).eval()
+    x = _x(32)
+    with torch.no_grad():
+        assert torch.equal(feats(x)[0], gcp.forward_intermediates(x, indices=(2,),
+                                                                  intermediates_only=True)[0])

@@ -633,3 +633,21 @@ def test_clip_grad_follows_mmengine_semantics():
                                           r"clip_grad_value_: got an unexpected keyword argument "
                                           r"'max_norm'"):
         clipped({"type": "value", "clip_value": 0.5}, 1.0)  # merged into the inherited max_norm
+
+
+def test_a_backbone_checkpoint_of_another_network_is_a_checkpoint_error_exit_1(tmp_path, capsys):
+    """A backbone checkpoint read while the detector is built and not matching it is the
+    checkpoint's error (exit 1, naming the file and keys), not a config mistake (exit 2)."""
+    import cvkit
+
+    ckpt = tmp_path / "resnet34.pth"
+    torch.save(cvkit.create_model("resnet34").state_dict(), ckpt)
+    sys.path.insert(0, str(REPO / "tools"))
+    import train_det
+
+    rc = train_det.main([str(FASTER), "--work-dir", str(tmp_path / "w"), "--epochs", "1",
+                         "--accelerator", "cpu", "--cfg-options",
+                         f"model.backbone.init_cfg.checkpoint={ckpt}"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert rc == 1 and len(err) == 1, err
+    assert str(ckpt) in err[0] and "unexpected keys" in err[0] and "cannot build" not in err[0]

@@ -33,11 +33,12 @@ def _pretrained_path(init_cfg) -> str | None:
 
 
 def with_checkpoint_architecture(model_name: str, model_kwargs: Mapping, state: Mapping,
-                                 source: str) -> dict:
+                                 source: str, trained_with: Mapping | None = None) -> dict:
     """``model_kwargs`` with the architecture keywords the weights ``state`` fix for
-    ``model_name`` (ECA kernel sizes, GCP width: ``cvkit.models.factory.checkpoint_arguments``):
-    the checkpoint's win, as its weights load into nothing else; a config value they replace is
-    a warning naming both."""
+    ``model_name`` (ECA kernel sizes, GCP width, and a training checkpoint's backbone
+    ``model_kwargs``, ``trained_with``, e.g. ``hc_rate``:
+    ``cvkit.models.factory.checkpoint_arguments``): the checkpoint's win, as its weights load
+    into nothing else; a config value they replace is a warning naming both."""
     from cvkit.models.convert import to_cvkit
     from cvkit.models.factory import checkpoint_arguments
     from cvkit.models.registry import get_preset, same_architecture_value
@@ -45,7 +46,8 @@ def with_checkpoint_architecture(model_name: str, model_kwargs: Mapping, state: 
     _check_model_name(model_name)
     kwargs = dict(model_kwargs)
     preset = get_preset(model_name)
-    fixed = checkpoint_arguments(preset, to_cvkit(dict(state)), kwargs)
+    fixed = checkpoint_arguments(preset, to_cvkit(dict(state)), kwargs, dict(trained_with or {}),
+                                 features_only=True)
     fixed.pop("num_classes", None)  # a backbone has no classifier
     for key, value in fixed.items():
         others = {k: v for k, v in kwargs.items() if k != key}
@@ -123,13 +125,15 @@ class CvkitBackbone(BaseModule):
         self._loaded_from = checkpoint if checkpoint and os.path.isfile(checkpoint) else None
         self.model_kwargs = dict(model_kwargs or {})
         if self._loaded_from:  # read once: its tensors fix the architecture, then load into it
-            from cvkit.models.checkpoint import read_checkpoint
+            from cvkit.models.checkpoint import read_checkpoint_and_arguments
             from cvkit.models.factory import model_from_state
+            from cvkit.models.registry import get_preset
 
             weights_only = self.model_kwargs.pop("weights_only", True)  # create_model's, not the model's
-            state = read_checkpoint(self._loaded_from, weights_only)
+            state, trained_with = read_checkpoint_and_arguments(
+                self._loaded_from, get_preset(model_name).name, weights_only)
             self.model_kwargs = with_checkpoint_architecture(
-                model_name, self.model_kwargs, state, self._loaded_from)
+                model_name, self.model_kwargs, state, self._loaded_from, trained_with)
             self.body = model_from_state(model_name, state, self._loaded_from, features_only=True,
                                          out_indices=tuple(out_indices), **self.model_kwargs)
         else:

@@ -183,9 +183,15 @@ class VisionTransformer(TimmVisionTransformer):
                      if num_classes else nn.Identity())
 
     @records_pruned_keys
-    def prune_intermediate_layers(self, *args, **kwargs) -> list[int]:
-        """timm's, recording the keys it removes (``pruned_keys``)."""
-        return super().prune_intermediate_layers(*args, **kwargs)
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's, recording what it removes (``pruned_keys``); without the head, a GCP head's
+        ``gcp.*`` weights count as pruned also when this model was built without one."""
+        take = super().prune_intermediate_layers(indices, prune_norm=prune_norm,
+                                                 prune_head=prune_head)
+        if prune_head:
+            self.pruned_modules = getattr(self, "pruned_modules", frozenset()) | {"gcp"}
+        return take
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

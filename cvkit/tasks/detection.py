@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from cvkit.atomic_write import atomic_write
-from cvkit.models.checkpoint import load_failure
+from cvkit.models.checkpoint import CheckpointError, load_failure
 from cvkit.tool_errors import OptionError, option_errors
 
 METRIC_PREFIX = "coco/"
@@ -141,7 +141,7 @@ def build_detector(cfg) -> nn.Module:
     where = cfg.filename or "the config"
     try:
         detector = MODELS.build(cfg.model)
-    except OptionError:
+    except (OptionError, CheckpointError):  # already one line; a checkpoint's is no config's
         raise
     except (KeyError, TypeError, AssertionError, ValueError) as e:
         raise OptionError(f"cannot build the detector of {where}: {_failed_entry(cfg.model, e)}"
@@ -422,7 +422,11 @@ class DetectionTask(L.LightningModule):
         if gradient_clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
         elif self._optim_wrapper is not None and self._optim_wrapper.clip_grad_kwargs:
-            self._optim_wrapper._clip_grad()  # the params of its optimizer, which Lightning steps
+            wrapper = self._optim_wrapper  # mmengine's clip_func and arguments: its semantics
+            params = [p for group in optimizer.param_groups for p in group["params"]
+                      if p.requires_grad and p.grad is not None]
+            if params:
+                wrapper.clip_func(params, **wrapper.clip_grad_kwargs)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         for sched in self._iter_schedulers:
