@@ -58,3 +58,48 @@ def test_config_builds_and_backpropagates_a_loss(config):
     with torch.no_grad():
         out = detector.test_step(batch)
     assert len(out) == 2 and out[0].pred_instances.bboxes.shape[-1] == 4
+
+
+LEGACY = sorted((CONFIG_DIR / "legacy_1.x").glob("*_v1.py"))
+
+
+@pytest.mark.parametrize("config", LEGACY, ids=[p.stem for p in LEGACY])
+def test_legacy_configs_take_mmdets_own_1x_settings(config):
+    """The configs for converted MMDetection 1.x releases have, in every head, the anchors, box
+    coder, RoIAlign, box losses and proposal settings of mmdet's own configs/legacy_1.x (the
+    independent reference), on the cvkit detector of the same name; the R-50 ones build with
+    them (legacy anchors at +0.5 px, unaligned RoIAlign)."""
+    from mmengine.config import Config
+
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    family = config.stem.split("_")[0]
+    cfg = load_det_config(config, {"model.backbone.init_cfg": None})
+    base = load_det_config(CONFIG_DIR / config.name.replace("_v1.py", ".py"),
+                           {"model.backbone.init_cfg": None})
+    import mmdet
+
+    mmdet_configs = Path(mmdet.__file__).parent / ".mim" / "configs"  # the installed package's
+    mmdet = Config.fromfile(mmdet_configs / "legacy_1.x" / f"{family}_r50_fpn_1x_coco_v1.py").model
+    paths = ({"retinanet": [("bbox_head", k) for k in ("anchor_generator", "bbox_coder", "loss_bbox")]}
+             .get(family) or
+             [("rpn_head", k) for k in ("anchor_generator", "bbox_coder", "loss_bbox")]
+             + [("roi_head", "bbox_roi_extractor", "roi_layer"), ("roi_head", "bbox_head", "bbox_coder"),
+                ("roi_head", "bbox_head", "loss_bbox"), ("train_cfg", "rpn_proposal", "max_per_img"),
+                ("train_cfg", "rcnn", "assigner", "match_low_quality")]
+             + ([("roi_head", "mask_roi_extractor", "roi_layer")] if family == "mask-rcnn" else []))
+
+    def at(node, path):
+        for key in path:
+            node = node[key]
+        return node.to_dict() if hasattr(node, "to_dict") else node
+
+    for path in paths:
+        assert at(cfg.model, path) == at(mmdet, path), path
+    assert cfg.model.backbone == base.model.backbone  # the same cvkit detector otherwise
+    if "r101" not in config.stem:
+        detector = build_detector(cfg)
+        anchors = (detector.bbox_head if family == "retinanet" else detector.rpn_head).prior_generator
+        assert type(anchors).__name__ == "LegacyAnchorGenerator" and anchors.center_offset == 0.5
+        if family != "retinanet":
+            assert not detector.roi_head.bbox_roi_extractor.roi_layers[0].aligned

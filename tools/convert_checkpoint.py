@@ -72,6 +72,9 @@ def main(argv=None) -> int:
                                                                  weights_only=not args.unsafe)
         if args.kind == "mmdet-legacy":
             state_dict = _mmdet_converter()(state_dict)
+            print("evaluate it with its configs/detection/legacy_1.x/*_v1.py config (MMDetection "
+                  "1.x's anchors, box coder and RoIAlign, with which it was trained; the mmdet 3 "
+                  "settings of the other configs score it lower)")
             _print_backbone_eca_sizes(state_dict)
         else:
             state_dict = to_cvkit(state_dict)
