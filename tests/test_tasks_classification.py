@@ -246,3 +246,25 @@ def test_bad_task_option_values_are_one_line_naming_the_key(option, allowed):
     with pytest.raises(ConfigError) as e:
         ClassificationTask("resnet18", **{"num_classes": 3, **option})
     assert str(e.value) == f"model.{key} must be {allowed}, got {value!r}"
+
+
+def test_a_step_without_images_still_joins_the_other_ranks(monkeypatch):
+    """Every file of a rank's batch skipped: on one device the step is skipped (None); under DDP
+    the rank returns a zero loss that gives every trainable parameter a (zero) gradient and takes
+    part in the ranks' NaN check, so the others' all-reduces do not wait for it."""
+    from types import SimpleNamespace
+
+    task = ClassificationTask("resnet18", num_classes=2)
+    calls = []
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda bad, all: calls.append(bad) or bad)
+    empty = (torch.empty(0), torch.empty(0, dtype=torch.long), ["bad.jpg"], [0])
+    monkeypatch.setattr(ClassificationTask, "trainer",
+                        property(lambda self: SimpleNamespace(world_size=1, strategy=strategy)))
+    assert task.training_step(empty, 0) is None and calls == []
+    monkeypatch.setattr(ClassificationTask, "trainer",
+                        property(lambda self: SimpleNamespace(world_size=2, strategy=strategy)))
+    loss = task.training_step(empty, 0)
+    assert loss.item() == 0 and calls == [False]
+    loss.backward()
+    trainable = [p for p in task.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)

@@ -261,12 +261,12 @@ class ClassificationTask(LightningModule):
     def training_step(self, batch, batch_idx: int):
         images, targets = self._unpack(batch)
         if images.numel() == 0:
-            return None
+            return self._nothing_to_train()
         if self.mixup_fn is not None:
             if images.shape[0] % 2:  # a skipped bad file left an odd batch: timm's Mixup pairs samples
                 images, targets = images[:-1], targets[:-1]
                 if images.numel() == 0:
-                    return None
+                    return self._nothing_to_train()
             images, targets = self.mixup_fn(images, targets)
         loss = self.train_loss_fn(self(images), targets)
         self._check_finite(loss)
@@ -274,6 +274,19 @@ class ClassificationTask(LightningModule):
                  batch_size=images.shape[0], sync_dist=False)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True,
                  on_step=True, on_epoch=False)
+        return loss
+
+    def _nothing_to_train(self) -> Optional[torch.Tensor]:
+        """A step whose files were all skipped: None on one device (Lightning skips it); under
+        DDP a zero loss through every trainable parameter, so this rank still joins the other
+        ranks' gradient all-reduce and NaN check (with None they would wait for it forever)."""
+        if self.trainer.world_size <= 1:
+            return None
+        loss = torch.zeros((), device=self.device)
+        for p in self.parameters():
+            if p.requires_grad:
+                loss = loss + p.sum() * 0
+        self._check_finite(loss)
         return loss
 
     def _check_finite(self, loss: torch.Tensor) -> None:
