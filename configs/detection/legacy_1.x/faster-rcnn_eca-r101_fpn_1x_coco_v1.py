@@ -1,8 +1,4 @@
 # The ECA-Net release of Faster R-CNN ECA-R101 (MMDetection 1.x), converted with
 # tools/convert_checkpoint.py --kind mmdet-legacy, with 1.x's anchors, box coder and RoIAlign.
 _base_ = ['../faster-rcnn_eca-r101_fpn_1x_coco.py', '../_base_/legacy_1x.py']
-model = dict(
-    rpn_head=_base_.legacy_rpn_head,
-    roi_head=dict(bbox_roi_extractor=_base_.legacy_bbox_roi_extractor,
-                  bbox_head=_base_.legacy_bbox_head),
-    train_cfg=_base_.legacy_two_stage_train_cfg)
+model = _base_.legacy_faster_rcnn

@@ -1,9 +1,4 @@
 # The ECA-Net release of Mask R-CNN ECA-R50 (MMDetection 1.x), converted with
 # tools/convert_checkpoint.py --kind mmdet-legacy, with 1.x's anchors, box coder and RoIAlign.
 _base_ = ['../mask-rcnn_eca-r50_fpn_1x_coco.py', '../_base_/legacy_1x.py']
-model = dict(
-    rpn_head=_base_.legacy_rpn_head,
-    roi_head=dict(bbox_roi_extractor=_base_.legacy_bbox_roi_extractor,
-                  mask_roi_extractor=_base_.legacy_mask_roi_extractor,
-                  bbox_head=_base_.legacy_bbox_head),
-    train_cfg=_base_.legacy_two_stage_train_cfg)
+model = _base_.legacy_mask_rcnn

@@ -1,4 +1,4 @@
 # The ECA-Net release of RetinaNet ECA-R101 (MMDetection 1.x), converted with
 # tools/convert_checkpoint.py --kind mmdet-legacy, with 1.x's anchors and box coder.
 _base_ = ['../retinanet_eca-r101_fpn_1x_coco.py', '../_base_/legacy_1x.py']
-model = dict(bbox_head=_base_.legacy_retina_head)
+model = _base_.legacy_retinanet
