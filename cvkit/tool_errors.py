@@ -75,13 +75,14 @@ def report(e: BaseException, status: int | None = None, prefix: str = "") -> int
     return USAGE if isinstance(e, OptionError) or _misconfiguration(e) else FAILED
 
 
-#: option rules for :func:`check_options`: (test, what the value must be)
-def _integer(v) -> bool:
+def is_integer(v) -> bool:
+    """An int (NumPy's too), not a bool or a float of integral value."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-POSITIVE_INT = (lambda v: _integer(v) and v >= 1, "an integer >= 1")
-NON_NEGATIVE_INT = (lambda v: _integer(v) and v >= 0, "an integer >= 0")
+#: option rules for :func:`check_options`: (test, what the value must be)
+POSITIVE_INT = (lambda v: is_integer(v) and v >= 1, "an integer >= 1")
+NON_NEGATIVE_INT = (lambda v: is_integer(v) and v >= 0, "an integer >= 0")
 FRACTION = (lambda v: 0 < v <= 1, "in (0, 1]")
 PROBABILITY = (lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cvkit.tool_errors import OptionError
+from cvkit.tool_errors import NON_NEGATIVE_INT, OptionError, check_options
 
 CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
@@ -108,8 +108,7 @@ def check_corruption(name: str, severity) -> None:
 def check_seed(seed, name: str = "seed") -> int:
     """A corruption seed: a non-negative int (NumPy's SeedSequence entropy); else a ValueError
     naming ``name`` (e.g. ``--seed`` for a tool)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OptionError(f"{name} must be a non-negative integer, got {seed!r}")
+    check_options([(name, seed, NON_NEGATIVE_INT[0], "a non-negative integer")])
     return int(seed)
 
 

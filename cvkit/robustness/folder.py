@@ -24,7 +24,7 @@ from torchvision.transforms import functional as TF
 
 from cvkit.atomic_write import atomic_write
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed, corrupt
-from cvkit.tool_errors import OptionError
+from cvkit.tool_errors import POSITIVE_INT, check_options, is_integer
 
 RELEASE_JPEG_QUALITY = 85
 
@@ -36,16 +36,14 @@ RENDER_GENERATOR = "cvkit tools/make_imagenet_c.py (cvkit.robustness.folder.writ
 
 def check_pixels(value, name: str) -> int:
     """An image size in pixels (an int >= 1); else an OptionError naming ``name`` (e.g. ``--crop``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise OptionError(f"{name} must be a positive number of pixels, got {value!r}")
+    check_options([(name, value, POSITIVE_INT[0], "a positive number of pixels")])
     return int(value)
 
 
 def check_jpeg_quality(value, name: str = "jpeg_quality") -> int:
     """A JPEG quality in 1..100, libjpeg's scale (PIL clamps anything else silently, and 0 encodes
     as 1); else an OptionError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= 100:
-        raise OptionError(f"{name} must be an integer in 1..100, got {value!r}")
+    check_options([(name, value, lambda v: is_integer(v) and 1 <= v <= 100, "an integer in 1..100")])
     return int(value)
 
 
