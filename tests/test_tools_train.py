@@ -67,6 +67,19 @@ def test_gcp_dim128_variant_overlays_any_gcp_recipe(recipe, tiny, tmp_path):
     assert task.optimizer_cfg == base.optimizer_cfg and task.schedule == base.schedule
 
 
+@pytest.mark.parametrize("extra,seed", [([], 0), (["--seed_everything", "7"], 7),
+                                        (["--seed_everything", "7", "--data.seed", "3"], 3)])
+def test_data_seed_follows_seed_everything_unless_set(extra, seed, tiny, tmp_path):
+    """A seed sweep (--seed_everything N) trained every run on the same order and augmentation:
+    data.seed was a separate 0. Unset, it is now the run's seed, recorded in the hparams."""
+    cli = ClassificationCLI(args=["--data.root", str(tiny), "--trainer.accelerator", "cpu",
+                                  "--trainer.logger", "false", "--model.model_name", "resnet18",
+                                  "--trainer.default_root_dir", str(tmp_path), *extra], run=False)
+    assert cli.datamodule.seed == seed and cli.datamodule.hparams.seed == seed
+    cli.datamodule.setup("fit")
+    assert cli.datamodule.train_set.seed == seed
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_parses_and_builds_model_and_optimizer(recipe, tiny, tmp_path):
     """Every YAML goes through the real CLI parser and builds its model (on the meta device: the

@@ -254,7 +254,9 @@ class ClassificationDataModule(LightningDataModule):
         mean, std: normalisation, applied on the device (batches travel as uint8): 3 values, one
             per RGB channel (images are decoded as RGB).
         strict: stop on a bad image file instead of skipping it with a warning.
-        seed: sampler order and per-sample augmentation seed.
+        seed: sampler order and per-sample augmentation seed; None (default): the run's seed
+            (``tools/train.py`` gives ``seed_everything``, so ``--seed_everything N`` changes the
+            data order and augmentation too), 0 outside the command line.
 
     A value out of range is a one-line :class:`~cvkit.tool_errors.OptionError` naming
     ``data.<key>`` and the allowed values, when the datamodule is built.
@@ -268,7 +270,8 @@ class ClassificationDataModule(LightningDataModule):
                  randaugment_magnitude: float = 0.5,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  num_workers: Optional[int] = None, pin_memory: Optional[bool] = None,
-                 persistent_workers: bool = True, strict: bool = False, seed: int = 0):
+                 persistent_workers: bool = True, strict: bool = False,
+                 seed: Optional[int] = None):
         def rgb(test):
             return lambda v: len(v) == 3 and all(test(x) for x in v)
 
@@ -289,8 +292,10 @@ class ClassificationDataModule(LightningDataModule):
             ("std", std, rgb(lambda x: 0 < x < float("inf")), "3 values > 0 (R, G, B)"),
             ("num_workers", num_workers, lambda v: v is None or NON_NEGATIVE_INT[0](v),
              "null (automatic) or an integer >= 0"),
-            ("seed", seed, *NON_NEGATIVE_INT),
+            ("seed", seed, lambda v: v is None or NON_NEGATIVE_INT[0](v),
+             "null (the run's seed_everything) or an integer >= 0"),
         ])
+        seed = 0 if seed is None else seed  # recorded resolved (save_hyperparameters reads it)
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root)

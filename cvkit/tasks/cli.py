@@ -70,6 +70,14 @@ class ClassificationCLI(LightningCLI):
                              "checkpoint.enable_version_counter": False})
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """``data.seed`` unset follows ``seed_everything`` (resolved by now, a random one
+        included): a seed sweep trains on differently ordered, differently augmented data."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        seed = config.get("seed_everything")
+        if config.data.get("seed") is None and not isinstance(seed, bool) and seed is not None:
+            config.data.seed = int(seed)
+
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
         plugins = cfg.get("plugins") or []
