@@ -113,6 +113,25 @@ def test_class_folder_without_images_is_an_error_naming_it(tiny):
     assert "\n" not in msg and str(tiny / "train" / "zebra") in msg and "hold no images" in msg
 
 
+def test_hidden_folders_and_files_are_not_classes_or_images(tiny):
+    """A Jupyter ``.ipynb_checkpoints`` folder, a Mac zip's ``__MACOSX`` folder and ``._x.jpg``
+    resource forks were a class / undecodable samples (torchvision's ImageFolder takes them);
+    the robustness tools list the same classes and the same first image."""
+    from cvkit.robustness.folder import first_image, folder_classes
+
+    train = tiny / "train"
+    before = ImageFolderDataset(train)
+    jpg = before.samples[0][0]
+    first = first_image(train)
+    for hidden in (".ipynb_checkpoints", "__MACOSX", f"{before.classes[0]}/.cache"):
+        (train / hidden).mkdir()
+        shutil.copy(jpg, train / hidden / "a.jpg")
+    (train / before.classes[0] / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    ds = ImageFolderDataset(train)
+    assert ds.classes == before.classes and ds.samples == before.samples
+    assert folder_classes(train) == before.classes and first_image(train) == first
+
+
 def test_two_rank_batches_are_the_one_process_batch(tiny):
     """The same seeded DistributedSampler on 1 or 2 ranks: the ranks' batches of size b together
     are the 1-process batch of size 2b (what makes DDP equal a single run of the same global batch)."""

@@ -93,19 +93,34 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def is_hidden(name: str) -> bool:
+    """Not data: hidden entries (``.ipynb_checkpoints``, macOS ``._x.JPEG`` resource forks) and
+    the ``__MACOSX`` folder of a zip made on a Mac. torchvision's ImageFolder takes them as
+    classes / images (an extra class the model must predict, undecodable files)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def find_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted class sub-folder names of ``root`` (torchvision's order), hidden folders left out."""
+    with os.scandir(root) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not is_hidden(e.name))
+
+
 def scan_split(root: str | os.PathLike) -> tuple[list[tuple[str, int]], list[str]]:
     """(samples, classes) of an ImageFolder split; one-line errors for a missing or empty folder."""
-    from torchvision.datasets.folder import find_classes, make_dataset
+    from torchvision.datasets.folder import make_dataset
 
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"split folder {root} does not exist")
-    try:
-        classes, class_to_idx = find_classes(str(root))
-        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS,
-                               allow_empty=True)
-    except FileNotFoundError:
-        classes, samples = [], []
+    classes = find_classes(root)
+
+    def is_image(path: str) -> bool:
+        rel = Path(path).relative_to(root).parts
+        return path.lower().endswith(IMG_EXTENSIONS) and not any(map(is_hidden, rel))
+
+    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)},
+                           is_valid_file=is_image, allow_empty=True) if classes else []
     if not samples:
         raise FileNotFoundError(f"split folder {root} has no images in class sub-folders "
                                 f"(expected {root}/<class>/<image>{IMG_EXTENSIONS[0]})")

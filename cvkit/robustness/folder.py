@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import find_classes
 from torchvision.transforms import functional as TF
 
 from cvkit.atomic_write import atomic_write
@@ -101,23 +100,26 @@ def list_image_folder(root) -> tuple[list[tuple[str, int]], list[str]]:
 
 
 def folder_classes(root) -> list[str]:
-    """Class sub-folder names of ``root`` (torchvision's ``find_classes``); [] when it has none."""
+    """Class sub-folder names of ``root`` (:func:`cvkit.data.datamodule.find_classes`: sorted,
+    hidden folders left out); [] when it has none."""
+    from cvkit.data.datamodule import find_classes
+
     try:
-        return find_classes(str(root))[0]
-    except FileNotFoundError:
+        return find_classes(root)
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
 def first_image(root) -> Path | None:
     """The first image of an ImageFolder tree in :func:`list_image_folder`'s order (sorted class
     folders, sorted files), found without listing the rest; None when it has none."""
-    from cvkit.data.datamodule import IMG_EXTENSIONS
+    from cvkit.data.datamodule import IMG_EXTENSIONS, is_hidden
 
     for name in folder_classes(root):
         for dirpath, dirnames, filenames in os.walk(Path(root, name), followlinks=True):
-            dirnames.sort()
+            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
             for f in sorted(filenames):
-                if f.lower().endswith(IMG_EXTENSIONS):
+                if f.lower().endswith(IMG_EXTENSIONS) and not is_hidden(f):
                     return Path(dirpath, f)
     return None
 
