@@ -217,6 +217,18 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's message")
+def test_gpu_recipe_on_a_cpu_only_machine_is_one_line_exit_2(tiny, tmp_path, capsys):
+    """The recipes ask for the paper's 8 devices: with Lightning's automatic accelerator a
+    CPU-only machine started 8 gloo processes; they name the GPU, so it is one line."""
+    rc = main(["fit", "--config", str(REPO / "configs/classification/resnet18.yaml"),
+               "--data.root", str(tiny), "--trainer.default_root_dir", str(tmp_path)])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("error: bad trainer option (--trainer.*)") and "gpu" in line, line
+    assert "--trainer.accelerator cpu --trainer.devices 1" in line, line
+
+
 def test_unknown_yaml_key_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "typo.yaml"
     bad.write_text("model:\n  model_nmae: resnet18\n")

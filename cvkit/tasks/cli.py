@@ -203,6 +203,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         return tool_errors.report(e, prefix="bad option or config value: ")
     except MisconfigurationException as e:  # e.g. more GPUs asked for than the machine has
+        if "gpu" in str(e).lower():  # the recipes ask for 8 GPUs
+            import torch
+
+            hint = (f"--trainer.devices {torch.cuda.device_count()}" if torch.cuda.is_available()
+                    else "on this machine's CPU: --trainer.accelerator cpu --trainer.devices 1")
+            e = MisconfigurationException(f"{e} ({hint}; the LR follows the global batch)")
         return tool_errors.report(e, prefix="bad trainer option (--trainer.*): ")
     except tool_errors.USER_ERRORS as e:
         return tool_errors.report(e)
