@@ -210,37 +210,42 @@ class _ConnectionBase(nn.Module):
         return alpha, beta
 
     def forward(self, streams: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """One hyper-/frac-connected layer: mix the streams, run ``branch``, write back."""
+        """One hyper-/frac-connected layer: mix the streams, run ``branch``, write back. The
+        mixing and the depth add run in float32 (float64 stays float64) and the result is stored
+        in the streams' dtype: bf16 streams (a CNN under autocast) would round the learned
+        coefficients to bf16's grid (steps of 2^-7 near 1: B = 1.003 acted as 1)."""
         self._check_streams(streams)
         k, r, dtype = self.num_inputs, self.rate, streams.dtype
+        cdt = torch.promote_types(dtype, torch.float32)
         b, spatial = streams.shape[0], streams.shape[3:]
         self._guard(streams, "input streams")
         with autocast_off(streams.device):
+            x = streams.to(cdt)
             if self.dynamic:
-                alpha, beta = self._dynamic_gates(streams)
+                alpha, beta = self._dynamic_gates(x)
                 self._guard(alpha, "dynamic alpha")
                 self._guard(beta, "dynamic beta")
-                alpha, beta = alpha.to(dtype), beta.to(dtype)
                 if self.channel_first:      # mixed[b, j, c, p] = sum_i alpha[b, i, p, j] H[b, i, c, p]
-                    mixed = torch.einsum("bipj,bicp->bjcp", alpha, streams.flatten(3))
+                    mixed = torch.einsum("bipj,bicp->bjcp", alpha, x.flatten(3))
                     mixed = mixed.unflatten(3, spatial)
                     beta = beta.unflatten(2, spatial).unsqueeze(2)          # (B, r, 1, H, W)
                 else:                       # mixed[b, j, t, d] = sum_i alpha[b, i, t, j] H[b, i, t, d]
-                    mixed = torch.einsum("bitj,bitd->bjtd", alpha, streams)
+                    mixed = torch.einsum("bitj,bitd->bjtd", alpha, x)
                     beta = beta.unsqueeze(-1)                               # (B, r, N, 1)
             else:                           # one (k+r, r) x (r, everything) product
-                alpha = self.static_alpha.to(dtype)
-                mixed = torch.matmul(alpha.t(), streams.reshape(b, r, -1))
+                alpha = self.static_alpha.to(cdt)
+                mixed = torch.matmul(alpha.t(), x.reshape(b, r, -1))
                 mixed = mixed.view(b, k + r, *streams.shape[2:])
-                beta = self.static_beta.to(dtype).view(r, *([1] * (streams.dim() - 2)))
-        out = branch(self._branch_input(mixed[:, :k]))
+                beta = self.static_beta.to(cdt).view(r, *([1] * (streams.dim() - 2)))
+        out = branch(self._branch_input(mixed[:, :k]).to(dtype))
         expected = (b, self.dim, *spatial) if self.channel_first else (b, streams.shape[2], self.dim)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"{type(self).__name__}: branch must return shape {expected}, got {got}")
         self._guard(out, "branch output")
         with autocast_off(streams.device):
-            return torch.addcmul(mixed[:, k:], beta, self._spread_output(out))
+            new = torch.addcmul(mixed[:, k:], beta, self._spread_output(out).to(cdt))
+            return new.to(dtype)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, rate={self.rate}, layer_index={self.layer_index}, "
