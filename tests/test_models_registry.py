@@ -279,6 +279,7 @@ def test_vit_wrong_input_size_is_one_clear_error():
     (dict(hc_rate=2, fc_rate=2), "not both"),
     (dict(hc_rate=-1), "hc_rate"),
     (dict(hc_dynamic=True), "hc_dynamic"),
+    (dict(hc_rate=2, hc_dynamic="no"), "hc_dynamic must be true or false, got 'no'"),  # was True
     (dict(hc_nan_guard=True), "hc_nan_guard=True needs hc_rate > 0 or fc_rate > 0"),
     (dict(eca_k_size=4), "odd"),
     (dict(eca_k_size="official"), "per-stage sizes, e.g. \\(3, 5, 5, 7\\)"),

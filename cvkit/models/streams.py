@@ -70,13 +70,16 @@ def stream_spec(hc_rate: int = 0, fc_rate: int = 0, hc_dynamic: bool = False,
     for name, value in (("hc_rate", hc_rate), ("fc_rate", fc_rate)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an int >= 0 (0 = off), got {value!r}")
+    for name, value in (("hc_dynamic", hc_dynamic), ("hc_nan_guard", hc_nan_guard)):
+        if not isinstance(value, bool):  # bool("no") is True
+            raise ValueError(f"{name} must be true or false, got {value!r}")
     if hc_rate and fc_rate:
         raise ValueError(f"choose hyper-connections (hc_rate={hc_rate}) or frac-connections "
                          f"(fc_rate={fc_rate}), not both")
     if hc_rate:
-        return StreamSpec("hc", hc_rate, bool(hc_dynamic), bool(hc_nan_guard))
+        return StreamSpec("hc", hc_rate, hc_dynamic, hc_nan_guard)
     if fc_rate:
-        return StreamSpec("fc", fc_rate, bool(hc_dynamic), bool(hc_nan_guard))
+        return StreamSpec("fc", fc_rate, hc_dynamic, hc_nan_guard)
     for name, value in (("hc_dynamic", hc_dynamic), ("hc_nan_guard", hc_nan_guard)):
         if value:
             raise ValueError(f"{name}=True needs hc_rate > 0 or fc_rate > 0")
