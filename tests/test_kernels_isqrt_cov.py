@@ -255,6 +255,22 @@ def test_cpu_tensor_without_interpreter_is_a_clear_error(monkeypatch):
         isqrt_cov_triton(torch.randn(1, 16, 2, 2))
 
 
+@pytest.mark.parametrize("value", ["true", "ON", "yes"])
+def test_triton_interpret_is_read_as_triton_reads_it(value, monkeypatch):
+    """TRITON_INTERPRET=true runs Triton's interpreter (Triton takes 1/true/yes/on/y); the
+    dispatch read only "1" and refused the CPU tensor, telling the user to set what they had."""
+    from cvkit.kernels.interpret import interpreting
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpreting()
+    x = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(isqrt_cov_triton(x, 2).double(), reference(x, 2),
+                               rtol=1e-4, atol=1e-5)
+    for off in ("0", "false", ""):
+        monkeypatch.setenv("TRITON_INTERPRET", off)
+        assert not interpreting()
+
+
 def test_empty_batch_gives_empty_result(interpret):
     x = torch.randn(0, 16, 3, 3, requires_grad=True)
     out = isqrt_cov_triton(x, 3)
@@ -285,11 +301,16 @@ def test_non_contiguous_inputs_are_read_right(interpret, layout):
 
 @pytest.fixture
 def matmul_precision_restored():
-    """PyTorch's fp32 matmul settings, legacy and per-backend, put back as they were."""
+    """PyTorch's fp32 matmul settings, legacy and per-backend, put back as they were; the test
+    starts from a fresh process's (every backend "none": inheriting the generic setting). An
+    earlier ``set_float32_matmul_precision`` (the covpool benchmark's) sets cuBLAS's explicitly,
+    and a generic ``torch.backends.fp32_precision = 'tf32'`` then leaves cuBLAS at "ieee"."""
     legacy = torch.get_float32_matmul_precision()
     new = [(module, module.fp32_precision) for module in
            (torch.backends, torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
            if hasattr(module, "fp32_precision")]  # PyTorch >= 2.9
+    for module, _ in new:
+        module.fp32_precision = "none"
     yield
     torch.set_float32_matmul_precision(legacy)
     for module, value in new:

@@ -76,11 +76,36 @@ def test_gradcheck_tokens_and_rank_deficient(method):
                                     (x.requires_grad_(),))
 
 
-def test_double_backward_is_refused_not_silently_wrong():
-    x = _maps(b=1, c=4, h=3, w=3).requires_grad_()
-    grad, = torch.autograd.grad(isqrt_cov(x, 2).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        grad.sum().backward()
+@pytest.mark.parametrize("method", METHODS)
+def test_double_backward_is_refused_not_silently_wrong(method):
+    """A gradient penalty through a layer before the pooling: torch's @once_differentiable let the
+    penalty's backward through with the input gradient as a constant (no error, a wrong weight
+    gradient); it raises naming the function now."""
+    conv = torch.nn.Conv2d(3, 4, 1).double()
+    x = _maps(b=1, c=3, h=3, w=3).requires_grad_()
+    out = _isqrt_cov_torch(conv(x), 2, method)
+    grad, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"isqrt_cov has no second derivative \(its backward is "
+                                           r"hand-written\)"):
+        (out.sum() + grad.pow(2).sum()).backward()
+    # a first derivative alone (create_graph=False) is unchanged
+    x.grad = None
+    _isqrt_cov_torch(conv(x), 2, method).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_missing_triton_package_is_a_clear_error_and_auto_falls_back(monkeypatch):
+    """CUDA builds of PyTorch without triton exist: the kernels import it only when first run,
+    so "auto" on a CUDA tensor raised ModuleNotFoundError from inside the kernel file instead of
+    taking the torch path. _triton_kernel (what "auto" tries) now raises the RuntimeError that
+    "auto" falls back on, and backend="triton" says what is missing."""
+    from cvkit.layers.covpool import _triton_kernel
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # as if not installed
+    with pytest.raises(RuntimeError, match=r"triton package \(pip install triton\)"):
+        _triton_kernel()
+    with pytest.raises(RuntimeError, match=r"backend='triton' needs .* triton package"):
+        isqrt_cov(_maps(b=1, c=4, h=2, w=2), 2, backend="triton")
 
 
 def test_many_iterations_converge_to_eigh_square_root():

@@ -43,6 +43,7 @@ import torch
 import cvkit.kernels.isqrt_cov as impl
 from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_seconds, synchronize
+from cvkit.kernels.interpret import interpreting
 from cvkit.kernels.tile_configs import ENV_VAR
 
 CVKIT = "cvkit (direct launches of the recorded kernels)"
@@ -240,7 +241,7 @@ def step_times(steps: dict, repeats: int, device: str) -> dict[str, tuple[list, 
 
 
 def run(args: argparse.Namespace) -> str:
-    if impl._interpreting():
+    if interpreting():
         raise SystemExit("covpool-host times the compiled-mode launch path: unset TRITON_INTERPRET")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("covpool-host --device cuda: no CUDA device here (the default, --device "

@@ -32,6 +32,7 @@ import torch
 
 from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import median_seconds
+from cvkit.kernels.interpret import interpreting
 from cvkit.kernels.isqrt_cov import PRECISIONS, _kernels, _pair, _products
 from cvkit.kernels.tile_configs import ENV_VAR, FIELDS, parse_tile_config
 
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> str:
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("covpool-tiles: --device cuda but CUDA is not available")
-    if device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if device == "cpu" and not interpreting():
         raise SystemExit("covpool-tiles: the CPU runs the kernels only under TRITON_INTERPRET=1")
     configs = {text: parse_config(text) for text in args.configs}
     jobs = args.jobs if args.jobs is not None else (

@@ -22,22 +22,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch._C import _functions  # DelayedError, as torch.autograd.function.once_differentiable
+
+from cvkit.kernels.interpret import interpreting
+from cvkit.layers.first_derivative import first_derivative_only
 
 _KERNEL_FILE = Path(__file__).with_name("isqrt_cov_kernels.py")
 _LOADED: dict[bool, object] = {}
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _kernels():
     """The kernel module for the current Triton mode. ``@triton.jit`` decides compiled versus
     interpreted when it decorates (it reads TRITON_INTERPRET then, in Triton 3.6 and 3.8 alike), so
     the kernel file is loaded once per mode, whenever the variable was set."""
-    interpret = _interpreting()
+    interpret = interpreting()
     if interpret not in _LOADED:
         name = f"cvkit.kernels._isqrt_cov_kernels_{'interpreted' if interpret else 'compiled'}"
         spec = importlib.util.spec_from_file_location(name, _KERNEL_FILE)
@@ -311,7 +309,7 @@ def _replayed(*buffers) -> bool:
 def _step_launches(kind: str, tensors, *config):
     """A ``_StepLaunches`` context for a forward or backward call when direct launches are on
     (the default; compiled mode only), else a no-op context."""
-    if not _DIRECT or _interpreting():
+    if not _DIRECT or interpreting():
         return contextlib.nullcontext()
     key = (kind, *config,
            *((t.device, t.shape, t.stride(), t.data_ptr() % 16) for t in tensors))
@@ -585,17 +583,10 @@ class _IsqrtCovFunction(torch.autograd.Function):
         return output[0]
 
     @staticmethod
+    @first_derivative_only("isqrt_cov_triton", "its backward is Triton kernels")
     def backward(ctx, grad_out):
-        with torch.no_grad():
-            grad_x = _run_backward(grad_out, *ctx.saved_tensors, ctx.iters, ctx.vectorize,
-                                   ctx.precision)
-        if torch.is_grad_enabled():  # create_graph=True: differentiating grad_x again raises, as
-            # through the operators. (PyTorch's @once_differentiable does this only when an
-            # incoming gradient requires grad; with the saved input requiring it, its error would
-            # be "element 0 of tensors does not require grad".)
-            grad_x = _functions.DelayedError(
-                b"isqrt_cov_triton has no second derivative (its backward is Triton kernels)",
-                1)(grad_x.detach().requires_grad_())
+        grad_x = _run_backward(grad_out, *ctx.saved_tensors, ctx.iters, ctx.vectorize,
+                               ctx.precision)
         return grad_x, None, None, None
 
 
@@ -621,7 +612,7 @@ def isqrt_cov_triton(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
     """
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:  # as isqrt_cov
         raise ValueError(f"iters must be a positive int, got {iters!r}")
-    if not x.is_cuda and not _interpreting():
+    if not x.is_cuda and not interpreting():
         raise RuntimeError(
             f"isqrt_cov_triton needs a CUDA tensor (got one on {x.device}); to run the Triton "
             "kernels on the CPU set TRITON_INTERPRET=1, or use isqrt_cov(..., backend='torch')")

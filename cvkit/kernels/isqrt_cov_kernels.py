@@ -10,14 +10,14 @@ symmetric too (the backward's tangents are derivatives of such polynomials along
 direction), so ``_products_kernel`` computes only the tiles on and above the diagonal and writes
 each off-diagonal tile twice (itself and its transpose).
 """
-import os
 
 import triton
 import triton.language as tl
 
+from cvkit.kernels.interpret import interpreting
 from cvkit.kernels.tile_configs import product_configs_from_env
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET = interpreting()
 TINY_TRACE: tl.constexpr = tl.constexpr(1e-30)  # the same threshold as cvkit.layers.covpool
 
 

@@ -26,10 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from cvkit.layers.autocast import autocast_off
 from cvkit.layers.deployment import capturing_graph
+from cvkit.layers.first_derivative import first_derivative_only
 
 __all__ = ["isqrt_cov", "triu_vectorize", "CovariancePooling", "centred_covariance",
            "newton_schulz_polynomial"]
@@ -238,7 +238,7 @@ class _IsqrtCovEigh(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable  # no double backward (not needed by any training recipe here)
+    @first_derivative_only("isqrt_cov", "its backward is hand-written")
     def backward(ctx, grad_out):
         features, vecs, lam, trace, ok = ctx.saved_tensors
         p64, dp64 = newton_schulz_polynomial(lam.double(), ctx.iters)
@@ -299,7 +299,7 @@ class _IsqrtCovNewtonSchulz(torch.autograd.Function):
         return y * s[:, None, None]
 
     @staticmethod
-    @once_differentiable  # no double backward (not needed by any training recipe here)
+    @first_derivative_only("isqrt_cov", "its backward is hand-written")
     def backward(ctx, grad_out):
         (features,) = ctx.saved_tensors
         a, trace, ok = _normalised(features, symmetrise=True)
@@ -336,11 +336,15 @@ def _isqrt_cov_torch(x: torch.Tensor, iters: int, method: str | None = None) -> 
 
 
 def _triton_kernel():
+    """``cvkit.kernels.isqrt_cov_triton``, or RuntimeError when it or the ``triton`` package (which
+    the kernels import only when first run) is missing: "auto" then takes the torch path."""
     try:
+        import triton  # noqa: F401 - CUDA builds of PyTorch without it exist (e.g. Windows)
+
         from cvkit.kernels import isqrt_cov_triton  # lazy: Triton is only needed on this path
     except ImportError as e:
-        raise RuntimeError("isqrt_cov: backend='triton' needs cvkit.kernels.isqrt_cov_triton, "
-                           f"which is not available ({e})") from e
+        raise RuntimeError("isqrt_cov: backend='triton' needs cvkit.kernels.isqrt_cov_triton and "
+                           f"the triton package (pip install triton), not available ({e})") from e
     return isqrt_cov_triton
 
 
