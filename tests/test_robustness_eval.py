@@ -712,6 +712,9 @@ def test_imagenet_c_options_refused_not_ignored(tmp_path, option, message, capsy
     (["--jpeg-quality", "0"], "--jpeg-quality must be an integer in 1..100, got 0"),
     (["--jpeg-quality", "101"], "--jpeg-quality must be an integer in 1..100, got 101"),
     (["--jpeg-quality", "-5"], "--jpeg-quality must be an integer in 1..100, got -5"),
+    # were torch's errors, exit 1, naming batch_size or nothing
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["--workers", "-1"], "--workers must be an integer >= 0 (0: load in the main process), got -1"),
 ])
 def test_on_the_fly_bad_sizes_and_jpeg_quality_are_one_line_errors(tmp_path, option, message, capsys):
     ev = _tool("eval_corruption")
@@ -740,6 +743,9 @@ def test_eval_sizes_zero_is_refused_not_the_default():
     (["--crop", "0"], "--crop must be a positive number of pixels, got 0"),
     (["--resize", "-3"], "--resize must be a positive number of pixels, got -3"),
     (["--resize", "40", "--crop", "48"], "--resize 40 is smaller than --crop 48"),
+    # Pool's own error after the render marker was written; 0 silently meant all cores
+    (["--workers", "-1"], "--workers must be an integer >= 1 (default: all cores), got -1"),
+    (["--workers", "0"], "--workers must be an integer >= 1 (default: all cores), got 0"),
 ])
 def test_make_imagenet_c_bad_options_are_one_line_errors(tmp_path, option, message, capsys):
     assert _tool("make_imagenet_c")(["--val", str(tmp_path), "--out", str(tmp_path / "o"), *option]) == 2
@@ -810,3 +816,50 @@ def test_recorded_classes_of_a_datamodule_subclass():
     from cvkit.tasks.evaluate import recorded_classes
     assert recorded_classes({"state_dict": {}, "MyDataModule": {"classes": ["a", "b"], "train_position": {}}}) == ["a", "b"]
     assert recorded_classes({"state_dict": {}, "hyper_parameters": {"num_classes": 2}}) is None
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_unreadable_image_is_one_line_naming_it(setup, tmp_path, workers, capsys):
+    """A file PIL cannot read was a 47-line traceback (PIL's UnidentifiedImageError, from a
+    DataLoader worker too) in eval_corruption and make_imagenet_c; one line naming it, exit 1."""
+    _, val, ckpt = setup
+    bad_val = tmp_path / "val"
+    shutil.copytree(val, bad_val)
+    bad = sorted((bad_val / "circle").iterdir())[0]
+    bad.write_bytes(b"not an image")
+    rc = _tool("eval_corruption")(["--corruptions", "fog", "--severities", "1", "--workers",
+                                   workers, "--batch-size", "16", "--no-progress", "--device",
+                                   "cpu", "--checkpoint", str(ckpt), "--val", str(bad_val), *SIZE,
+                                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err == f"error: cannot read image file {bad}: not an image PIL can identify\n", err
+    rc = _tool("make_imagenet_c")(["--val", str(bad_val), "--out", str(tmp_path / "c"), *SIZE,
+                                   "--corruptions", "fog", "--severities", "1", "--workers", "1"])
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert rc == 1 and err == f"error: cannot read image file {bad}: not an image PIL can identify"
+
+
+def test_make_imagenet_c_keeps_sub_folders_and_refuses_names_that_collide(setup, tmp_path,
+                                                                           capsys):
+    """Images in sub-folders of a class (ImageFolder reads them) were all written to the class
+    folder by file name: same-named files overwrote each other and "wrote 2 images" left one. The
+    path under the class folder is kept; x.png beside x.jpg (both .jpg) is one line naming both."""
+    _, val, _ = setup
+    src = sorted((val / "circle").iterdir())[:2]
+    nested = tmp_path / "nested"
+    for i, f in enumerate(src):
+        (nested / "circle" / f"sub{i}").mkdir(parents=True)
+        shutil.copy(f, nested / "circle" / f"sub{i}" / "img.jpg")
+    mk = _tool("make_imagenet_c")
+    args = [*SIZE, "--corruptions", "fog", "--severities", "1", "--workers", "1"]
+    assert mk(["--val", str(nested), "--out", str(tmp_path / "c"), *args]) == 0
+    assert sorted(p.relative_to(tmp_path / "c") for p in (tmp_path / "c").rglob("*.jpg")) == [
+        Path("fog/1/circle/sub0/img.jpg"), Path("fog/1/circle/sub1/img.jpg")]
+    from PIL import Image
+    Image.open(src[0]).save(nested / "circle" / "sub0" / "img.png")
+    capsys.readouterr()
+    assert mk(["--val", str(nested), "--out", str(tmp_path / "c2"), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "would both be rendered as circle/sub0/img.jpg" in err, err
+    assert not (tmp_path / "c2").exists()

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed
 from cvkit.robustness.folder import check_jpeg_quality, check_pixels
-from cvkit.tool_errors import USAGE, OptionError, is_user_error, report
+from cvkit.tool_errors import (NON_NEGATIVE_INT, POSITIVE_INT, USAGE, OptionError, check_options,
+                               is_user_error, report)
 
 
 #: Options of one task only (dest -> flag): given with the other task, they are an error rather
@@ -114,6 +115,10 @@ def check_task_options(args) -> None:
             check_pixels(value, flag)
     if args.jpeg_quality is not None:
         check_jpeg_quality(args.jpeg_quality, "--jpeg-quality")
+    check_options([("--batch-size", args.batch_size, lambda v: v is None or POSITIVE_INT[0](v),
+                    POSITIVE_INT[1]),
+                   ("--workers", args.workers, lambda v: v is None or NON_NEGATIVE_INT[0](v),
+                    NON_NEGATIVE_INT[1] + " (0: load in the main process)")])
     for dest, value in {**(CLS_DEFAULTS if args.task == "cls" else DET_DEFAULTS), "seed": SEED}.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)

@@ -19,7 +19,7 @@ import sys
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed
 from cvkit.robustness.folder import RELEASE_JPEG_QUALITY, check_jpeg_quality, check_pixels, write_imagenet_c
-from cvkit.tool_errors import OptionError, is_user_error, report
+from cvkit.tool_errors import POSITIVE_INT, OptionError, check_options, is_user_error, report
 
 
 def main(argv=None) -> int:
@@ -42,6 +42,8 @@ def main(argv=None) -> int:
         for c in args.corruptions:
             for s in args.severities:
                 check_corruption(c, s)
+        check_options([("--workers", args.workers, lambda v: v is None or POSITIVE_INT[0](v),
+                        POSITIVE_INT[1] + " (default: all cores)")])
         check_pixels(args.resize, "--resize")
         check_pixels(args.crop, "--crop")
         if args.resize < args.crop:  # the centre crop would pad the image with black borders

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
@@ -125,9 +125,17 @@ def first_image(root) -> Path | None:
 
 
 def load_rgb(path) -> Image.Image:
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        return img.convert("RGB")
+    """The image at ``path`` as RGB (PIL, as the release read it); a file PIL cannot read
+    (truncated, not an image, gone) is a BadImageError naming it."""
+    from cvkit.data.datamodule import BadImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except OSError as e:  # PIL's UnidentifiedImageError and truncation errors are OSErrors
+        why = "not an image PIL can identify" if isinstance(e, UnidentifiedImageError) else e
+        raise BadImageError(f"cannot read image file {path}: {why}") from None
 
 
 def resize_center_crop(img: Image.Image, resize: int, crop: int) -> np.ndarray:
@@ -240,17 +248,33 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
+def render_names(samples, classes, val_root, fmt: str) -> list[Path]:
+    """Where each image of an ImageFolder goes in a rendered set: ``<class>/<its path under the
+    class folder>`` with the format's suffix (``.png``; ``.jpg`` unless already .jpg / .jpeg).
+    Two sources landing on one name (``x.png`` beside ``x.jpg``) are a ValueError naming both:
+    the second would overwrite the first and the set hold fewer images than the clean one."""
+    names, seen = [], {}
+    for path, target in samples:
+        name = Path(classes[target]) / Path(path).relative_to(Path(val_root) / classes[target])
+        if fmt == "png":
+            name = name.with_suffix(".png")
+        elif name.suffix.lower() not in (".jpg", ".jpeg"):
+            name = name.with_suffix(".jpg")
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {path} would both be rendered as {name} "
+                             f"(--format {fmt}): rename one of them")
+        seen[name] = path
+        names.append(name)
+    return names
+
+
 def _render_chunk(task) -> int:
-    (samples, classes, out_root, corruption, severity, start, resize, crop, seed, fmt, quality) = task
+    (samples, names, out_root, corruption, severity, start, resize, crop, seed, fmt, quality) = task
     images = np.stack([resize_center_crop(load_rgb(p), resize, crop) for p, _ in samples])
     seeds = [image_seed(seed, corruption, severity, start + i) for i in range(len(samples))]
     out = corrupt(images, corruption, severity, seed=seeds)
-    for (path, target), img in zip(samples, out):
-        dest = Path(out_root) / corruption / str(severity) / classes[target] / Path(path).name
-        if fmt == "png":
-            dest = dest.with_suffix(".png")
-        elif dest.suffix.lower() not in (".jpg", ".jpeg"):
-            dest = dest.with_suffix(".jpg")
+    for name, img in zip(names, out):
+        dest = Path(out_root) / corruption / str(severity) / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         _save_atomic(img, dest, fmt, quality)
     return len(samples)
@@ -260,9 +284,9 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
                      resize: int = 256, crop: int = 224, seed: int = 0, fmt: str = "jpeg",
                      quality: int = RELEASE_JPEG_QUALITY, workers: int | None = None,
                      chunk: int = 32, progress: bool = True) -> int:
-    """Render an ImageNet-C-style tree ``<out>/<corruption>/<severity>/<class>/<file>`` from an
-    ImageFolder val set, as the release was made (resize, centre crop, corrupt, JPEG q85
-    ``optimize=True``; ``fmt='png'`` for a lossless copy). Image i of every set uses seed
+    """Render an ImageNet-C-style tree ``<out>/<corruption>/<severity>/<class>/<file>`` (sub-folders
+    under a class kept: :func:`render_names`) from an ImageFolder val set, as the release was made
+    (resize, centre crop, corrupt, JPEG q85 ``optimize=True``; ``fmt='png'`` for a lossless copy). Image i of every set uses seed
     :func:`image_seed`, so the result equals on-the-fly corruption. Parallel over ``workers``
     processes (default: all cores). Returns the number of images written. A set already holding
     images of the other format is refused (ValueError naming it) before anything is written.
@@ -283,7 +307,10 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
     check_pixels(crop, "crop")
     if fmt == "jpeg":
         check_jpeg_quality(quality, "quality")
+    check_options([("workers", workers, lambda v: v is None or POSITIVE_INT[0](v),
+                    POSITIVE_INT[1] + " or None (all cores)")], error=ValueError)
     samples, classes = list_image_folder(val_root)
+    names = render_names(samples, classes, val_root, fmt)
     other = (".png",) if fmt == "jpeg" else (".jpg", ".jpeg")
     for c in corruptions:
         for s in severities:
@@ -296,9 +323,10 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
     _mark_rendered(out_root, {"cvkit_version": cvkit.__version__, "seed": seed, "resize": resize,
                               "crop": crop, "format": fmt,
                               "jpeg_quality": quality if fmt == "jpeg" else None})
-    tasks = [(samples[i:i + chunk], classes, str(out_root), c, s, i, resize, crop, seed, fmt, quality)
+    tasks = [(samples[i:i + chunk], names[i:i + chunk], str(out_root), c, s, i, resize, crop, seed,
+              fmt, quality)
              for c in corruptions for s in severities for i in range(0, len(samples), chunk)]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or os.cpu_count() or 1  # None: all cores
     done = 0
     with tqdm(total=len(tasks) * 1, desc="ImageNet-C render", unit="chunk", disable=not progress) as bar:
         if workers == 1:
