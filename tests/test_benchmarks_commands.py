@@ -103,3 +103,100 @@ def test_always_printed_skips_flags_and_none():
     args = argparse.Namespace(n=None, flag=False, k=1)
     assert command_line("x", args, add_arguments, ("n", "flag", "k")) == \
         "python tools/benchmark.py x --k 1"
+
+
+# ------------------------------------------------------------------------ a user's mistakes
+# Each command below is a user's mistake: one line ``error: ...`` naming the option on stderr,
+# nothing on stdout, exit status 2 (bad option) or 1 (bad data), before anything is timed. The
+# valid options around the mistake are tiny, so that code which missed it ends quickly.
+TINY = {
+    "corruptions": ["--batch", "1", "--size", "32", "--repeats", "1", "--corruptions", "fog"],
+    "models": ["--models", "eca_resnet18", "--batch", "2", "--size", "32", "--repeats", "1",
+               "--warmup", "0"],
+    "data": ["--workers", "0", "--size", "32", "--batch-size", "2", "--max-images", "4",
+             "--repeats", "1"],
+}
+BAD_COMMANDS = [  # (suite, the mistake (the last value given wins), exit status, option named)
+    ("corruptions", ["--corruptions", "fog", "foo"], 2, "--corruptions"),  # after a valid name
+    ("corruptions", ["--size", "16"], 2, "--size"),  # imagecorruptions needs >= 32 px
+    ("corruptions", ["--batch", "0"], 2, "--batch"),
+    ("corruptions", ["--repeats", "0"], 2, "--repeats"),
+    ("models", ["--models", "eca_resnet18", "foo"], 2, "--models"),
+    ("models", ["--device", "cuda"], 2, "--device"),  # the test machine has no CUDA (fixture)
+    ("models", ["--device", "cuda:0"], 2, "--device"),
+    ("models", ["--device", "gpu"], 2, "--device"),
+    ("models", ["--batch", "0"], 2, "--batch"),
+    ("models", ["--size", "0"], 2, "--size"),
+    ("models", ["--repeats", "0"], 2, "--repeats"),
+    ("models", ["--warmup", "-1"], 2, "--warmup"),
+    ("models", ["--threads", "-1"], 2, "--threads"),
+    ("data", ["--root", "/nonexistent/cvkit-benchmark-root"], 1, "--root"),
+    ("data", ["--batch-size", "0"], 2, "--batch-size"),
+    ("data", ["--repeats", "0"], 2, "--repeats"),
+    ("data", ["--workers", "-1"], 2, "--workers"),
+    ("data", ["--max-images", "0"], 2, "--max-images"),
+    ("data", ["--size", "0"], 2, "--size"),
+]
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def _image_folder(root, n_train: int):
+    """An ImageFolder root with train/ (``n_train`` images) and val/, two classes."""
+    from PIL import Image
+
+    for split, n in (("train", n_train), ("val", 2)):
+        for i in range(n):
+            folder = root / split / f"class{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 40), (60 * i % 256, 90, 120)).save(folder / f"{i}.png")
+    return root
+
+
+def _one_error_line(capsys, option: str) -> str:
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err  # no traceback, nothing timed before the error
+    assert lines[0].startswith("error: ") and option in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("suite, mistake, status, option", BAD_COMMANDS,
+                         ids=[f"{s}:{'='.join(m)}" for s, m, _, _ in BAD_COMMANDS])
+def test_mistake_is_one_error_line(suite, mistake, status, option, capsys, no_cuda, tmp_path):
+    from cvkit.benchmarks import main
+
+    root = ["--root", str(_image_folder(tmp_path, 4))] if suite == "data" else []
+    assert main([suite, *TINY[suite], *root, *mistake]) == status
+    _one_error_line(capsys, option)
+
+
+def test_data_batch_larger_than_the_images(capsys, tmp_path):
+    """The loaders drop an incomplete last batch: a batch size above the image count would
+    time empty passes (and divide by zero images)."""
+    from cvkit.benchmarks import main
+
+    root = str(_image_folder(tmp_path, 3))
+    assert main(["data", *TINY["data"], "--root", root, "--batch-size", "8"]) == 2
+    assert "3 images" in _one_error_line(capsys, "--batch-size")
+
+
+def test_device_gpu_index_beyond_the_machine(monkeypatch):
+    import torch
+
+    from cvkit.benchmarks import check_device
+    from cvkit.tool_errors import OptionError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for device in ("cpu", "cuda", "cuda:0"):
+        check_device(device)
+    with pytest.raises(OptionError, match=r"--device cuda:1: this machine has 1 CUDA GPU"):
+        check_device("cuda:1")

@@ -2,7 +2,9 @@
 order each round, each timed call right after its own untimed ``settle`` calls."""
 from __future__ import annotations
 
-from cvkit.benchmarks.timing import interleaved_median_seconds, interleaved_seconds
+import pytest
+
+from cvkit.benchmarks.timing import interleaved_median_seconds, interleaved_seconds, median_seconds
 
 
 def test_interleaved_rounds_order_and_settle_calls():
@@ -29,3 +31,15 @@ def test_median_of_interleaved_times():
     fns = {"fast": lambda: None, "slow": lambda: time.sleep(0.01)}
     med = interleaved_median_seconds(fns, repeats=3, warmup=0)
     assert med["slow"] >= 0.01 > med["fast"]
+
+
+def test_no_rounds_is_an_error():
+    """No timed round has no median (it was a StatisticsError, or empty lists)."""
+    fns = {"a": lambda: None}
+    for call in (lambda: interleaved_seconds(fns, repeats=0),
+                 lambda: interleaved_median_seconds(fns, repeats=0),
+                 lambda: median_seconds(fns["a"], repeats=0)):
+        with pytest.raises(ValueError, match=r"repeats must be an integer >= 1, got 0"):
+            call()
+    with pytest.raises(ValueError, match=r"settle must be an integer >= 0, got -1"):
+        interleaved_seconds(fns, repeats=1, settle=-1)

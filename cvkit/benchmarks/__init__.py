@@ -2,6 +2,10 @@
 ``add_arguments(parser)`` and ``run(args) -> str`` (a Markdown report for BENCHMARKS.md).
 
 Targets in the issues are ratios measured in one run on one machine; nothing here is a unit test.
+
+A user's mistake (a bad option value, a device the machine lacks, a missing folder) is one line
+``error: ...`` on stderr, exit status 2 for a bad option, 1 for bad data (:mod:`cvkit.tool_errors`);
+the suites check their options in ``run`` before anything is timed.
 """
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ import shlex
 import sys
 
 import torch
+
+from cvkit import tool_errors
+from cvkit.tool_errors import NON_NEGATIVE_INT, POSITIVE_INT, OptionError, check_options
 
 SUITES = {
     "covpool": "iSQRT-COV forward+backward time and peak memory (CPU, or --device cuda)",
@@ -32,6 +39,30 @@ def machine_description(device: str = "cpu") -> str:
     else:
         hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     return f"{hw}; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def check_int_options(args: argparse.Namespace, positive=(), non_negative=()) -> None:
+    """An :class:`~cvkit.tool_errors.OptionError` naming the first option (by its ``dest``) of
+    ``positive`` that is not an integer >= 1 or of ``non_negative`` that is not one >= 0 (None
+    passes: the option's "not given")."""
+    checks = [(name, POSITIVE_INT) for name in positive]
+    checks += [(name, NON_NEGATIVE_INT) for name in non_negative]
+    check_options((f"--{name.replace('_', '-')}", getattr(args, name), test, allowed)
+                  for name, (test, allowed) in checks if getattr(args, name) is not None)
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """An :class:`~cvkit.tool_errors.OptionError` unless ``device`` is ``cpu``, or ``cuda`` /
+    ``cuda:N`` with that GPU present (torch fails later with a traceback, e.g. "Found no NVIDIA
+    driver", after the models were built)."""
+    name, sep, index = str(device).partition(":")
+    if name == "cpu" and not sep:
+        return
+    if name != "cuda" or (sep and not index.isdigit()):
+        raise OptionError(f"{option} {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < (int(index) + 1 if sep else 1):
+        raise OptionError(f"{option} {device}: this machine has {count} CUDA GPU(s)")
 
 
 def command_line(suite: str, args: argparse.Namespace, add_arguments, always=(), env=()) -> str:
@@ -79,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.suite not in modules:
         print(f"error: benchmark suite {args.suite!r} is not implemented yet", file=sys.stderr)
-        return 2
-    print(modules[args.suite].run(args))
+        return tool_errors.USAGE
+    try:
+        report = modules[args.suite].run(args)
+    except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
+        if not tool_errors.is_user_error(e):
+            raise
+        return tool_errors.report(e)
+    print(report)
     return 0

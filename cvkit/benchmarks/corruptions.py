@@ -13,8 +13,9 @@ import warnings
 
 import numpy as np
 
-from cvkit.benchmarks import command_line, machine_description
+from cvkit.benchmarks import check_int_options, command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_median_seconds
+from cvkit.tool_errors import OptionError
 
 
 def command(args) -> str:
@@ -27,6 +28,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per corruption (median)")
     parser.add_argument("--corruptions", nargs="*", default=None, help="subset (default: all 19)")
+
+
+MIN_SIZE = 32
+"""The smallest image side the ``imagecorruptions`` package takes."""
+
+
+def check_args(args) -> None:
+    """An OptionError for a bad option, before anything is timed: every corruption name (so a
+    misspelt last name does not fail after the others were timed), a batch/repeats below 1, an
+    image side below :data:`MIN_SIZE`."""
+    from cvkit.robustness.corruptions import check_corruption
+
+    check_int_options(args, positive=("batch", "repeats"))
+    if not (isinstance(args.size, int) and args.size >= MIN_SIZE):
+        raise OptionError(f"--size must be an integer >= {MIN_SIZE} (the imagecorruptions package "
+                          f"takes no smaller images), got {args.size!r}")
+    for name in args.corruptions or ():
+        try:
+            check_corruption(name, 1)
+        except OptionError as e:
+            raise OptionError(f"--corruptions: {e}") from None
 
 
 @contextlib.contextmanager
@@ -71,6 +93,7 @@ def sample_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
 def run(args) -> str:
     from cvkit.robustness.corruptions import ALL_CORRUPTIONS, corrupt
 
+    check_args(args)
     names = args.corruptions or list(ALL_CORRUPTIONS)
     images = sample_images(args.batch, args.size)
     rows = []

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from cvkit.benchmarks import command_line, machine_description
+from cvkit.benchmarks import check_int_options, command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_median_seconds
+from cvkit.tool_errors import OptionError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +32,18 @@ ALWAYS_PRINTED = ("root", "size", "batch_size", "workers", "repeats")
 def command(args: argparse.Namespace) -> str:
     """The report's command line."""
     return command_line("data", args, add_arguments, ALWAYS_PRINTED)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Before any loader is built: an OptionError for a size/batch-size/repeats/max-images below 1
+    or negative workers; a FileNotFoundError (bad data, exit 1) when ``--root`` lacks ``train/``
+    or ``val/``."""
+    check_int_options(args, positive=("size", "batch_size", "repeats", "max_images"),
+                      non_negative=("workers",))
+    for split in ("train", "val"):  # the timed one, and the one the data module's setup reads
+        if not (Path(args.root) / split).is_dir():
+            raise FileNotFoundError(f"--root {args.root}: no folder {Path(args.root) / split} "
+                                    f"(expected an ImageFolder root holding train/ and val/)")
 
 
 def _torchvision_loader(split: Path, size: int, batch: int, workers: int, limit, worker_init):
@@ -60,12 +73,18 @@ def _cvkit_loader(root: Path, size: int, batch: int, workers: int, limit):
 def run(args: argparse.Namespace) -> str:
     from cvkit.data.datamodule import _worker_init
 
+    check_args(args)
     root = Path(args.root)
     split = root / "train"
     ours_dm, ours = _cvkit_loader(root, args.size, args.batch_size, args.workers, args.max_images)
     ref = _torchvision_loader(split, args.size, args.batch_size, args.workers, args.max_images,
                               _worker_init if args.workers else None)
     n_images = len(ours) * args.batch_size
+    if not n_images:  # the loaders drop the last incomplete batch: nothing would be timed
+        limit = f" (--max-images {args.max_images})" if args.max_images else ""
+        raise OptionError(f"--batch-size {args.batch_size} is more than the "
+                          f"{len(ours_dm.train_set.samples)} images used from {split}{limit}: "
+                          f"no full batch to time")
     assert len(ref) * args.batch_size == n_images
 
     def drain(loader, finish=lambda b: b):

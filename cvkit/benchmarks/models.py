@@ -22,8 +22,9 @@ import statistics
 
 import torch
 
-from cvkit.benchmarks import command_line, machine_description
+from cvkit.benchmarks import check_device, check_int_options, command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_seconds
+from cvkit.tool_errors import OptionError
 
 DEFAULT_MODELS = ("resnet50", "eca_resnet50", "resnet50_gcp")
 TARGETS = {"eca_resnet50": 1.10, "resnet50_gcp": 1.15}
@@ -54,6 +55,22 @@ def command(args: argparse.Namespace) -> str:
     return command_line("models", args, add_arguments, ALWAYS_PRINTED)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """An OptionError for a bad option, before any model is built or timed: a model name that is
+    no cvkit preset, a batch/size/repeats below 1, a negative warmup/threads, a device the machine
+    lacks."""
+    from cvkit.models.registry import get_preset
+
+    check_int_options(args, positive=("batch", "size", "repeats"),
+                      non_negative=("warmup", "threads"))
+    for name in args.models:
+        try:
+            get_preset(name)
+        except OptionError as e:
+            raise OptionError(f"--models: {e}") from None
+    check_device(args.device)
+
+
 def _step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
@@ -70,6 +87,7 @@ def run(args: argparse.Namespace) -> str:
 
     import cvkit
 
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

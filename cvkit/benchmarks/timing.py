@@ -8,6 +8,15 @@ from typing import Callable
 
 import torch
 
+from cvkit.tool_errors import NON_NEGATIVE_INT, POSITIVE_INT, check_options
+
+
+def _check_counts(repeats, warmup, settle=0) -> None:
+    """A ValueError naming ``repeats`` below 1 (no time to take a median of) or a negative
+    ``warmup`` / ``settle``; the suites check their options first, naming the flags."""
+    check_options([("repeats", repeats, *POSITIVE_INT), ("warmup", warmup, *NON_NEGATIVE_INT),
+                   ("settle", settle, *NON_NEGATIVE_INT)], ValueError)
+
 
 def synchronize(device: str) -> None:
     """Waits for the device (a no-op on the CPU)."""
@@ -18,6 +27,7 @@ def synchronize(device: str) -> None:
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
                    device: str = "cpu") -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    _check_counts(repeats, warmup)
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -41,6 +51,7 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
     precede each timed one, so the timed call finds the state its own predecessor left, as in
     a loop that calls the same function again and again (a training loop's step k follows
     step k-1 of the same model, never another model's)."""
+    _check_counts(repeats, warmup, settle)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
