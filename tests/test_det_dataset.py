@@ -115,6 +115,10 @@ def test_invalid_annotation_json_is_a_value_error_naming_the_file(det_root, tmp_
     text = json.dumps(_subset(det_root, tmp_path))
     with pytest.raises(ValueError, match=r"ann\.json: not a valid JSON file \(Expecting"):
         _dataset(tmp_path, text[:len(text) // 2])  # truncated, as by an interrupted copy
+    # valid JSON that is not an object: was pycocotools' bare AssertionError, naming no file
+    with pytest.raises(ValueError, match=r"ann\.json: not a COCO annotation file \(its JSON is a "
+                                         r"list, not an object"):
+        _dataset(tmp_path, json.dumps([1, 2]))
 
 
 def test_missing_annotation_file_is_named(tmp_path):

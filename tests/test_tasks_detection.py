@@ -564,6 +564,11 @@ def test_backbone_init_cfg_options_on_a_config_without_one(tmp_path, capsys):
     ("model.neck.in_channels=[64,128,256,1024]",
      ["model.neck.in_channels=[64, 128, 256, 1024] does not match the output channels of "
       "model.backbone (model_name 'eca_resnet18', out_indices (1, 2, 3, 4)): [64, 128, 256, 512]"]),
+    # the GCP preset's C5 is at stride 16: anchors assumed at 32 sat at twice their positions
+    ("model.backbone.model_name=resnet18_gcp",
+     ["model.rpn_head.anchor_generator.strides=[4, 8, 16, 32, 64] are not the strides of the maps "
+      "model.backbone (model_name 'resnet18_gcp', out_indices (1, 2, 3, 4)) gives through "
+      "model.neck (FPN): [4, 8, 16, 16, 32] (a *_gcp preset's last stage runs at stride 1"]),
 ])
 def test_config_mistakes_are_one_line_naming_the_entry(option, expected, tmp_path, capsys):
     """A keyword or value a module refuses, an unknown type and a neck that does not fit the

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os.path as osp
+import re
 from collections import Counter
 
 from mmengine.logging import print_log
@@ -46,6 +47,11 @@ class _CheckedCOCO(COCO):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:  # both ValueErrors: a user error
             raise ValueError(f"{annotation_file}: not a valid JSON file ({e}) - is it truncated, "
                              "e.g. by an interrupted copy or download?") from e
+        except AssertionError as e:  # pycocotools asserts the top level is a JSON object
+            kind = re.search(r"<class '(\w+)'>", str(e))
+            raise ValueError(f"{annotation_file}: not a COCO annotation file (its JSON is a "
+                             f"{kind.group(1) if kind else 'value'}, not an object with 'images', "
+                             "'annotations' and 'categories')") from e
         if not self.dataset.get("categories"):
             raise ValueError(f"{annotation_file}: the COCO 'categories' list is empty - a detector "
                              "needs at least one category")

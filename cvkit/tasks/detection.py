@@ -134,8 +134,8 @@ def set_data_root(cfg, data_root: str) -> None:
 
 def build_detector(cfg) -> nn.Module:
     """``MODELS.build(cfg.model)``. A config mistake (an unknown type, a keyword or value the
-    module refuses, a neck whose ``in_channels`` are not the backbone's output channels) is one
-    OptionError naming the config file and entry."""
+    module refuses, a neck whose ``in_channels`` are not the backbone's output channels, anchor or
+    RoI strides that are not the backbone's) is one OptionError naming the config file and entry."""
     from mmdet.registry import MODELS
 
     where = cfg.filename or "the config"
@@ -147,6 +147,7 @@ def build_detector(cfg) -> nn.Module:
         raise OptionError(f"cannot build the detector of {where}: {_failed_entry(cfg.model, e)}"
                           f"{str(e) or type(e).__name__}") from e
     _check_neck_channels(cfg.model, detector, where)
+    _check_feature_strides(cfg.model, detector, where)
     return detector
 
 
@@ -204,6 +205,38 @@ def _check_neck_channels(model_cfg, detector: nn.Module, where: str) -> None:
         raise OptionError(f"cannot build the detector of {where}: model.neck.in_channels={given!r} "
                           f"does not match the output channels of model.backbone "
                           f"({what or backbone.get('type')}): {channels}")
+
+
+def _check_feature_strides(model_cfg, detector: nn.Module, where: str) -> None:
+    """Anchor / point / RoI strides in the config (``strides``, ``featmap_strides``) are the
+    strides of the maps a CvkitBackbone gives, through an FPN (``start_level``; each extra level
+    doubles the last) or no neck. A ``*_gcp`` preset runs its last stage at stride 1 (the paper's
+    14x14 map): its C5 is at stride 16, and anchors assumed at 32 silently sat at twice their
+    image positions. Other backbones and necks (SimpleFPN rescales) are not checked."""
+    info = getattr(getattr(getattr(detector, "backbone", None), "body", None), "feature_info", None)
+    neck = model_cfg.get("neck")
+    if info is None or not (neck is None or (isinstance(neck, Mapping) and neck.get("type") == "FPN")):
+        return
+    levels = [int(r) for r in info.reduction()][int(neck.get("start_level", 0)) if neck else 0:]
+    while neck and levels and len(levels) < int(neck.get("num_outs", 0)):
+        levels.append(2 * levels[-1])
+    for path, entry in _config_entries(model_cfg, "model"):
+        for key in ("strides", "featmap_strides"):
+            given = entry.get(key)
+            if not isinstance(given, (list, tuple)) or not given:
+                continue
+            first = [s[0] if isinstance(s, (list, tuple)) else s for s in given]
+            if first != levels[:len(first)]:
+                backbone = model_cfg.backbone
+                what = ", ".join(f"{k} {backbone[k]!r}" for k in ("model_name", "out_indices")
+                                 if k in backbone)
+                raise OptionError(
+                    f"cannot build the detector of {where}: {path}.{key}={list(given)!r} are not "
+                    f"the strides of the maps model.backbone ({what}) gives"
+                    f"{' through model.neck (FPN)' if neck else ''}: {levels[:len(first)]}"
+                    + (" (a *_gcp preset's last stage runs at stride 1: use the plain model "
+                       "or these strides)" if "_gcp" in str(
+                           backbone.get("model_name", "")) else ""))
 
 
 _UNTRUSTED_HINT = " (an mmengine Runner checkpoint? pass --trust-checkpoint if you trust it)"
