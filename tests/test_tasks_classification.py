@@ -237,7 +237,8 @@ def test_head_of_another_class_count_is_one_line_naming_both(cls_root, tmp_path,
     ({"mixup": -0.2}, ">= 0 (0 = off)"), ({"cutmix": float("nan")}, ">= 0 (0 = off)"),
     ({"mixup_prob": 1.5}, "a probability in [0, 1]"),
     ({"mixup_switch_prob": -1}, "a probability in [0, 1]"),
-    ({"ema_decay": 1.0}, "null (off) or in [0, 1)"), ({"num_classes": 0}, "an integer >= 1"),
+    ({"ema_decay": 1.0}, "null (off) or in [0, 1)"), ({"num_classes": 0}, "an integer >= 2"),
+    ({"num_classes": 1}, "an integer >= 2"),  # was torchmetrics' error at the first validation
 ])
 def test_bad_task_option_values_are_one_line_naming_the_key(option, allowed):
     from cvkit.tasks.classification import ConfigError
@@ -268,3 +269,93 @@ def test_a_step_without_images_still_joins_the_other_ranks(monkeypatch):
     loss.backward()
     trainable = [p for p in task.parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
+
+
+def test_checkpoint_records_the_optimizer_and_schedule(cls_root, tmp_path):
+    """Two save_hyperparameters calls kept only the second's: no checkpoint recorded the
+    optimiser or schedule, and load_from_checkpoint rebuilt SGD 0.1 with a step schedule (an
+    AdamW run then failed to resume: KeyError 'momentum'); hparams.yaml lacked them too."""
+    from lightning.pytorch.core.saving import load_hparams_from_yaml
+    from lightning.pytorch.loggers import CSVLogger
+
+    root = tiny_imagefolder(cls_root, tmp_path / "data", classes=2, train=2, val=1)
+    dm = ClassificationDataModule(root=str(root), batch_size=2, image_size=32, num_workers=0)
+    task = ClassificationTask("resnet18", num_classes=2,
+                              optimizer=dict(name="adamw", lr=3e-3, reference_batch=2,
+                                             betas=(0.8, 0.99)),
+                              schedule=dict(name="cosine", warmup_steps=3, per_iteration=True))
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=CSVLogger(tmp_path, name="log"),
+                      enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
+    assert loaded.optimizer_cfg == task.optimizer_cfg and loaded.optimizer_cfg.name == "adamw"
+    assert loaded.schedule == task.schedule and loaded.schedule.warmup_steps == 3
+    logged = load_hparams_from_yaml(tmp_path / "log" / "version_0" / "hparams.yaml")
+    assert tuple(logged["optimizer"]["betas"]) == (0.8, 0.99)
+    assert logged["schedule"]["name"] == "cosine"
+
+
+def test_checkpoint_carries_the_cuda_generator_when_cuda_is_used(monkeypatch):
+    """Resuming on a GPU replayed dropout masks from the start: the checkpoint held the CPU
+    generators only and seed_everything had reset CUDA's. (Plumbing, with torch.cuda stood in
+    for on this CPU machine; the real generator is torch.cuda.get/set_rng_state.)"""
+    state = {"now": torch.tensor([7], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: state["now"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s: state.update(now=s.clone()))
+    task = ClassificationTask("resnet18", num_classes=2)
+    checkpoint = {}
+    task.on_save_checkpoint(checkpoint)
+    assert torch.equal(checkpoint["cvkit_rng"]["cuda"], torch.tensor([7], dtype=torch.uint8))
+    state["now"] = torch.tensor([9], dtype=torch.uint8)  # the generator moves on (or is reseeded)
+    task.on_load_checkpoint(checkpoint)
+    assert torch.equal(state["now"], torch.tensor([7], dtype=torch.uint8))
+
+
+def test_clipping_by_norm_under_fsdp_uses_the_wrapped_modules_norm(monkeypatch):
+    """Lightning's FSDPPrecision refuses gradient_clip_val (by norm): a ViT recipe run with its
+    advertised --trainer.strategy fsdp stopped at the first step. The task clips through FSDP's
+    clip_grad_norm_ (one CPU process, gloo: FSDP without sharding, the same call)."""
+    import socket
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        task = ClassificationTask("resnet18", num_classes=2)
+        wrapped = FullyShardedDataParallel(torch.nn.Linear(8, 2), device_id=torch.device("cpu"))
+        wrapped(torch.randn(4, 8)).pow(2).sum().backward()
+        grads = [p.grad.clone() for p in wrapped.parameters()]
+        task._trainer = SimpleNamespace(strategy=SimpleNamespace(model=wrapped))
+        task.configure_gradient_clipping(None, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        assert total > 0.5
+        for before, p in zip(grads, wrapped.parameters()):
+            torch.testing.assert_close(p.grad, before * 0.5 / total, rtol=1e-4, atol=1e-7)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_training_curve_has_one_point_per_optimiser_step_under_accumulation(cls_root, tmp_path):
+    """With accumulate_grad_batches every micro-batch added a point at the same step (the curve
+    zig-zagged between micro-batch losses at one x)."""
+    root = tiny_imagefolder(cls_root, tmp_path / "data", classes=2, train=4, val=1)
+    dm = ClassificationDataModule(root=str(root), batch_size=2, image_size=32, num_workers=0)
+    report = TrainingReport(log_every_n_steps=1)
+    trainer = Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=2, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                      enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[report])
+    trainer.fit(ClassificationTask("resnet18", num_classes=2), datamodule=dm)
+    assert report.history["step"] == [0, 1, 2], report.history["step"]
+    assert len(report.history["train_loss"]) == len(report.history["lr"]) == 3

@@ -54,6 +54,24 @@ def test_no_decay_group(name, kwargs, opt_name):
     assert decayed and all(wd[n] == 0.05 for n in decayed)
 
 
+@pytest.mark.parametrize("name,kwargs", [("eca_mobilenetv2", {}), ("resnet18_hc2", {}),
+                                         ("vit_tiny_patch16_hc2", dict(img_size=32, depth=2))])
+def test_decay_norm_and_bias_decays_all_but_the_models_named_parameters(name, kwargs):
+    """The ECA-Net release decays every parameter (torch.optim.SGD(model.parameters(), ...,
+    weight_decay)): decay_norm_and_bias does, except the no_weight_decay() names (static HC,
+    ViT position embedding / class token: the HC paper's advice), for SGD and AdamW."""
+    model = cvkit.create_model(name, num_classes=10, **kwargs)
+    for opt_name in ("sgd", "adamw"):
+        cfg = OptimizerConfig(name=opt_name, weight_decay=0.05, decay_norm_and_bias=True)
+        wd = groups_by_name(model, cfg.build(model, lr=0.1))
+        assert set(wd) == {n for n, p in model.named_parameters() if p.requires_grad}
+        named = {n for n in wd if n.endswith(("static_alpha", "static_beta"))
+                 or n in ("pos_embed", "cls_token")}
+        assert all(wd[n] == 0.0 for n in named)
+        assert all(wd[n] == 0.05 for n in set(wd) - named), sorted(n for n in wd if wd[n] == 0.0)
+        assert any(n.endswith(("bn1.weight", ".bias", "norm.weight")) for n in set(wd) - named)
+
+
 def test_sgd_and_adamw_hyper_parameters():
     model = nn.Linear(4, 2)
     sgd = OptimizerConfig("sgd", momentum=0.9, nesterov=True).build(model, lr=0.2)

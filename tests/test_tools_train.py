@@ -96,7 +96,13 @@ def test_recipe_parses_and_builds_model_and_optimizer(recipe, tiny, tmp_path):
     out = task.build_optimizers(global_batch, steps_per_epoch=10, total_epochs=tr["max_epochs"])
     opt = out["optimizer"]
     assert opt.param_groups[0]["initial_lr"] == pytest.approx(opt_cfg["lr"])  # paper batch: no rescaling
-    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, opt_cfg["weight_decay"]}
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    norm_weights = [p for m in task.model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                    for p in m.parameters()]
+    # the ECA-Net script decays every parameter; the others follow timm (no decay on 1-d params)
+    expected = opt_cfg["weight_decay"] if opt_cfg.get("decay_norm_and_bias") else 0.0
+    assert {decay_of[id(p)] for p in norm_weights} <= {expected}
+    assert set(decay_of.values()) <= {0.0, opt_cfg["weight_decay"]}
     n_params = sum(len(g["params"]) for g in opt.param_groups)
     assert n_params == sum(1 for p in task.model.parameters() if p.requires_grad)
     # the recipe's LR schedule is the one stated in the YAML
@@ -114,11 +120,12 @@ def _lradju(e):
 
 
 PAPER = {
-    "eca_resnet50": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=100,
+    # decay_all: the ECA-Net release's main.py / light_main.py decay every parameter
+    "eca_resnet50": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=100, decay_all=True,
                          lr_at={1: 0.1, 30: 0.1, 31: 0.01, 61: 1e-3, 91: 1e-4}),
-    "eca_mobilenetv2": dict(opt="sgd", lr=0.045, batch=96, wd=4e-5, epochs=400,
+    "eca_mobilenetv2": dict(opt="sgd", lr=0.045, batch=96, wd=4e-5, epochs=400, decay_all=True,
                             lr_at={1: 0.045, 11: 0.045 * 0.98 ** 10, 400: 0.045 * 0.98 ** 399}),
-    "mobilenetv2": dict(opt="sgd", lr=0.045, batch=96, wd=4e-5, epochs=400,
+    "mobilenetv2": dict(opt="sgd", lr=0.045, batch=96, wd=4e-5, epochs=400, decay_all=True,
                         lr_at={1: 0.045, 101: 0.045 * 0.98 ** 100}),
     "isqrt_resnet50": dict(opt="sgd", lr=0.1, batch=160, wd=1e-4, epochs=65,
                            lr_at={30: 0.1, 31: 0.01, 45: 0.01, 46: 1e-3, 61: 1e-4}),
@@ -146,6 +153,7 @@ def test_recipe_matches_the_paper(name, tiny, tmp_path):
     assert (opt.name, opt.lr, opt.reference_batch, batch, opt.weight_decay) == \
         (paper["opt"], paper["lr"], paper["batch"], paper["batch"], paper["wd"])
     assert cli.trainer.max_epochs == paper["epochs"]
+    assert opt.decay_norm_and_bias == paper.get("decay_all", False)
     if paper["opt"] == "sgd":
         assert opt.momentum == 0.9 and not opt.nesterov
     else:

@@ -143,6 +143,8 @@ class TrainingReport(Callback):
         step = trainer.global_step
         if outputs is None or step % self.log_every_n_steps:
             return
+        if self.history["step"] and self.history["step"][-1] == step:
+            return  # another micro-batch of the same optimiser step (accumulate_grad_batches)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.history["step"].append(step)
         self.history["train_loss"].append(_scalar(loss))

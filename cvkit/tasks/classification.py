@@ -23,7 +23,7 @@ from cvkit.data.datamodule import ClassificationDataModule
 from cvkit.models.checkpoint import CheckpointError
 from cvkit.tasks.optim import OptimizerConfig
 from cvkit.tasks.schedules import LRSchedule
-from cvkit.tool_errors import POSITIVE_INT, PROBABILITY, OptionError, check_options
+from cvkit.tool_errors import PROBABILITY, OptionError, check_options, is_integer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -157,7 +157,7 @@ class ClassificationTask(LightningModule):
                  compile: Union[bool, dict[str, Any], None] = None):
         non_negative = (lambda v: 0 <= v < float("inf"), ">= 0 (0 = off)")
         check_options((("model." + key, value, test, allowed) for key, value, test, allowed in [
-            ("num_classes", num_classes, *POSITIVE_INT),
+            ("num_classes", num_classes, lambda v: is_integer(v) and v >= 2, "an integer >= 2"),
             ("label_smoothing", label_smoothing, lambda v: 0 <= v < 1, "in [0, 1)"),
             ("mixup", mixup, *non_negative),
             ("cutmix", cutmix, *non_negative),
@@ -169,10 +169,11 @@ class ClassificationTask(LightningModule):
         self._compile_options = _compile_options(compile)
         self.optimizer_cfg = _as(OptimizerConfig, optimizer, "optimizer")
         self.schedule = _as(LRSchedule, schedule, "schedule")
-        # hyper-parameters as plain dicts: checkpoints stay loadable with weights_only=True
-        self.save_hyperparameters({"optimizer": asdict(self.optimizer_cfg),
-                                   "schedule": asdict(self.schedule)})
-        self.save_hyperparameters(ignore=["optimizer", "schedule"])
+        # recorded as plain dicts (checkpoints stay loadable with weights_only=True):
+        # save_hyperparameters reads the arguments' current values. (Two calls, one for these
+        # two, kept only the second's: load_from_checkpoint rebuilt SGD 0.1 and a step schedule.)
+        optimizer, schedule = asdict(self.optimizer_cfg), asdict(self.schedule)
+        self.save_hyperparameters()
         kwargs = dict(model_kwargs or {})
         if pretrained_path:
             kwargs["checkpoint_path"] = pretrained_path
@@ -410,6 +411,21 @@ class ClassificationTask(LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, except by norm under FSDP, which Lightning refuses (its
+        FSDPPrecision raises at the first step; the ViT recipes clip at 1.0 and offer
+        ``--trainer.strategy fsdp``): the wrapped module's own ``clip_grad_norm_``, the norm over
+        every rank's shards (PyTorch's FSDP API)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = getattr(self.trainer.strategy, "model", None)
+        if (gradient_clip_val and gradient_clip_algorithm in (None, "norm")
+                and isinstance(wrapped, FullyShardedDataParallel)):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # -- resume: RNG streams (dropout, mixup) continue exactly where they stopped -------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cvkit_schedule"] = {"global_batch": self.global_batch,
@@ -420,6 +436,9 @@ class ClassificationTask(LightningModule):
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
             "python": random.getstate(),
         }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout masks on a GPU
+            # this device's generator: every rank draws the same numbers from the same seed
+            checkpoint["cvkit_rng"]["cuda"] = torch.cuda.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_same_network(checkpoint)
@@ -433,6 +452,8 @@ class ClassificationTask(LightningModule):
         name, keys, *rest = rng["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
 
     def _check_same_network(self, checkpoint: dict[str, Any]) -> None:
         """The network the config builds must be the checkpoint's (``--ckpt_path`` restores a run;
