@@ -77,6 +77,25 @@ def test_test_tool_evaluates_plain_weights_with_model_args(gcp_weights, tmp_path
     assert result["images"] == 4 and 0 <= result["top1"] <= 100
 
 
+def test_test_tool_ignores_hidden_folders_beside_the_classes(gcp_weights, tmp_path):
+    """A .ipynb_checkpoints folder in the val split was a third class for plain weights' head
+    (the classes are found as in training now: hidden folders are none), and a dataset root whose
+    val holds only hidden folders is no dataset root."""
+    weights, val, _ = gcp_weights
+    (val / ".ipynb_checkpoints").mkdir()
+    tool = _test_tool()
+    out = tmp_path / "eval.json"
+    assert tool.main(["--checkpoint", str(weights), "--model", "resnet18", "--data", str(val),
+                      "--model-arg", "global_pool=gcp", "--model-arg", "gcp_dim=32",
+                      "--image-size", "32", "--workers", "0", "--accelerator", "cpu",
+                      "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["images"] == 4
+    from cvkit.tasks.evaluate import _is_dataset_root
+
+    (tmp_path / "root" / "val" / ".cache").mkdir(parents=True)
+    assert not _is_dataset_root(tmp_path / "root")
+
+
 def test_test_tool_takes_val_of_a_dataset_root_with_files_beside_the_splits(gcp_weights, tmp_path):
     """An ImageNet root holds files beside train/ and val/ (LOC_synset_mapping.txt): --data ROOT
     evaluates ROOT/val (it took ROOT itself: "2 class folders", train and val)."""

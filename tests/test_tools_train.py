@@ -69,9 +69,10 @@ def test_gcp_dim128_variant_overlays_any_gcp_recipe(recipe, tiny, tmp_path):
 
 @pytest.mark.parametrize("extra,seed", [([], 0), (["--seed_everything", "7"], 7),
                                         (["--seed_everything", "7", "--data.seed", "3"], 3)])
-def test_data_seed_follows_seed_everything_unless_set(extra, seed, tiny, tmp_path):
+def test_data_seed_follows_seed_everything_unless_set(extra, seed, tiny, tmp_path, monkeypatch):
     """A seed sweep (--seed_everything N) trained every run on the same order and augmentation:
     data.seed was a separate 0. Unset, it is now the run's seed, recorded in the hparams."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # seed_everything sets it: restored after
     cli = ClassificationCLI(args=["--data.root", str(tiny), "--trainer.accelerator", "cpu",
                                   "--trainer.logger", "false", "--model.model_name", "resnet18",
                                   "--trainer.default_root_dir", str(tmp_path), *extra], run=False)
@@ -120,7 +121,8 @@ def _lradju(e):
 
 
 PAPER = {
-    # decay_all: the ECA-Net release's main.py / light_main.py decay every parameter
+    # decay_all: the ECA-Net release's main.py / light_main.py and the GCP release's src/main.py
+    # decay every parameter (SGD(model.parameters(), weight_decay=...))
     "eca_resnet50": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=100, decay_all=True,
                          lr_at={1: 0.1, 30: 0.1, 31: 0.01, 61: 1e-3, 91: 1e-4}),
     "eca_mobilenetv2": dict(opt="sgd", lr=0.045, batch=96, wd=4e-5, epochs=400, decay_all=True,
@@ -129,13 +131,13 @@ PAPER = {
                         lr_at={1: 0.045, 101: 0.045 * 0.98 ** 100}),
     "isqrt_resnet50": dict(opt="sgd", lr=0.1, batch=160, wd=1e-4, epochs=65,
                            lr_at={30: 0.1, 31: 0.01, 45: 0.01, 46: 1e-3, 61: 1e-4}),
-    "resnet50_gcp_lrnorm": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=100,
+    "resnet50_gcp_lrnorm": dict(decay_all=True, opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=100,
                                 lr_at={30: 0.1, 31: 0.01, 61: 1e-3}),
-    "resnet50_gcp_lrfast": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=30,
+    "resnet50_gcp_lrfast": dict(decay_all=True, opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=30,
                                 lr_at={e: _lrfast(e) for e in (1, 2, 15, 30)}),
-    "resnet50_gcp_lradju": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=50,
+    "resnet50_gcp_lradju": dict(decay_all=True, opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=50,
                                 lr_at={e: _lradju(e) for e in (1, 2, 25, 50)}),
-    "mobilenetv2_gcp_lrfast": dict(opt="sgd", lr=0.06, batch=96, wd=4e-5, epochs=100,
+    "mobilenetv2_gcp_lrfast": dict(decay_all=True, opt="sgd", lr=0.06, batch=96, wd=4e-5, epochs=100,
                                    lr_at={1: 0.06, 51: 0.06 * 0.92 ** 50}),
     "vit_base_patch16_hc2": dict(opt="adamw", lr=3e-3, batch=4096, wd=0.3, epochs=300,
                                  betas=(0.9, 0.999), mixup=0.2, clip=1.0, warmup_steps=10_000),
@@ -234,7 +236,7 @@ def test_gpu_recipe_on_a_cpu_only_machine_is_one_line_exit_2(tiny, tmp_path, cap
     assert rc == 2
     line = _one_error_line(capsys)
     assert line.startswith("error: bad trainer option (--trainer.*)") and "gpu" in line, line
-    assert "--trainer.accelerator cpu --trainer.devices 1" in line, line
+    assert "--trainer.accelerator cpu --trainer.devices 1 --trainer.num_nodes 1" in line, line
 
 
 def test_unknown_yaml_key_is_one_line_error(tmp_path, capsys):
@@ -496,6 +498,24 @@ def test_resume_at_another_global_batch_is_refused_and_the_checkpoint_kept(one_e
     assert main(["fit", "--config", str(config), "--ckpt_path", "last"]) == 2
     line = _one_error_line(capsys)
     assert "global batch 4" in line and "steps per epoch 8" in line and "pretrained_path" in line
+    assert last.read_bytes() == before
+
+
+def test_resume_with_another_weight_decay_grouping_names_the_option(one_epoch_run, tiny, capsys):
+    """The ECA-Net / GCP recipes now decay norms and biases (one parameter group): resuming a run
+    started before was PyTorch's "loaded state dict has a different number of parameter groups"
+    (exit 1, no option named). One line naming decay_norm_and_bias; last.ckpt untouched."""
+    tmp, run = one_epoch_run
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    capsys.readouterr()
+    config = _run_config(tmp, "run", tiny, config_name="decay-all", checkpoint={},
+                         trainer__deterministic=False)
+    assert main(["fit", "--config", str(config), "--ckpt_path", "last",
+                 "--model.optimizer.decay_norm_and_bias", "true"]) == 2
+    line = _one_error_line(capsys)
+    assert "holds an optimiser state of 2 parameter groups; this run builds 1" in line, line
+    assert line.endswith("resume with --model.optimizer.decay_norm_and_bias false"), line
     assert last.read_bytes() == before
 
 

@@ -10,4 +10,4 @@ _TRUE = ("1", "true", "yes", "on", "y")
 def interpreting() -> bool:
     """True when ``TRITON_INTERPRET`` is 1 / true / yes / on / y: ``@triton.jit`` kernels then run
     on the CPU through the interpreter (slow: for tests)."""
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
+    return os.environ.get("TRITON_INTERPRET", "").lower() in _TRUE

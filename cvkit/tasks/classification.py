@@ -367,9 +367,11 @@ class ClassificationTask(LightningModule):
         if self.mixup_fn is not None and per_device is not None and per_device % 2:
             raise ConfigError(f"mixup / cutmix pair the samples of a batch: data.batch_size must be "
                               f"even, got {per_device}")
-        self._schedule_now = {"global_batch": global_batch, "steps_per_epoch": self.steps_per_epoch}
+        out = self.build_optimizers(global_batch, steps_per_epoch, total_epochs)
+        self._schedule_now = {"global_batch": global_batch, "steps_per_epoch": self.steps_per_epoch,
+                              "param_groups": len(out["optimizer"].param_groups)}
         self._check_resumed_schedule()
-        return self.build_optimizers(global_batch, steps_per_epoch, total_epochs)
+        return out
 
     def _check_resumed_schedule(self) -> None:
         """A resumed run continues its schedule at the optimiser's step count, and Lightning
@@ -381,10 +383,19 @@ class ClassificationTask(LightningModule):
         if not was or now is None:
             return
         self._resumed_schedule = None
+        path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        groups = (was.get("param_groups"), now.get("param_groups"))
+        if None not in groups and groups[0] != groups[1]:
+            flag = self.optimizer_cfg.decay_norm_and_bias
+            raise ConfigError(
+                f"--ckpt_path {path} holds an optimiser state of {groups[0]} parameter "
+                f"groups; this run builds {groups[1]} "
+                f"(model.optimizer.decay_norm_and_bias={str(flag).lower()}; the ECA-Net and GCP "
+                f"recipes set it since 2026-11-28): resume with "
+                f"--model.optimizer.decay_norm_and_bias {str(not flag).lower()}")
         changed = [k for k in ("global_batch", "steps_per_epoch")
                    if was.get(k) is not None and now[k] is not None and was[k] != now[k]]
         if changed:
-            path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
             raise ConfigError(
                 f"--ckpt_path {path} was trained at "
                 + ", ".join(f"{k.replace('_', ' ')} {was[k]}" for k in changed)
@@ -443,7 +454,10 @@ class ClassificationTask(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_same_network(checkpoint)
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
-        self._resumed_schedule = checkpoint.get("cvkit_schedule") if fitting else None
+        self._resumed_schedule = dict(checkpoint.get("cvkit_schedule") or {}) if fitting else None
+        states = checkpoint.get("optimizer_states") or []
+        if fitting and states and isinstance(states[0], dict) and "param_groups" in states[0]:
+            self._resumed_schedule["param_groups"] = len(states[0]["param_groups"])
         self._check_resumed_schedule()
         rng = checkpoint.get("cvkit_rng")
         if rng is None:

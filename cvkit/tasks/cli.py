@@ -206,8 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "gpu" in str(e).lower():  # the recipes ask for 8 GPUs
             import torch
 
-            hint = (f"--trainer.devices {torch.cuda.device_count()}" if torch.cuda.is_available()
-                    else "on this machine's CPU: --trainer.accelerator cpu --trainer.devices 1")
+            hint = (f"--trainer.devices {torch.cuda.device_count()}, and --trainer.num_nodes 1 "
+                    "on one machine" if torch.cuda.is_available() else
+                    "on this machine's CPU: --trainer.accelerator cpu --trainer.devices 1 "
+                    "--trainer.num_nodes 1")  # the ViT recipes ask for 8 nodes
             e = MisconfigurationException(f"{e} ({hint}; the LR follows the global batch)")
         return tool_errors.report(e, prefix="bad trainer option (--trainer.*): ")
     except tool_errors.USER_ERRORS as e:

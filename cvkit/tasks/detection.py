@@ -21,6 +21,7 @@ losses) run in fp32, as mmdet 2's ``force_fp32`` did: mmcv's CPU kernels have no
 from __future__ import annotations
 
 import copy
+import math
 import os
 import os.path as osp
 import tempfile
@@ -207,36 +208,45 @@ def _check_neck_channels(model_cfg, detector: nn.Module, where: str) -> None:
                           f"({what or backbone.get('type')}): {channels}")
 
 
+# the config entries whose strides are the neck's output levels, in order (mmdet's names)
+_LEVEL_STRIDES = {"anchor_generator": "strides", "prior_generator": "strides",
+                  "bbox_roi_extractor": "featmap_strides", "mask_roi_extractor": "featmap_strides"}
+
+
 def _check_feature_strides(model_cfg, detector: nn.Module, where: str) -> None:
-    """Anchor / point / RoI strides in the config (``strides``, ``featmap_strides``) are the
-    strides of the maps a CvkitBackbone gives, through an FPN (``start_level``; each extra level
-    doubles the last) or no neck. A ``*_gcp`` preset runs its last stage at stride 1 (the paper's
-    14x14 map): its C5 is at stride 16, and anchors assumed at 32 silently sat at twice their
-    image positions. Other backbones and necks (SimpleFPN rescales) are not checked."""
+    """Anchor / prior / RoI-extractor strides in the config are the strides of the maps a
+    CvkitBackbone gives, through an FPN (``start_level`` / ``end_level``; each extra level doubles
+    the last) or no neck, to the nearest power of two (YOLACT's 550/69, 550/5). A ``*_gcp`` preset runs its last stage at
+    stride 1 (the paper's 14x14 map): its C5 is at stride 16, and anchors assumed at 32 silently
+    sat at twice their image positions. Other backbones and necks (SimpleFPN rescales) and other
+    strides (SOLO's mask head, HTC's semantic head) are not checked."""
     info = getattr(getattr(getattr(detector, "backbone", None), "body", None), "feature_info", None)
     neck = model_cfg.get("neck")
     if info is None or not (neck is None or (isinstance(neck, Mapping) and neck.get("type") == "FPN")):
         return
-    levels = [int(r) for r in info.reduction()][int(neck.get("start_level", 0)) if neck else 0:]
-    while neck and levels and len(levels) < int(neck.get("num_outs", 0)):
-        levels.append(2 * levels[-1])
+    levels = [int(r) for r in info.reduction()]
+    if neck:
+        end = int(neck.get("end_level", -1))
+        levels = levels[int(neck.get("start_level", 0)):None if end in (-1, len(levels) - 1) else end + 1]
+        while levels and len(levels) < int(neck.get("num_outs", 0)):
+            levels.append(2 * levels[-1])
     for path, entry in _config_entries(model_cfg, "model"):
-        for key in ("strides", "featmap_strides"):
-            given = entry.get(key)
-            if not isinstance(given, (list, tuple)) or not given:
-                continue
-            first = [s[0] if isinstance(s, (list, tuple)) else s for s in given]
-            if first != levels[:len(first)]:
-                backbone = model_cfg.backbone
-                what = ", ".join(f"{k} {backbone[k]!r}" for k in ("model_name", "out_indices")
-                                 if k in backbone)
-                raise OptionError(
-                    f"cannot build the detector of {where}: {path}.{key}={list(given)!r} are not "
-                    f"the strides of the maps model.backbone ({what}) gives"
-                    f"{' through model.neck (FPN)' if neck else ''}: {levels[:len(first)]}"
-                    + (" (a *_gcp preset's last stage runs at stride 1: use the plain model "
-                       "or these strides)" if "_gcp" in str(
-                           backbone.get("model_name", "")) else ""))
+        key = _LEVEL_STRIDES.get(path.rsplit(".", 1)[-1])
+        given = entry.get(key) if key else None
+        if not isinstance(given, (list, tuple)) or not given:
+            continue
+        first = [float(s[0] if isinstance(s, (list, tuple)) else s) for s in given]
+        if len(first) > len(levels) or any(a <= 0 or 2 ** round(math.log2(a)) != b
+                                           for a, b in zip(first, levels)):
+            backbone = model_cfg.backbone
+            what = ", ".join(f"{k} {backbone[k]!r}" for k in ("model_name", "out_indices")
+                             if k in backbone)
+            raise OptionError(
+                f"cannot build the detector of {where}: {path}.{key}={list(given)!r} are not "
+                f"the strides of the maps model.backbone ({what}) gives"
+                f"{' through model.neck (FPN)' if neck else ''}: {levels}"
+                + (" (a *_gcp preset's last stage runs at stride 1: use the plain model "
+                   "or these strides)" if "_gcp" in str(backbone.get("model_name", "")) else ""))
 
 
 _UNTRUSTED_HINT = " (an mmengine Runner checkpoint? pass --trust-checkpoint if you trust it)"

@@ -114,7 +114,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
     a crop_pct outside (0, 1] or negative workers is an OptionError naming the tool's option."""
     from lightning.pytorch import Trainer
 
-    from cvkit.data.datamodule import ClassificationDataModule
+    from cvkit.data.datamodule import ClassificationDataModule, find_classes
     from cvkit.data.transforms import CROP_PCT, IMAGE_SIZE
     from cvkit.tasks.classification import head_mismatch
     from cvkit.tool_errors import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, check_options,
@@ -127,7 +127,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
     data = Path(data)
     if _is_dataset_root(data):
         data = data / "val"
-    split_classes = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+    split_classes = find_classes(data) if data.is_dir() else []
     task, dm_hp = load_task(checkpoint, model_name, num_classes=len(split_classes) or None,
                             model_kwargs=model_kwargs)
     dm = ClassificationDataModule(
@@ -164,5 +164,7 @@ def _is_dataset_root(data: Path) -> bool:
     """``data`` holds splits (``val/<class>/<image>``), not classes: its ``val`` holds folders.
     Files beside the splits (an ImageNet root's ``LOC_synset_mapping.txt``, a README) do not
     matter; a split with a class named ``val`` holds images there."""
+    from cvkit.data.datamodule import find_classes
+
     val = data / "val"
-    return val.is_dir() and any(p.is_dir() for p in val.iterdir())
+    return val.is_dir() and bool(find_classes(val))
