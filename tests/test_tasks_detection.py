@@ -656,3 +656,40 @@ def test_a_backbone_checkpoint_of_another_network_is_a_checkpoint_error_exit_1(t
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
     assert rc == 1 and len(err) == 1, err
     assert str(ckpt) in err[0] and "unexpected keys" in err[0] and "cannot build" not in err[0]
+
+
+@pytest.mark.parametrize("extra, neck, refused", [
+    ({"rpn_head": {"type": "RPNHead", "anchor_generator": {
+        "type": "AnchorGenerator", "strides": [4, 8, 16, 32, 64]}}}, {}, False),
+    # YOLACT: strides 550 / featmap size; SOLO's mask head and HTC's semantic head are not levels
+    ({"bbox_head": {"type": "YOLACTHead", "anchor_generator": {
+        "type": "AnchorGenerator", "strides": [550 / 69, 550 / 35, 550 / 18, 550 / 9, 550 / 5]}}},
+     {"start_level": 1, "num_outs": 5}, False),
+    ({"mask_head": {"type": "SOLOV2Head", "strides": [8, 8, 16, 32, 32]}}, {}, False),
+    ({"roi_head": {"type": "HTC", "semantic_roi_extractor": {
+        "type": "SingleRoIExtractor", "featmap_strides": [8]}}}, {}, False),
+    ({"roi_head": {"type": "StandardRoIHead", "bbox_roi_extractor": {
+        "type": "SingleRoIExtractor", "featmap_strides": [4, 8, 16, 32]}}},
+     {"end_level": 2, "num_outs": 3}, True),                    # C2..C4 only: no stride-32 map
+    ({"rpn_head": {"type": "RPNHead", "anchor_generator": {
+        "type": "AnchorGenerator", "strides": [8, 16, 32, 64, 128]}}}, {}, True),
+])
+def test_feature_stride_check_reads_only_the_level_strides(extra, neck, refused):
+    """Only anchor / prior / RoI-extractor strides are FPN levels (review: SOLO, HTC and YOLACT
+    configs were refused); end_level drops levels."""
+    from types import SimpleNamespace
+
+    from mmengine.config import ConfigDict
+
+    from cvkit.tasks.detection import _check_feature_strides
+    from cvkit.tool_errors import OptionError
+
+    info = SimpleNamespace(reduction=lambda: [4, 8, 16, 32])   # ResNet C2..C5
+    detector = SimpleNamespace(backbone=SimpleNamespace(body=SimpleNamespace(feature_info=info)))
+    model = ConfigDict(backbone={"type": "CvkitBackbone", "model_name": "resnet18"},
+                       neck={"type": "FPN", "num_outs": 5, **neck}, **extra)
+    if refused:
+        with pytest.raises(OptionError, match="are not the strides of the maps"):
+            _check_feature_strides(model, detector, "cfg.py")
+    else:
+        _check_feature_strides(model, detector, "cfg.py")

@@ -216,10 +216,11 @@ _LEVEL_STRIDES = {"anchor_generator": "strides", "prior_generator": "strides",
 def _check_feature_strides(model_cfg, detector: nn.Module, where: str) -> None:
     """Anchor / prior / RoI-extractor strides in the config are the strides of the maps a
     CvkitBackbone gives, through an FPN (``start_level`` / ``end_level``; each extra level doubles
-    the last) or no neck, to the nearest power of two (YOLACT's 550/69, 550/5). A ``*_gcp`` preset runs its last stage at
-    stride 1 (the paper's 14x14 map): its C5 is at stride 16, and anchors assumed at 32 silently
-    sat at twice their image positions. Other backbones and necks (SimpleFPN rescales) and other
-    strides (SOLO's mask head, HTC's semantic head) are not checked."""
+    the last) or no neck, to the nearest power of two (YOLACT's 550/69, 550/5). A ``*_gcp``
+    preset runs its last stage at stride 1 (the paper's 14x14 map): its C5 is at stride 16, and
+    anchors assumed at 32 silently sat at twice their image positions. Other backbones and necks
+    (SimpleFPN rescales) and other strides (SOLO's mask head, HTC's semantic head) are not
+    checked."""
     info = getattr(getattr(getattr(detector, "backbone", None), "body", None), "feature_info", None)
     neck = model_cfg.get("neck")
     if info is None or not (neck is None or (isinstance(neck, Mapping) and neck.get("type") == "FPN")):
@@ -227,7 +228,8 @@ def _check_feature_strides(model_cfg, detector: nn.Module, where: str) -> None:
     levels = [int(r) for r in info.reduction()]
     if neck:
         end = int(neck.get("end_level", -1))
-        levels = levels[int(neck.get("start_level", 0)):None if end in (-1, len(levels) - 1) else end + 1]
+        stop = None if end in (-1, len(levels) - 1) else end + 1
+        levels = levels[int(neck.get("start_level", 0)):stop]
         while levels and len(levels) < int(neck.get("num_outs", 0)):
             levels.append(2 * levels[-1])
     for path, entry in _config_entries(model_cfg, "model"):
