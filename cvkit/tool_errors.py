@@ -99,3 +99,18 @@ def check_options(checks: Iterable[tuple[str, Any, Callable[[Any], bool], str]],
             ok = False
         if not ok:
             raise (error or OptionError)(f"{key} must be {allowed}, got {value!r}")
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """An :class:`OptionError` unless ``device`` is ``cpu``, or ``cuda`` / ``cuda:N`` with that
+    GPU present (torch and Lightning fail later with a traceback, e.g. "Found no NVIDIA driver")."""
+    import torch
+
+    name, sep, index = str(device).partition(":")
+    if name == "cpu" and not sep:
+        return
+    if name != "cuda" or (sep and not index.isdigit()):
+        raise OptionError(f"{option} {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < (int(index) + 1 if sep else 1):
+        raise OptionError(f"{option} {device}: this machine has {count} CUDA GPU(s)")

@@ -191,8 +191,7 @@ def test_data_batch_larger_than_the_images(capsys, tmp_path):
 def test_device_gpu_index_beyond_the_machine(monkeypatch):
     import torch
 
-    from cvkit.benchmarks import check_device
-    from cvkit.tool_errors import OptionError
+    from cvkit.tool_errors import OptionError, check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

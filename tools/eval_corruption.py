@@ -31,8 +31,8 @@ from pathlib import Path
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed
 from cvkit.robustness.folder import check_jpeg_quality, check_pixels
-from cvkit.tool_errors import (NON_NEGATIVE_INT, POSITIVE_INT, USAGE, OptionError, check_options,
-                               is_user_error, report)
+from cvkit.tool_errors import (NON_NEGATIVE_INT, POSITIVE_INT, USAGE, OptionError, check_device,
+                               check_options, is_user_error, report)
 
 
 #: Options of one task only (dest -> flag): given with the other task, they are an error rather
@@ -141,16 +141,10 @@ def main(argv=None) -> int:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda"):  # checked before any work (torch and Lightning give tracebacks)
-        from cvkit.robustness.detection import lightning_devices
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         try:
-            _, devices = lightning_devices(device)  # 1 (the first GPU) or [N]
-        except ValueError as e:
+            check_device(device)
+        except OptionError as e:
             return report(e, USAGE)
-        if count < (1 if devices == 1 else devices[0] + 1):
-            print(f"error: --device {device}: this machine has {count} CUDA GPU(s)", file=sys.stderr)
-            return USAGE
     try:
         if args.task == "det":
             from cvkit.robustness.detection import evaluate_detector

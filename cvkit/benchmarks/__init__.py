@@ -19,7 +19,7 @@ import sys
 import torch
 
 from cvkit import tool_errors
-from cvkit.tool_errors import NON_NEGATIVE_INT, POSITIVE_INT, OptionError, check_options
+from cvkit.tool_errors import NON_NEGATIVE_INT, POSITIVE_INT, check_options
 
 SUITES = {
     "covpool": "iSQRT-COV forward+backward time and peak memory (CPU, or --device cuda)",
@@ -49,20 +49,6 @@ def check_int_options(args: argparse.Namespace, positive=(), non_negative=()) ->
     checks += [(name, NON_NEGATIVE_INT) for name in non_negative]
     check_options((f"--{name.replace('_', '-')}", getattr(args, name), test, allowed)
                   for name, (test, allowed) in checks if getattr(args, name) is not None)
-
-
-def check_device(device: str, option: str = "--device") -> None:
-    """An :class:`~cvkit.tool_errors.OptionError` unless ``device`` is ``cpu``, or ``cuda`` /
-    ``cuda:N`` with that GPU present (torch fails later with a traceback, e.g. "Found no NVIDIA
-    driver", after the models were built)."""
-    name, sep, index = str(device).partition(":")
-    if name == "cpu" and not sep:
-        return
-    if name != "cuda" or (sep and not index.isdigit()):
-        raise OptionError(f"{option} {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count < (int(index) + 1 if sep else 1):
-        raise OptionError(f"{option} {device}: this machine has {count} CUDA GPU(s)")
 
 
 def command_line(suite: str, args: argparse.Namespace, add_arguments, always=(), env=()) -> str:

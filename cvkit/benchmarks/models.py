@@ -22,9 +22,9 @@ import statistics
 
 import torch
 
-from cvkit.benchmarks import check_device, check_int_options, command_line, machine_description
+from cvkit.benchmarks import check_int_options, command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_seconds
-from cvkit.tool_errors import OptionError
+from cvkit.tool_errors import OptionError, check_device
 
 DEFAULT_MODELS = ("resnet50", "eca_resnet50", "resnet50_gcp")
 TARGETS = {"eca_resnet50": 1.10, "resnet50_gcp": 1.15}
