@@ -34,7 +34,8 @@
 #              without the TF32 rows (appended to tiles.log): what the chosen list would give if
 #              it replaced the configs in the kernel file; the steps after it use the list too
 #              (their logs say so);
-#   pytest     the CUDA tests;
+#   pytest     the CUDA tests (-k test_cuda_: `-k cuda` also picked interpreter tests whose
+#              parameter ids name torch.backends.cuda, run 10);
 #   bench_rest the benchmark at B in {32, 256};
 #   sweep      precision sweep at B=128, d=256: ieee / tf32x3 kernels beside the PyTorch path in
 #              fp32 and TF32, error vs float64 and time (triton.testing.do_bench), and GPU time
@@ -191,7 +192,7 @@ step_tuned() {
 
 step_pytest() {
   configs_line > "$OUT/pytest.log"
-  timeout $(limit 200) $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k cuda \
+  timeout $(limit 200) $PY -m pytest tests/test_kernels_isqrt_cov.py -q -k test_cuda_ \
     -p no:cacheprovider >> "$OUT/pytest.log" 2>&1
   echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
 }
