@@ -183,8 +183,9 @@ def _launch(fn, grid, args, meta):
 # Triton's argument binding, specialisation and cache lookup cost ~13 us per launch on this
 # project's 2-core CPU machine and ~50 us on the H100 machine's host (`python tools/benchmark.py
 # covpool-host`); what remains is the call JITFunction.run ends with (the same in Triton 3.6 and
-# 3.8). On an H100 (run 9 in BENCHMARKS.md) the output and gradient bits were those of JIT
-# launches, and a synchronised step at B=128, d=256 took 3.1 ms instead of 3.8 ms.
+# 3.8). On an H100 (run 9 in BENCHMARKS.md) and an H200 (run 10, whole-call replays) the output
+# and gradient bits were those of JIT launches; a synchronised step at B=128, d=256 took 3.1 ms
+# instead of 3.8 ms (run 9), 2.8 instead of 3.3 ms (run 10).
 DIRECT_LAUNCH_ENV = "CVKIT_ISQRT_COV_DIRECT_LAUNCH"
 
 

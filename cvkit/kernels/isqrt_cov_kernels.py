@@ -73,8 +73,9 @@ def _store(ptrs, value, mask, EVEN: tl.constexpr):
 # interpreter, 32×32 tiles keep the program count (its cost) low; d > 32 gives several tiles.
 # Two configs each: every config is compiled per kernel variant and precision (seconds apiece).
 # CVKIT_ISQRT_COV_PRODUCT_CONFIGS replaces the product configs (``tile_configs``). The product
-# configs are those `covpool-tiles` chose on an H100 (BENCHMARKS.md, run 7); the autotuner took the
-# first for every one-product launch there, the second for every two-product launch.
+# configs are those `covpool-tiles` chose on an H100 (BENCHMARKS.md, run 7) and again on an H200
+# (run 10); the autotuner took the first for every one-product launch there, the second for every
+# two-product launch.
 _PRODUCT_CONFIGS = _configs(
     [({"BLOCK": 64, "BLOCK_K": 32}, 4, 4),
      ({"BLOCK": 64, "BLOCK_K": 64}, 4, 2)],
