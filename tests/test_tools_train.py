@@ -121,15 +121,16 @@ def _lradju(e):
 
 
 PAPER = {
-    # decay_all: the ECA-Net release's main.py / light_main.py and the GCP release's src/main.py
-    # decay every parameter (SGD(model.parameters(), weight_decay=...))
+    # decay_all: the ECA-Net release's main.py / light_main.py, the GCP release's src/main.py and
+    # fast-MPN-COV's main.py (iSQRT-COV; SGD over three parameter groups, each with the weight
+    # decay) decay every parameter (SGD(model.parameters(), weight_decay=...))
     "eca_resnet50": dict(opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=100, decay_all=True,
                          lr_at={1: 0.1, 30: 0.1, 31: 0.01, 61: 1e-3, 91: 1e-4}),
     "eca_mobilenetv2": dict(opt="sgd", lr=0.045, batch=96, wd=4e-5, epochs=400, decay_all=True,
                             lr_at={1: 0.045, 11: 0.045 * 0.98 ** 10, 400: 0.045 * 0.98 ** 399}),
     "mobilenetv2": dict(opt="sgd", lr=0.045, batch=96, wd=4e-5, epochs=400, decay_all=True,
                         lr_at={1: 0.045, 101: 0.045 * 0.98 ** 100}),
-    "isqrt_resnet50": dict(opt="sgd", lr=0.1, batch=160, wd=1e-4, epochs=65,
+    "isqrt_resnet50": dict(opt="sgd", lr=0.1, batch=160, wd=1e-4, epochs=65, decay_all=True,
                            lr_at={30: 0.1, 31: 0.01, 45: 0.01, 46: 1e-3, 61: 1e-4}),
     "resnet50_gcp_lrnorm": dict(decay_all=True, opt="sgd", lr=0.1, batch=256, wd=1e-4, epochs=100,
                                 lr_at={30: 0.1, 31: 0.01, 61: 1e-3}),
