@@ -93,4 +93,42 @@ def test_epoch_schedule_is_constant_within_an_epoch():
 
 def test_unknown_schedule_is_one_line_error():
     with pytest.raises(ValueError, match="unknown LR schedule 'linear'"):
-        LRSchedule("linear").lambda_lr(10, 10)
+        LRSchedule("linear")
+
+
+def _gcp_mobilenetv2_lradju(epoch: int) -> float:
+    """The GCP release's MobileNetV2 LRadju (ZhangLi-CS/GCP_Optimization, src/main.py), written
+    from its formula with its 0-based epoch e0 = epoch - 1: 0.06 -> 0.01 over epochs 0-50, ->
+    0.001 over 50-100, -> 1e-5 over 100-150, then 1e-5."""
+    e0 = epoch - 1
+    if e0 <= 50:
+        return 0.06 - (0.06 - 0.01) / 50 * e0
+    if e0 <= 100:
+        return 0.01 - (0.01 - 0.001) / 50 * (e0 - 50)
+    if e0 <= 150:
+        return 0.001 - (0.001 - 0.00001) / 50 * (e0 - 100)
+    return 0.00001
+
+
+MOBILENETV2_LRADJU_POINTS = [[1, 1.0], [51, 0.01 / 0.06], [101, 0.001 / 0.06], [151, 1e-5 / 0.06]]
+
+
+@pytest.mark.parametrize("epoch", [1, 2, 26, 51, 52, 77, 101, 126, 150, 151, 160])
+def test_gcp_mobilenetv2_lradju_piecewise_linear(epoch):
+    lrs = lr_at_epochs(LRSchedule("piecewise_linear", points=MOBILENETV2_LRADJU_POINTS), 0.06,
+                       [epoch], 150)
+    assert lrs[epoch] == pytest.approx(_gcp_mobilenetv2_lradju(epoch), rel=1e-12)
+
+
+def test_piecewise_linear_per_iteration_interpolates_inside_an_epoch():
+    s = LRSchedule("piecewise_linear", points=[[1, 1.0], [3, 0.0]], per_iteration=True)
+    f = s.lambda_lr(4, 10)
+    assert [f(i) for i in (0, 2, 4, 6, 8, 9)] == pytest.approx([1, 0.75, 0.5, 0.25, 0, 0])
+    assert LRSchedule("piecewise_linear", points=[[5, 0.5]]).factor(1) == 0.5  # before the first
+
+
+@pytest.mark.parametrize("points", [[], [[1, 1.0], [1, 0.5]], [[2, 1.0], [1, 0.5]],
+                                    [[1, -0.1]], [[1, 1.0, 2]], [["a", 1.0]], None])
+def test_piecewise_linear_bad_points_are_one_line_errors(points):
+    with pytest.raises(ValueError, match=r"schedule 'piecewise_linear': points must be "):
+        LRSchedule("piecewise_linear", points=points)

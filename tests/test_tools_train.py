@@ -140,6 +140,12 @@ PAPER = {
                                 lr_at={e: _lradju(e) for e in (1, 2, 25, 50)}),
     "mobilenetv2_gcp_lrfast": dict(decay_all=True, opt="sgd", lr=0.06, batch=96, wd=4e-5, epochs=100,
                                    lr_at={1: 0.06, 51: 0.06 * 0.92 ** 50}),
+    # the GCP release's MobileNetV2 LRadju: batch 192, 150 epochs, piecewise linear (src/main.py,
+    # its 0-based epoch e - 1: 0.06 - 0.05 (e - 1) / 50 up to e = 51, ...)
+    "mobilenetv2_gcp_lradju": dict(decay_all=True, opt="sgd", lr=0.06, batch=192, wd=4e-5,
+                                   epochs=150, lr_at={1: 0.06, 26: 0.06 - 0.05 * 25 / 50, 51: 0.01,
+                                                      76: 0.01 - 0.009 * 25 / 50, 101: 0.001,
+                                                      150: 0.001 - 0.00099 * 49 / 50}),
     "vit_base_patch16_hc2": dict(opt="adamw", lr=3e-3, batch=4096, wd=0.3, epochs=300,
                                  betas=(0.9, 0.999), mixup=0.2, clip=1.0, warmup_steps=10_000),
 }

@@ -128,7 +128,7 @@ class ClassificationTask(LightningModule):
         optimizer: :class:`OptimizerConfig` or a dict of its fields (name, lr at
             reference_batch, momentum, wd, ...).
         schedule: :class:`LRSchedule` or a dict of its fields (step / multistep / exponential /
-            poly / cosine + warmup).
+            poly / cosine / piecewise_linear + warmup).
         label_smoothing: cross-entropy label smoothing.
         mixup, cutmix: Beta(alpha, alpha) parameters for timm's Mixup (0 = off).
         mixup_prob, mixup_switch_prob: timm Mixup's probability to apply / to pick cutmix.

@@ -9,6 +9,8 @@ constant through an epoch. A linear warmup (epochs or steps) multiplies any of t
 - ``exponential``: gamma ** (e-1)                               MobileNetV2: x0.98 / epoch; GCP x0.92
 - ``poly``:        (1 - (e-1)/horizon) ** power                 GCP LRfast (52, 11), LRadju (49, 2)
 - ``cosine``:      min + (1-min)(1 + cos(pi (e-1)/total)) / 2   ViT + hyper-connections
+- ``piecewise_linear``: straight lines through ``points`` [[e, factor], ...], the first factor
+                   before the first point, the last after it     GCP MobileNetV2 LRadju
 - ``constant``:    1
 """
 from __future__ import annotations
@@ -17,7 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-ScheduleName = Literal["step", "multistep", "exponential", "poly", "cosine", "constant"]
+ScheduleName = Literal["step", "multistep", "exponential", "poly", "cosine",
+                       "piecewise_linear", "constant"]
 
 
 @dataclass
@@ -31,6 +34,7 @@ class LRSchedule:
     power: float = 1.0
     horizon: Optional[float] = None
     min_factor: float = 0.0
+    points: list[list[float]] = field(default_factory=list)
     warmup_epochs: float = 0.0
     warmup_steps: int = 0
     warmup_start_factor: float = 0.0
@@ -40,6 +44,22 @@ class LRSchedule:
         if self.name not in ScheduleName.__args__:
             raise ValueError(f"unknown LR schedule {self.name!r}; choose one of "
                              f"{', '.join(ScheduleName.__args__)}")
+        if self.name == "piecewise_linear":
+            self._check_points()
+
+    def _check_points(self) -> None:
+        pts = self.points
+        ok = (isinstance(pts, (list, tuple)) and len(pts) >= 1
+              and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pts))
+        if ok:
+            try:
+                pts = [(float(e), float(f)) for e, f in pts]
+            except (TypeError, ValueError):
+                ok = False
+        if not ok or any(b[0] <= a[0] for a, b in zip(pts, pts[1:])) or any(f < 0 for _, f in pts):
+            raise ValueError(f"schedule 'piecewise_linear': points must be [[epoch, factor], ...] "
+                             f"with increasing epochs and factors >= 0, got {self.points!r}")
+        self.points = [list(p) for p in pts]
 
     def factor(self, epoch: float, total_epochs: Optional[float] = None) -> float:
         """LR factor at 1-based ``epoch`` (fractional when stepping per iteration), no warmup."""
@@ -52,6 +72,8 @@ class LRSchedule:
             return self.gamma ** sum(e0 >= m for m in self.milestones)
         if self.name == "exponential":
             return self.gamma ** e0
+        if self.name == "piecewise_linear":
+            return self._interpolate(epoch)
         total = self.horizon if self.horizon is not None else total_epochs
         if total is None:
             raise ValueError(f"schedule {self.name!r} needs horizon or the run's max_epochs")
@@ -61,6 +83,15 @@ class LRSchedule:
             t = min(1.0, e0 / total)
             return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
         raise ValueError(f"unknown LR schedule {self.name!r}; choose one of {ScheduleName.__args__}")
+
+    def _interpolate(self, epoch: float) -> float:
+        (e_first, f_first), (e_last, f_last) = self.points[0], self.points[-1]
+        if epoch <= e_first:
+            return f_first
+        for (e_a, f_a), (e_b, f_b) in zip(self.points, self.points[1:]):
+            if epoch <= e_b:
+                return f_a + (f_b - f_a) * (epoch - e_a) / (e_b - e_a)
+        return f_last
 
     def factor_at_step(self, step: int, steps_per_epoch: int,
                        total_epochs: Optional[float] = None) -> float:
