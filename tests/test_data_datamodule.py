@@ -81,6 +81,38 @@ def test_jpeg_with_data_after_eoi_decodes_and_truncation_is_still_caught(tmp_pat
         decode_image(cut)
 
 
+def test_headers_over_opencv_limits_are_bad_files_named_not_crashes(tmp_path):
+    """OpenCV raises cv2.error (a multi-line assertion, no file name) instead of returning None
+    when a header states a size over its limits: a corrupt BMP width, or a PNG of 10^10 pixels.
+    Such a file is a BadImageError naming it, skipped like any bad file."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="BMP")
+    bmp = bytearray(buf.getvalue())
+    bmp[18:22] = struct.pack("<i", 1 << 30)  # the width field
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = struct.pack(">II", 100_000, 100_000)  # IHDR, its CRC recomputed
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    folder = tmp_path / "train" / "a"
+    folder.mkdir(parents=True)
+    for name, data in (("corrupt.bmp", bmp), ("huge.png", png)):
+        (folder / name).write_bytes(bytes(data))
+        with pytest.raises(BadImageError) as e:
+            decode_image(folder / name)
+        assert str(e.value).startswith(f"not a decodable image file {folder / name} (OpenCV: ")
+        assert "\n" not in str(e.value)
+    ds = ImageFolderDataset(tmp_path / "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert [ds[i] for i in range(2)] == [{"bad_file": str(folder / n)}
+                                              for n in ("corrupt.bmp", "huge.png")]
+
+
 def test_strict_mode_raises_one_line_naming_the_file_from_a_worker(tiny):
     bad = add_bad_files(tiny / "val")
     ds = ImageFolderDataset(tiny / "val", strict=True)

@@ -87,7 +87,11 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
             raise BadImageError(f"truncated JPEG file {path}")
     # the stored pixels, as PIL (the papers' loader, cvkit's corruption tools) reads them: OpenCV
     # would apply the EXIF orientation (a rotated photo would differ between the two)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buf.size else None
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buf.size else None
+    except cv2.error as e:  # a header over OpenCV's size limits (corrupt, or a huge image) raises
+        why = (e.err or str(e)).strip().splitlines()[-1]
+        raise BadImageError(f"not a decodable image file {path} (OpenCV: {why})") from None
     if img is None:
         raise BadImageError(f"not a decodable image file {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
