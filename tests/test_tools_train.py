@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -574,6 +575,33 @@ def test_validate_ckpt_path_file_takes_the_checkpoints_model(one_epoch_run, tiny
     capsys.readouterr()
     assert main(["validate", "--config", str(config), "--ckpt_path", str(plain)]) == 1
     assert "tools/test.py --checkpoint" in _one_error_line(capsys)
+
+
+def test_ckpt_path_on_a_folder_of_other_classes_is_one_line(one_epoch_run, tiny, tmp_path,
+                                                             capsys):
+    """validate / test / fit with --ckpt_path read a val folder whose class folders are not the
+    checkpoint's in label order (renamed so that they sort otherwise: labels permuted) and
+    scored it with exit 0; tools/test.py refused it. Refused the same way here, naming the
+    label; the same classes under their own names still validate."""
+    tmp, run = one_epoch_run
+    last = run / "checkpoints" / "last.ckpt"
+    classes = sorted(p.name for p in (tiny / "val").iterdir())
+    other = tmp_path / "other"
+    for i, name in enumerate(classes):  # the last class sorts first now
+        new = ("a_" if i == len(classes) - 1 else "b_") + name
+        for split in ("train", "val"):
+            shutil.copytree(tiny / split / name, other / split / new)
+    capsys.readouterr()
+    for subcommand in ("validate", "test", "fit"):
+        config = _run_config(tmp, f"classes-{subcommand}", tiny, data__batch_size=4,
+                             data__root=str(other), checkpoint={}, trainer__deterministic=False)
+        assert main([subcommand, "--config", str(config), "--ckpt_path", str(last)]) == 1
+        line = _one_error_line(capsys)
+        assert line.startswith(f"error: the class folders of {other}/") and \
+            f"label 0 is 'a_{classes[-1]}' there, '{classes[0]}' in training" in line, line
+    config = _run_config(tmp, "classes-same", tiny, data__batch_size=4, checkpoint={},
+                         trainer__deterministic=False)
+    assert main(["validate", "--config", str(config), "--ckpt_path", str(last)]) == 0
 
 
 def test_validate_a_fine_tune_whose_initial_weights_are_gone(tiny, tmp_path):

@@ -110,6 +110,19 @@ def find_classes(root: str | os.PathLike) -> list[str]:
         return sorted(e.name for e in entries if e.is_dir() and not is_hidden(e.name))
 
 
+def class_mismatch(trained: list[str], here: list[str], data, checkpoint) -> str | None:
+    """Why the class folders ``here`` of ``data`` cannot be labelled as ``checkpoint`` was trained
+    (``trained``, label order), or None when they are the same list."""
+    if trained == here:
+        return None
+    i = next((i for i, (a, b) in enumerate(zip(trained, here)) if a != b),
+             min(len(trained), len(here)))  # one list continues the other
+    return (f"the class folders of {data} are not the classes {checkpoint} was trained on: label "
+            f"{i} is {here[i] if i < len(here) else None!r} there, "
+            f"{trained[i] if i < len(trained) else None!r} in training "
+            f"({len(set(trained) - set(here))} training classes missing)")
+
+
 def scan_split(root: str | os.PathLike) -> tuple[list[tuple[str, int]], list[str]]:
     """(samples, classes) of an ImageFolder split; one-line errors for a missing or empty folder."""
     from torchvision.datasets.folder import make_dataset
@@ -326,6 +339,7 @@ class ClassificationDataModule(LightningDataModule):
         self.test_set: Optional[ImageFolderDataset] = None
         self._train_loader: Optional[ResumableDataLoader] = None
         self._resume: Optional[dict[str, int]] = None
+        self._trained_classes: Optional[list[str]] = None  # of a restored checkpoint
 
     # -- datasets -------------------------------------------------------------------------------
     def _split(self, name: str, train: bool) -> ImageFolderDataset:
@@ -356,6 +370,7 @@ class ClassificationDataModule(LightningDataModule):
             raise ValueError(f"class folders differ between {self.train_set.root} and "
                              f"{self.val_set.root}: only in {hp.train_split}: {sorted(train - val)[:5]}, "
                              f"only in {hp.val_split}: {sorted(val - train)[:5]}")
+        self._check_trained_classes()  # a checkpoint's classes read before this setup
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Images travel as uint8 and are normalised here, on the device (Lightning hook)."""
@@ -405,7 +420,23 @@ class ClassificationDataModule(LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Where a resumed training pass starts, and the class names the checkpoint was trained
+        on: a folder whose classes are others (or in another order: labels would mean other
+        classes) is an error, as in ``tools/test.py``, for ``fit`` / ``validate`` / ``test``
+        with ``--ckpt_path``."""
         self._resume = state_dict.get("train_position")
+        classes = state_dict.get("classes")
+        self._trained_classes = list(classes) if isinstance(classes, list) else None
+        self._check_trained_classes()
+
+    def _check_trained_classes(self) -> None:
+        if self._trained_classes is None:
+            return
+        for split in (self.train_set, self.val_set, self.test_set):
+            why = split and class_mismatch(self._trained_classes, split.classes, split.root,
+                                           "the --ckpt_path checkpoint")
+            if why:
+                raise ValueError(why)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

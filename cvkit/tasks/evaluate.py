@@ -67,19 +67,6 @@ def recorded_classes(ckpt: dict) -> list[str] | None:
     return list(found[0]) if len(found) == 1 else None
 
 
-def class_mismatch(trained: list[str], here: list[str], data, checkpoint) -> str | None:
-    """Why the class folders ``here`` of ``data`` cannot be labelled as ``checkpoint`` was trained
-    (``trained``, label order), or None when they are the same list."""
-    if trained == here:
-        return None
-    i = next((i for i, (a, b) in enumerate(zip(trained, here)) if a != b),
-             min(len(trained), len(here)))  # one list continues the other
-    return (f"the class folders of {data} are not the classes {checkpoint} was trained on: label "
-            f"{i} is {here[i] if i < len(here) else None!r} there, "
-            f"{trained[i] if i < len(trained) else None!r} in training "
-            f"({len(set(trained) - set(here))} training classes missing)")
-
-
 def unknown_classes(trained: list[str], here, data, checkpoint) -> str | None:
     """Why class folders ``here`` of ``data`` cannot be mapped by name onto the classes
     ``checkpoint`` was trained on (some are not among them), or None when all are."""
@@ -114,7 +101,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
     a crop_pct outside (0, 1] or negative workers is an OptionError naming the tool's option."""
     from lightning.pytorch import Trainer
 
-    from cvkit.data.datamodule import ClassificationDataModule, find_classes
+    from cvkit.data.datamodule import ClassificationDataModule, class_mismatch, find_classes
     from cvkit.data.transforms import CROP_PCT, IMAGE_SIZE
     from cvkit.tasks.classification import head_mismatch
     from cvkit.tool_errors import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, check_options,
