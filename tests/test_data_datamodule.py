@@ -205,6 +205,21 @@ def test_loader_resumes_mid_epoch_exactly(tiny):
     assert len(list(fresh)) == len(unbroken)
 
 
+def test_batch_larger_than_the_training_set_is_one_line(tiny):
+    """drop_last with fewer images per device than a batch: every epoch had no batch, Lightning
+    printed "No training batches" and the run ended with exit 0 and no checkpoint."""
+    from cvkit.tool_errors import OptionError
+
+    dm = ClassificationDataModule(root=str(tiny), batch_size=25, image_size=32, num_workers=0)
+    dm.setup("fit")
+    with pytest.raises(OptionError) as e:
+        dm.train_dataloader()
+    assert str(e.value).startswith("data.batch_size 25 is more than the 24 training images per "
+                                   f"device (24 in {tiny / 'train'})"), e.value
+    dm = ClassificationDataModule(root=str(tiny), batch_size=24, image_size=32, num_workers=0)
+    assert len(dm.train_dataloader()) == 1
+
+
 def test_num_classes_and_class_mismatch(tiny, tmp_path):
     dm = ClassificationDataModule(root=str(tiny))
     assert dm.num_classes == 3

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from cvkit.data.transforms import (CROP_PCT, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
                                    RANDAUGMENT_OPS, eval_transform, normalize_batch,
                                    train_transform)
-from cvkit.tool_errors import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, check_options
+from cvkit.tool_errors import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY,
+                               OptionError, check_options)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # a JPEG marker: 0xFF then a byte that is not stuffing (00), a restart marker (D0-D7) or fill (FF)
@@ -444,6 +445,12 @@ class ClassificationDataModule(LightningDataModule):
         world, rank = self._world()
         sampler = ResumableDistributedSampler(self.train_set, num_replicas=world, rank=rank,
                                               shuffle=True, seed=self.seed)
+        if len(sampler) < self.batch_size:  # drop_last: no batch at all, a run that trains nothing
+            raise OptionError(
+                f"data.batch_size {self.batch_size} is more than the {len(sampler)} training images "
+                f"per device ({len(self.train_set)} in {self.train_set.root}"
+                f"{f' over {world} devices' if world > 1 else ''}): an epoch would have no batch "
+                f"(the last partial batch is dropped); give a smaller --data.batch_size")
         loader = ResumableDataLoader(self.train_set, sampler=sampler, drop_last=True,
                                      progress=self._progress, **self._loader_kwargs())
         if self._resume:
