@@ -319,10 +319,22 @@ def test_covariance_pooling_returns_the_input_dtype(dtype):
     (dict(in_channels=8, dim=0), r"dim.*0"),
     (dict(in_channels=8, dim=4.0), r"dim.*4\.0"),
     (dict(in_channels=8, dim=True), r"dim.*True"),
+    (dict(in_channels=8, act="gelu"), r"act 'gelu'.*'relu', 'relu6'"),
 ])
 def test_covariance_pooling_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CovariancePooling(**kwargs)
+
+
+def test_reduction_activation_relu_by_default_relu6_on_request():
+    """The paper's (and the ResNet release's) ReLU after the reduction BN by default; ReLU6 for
+    the GCP release's MobileNetV2 (ZhangLi-CS/GCP_Optimization, MobileNetV2_MPNCOV)."""
+    assert type(CovariancePooling(8, dim=4).reduce[2]) is torch.nn.ReLU
+    head = CovariancePooling(8, dim=4, act="relu6")
+    assert type(head.reduce[2]) is torch.nn.ReLU6 and "act='relu6'" in repr(head)
+    torch.nn.init.ones_(head.reduce[0].weight)
+    with torch.no_grad():  # eval-mode BN at its initial statistics: the 1x1 sums (80) reach ReLU6
+        assert head.eval().reduce(torch.full((2, 8, 3, 3), 10.0)).max() == 6.0
 
 
 def test_covariance_pooling_tokens_equal_maps():

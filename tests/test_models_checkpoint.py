@@ -746,3 +746,191 @@ def test_vit_gcp_checkpoint_starts_a_plain_features_only_vit(tmp_path):
     with torch.no_grad():
         assert torch.equal(feats(x)[0], gcp.forward_intermediates(x, indices=(2,),
                                                                   intermediates_only=True)[0])
+
+
+# --- GCP_Optimization (ZhangLi-CS) MobileNetV2_MPNCOV, written here from its structure --------
+def _isqrt_cov_reference(x: torch.Tensor, iters: int = 5) -> torch.Tensor:
+    """iSQRT-COV (Li et al., CVPR 2018) by the paper's equations: centred covariance (Eq. 1),
+    trace pre-normalisation (Eq. 4), ``iters`` coupled Newton-Schulz steps (Eq. 2), post-
+    compensation by sqrt(trace) (Eq. 5), row-major upper triangle."""
+    b, c = x.shape[:2]
+    f = x.reshape(b, c, -1)
+    f = f - f.mean(-1, keepdim=True)
+    sigma = f @ f.transpose(1, 2) / f.shape[-1]
+    trace = sigma.diagonal(dim1=1, dim2=2).sum(-1).view(b, 1, 1)
+    eye = torch.eye(c, dtype=x.dtype).expand(b, c, c)
+    y, z = sigma / trace, eye
+    for _ in range(iters):
+        t = (3 * eye - z @ y) / 2
+        y, z = y @ t, t @ z
+    rows, cols = torch.triu_indices(c, c)
+    return (trace.sqrt() * y)[:, rows, cols]
+
+
+def _release_conv(cin, cout, k=3, stride=1, groups=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class _ReleaseBlock(nn.Module):
+    def __init__(self, cin, cout, stride, t):
+        super().__init__()
+        hidden = cin * t
+        layers = [_release_conv(cin, hidden, 1)] if t != 1 else []
+        layers += [_release_conv(hidden, hidden, 3, stride, hidden),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.conv(x) if self.skip else self.conv(x)
+
+
+class _GcpOptMobileNetV2(nn.Module):
+    """MobileNetV2 1.0 with every stride of the paper's Table 2, then ``dimension_reduction``
+    (1x1 conv 1280 -> 256 without bias, BN, ReLU6), iSQRT-COV (5 iterations) and ``classifier``
+    (Dropout 0.2, Linear 32896 -> classes): the module names of the GCP release."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        layers, cin = [_release_conv(3, 32, 3, 2)], 32
+        for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+            for i in range(n):
+                layers.append(_ReleaseBlock(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers.append(_release_conv(cin, 1280, 1))
+        self.features = nn.Sequential(*layers)
+        self.dimension_reduction = nn.Sequential(nn.Conv2d(1280, 256, 1, bias=False),
+                                                 nn.BatchNorm2d(256), nn.ReLU6(inplace=True))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32896, num_classes))
+
+    def forward(self, x):
+        x = _isqrt_cov_reference(self.dimension_reduction(self.features(x)))
+        return self.classifier(x)
+
+
+def test_gcp_optimization_mobilenetv2_checkpoint_gives_the_release_logits(tmp_path):
+    """A GCP_Optimization MobileNetV2_MPNCOV checkpoint ({'state_dict': {'module.' + key}},
+    dimension_reduction.{0,1}, classifier.1 of 32896 inputs) loads into mobilenetv2_gcp (classes
+    read from it) and gives the release network's logits: every stride kept (a 3x3 map at 96 px),
+    ReLU6 after the reduction. (It did not load: 5 missing, 6 unexpected keys.)"""
+    torch.manual_seed(0)
+    ref = _GcpOptMobileNetV2().double()
+    for m in ref.modules():  # the release's initialisation; BN statistics of a few batches
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    with torch.no_grad():
+        for seed in range(3):
+            ref(_x(96, batch=4, seed=seed + 1).double())
+        ref.dimension_reduction[1].bias.fill_(4.0)  # past 6: ReLU6 and ReLU differ
+        ref.dimension_reduction[1].weight.fill_(3.0)
+    ref = ref.float().double().eval()  # float32 values, as a released file holds
+    path = tmp_path / "mobilenetv2_mpncov.pth.tar"
+    torch.save({"epoch": 150, "arch": "mobilenet_v2_mpncov", "best_acc1": torch.tensor(73.97),
+                "state_dict": OrderedDict((f"module.{k}", v.float())
+                                          for k, v in ref.state_dict().items())}, path)
+    model = cvkit.create_model("mobilenetv2_gcp", checkpoint_path=path).double().eval()
+    assert model.get_classifier().out_features == 10
+    x = _x(96).double()
+    with torch.no_grad():
+        assert ref.dimension_reduction[:2](ref.features(x)).max() > 6  # the clamp takes part
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-9, atol=1e-9)
+
+
+def test_gcp_head_hint_only_when_no_key_looks_like_a_reduction(tmp_path):
+    """A model's iSQRT-COV head a checkpoint lacks: the "build it without global_pool='gcp'" hint
+    for a plain network's file; for a file whose reduction has names cvkit does not map, a hint
+    naming them instead (a GCP file is not a file without the head)."""
+    plain = tmp_path / "plain.pth"
+    torch.save(cvkit.create_model("mobilenetv2").state_dict(), plain)
+    with pytest.raises(CheckpointError, match="iSQRT-COV head the checkpoint lacks"):
+        cvkit.load_checkpoint(cvkit.create_model("mobilenetv2_gcp"), plain)
+    other = tmp_path / "other.pth"
+    torch.save({k.replace("global_pool.reduce.", "head.reduction_block."): v for k, v in
+                cvkit.create_model("mobilenetv2_gcp").state_dict().items()}, other)
+    with pytest.raises(CheckpointError) as err:
+        cvkit.load_checkpoint(cvkit.create_model("mobilenetv2_gcp"), other)
+    assert "head the checkpoint lacks" not in str(err.value)
+    assert ("reduction layer has names cvkit does not map (head.reduction_block.0.weight"
+            in str(err.value))
+
+
+def test_a_meta_device_model_takes_the_checkpoint_tensors(tmp_path):
+    """Deferred initialisation: a model built under torch.device("meta") loaded with
+    cvkit.load_checkpoint runs on the checkpoint's tensors (assign=True) and gives the logits of
+    an eagerly built model loaded from the same file; a checkpoint without num_batches_tracked
+    leaves no meta buffer. (Copying into meta tensors kept nothing, with 122 torch warnings, and
+    reported success.)"""
+    torch.manual_seed(0)
+    src = _randomise_bn(cvkit.create_model("eca_resnet18", num_classes=10))
+    path = tmp_path / "r18.pth"
+    torch.save({k: v for k, v in src.state_dict().items()
+                if not k.endswith("num_batches_tracked")}, path)
+    eager = cvkit.create_model("eca_resnet18", num_classes=10)
+    cvkit.load_checkpoint(eager, path)
+    with torch.device("meta"):
+        deferred = cvkit.create_model("eca_resnet18", num_classes=10)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "copying from a non-meta parameter" warning
+        cvkit.load_checkpoint(deferred, path)
+    assert not any(t.is_meta for t in deferred.state_dict().values())
+    assert all(p.requires_grad for p in deferred.parameters())
+    with torch.no_grad():
+        assert torch.equal(deferred.eval()(_x()), eager.eval()(_x()))
+
+
+def test_eca_hint_only_without_eca_weights_and_another_depth_is_named(tmp_path):
+    """An ECA-ResNet-50 file into eca_resnet101: whole blocks layer3.6.. are missing, the hint
+    names the checkpoint's depth; "build the preset without eca_" only for a file without ECA
+    weights. (It told the user to drop ECA from an ECA checkpoint.)"""
+    path = tmp_path / "eca50.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in cvkit.create_model(
+        "eca_resnet50", eca_k_size=(3, 5, 5, 7)).state_dict().items()}}, path)
+    with pytest.raises(CheckpointError) as err:
+        cvkit.create_model("eca_resnet101", checkpoint_path=path)
+    msg = str(err.value)
+    assert "without eca_" not in msg
+    assert ("whole blocks differ (layer3.6, layer3.7, layer3.8, layer3.9, ...): the checkpoint is "
+            "a ResNet-50 (blocks per stage 3, 4, 6, 3): build eca_resnet50" in msg)
+    deeper = tmp_path / "r101.pth"
+    torch.save(cvkit.create_model("resnet101").state_dict(), deeper)
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(layer3\.6\..*the checkpoint is "
+                                              r"a ResNet-101 .*build resnet101"):
+        cvkit.load_checkpoint(cvkit.create_model("resnet50"), deeper)
+    plain = tmp_path / "r50.pth"
+    torch.save(cvkit.create_model("resnet50").state_dict(), plain)
+    with pytest.raises(CheckpointError) as err:
+        cvkit.load_checkpoint(cvkit.create_model("eca_resnet50"), plain)
+    assert "the model has ECA modules the checkpoint lacks: build the preset without eca_" in str(
+        err.value) and "whole blocks" not in str(err.value)
+
+
+def test_data_parallel_and_ddp_targets_load_through_their_module(tmp_path):
+    """cvkit.load_checkpoint(nn.DataParallel(m) / DistributedDataParallel(m), path) loads into m
+    (as torch.compile's _orig_mod): it failed with "102 missing keys (module.conv1.weight, ...)"."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(0)
+    src = _randomise_bn(cvkit.create_model("resnet18", num_classes=10)).eval()
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)
+    dp = nn.DataParallel(cvkit.create_model("resnet18", num_classes=10))
+    cvkit.load_checkpoint(dp, path)
+    with torch.no_grad():
+        assert torch.equal(dp.module.eval()(_x()), src(_x()))
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        ddp = DistributedDataParallel(cvkit.create_model("resnet18", num_classes=10))
+        cvkit.load_checkpoint(ddp, path)
+        with torch.no_grad():
+            assert torch.equal(ddp.module.eval()(_x()), src(_x()))
+    finally:
+        dist.destroy_process_group()

@@ -184,6 +184,53 @@ def test_gcp_paper_layout():
     assert cvkit.create_model("resnet18_gcp", gcp_dim=128, num_classes=5).fc.in_features == 8256
 
 
+def test_mobilenetv2_gcp_follows_the_gcp_release_layout():
+    """mobilenetv2_gcp is the GCP release's network (ZhangLi-CS/GCP_Optimization
+    MobileNetV2_MPNCOV), whose 74.39 / 73.97 / 72.45 top-1 the registry cites: every stride kept
+    (7x7 at 224 px, feature_info and features_only strides 2..32 as the plain network's,
+    pretrained_cfg pool size 7x7), 1280 -> 256 reduction ending in ReLU6, 32896-d fc. The ResNets
+    keep ReLU, as the release's ResNet_MPNCOV. (It ran the 160-channel stage at stride 1: 14x14,
+    stride 16, and used ReLU.)"""
+    model = cvkit.create_model("mobilenetv2_gcp").eval()
+    plain = cvkit.create_model("mobilenetv2")
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 224, 224)).shape == (1, 1280, 7, 7)
+    assert type(model.global_pool.reduce[2]) is torch.nn.ReLU6
+    assert model.global_pool.dim == 256 and model.global_pool.iters == 5
+    assert model.get_classifier().in_features == 32896
+    assert [(i["reduction"], i["module"]) for i in model.feature_info] == [
+        (i["reduction"], i["module"]) for i in plain.feature_info]
+    assert [i["reduction"] for i in model.feature_info] == [2, 4, 8, 16, 32]
+    feats = cvkit.create_model("mobilenetv2_gcp", features_only=True)
+    assert feats.feature_info.reduction() == [2, 4, 8, 16, 32]
+    assert [m.shape[-1] for m in feats(torch.randn(1, 3, 64, 64))] == [32, 16, 8, 4, 2]
+    assert model.pretrained_cfg["pool_size"] == (7, 7)
+    assert cvkit.create_model("resnet50_gcp").pretrained_cfg["pool_size"] == (14, 14)
+    assert type(cvkit.create_model("resnet18_gcp").global_pool.reduce[2]) is torch.nn.ReLU
+
+
+def test_mobilenetv2_pruned_with_its_head_keeps_the_last_conv():
+    """prune_intermediate_layers(prune_head=False) on the whole network keeps features.18 (the
+    320 -> 1280 conv the head reads), as timm's mobilenetv2_100: same logits (the forward failed,
+    "mat1 and mat2 shapes cannot be multiplied (2x320 and 1280x1000)"). Truncated, the head goes
+    with its input, as in timm; with prune_head=True the conv goes too (features_only)."""
+    x = torch.randn(2, 3, 64, 64)
+    for name in ("mobilenetv2", "mobilenetv2_gcp"):
+        model = cvkit.create_model(name, num_classes=10).eval()
+        with torch.no_grad():
+            ref = model(x)
+            model.prune_intermediate_layers(indices=(4,), prune_head=False)
+            assert len(model.features) == 19 and torch.equal(model(x), ref)
+    model = cvkit.create_model("mobilenetv2").eval()
+    model.prune_intermediate_layers(indices=(2,), prune_head=False)
+    assert len(model.features) == 7 and model.num_classes == 0
+    with torch.no_grad():
+        assert model.forward_features(x).shape == (2, 32, 8, 8)
+    model = cvkit.create_model("mobilenetv2")
+    model.prune_intermediate_layers(indices=(4,))
+    assert len(model.features) == 18
+
+
 def test_vit_gcp_head_concatenates_class_token_and_covariance():
     model = cvkit.create_model("vit_tiny_patch16_gcp", img_size=32, num_classes=3).eval()
     x = small_input("vit_tiny_patch16_gcp")

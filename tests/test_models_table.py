@@ -42,6 +42,17 @@ def test_gcp_head_counts_the_newton_schulz_products_once():
     assert (gcp - plain) * 1e9 == pytest.approx(_gcp_head_macs(192, 196), rel=1e-12)
 
 
+def test_mobilenetv2_gcp_head_runs_on_the_7x7_map():
+    """mobilenetv2_gcp keeps every stride (the GCP release): its extra MACs over mobilenetv2 are
+    its head's on 7x7 = 49 positions less the plain 1280-input classifier: 0.55 GMACs in all (0.85
+    when its 160-channel stage ran at stride 1, 14x14)."""
+    _, plain = measure("mobilenetv2")
+    _, gcp = measure("mobilenetv2_gcp")
+    assert (gcp - plain) * 1e9 == pytest.approx(_gcp_head_macs(1280, 49) - 1280 * 1000,
+                                                rel=1e-12)
+    assert f"{gcp:.2f}" == "0.55"
+
+
 def test_update_replaces_the_marked_table(tmp_path):
     doc = tmp_path / "models.md"
     doc.write_text(f"intro\n{START}\nold\n{END}\noutro\n")

@@ -35,6 +35,7 @@ __all__ = ["isqrt_cov", "triu_vectorize", "CovariancePooling", "centred_covarian
            "newton_schulz_polynomial"]
 
 _BACKENDS = ("auto", "torch", "triton")
+_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}  # of the reduction block
 # A trace at or below this counts as an all-constant (e.g. all-zero) sample: its result is defined
 # as zero (the limit of sqrt(tr) * p_N(Sigma / tr) as Sigma -> 0), its gradient as zero.
 _TINY_TRACE = {torch.float32: 1e-30, torch.float64: 1e-300}
@@ -393,9 +394,10 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, vectorize: bool = True,
 
 class CovariancePooling(nn.Module):
     """iSQRT-COV head: optional 1x1 conv (no bias) + BatchNorm + ReLU reduction to ``dim``
-    channels (paper layout: 2048 -> 256), then :func:`isqrt_cov` -> (B, dim(dim+1)/2), computed in
-    float32 and returned in the input's dtype (a bf16 / fp16 network hands its classifier its own
-    dtype, as under autocast; float64 stays float64).
+    channels (paper layout: 2048 -> 256; ``act="relu6"``: ReLU6, as the GCP release's
+    MobileNetV2, ZhangLi-CS/GCP_Optimization), then :func:`isqrt_cov` -> (B, dim(dim+1)/2),
+    computed in float32 and returned in the input's dtype (a bf16 / fp16 network hands its
+    classifier its own dtype, as under autocast; float64 stays float64).
 
     Accepts (B, C, H, W) maps and (B, N, C) tokens. Tokens go through the *same* reduction,
     treated as a 1 x N map: a per-token linear projection without bias, BatchNorm over batch and
@@ -403,7 +405,7 @@ class CovariancePooling(nn.Module):
     the equivalent (B, C, N, 1) map gives. ``dim=None`` skips the reduction (nn.Identity)."""
 
     def __init__(self, in_channels: int, dim: int | None = 256, iters: int = 5,
-                 backend: str = "auto"):
+                 backend: str = "auto", act: str = "relu"):
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"CovariancePooling: in_channels must be an int >= 1, "
@@ -415,15 +417,19 @@ class CovariancePooling(nn.Module):
         if backend not in _BACKENDS:
             raise ValueError(f"CovariancePooling: unknown backend {backend!r}; "
                              f"expected one of {_BACKENDS}")
+        if not isinstance(act, str) or act not in _ACTIVATIONS:
+            raise ValueError(f"CovariancePooling: unknown act {act!r}; "
+                             f"expected one of {tuple(_ACTIVATIONS)}")
         self.in_channels = in_channels
         self.dim = dim
         self.iters = iters
         self.backend = backend
+        self.act = act
         if dim is None:
             self.reduce = nn.Identity()
         else:
             self.reduce = nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=1, bias=False),
-                                        nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+                                        nn.BatchNorm2d(dim), _ACTIVATIONS[act](inplace=True))
         channels = in_channels if dim is None else dim
         self.out_features = channels * (channels + 1) // 2
 
@@ -444,4 +450,5 @@ class CovariancePooling(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, dim={self.dim}, iters={self.iters}, "
-                f"out_features={self.out_features}, backend={self.backend!r}")
+                f"out_features={self.out_features}, backend={self.backend!r}"
+                + (f", act={self.act!r}" if self.act != "relu" else ""))

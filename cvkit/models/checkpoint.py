@@ -143,13 +143,17 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
     ``model``; the keys of the layers it pruned (classifier, pooling, later stages:
     :func:`cvkit.models.pruning.pruned_away`) are ignored, any other key it lacks is unexpected.
     A ViT checkpoint of another image or patch size is resampled to the model's
-    (:func:`~cvkit.models.convert.fit_to_model`).
+    (:func:`~cvkit.models.convert.fit_to_model`). ``torch.compile``, ``nn.DataParallel`` and
+    ``DistributedDataParallel`` wrappers are loaded through the model they wrap. A model built on
+    the meta device (deferred initialisation) takes the checkpoint's tensors themselves
+    (``load_state_dict(assign=True)``, in the model's dtypes): copying into meta tensors would
+    keep no value; what the checkpoint lacks (``strict=False``) stays on the meta device.
     """
     from timm.models._features import FeatureGetterNet
 
     from cvkit.models.pruning import pruned_away
 
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper shares the weights
+    model = unwrap_model(model)
     pruned = isinstance(model, FeatureGetterNet)
     target = model.model if pruned else model
     sd = fit_to_model(to_cvkit(state_dict), target)
@@ -192,22 +196,80 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
         problems.append(_listing("shape mismatches", mismatched))
     if problems:
         text = f"{source} does not match the model: " + "; ".join(problems)
-        hints = _hints(mismatched, missing, unexpected, own_head if headless else [])
+        hints = _hints(mismatched, missing, unexpected, own_head if headless else [],
+                       list(sd), list(own))
         raise CheckpointError(text + "".join(f"; {python}" for python, _ in hints),
                               text + "".join(f"; {tool}" for _, tool in hints))
-    filled = {k: v for k, v in sd.items() if k in own}
+    meta = any(t.is_meta for t in own.values())
+    filled = {k: v.to(own[k].dtype) if meta else v for k, v in sd.items() if k in own}
     for k in own:  # older checkpoints lack BatchNorm's num_batches_tracked: keep the model's
         if k not in filled and k.endswith("num_batches_tracked"):
-            filled[k] = own[k]
-    target.load_state_dict(filled, strict=False)
+            filled[k] = torch.zeros_like(own[k], device="cpu") if own[k].is_meta else own[k]
+    target.load_state_dict(filled, strict=False, assign=meta)
     return LoadResult(missing, unexpected, did_reset)
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside the wrappers that share its weights under a prefix: ``torch.compile``'s
+    ``_orig_mod``, ``nn.DataParallel`` / ``DistributedDataParallel``'s ``module``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, (nn.DataParallel, DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+_BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
+_RESNET_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50,
+                  (True, (3, 4, 23, 3)): 101, (True, (3, 8, 36, 3)): 152}
+_REDUCTION_LIKE = re.compile(r"reduc|conv_dr|_dr\.")  # layer_reduce, dimension_reduction, ...
+
+
+def _resnet_blocks(keys) -> set[tuple[int, int]]:
+    return {(int(m.group(1)), int(m.group(2))) for k in keys if (m := _BLOCK.match(k))}
+
+
+def _depth_hint(missing: list[str], unexpected: list[str], own_keys: list[str],
+                ckpt_keys: list[str]) -> tuple[str, str] | None:
+    """A hint when whole ResNet blocks ``layerX.Y`` are missing or unexpected: the checkpoint is
+    of another depth (named when its blocks per stage are a torchvision depth's)."""
+    ckpt = _resnet_blocks(ckpt_keys)
+    lacking = _resnet_blocks(missing) - ckpt                   # not one key of it in the file
+    extra = _resnet_blocks(unexpected) - _resnet_blocks(own_keys)  # not one key in the model
+    if not lacking and not extra:
+        return None
+    counts = tuple(1 + max((i for s, i in ckpt if s == stage), default=-1)
+                   for stage in (1, 2, 3, 4))
+    bottleneck = any(re.match(r"^layer\d\.\d+\.conv3\.", k) for k in ckpt_keys)
+    depth = _RESNET_DEPTHS.get((bottleneck, counts))
+    blocks = ", ".join(f"layer{s}.{i}" for s, i in sorted(lacking | extra)[:4])
+    what = (f"the checkpoint is a ResNet-{depth} (blocks per stage {', '.join(map(str, counts))})"
+            if depth else f"the checkpoint is a network of another depth (blocks per stage "
+                          f"{', '.join(map(str, counts))})")
+    text = f"whole blocks differ ({blocks}{', ...' if len(lacking | extra) > 4 else ''}): {what}"
+    if depth:
+        name = (("eca_" if any(".eca." in k for k in ckpt_keys) else "") + f"resnet{depth}"
+                + ("_gcp" if any(k.startswith("global_pool.reduce.") for k in ckpt_keys) else ""))
+        return (f"{text}: build {name} (or its depth in your variant)",
+                f"{text}: give --model {name} (or its depth in your variant)")
+    return (f"{text}: build the preset of its depth", f"{text}: give the preset of its depth as "
+            "--model")
+
+
 def _hints(mismatched: list[str], missing: list[str], unexpected: list[str],
-           headless: list[str]) -> list[tuple[str, str]]:
+           headless: list[str], ckpt_keys: list[str] = (),
+           own_keys: list[str] = ()) -> list[tuple[str, str]]:
     """What to do about a mismatch whose cause the keys show: (in Python terms, in the tools'
-    terms) per cause."""
+    terms) per cause. ``ckpt_keys`` / ``own_keys``: the (converted) checkpoint's and the model's
+    keys."""
     hints = []
+    depth = _depth_hint(missing, unexpected, list(own_keys), list(ckpt_keys))
+    if depth is not None:
+        hints.append(depth)
     if any(".eca.conv.weight" in m for m in mismatched):
         hints.append(("ECA kernel sizes differ: cvkit.create_model(name, checkpoint_path=...) reads "
                       "them from the checkpoint (or pass eca_k_size=...)",
@@ -216,7 +278,8 @@ def _hints(mismatched: list[str], missing: list[str], unexpected: list[str],
     if any(k.endswith(".eca.conv.weight") for k in unexpected):
         hints.append(("the checkpoint has ECA modules: build an eca_* preset (or pass eca=True)",
                       "the checkpoint has ECA modules: give an eca_* preset as --model"))
-    elif any(k.endswith(".eca.conv.weight") for k in missing):
+    elif (any(k.endswith(".eca.conv.weight") for k in missing)
+          and not any(k.endswith(".eca.conv.weight") for k in ckpt_keys)):
         hints.append(("the model has ECA modules the checkpoint lacks: build the preset without "
                       "eca_", "the model has ECA modules the checkpoint lacks: give a --model "
                       "without eca_"))
@@ -225,6 +288,14 @@ def _hints(mismatched: list[str], missing: list[str], unexpected: list[str],
                       "global_pool='gcp' (or a *_gcp preset)",
                       "the checkpoint has an iSQRT-COV head: pass --model-arg global_pool=gcp "
                       "(or a *_gcp preset as --model)"))
+    elif any(k.startswith(("global_pool.reduce.", "gcp.")) for k in missing) and (
+            unmapped := [k for k in unexpected if _REDUCTION_LIKE.search(k)]):
+        hints.append((f"the checkpoint's reduction layer has names cvkit does not map "
+                      f"({unmapped[0]}, ...): rename them to global_pool.reduce.0.* (conv) and "
+                      f"global_pool.reduce.1.* (BN)",
+                      f"the checkpoint's reduction layer has names cvkit does not map "
+                      f"({unmapped[0]}, ...): rename them to global_pool.reduce.0.* (conv) and "
+                      f"global_pool.reduce.1.* (BN)"))
     elif any(k.startswith(("global_pool.reduce.", "gcp.")) for k in missing):
         hints.append(("the model has an iSQRT-COV head the checkpoint lacks: build it without "
                       "global_pool='gcp', or load with strict=False, reset_head=True to train the "

@@ -6,8 +6,13 @@ Formats (detected from the keys, no flag needed):
   stripped; ResNet names are already cvkit's; ECA-MobileNetV2 nests the ECA inside the block's
   ``conv`` Sequential (``features.N.conv.{3,4}.conv.weight``), moved to ``features.N.eca.conv.weight``.
   Its per-block kernel sizes are read back by :func:`infer_arch_overrides`.
-* official iSQRT-COV release (``mpncovresnet*``): ``layer_reduce`` / ``layer_reduce_bn`` -> the GCP
-  reduction ``global_pool.reduce.{0,1}``; ``fc`` unchanged.
+* official iSQRT-COV release (``mpncovresnet*``) and GCP_Optimization's ``ResNet_MPNCOV``:
+  ``layer_reduce`` / ``layer_reduce_bn`` -> the GCP reduction ``global_pool.reduce.{0,1}``; ``fc``
+  unchanged.
+* GCP_Optimization's ``MobileNetV2_MPNCOV`` (Wang et al., CVPR 2020; saved as
+  ``{'state_dict': {'module.<name>': t}}``): ``dimension_reduction.{0,1}`` (1x1 conv, BN; its
+  ReLU6 has no weights) -> ``global_pool.reduce.{0,1}``; ``features.N`` (torchvision's names) and
+  ``classifier.1`` (the 32896-d fc) unchanged.
 * fast-MPN-COV training checkpoints (``Basemodel``): ``features.{0,1,4..7}`` -> ``conv1``, ``bn1``,
   ``layer1..4``; ``features.{8,9}`` or ``representation.conv_dr_block.{0,1}`` -> the reduction;
   ``classifier`` -> ``fc``.
@@ -67,6 +72,8 @@ _FAST_MPNCOV = {"features.0.": "conv1.", "features.1.": "bn1.", "features.4.": "
                 "representation.conv_dr_block.1.": "global_pool.reduce.1.",
                 "classifier.": "fc."}
 _ISQRT = {"layer_reduce.": "global_pool.reduce.0.", "layer_reduce_bn.": "global_pool.reduce.1."}
+_GCP_MBV2 = {"dimension_reduction.0.": "global_pool.reduce.0.",
+             "dimension_reduction.1.": "global_pool.reduce.1."}
 _ECA_MBV2 = re.compile(r"^features\.(\d+)\.conv\.\d+\.conv\.weight$")
 
 
@@ -88,6 +95,8 @@ def to_cvkit(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         sd = _rename_prefixes(sd, _FAST_MPNCOV)                 # fast-MPN-COV Basemodel
     if any(k.startswith("layer_reduce") for k in sd):
         sd = _rename_prefixes(sd, _ISQRT)                       # iSQRT-COV release
+    if any(k.startswith("dimension_reduction.") for k in sd) and "features.1.conv.0.0.weight" in sd:
+        sd = _rename_prefixes(sd, _GCP_MBV2)                    # GCP_Optimization MobileNetV2
     out = {}
     for k, v in sd.items():                                     # official ECA-MobileNetV2
         m = _ECA_MBV2.match(k)

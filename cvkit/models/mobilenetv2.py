@@ -10,9 +10,12 @@ State-dict names are torchvision's (``features.N.conv.*``, ``classifier.1``), so
   ECA-MobileNetV2 rule (k = 1 for C < 96, else 3, as the paper's text and the release's current
   code; its first commit had ``c <= 96``); 7 per-stage sizes (one per row of the MobileNetV2
   table); or 17 per-block sizes.
-* ``global_pool="gcp"`` — iSQRT-COV head; as in the ResNet paper layout the last stride-2 stage
-  (160 channels) keeps stride 1, so the 1280-channel map is 14x14 at 224 px before the 1x1
-  reduction to ``gcp_dim``.
+* ``global_pool="gcp"`` — iSQRT-COV head in the layout of the GCP release whose top-1 the
+  registry cites (Wang et al., "What Deep CNNs Benefit from Global Covariance Pooling: An
+  Optimization Perspective", CVPR 2020; ZhangLi-CS/GCP_Optimization ``MobileNetV2_MPNCOV``):
+  every stride of the plain network is kept (the 1280-channel map is 7x7 at 224 px; unlike the
+  ResNets, no stage runs at stride 1), then a 1x1 reduction to ``gcp_dim`` + BN + **ReLU6**, the
+  covariance square root and the classifier.
 * ``hc_rate`` / ``fc_rate`` (+ ``hc_dynamic``) on the blocks with an identity skip; see
   :mod:`cvkit.models.streams`.
 """
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 from timm.models._features import feature_take_indices
 
+from cvkit.layers.covpool import CovariancePooling
 from cvkit.layers.eca import EcaModule, check_eca_k_size
 from cvkit.models.eca_residual import eca_residual
 from cvkit.models.heads import create_pool
@@ -114,9 +118,7 @@ class MobileNetV2(nn.Module):
         features: list[nn.Module] = [ConvBNReLU6(in_chans, 32, 3, 2)]
         inp, reduction, layer_index, b = 32, 2, 0, 0
         self.feature_info = []
-        for stage, (t, c, n, s) in enumerate(SETTINGS):
-            if gcp and stage == 5:
-                s = 1  # iSQRT-COV: no downsampling in the last strided stage (14x14 maps)
+        for t, c, n, s in SETTINGS:
             for i in range(n):
                 stride = s if i == 0 else 1
                 reduction *= stride
@@ -134,8 +136,11 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.num_features = 1280
         self.global_pool_type = global_pool
-        self.global_pool, self.head_hidden_size = create_pool(global_pool, 1280, gcp_dim,
-                                                              gcp_iters)
+        if gcp:  # the GCP release's MobileNetV2 reduction ends in ReLU6 (its ResNets': ReLU)
+            self.global_pool = CovariancePooling(1280, dim=gcp_dim, iters=gcp_iters, act="relu6")
+            self.head_hidden_size = self.global_pool.out_features
+        else:
+            self.global_pool, self.head_hidden_size = create_pool(global_pool, 1280)
         self.drop_rate = drop_rate
         self.classifier = nn.Sequential(nn.Dropout(drop_rate), self._linear(num_classes))
         for m in self.modules():  # torchvision's initialisation
@@ -204,9 +209,16 @@ class MobileNetV2(nn.Module):
     @records_pruned_keys
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
+        """timm's contract (as its EfficientNet / mobilenetv2_100): the blocks after the last
+        level taken go; the final 1x1 conv to 1280 channels (``features.18``, timm's conv_head)
+        and the head stay only when the network is whole and ``prune_head`` / ``prune_norm`` are
+        False, so that the kept model still classifies. The head goes whenever its input does."""
         take, max_index = feature_take_indices(len(FEATURE_BLOCKS), indices)
-        self.features = self.features[:FEATURE_BLOCKS[max_index] + 1]
-        if prune_head:
+        last = FEATURE_BLOCKS[max_index]
+        keep_end = last == FEATURE_BLOCKS[-1] and not (prune_head or prune_norm)
+        if not keep_end:
+            self.features = self.features[:last + 1]
+        if prune_head or not keep_end:
             self.global_pool = nn.Identity()
             self.reset_classifier(0)
         return take

@@ -82,6 +82,7 @@ _add("resnet50_fc2", "resnet", depth=50, fc_rate=2)
 
 _add("mobilenetv2", "mobilenetv2", dict(params_m=3.34, gflops=0.3194, top1=71.64, source=_ECA))
 _add("eca_mobilenetv2", "mobilenetv2", dict(top1=72.56, source=_ECA), eca=True)
+# the GCP release's layout (every stride kept, 7x7 at 224 px; ReLU6 reduction), whose top-1 this is
 _add("mobilenetv2_gcp", "mobilenetv2", dict(top1=74.39, source=_GCP), global_pool="gcp")
 _add("mobilenetv2_hc2", "mobilenetv2", hc_rate=2)
 _add("mobilenetv2_fc2", "mobilenetv2", fc_rate=2)
@@ -128,11 +129,12 @@ def pretrained_cfg(preset: Preset) -> dict[str, Any]:
     cfg = dict(url="", num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
                interpolation="bicubic" if vit else "bilinear", mean=IMAGENET_DEFAULT_MEAN,
                std=IMAGENET_DEFAULT_STD, license="apache-2.0")
-    pool_size = (14, 14) if preset.kwargs.get("global_pool") == "gcp" else (7, 7)  # stride-1 end
-    if preset.family == "resnet":
+    gcp = preset.kwargs.get("global_pool") == "gcp"
+    if preset.family == "resnet":  # the iSQRT-COV ResNets' last stage runs at stride 1
+        pool_size = (14, 14) if gcp else (7, 7)
         cfg.update(first_conv="conv1", classifier="fc", pool_size=pool_size)
-    elif preset.family == "mobilenetv2":
-        cfg.update(first_conv="features.0.0", classifier="classifier.1", pool_size=pool_size)
+    elif preset.family == "mobilenetv2":  # the GCP release keeps every stride: 7x7 either way
+        cfg.update(first_conv="features.0.0", classifier="classifier.1", pool_size=(7, 7))
     else:
         cfg.update(first_conv="patch_embed.proj", classifier="head", fixed_input_size=True)
     return cfg
