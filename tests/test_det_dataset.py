@@ -139,13 +139,52 @@ def test_unreadable_image_while_training_is_skipped_counted_then_strict(det_root
     samples = [ds[0] for _ in range(3)]  # index 0 is broken: another image comes back each time
     assert all(broken not in s["data_samples"].img_path for s in samples)
     assert ds.runtime_skips >= 3
+    # a BadImageError (a ValueError: the tools' one-line "error:") naming the file
+    from cvkit.data.datamodule import BadImageError
+
     strict = _dataset(tmp_path, coco, on_bad_sample="error")
-    with pytest.raises(RuntimeError, match=rf"{broken}.* failed to load"):
+    with pytest.raises(BadImageError, match=rf"{broken}.* failed to load"):
         strict[0]
+    evaluation = _dataset(tmp_path, coco, test_mode=True)
+    with pytest.raises(BadImageError, match=rf"{broken}.* failed to load"):
+        evaluation[0]
     capped = _dataset(tmp_path, coco, max_runtime_skips=1)
-    with pytest.raises(RuntimeError, match="2 samples failed to load"):
+    with pytest.raises(BadImageError, match=rf"2 samples failed to load .*{broken}"):
         for _ in range(3):
             capped[0]
+
+
+def test_unreadable_image_of_an_evaluation_split_is_one_error_line_in_test_det(
+        det_root, tmp_path, capsys):
+    """tools/test_det.py on a test split with an unreadable image: one ``error:`` line naming
+    the file, exit 1 (it was a RuntimeError: two tracebacks)."""
+    import sys
+
+    import torch
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "tools"))
+    import test_det
+
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    config = repo / "configs/detection/faster-rcnn_eca-r18_fpn_shapes.py"
+    coco = _subset(det_root, tmp_path / "coco" / "val", n_images=2)
+    broken = coco["images"][1]["file_name"]
+    (tmp_path / "coco/val/img" / broken).write_bytes(b"not a jpeg")
+    for im in coco["images"]:  # the config's layout: DATA_ROOT/val/<file>
+        shutil.move(tmp_path / "coco/val/img" / im["file_name"], tmp_path / "coco/val")
+    (tmp_path / "coco/annotations").mkdir()
+    (tmp_path / "coco/annotations/instances_val.json").write_text(json.dumps(coco))
+    ckpt = tmp_path / "detector.pth"
+    torch.save({"state_dict": build_detector(load_det_config(config)).state_dict()}, ckpt)
+    rc = test_det.main([str(config), str(ckpt), "--data-root", str(tmp_path / "coco"),
+                        "--accelerator", "cpu"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert rc == 1 and len(lines) == 1, err[-2000:]
+    assert f"val/{broken}' failed to load" in lines[0], lines
+    assert "Traceback" not in err
 
 
 def test_unknown_backbone_in_config_is_named():

@@ -355,3 +355,28 @@ def test_trust_checkpoint_reads_a_runner_checkpoint(tmp_path, capsys):
     assert tool.main(["--checkpoint", "x.ckpt", "--val", str(tmp_path), "--trust-checkpoint",
                       "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == "error: --trust-checkpoint does not apply to --task cls\n"
+
+
+def test_coco_c_of_a_detector_that_detects_nothing_is_ap_0(tmp_path, det_root, capsys):
+    """A detector with no detections (here: a score threshold above 1): mmdet's CocoMetric returns
+    {} and the run stopped after the clean set ("metric 'bbox_mAP' not in the evaluator's results
+    []"); its AP is 0.0 on every set, with a warning."""
+    import torch
+
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    config = tmp_path / "blind.py"
+    config.write_text(f"_base_ = {str(FASTER)!r}\n"
+                      "model = dict(test_cfg=dict(rcnn=dict(score_thr=1.01)))\n"
+                      "test_dataloader = dict(dataset=dict(indices=2))\n")
+    ckpt = tmp_path / "det.pth"
+    torch.save({"state_dict": build_detector(load_det_config(config)).state_dict()}, ckpt)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="no detections"):
+        rc = _tool().main(["--task", "det", "--config", str(config), "--checkpoint", str(ckpt),
+                           "--data-root", str(det_root), "--corruptions", "gaussian_noise",
+                           "--severities", "1", "--device", "cpu", "--no-progress",
+                           "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    state = json.loads((out / "results.json").read_text())
+    assert state["clean_AP"] == 0.0 and state["AP"] == {"gaussian_noise": {"1": 0.0}}

@@ -693,3 +693,201 @@ def test_feature_stride_check_reads_only_the_level_strides(extra, neck, refused)
             _check_feature_strides(model, detector, "cfg.py")
     else:
         _check_feature_strides(model, detector, "cfg.py")
+
+
+# -- data root, class counts, empty and subset evaluations, ranks -------------------------------
+def test_data_root_moves_the_evaluator_ann_file_by_path_components():
+    """A config data_root without a trailing slash moves the evaluator's ann_file to
+    DATA_ROOT/annotations/... (os.path.join of '/annotations/...' gave '/annotations/...'); an
+    ann_file under a sibling folder sharing the prefix ('data/coco2017/...') is not moved."""
+    from mmengine.config import Config
+
+    from cvkit.tasks.detection import set_data_root
+
+    for root, ann, expected in [
+            ("data/coco", "data/coco/annotations/x.json", "/new/root/annotations/x.json"),
+            ("data/coco/", "data/coco/annotations/x.json", "/new/root/annotations/x.json"),
+            ("./data/coco", "data/coco/annotations/x.json", "/new/root/annotations/x.json"),
+            ("data/coco", "data/coco2017/annotations/x.json", "data/coco2017/annotations/x.json"),
+            ("data/coco", "other/x.json", "other/x.json")]:
+        cfg = Config(dict(
+            test_dataloader=dict(dataset=dict(type="CocoDataset", data_root=root,
+                                              ann_file="annotations/x.json")),
+            test_evaluator=dict(type="CocoMetric", ann_file=ann)))
+        set_data_root(cfg, "/new/root")
+        assert cfg.test_evaluator.ann_file == expected, (root, ann)
+        assert cfg.test_dataloader.dataset.data_root == "/new/root/"
+
+
+def _random_detector_checkpoint(path: Path, config=FASTER, options=None) -> Path:
+    from cvkit.tasks.detection import build_detector, load_det_config
+
+    torch.save({"state_dict": build_detector(load_det_config(config, options)).state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("option, head, given", [
+    ("model.roi_head.bbox_head.num_classes=7", "model.roi_head.bbox_head", 7),  # more: IndexError
+    ("model.roi_head.bbox_head.num_classes=3", "model.roi_head.bbox_head", 3),  # fewer: silent
+])
+def test_head_num_classes_not_the_datasets_is_one_error_before_evaluating(
+        option, head, given, det_root, tmp_path, capsys, monkeypatch):
+    """A class head whose num_classes is not the dataset's number of classes is one ``error:``
+    line (exit 2) naming both numbers and the config entry, before anything is evaluated (more
+    classes ended in mmdet's results2json IndexError after the whole evaluation; fewer passed)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import test_det
+
+    from cvkit.tasks.detection import DetectionTask
+
+    key, value = option.split("=")
+    ckpt = _random_detector_checkpoint(tmp_path / "det.pth", options={key: int(value)})
+    monkeypatch.setattr(DetectionTask, "test_step", lambda *a: pytest.fail("evaluated"))
+    rc = test_det.main([str(FASTER), str(ckpt), "--data-root", str(det_root), "--accelerator",
+                        "cpu", "--cfg-options", option, "test_dataloader.dataset.indices=2"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert rc == 2 and len(err) == 1, err
+    assert (f"{head}.num_classes={given} but test_dataloader.dataset has 5 classes (circle, "
+            f"triangle, square, star, cross)") in err[0], err
+
+
+def test_num_classes_check_reads_every_class_head():
+    """A cascade's bbox heads (a ModuleList), the RoI mask head and single-stage heads are
+    checked; the RPN head (one objectness class) is not."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from cvkit.tasks.detection import check_num_classes
+    from cvkit.tool_errors import OptionError
+
+    def head(n):
+        module = nn.Module()
+        module.num_classes = n
+        return module
+
+    dataset = SimpleNamespace(metainfo={"classes": ("a", "b")})
+    cascade = nn.Module()
+    cascade.rpn_head = head(1)
+    cascade.roi_head = nn.Module()
+    cascade.roi_head.bbox_head = nn.ModuleList([head(2), head(2), head(3)])
+    cascade.roi_head.mask_head = head(2)
+    with pytest.raises(OptionError, match=r"model.roi_head.bbox_head.2.num_classes=3 but "
+                                          r"test_dataloader.dataset has 2 classes \(a, b\)"):
+        check_num_classes(cascade, dataset, "test_dataloader.dataset")
+    cascade.roi_head.bbox_head[2].num_classes = 2
+    cascade.roi_head.mask_head.num_classes = 80
+    with pytest.raises(OptionError, match=r"model.roi_head.mask_head.num_classes=80"):
+        check_num_classes(cascade, dataset, "test_dataloader.dataset")
+    cascade.roi_head.mask_head.num_classes = 2
+    check_num_classes(cascade, dataset, "test_dataloader.dataset")
+    single = nn.Module()
+    single.bbox_head = head(80)
+    with pytest.raises(OptionError, match=r"model.bbox_head.num_classes=80 but x has 2"):
+        check_num_classes(single, dataset, "x")
+
+
+def _test_with_predictions(task, predict) -> dict:
+    """``task``'s test run (Lightning, CPU) with the detector's predictions given by ``predict``
+    (data sample -> InstanceData)."""
+    import tempfile
+
+    from cvkit.tasks.detection import make_trainer
+
+    def test_step(batch):
+        for sample in batch["data_samples"]:
+            sample.pred_instances = predict(sample)
+        return batch["data_samples"]
+
+    task.detector.test_step = test_step
+    with tempfile.TemporaryDirectory() as scratch:
+        make_trainer(task.cfg, scratch, accelerator="cpu", devices=1, logger=False).test(
+            task, verbose=False)
+    return dict(task.last_metrics)
+
+
+def _ground_truth(sample):
+    from mmengine.structures import InstanceData
+
+    gt, pred = sample.gt_instances, InstanceData()
+    pred.bboxes = gt.bboxes.tensor.clone() if hasattr(gt.bboxes, "tensor") else gt.bboxes.clone()
+    pred.labels = gt.labels.clone()
+    pred.scores = torch.ones(len(gt.labels))
+    if "masks" in gt:
+        pred.masks = torch.from_numpy(gt.masks.to_ndarray()).bool()
+    return pred
+
+
+def test_ground_truth_as_predictions_on_a_subset_scores_1(det_root):
+    """A subset test set (mmengine's dataset.indices) is scored on its own images: the ground
+    truth fed back as predictions gives bbox and segm mAP 1.0 (CocoMetric scored every image of
+    the annotation file: the others counted as all missed)."""
+    from cvkit.tasks.detection import DetectionTask
+
+    task = DetectionTask(MASK, data_root=str(det_root), cfg_options={
+        "model.backbone.init_cfg": None, "test_dataloader.dataset.indices": 3,
+        "test_dataloader.batch_size": 2})
+    metrics = _test_with_predictions(task, _ground_truth)
+    assert metrics["bbox_mAP"] == 1.0 and metrics["segm_mAP"] == 1.0, metrics
+    assert metrics["bbox_mAP_50"] == 1.0 and metrics["segm_mAP_75"] == 1.0, metrics
+
+
+def test_no_detections_is_ap_0_for_every_key_with_a_warning(det_root):
+    """A detector that detects nothing: mmdet's CocoMetric returns {} (and logs an error);
+    every bbox and segm key it would have given is reported as AP 0.0, with a warning."""
+    from mmengine.structures import InstanceData
+
+    from cvkit.tasks.detection import DetectionTask
+
+    def nothing(sample):
+        pred = InstanceData()
+        h, w = sample.metainfo["ori_shape"]
+        pred.bboxes, pred.labels, pred.scores = torch.zeros(0, 4), torch.zeros(0).long(), torch.zeros(0)
+        pred.masks = torch.zeros(0, h, w, dtype=torch.bool)
+        return pred
+
+    task = DetectionTask(MASK, data_root=str(det_root), cfg_options={
+        "model.backbone.init_cfg": None, "test_dataloader.dataset.indices": 2})
+    with pytest.warns(UserWarning, match="no detections"):
+        metrics = _test_with_predictions(task, nothing)
+    assert metrics == {f"{kind}_mAP{suffix}": 0.0 for kind in ("bbox", "segm")
+                       for suffix in ("", "_50", "_75", "_s", "_m", "_l")}
+
+
+@pytest.mark.parametrize("is_global_zero", [True, False])
+def test_test_det_prints_and_writes_out_on_global_rank_zero_only_atomically(
+        is_global_zero, tmp_path, capsys, monkeypatch):
+    """Under DDP every rank runs tools/test_det.py: only global rank 0 prints the metrics and
+    writes --out, through cvkit.atomic_write (a plain write_text by every rank raced and could
+    leave a torn file). The trainer is stood in for (is_global_zero as a rank's trainer has)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import test_det
+
+    import cvkit.tasks.detection as det
+
+    class Trainer:  # what evaluate_detector uses of Lightning's Trainer
+        def __init__(self, *args, **kwargs):
+            self.is_global_zero = is_global_zero
+
+        def test(self, task, verbose=False):
+            task.last_metrics = {"bbox_mAP": 0.25}
+
+    writes = []
+    atomic_write = det.atomic_write
+
+    def recording_atomic_write(path, *args):
+        writes.append(str(path))
+        return atomic_write(path, *args)
+
+    monkeypatch.setattr(det, "make_trainer", Trainer)
+    monkeypatch.setattr(det, "atomic_write", recording_atomic_write)
+    ckpt = _random_detector_checkpoint(tmp_path / "det.pth")
+    out = tmp_path / "out/metrics.json"
+    assert test_det.main([str(FASTER), str(ckpt), "--out", str(out), "--accelerator", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    if is_global_zero:
+        assert json.loads(out.read_text()) == {"bbox_mAP": 0.25}
+        assert writes == [str(out)]
+        assert json.loads(printed[printed.index("{"):]) == {"bbox_mAP": 0.25}
+    else:
+        assert not out.exists() and writes == [] and "bbox_mAP" not in printed

@@ -10,7 +10,6 @@ mmdet checkpoint (mmengine Runner checkpoints need --trust-checkpoint: they hold
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("checkpoint")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--out", default=None, help="write the metrics JSON here (also printed)")
+    p.add_argument("--out", default=None,
+                   help="write the metrics JSON here (also printed; by global rank 0 only)")
     p.add_argument("--show-dir", default=None, help="write PNGs of the predictions here")
     p.add_argument("--show-score-thr", type=float, default=0.3)
     p.add_argument("--accelerator", default="auto")
@@ -37,21 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     from cvkit.tasks.detection import evaluate_detector
     from cvkit.tool_errors import is_user_error, report
 
-    try:
-        metrics = evaluate_detector(
+    try:  # the metrics are printed and written (atomically) by global rank 0 only
+        if args.out and Path(args.out).is_dir():  # found now, not after the whole evaluation
+            raise IsADirectoryError(f"--out {args.out}: it is a directory (give a file name)")
+        evaluate_detector(
             args.config, args.checkpoint, data_root=args.data_root, show_dir=args.show_dir,
             show_score_thr=args.show_score_thr, cfg_options=parse_cfg_options(args.cfg_options),
             trust_checkpoint=args.trust_checkpoint, accelerator=args.accelerator,
-            devices=args.devices, precision=args.precision)
+            devices=args.devices, precision=args.precision, out=args.out, echo=True)
     except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
         if not is_user_error(e):
             raise
         return report(e)
-    text = json.dumps(metrics, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
     return 0
 
 

@@ -13,8 +13,6 @@ WORK_DIR/metrics.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="config overrides, e.g. train_dataloader.batch_size=4")
     args = p.parse_args(argv)
 
-    from cvkit.tasks.detection import train_detector
+    from cvkit.tasks.detection import save_metrics, train_detector
     from cvkit.tool_errors import is_user_error, report
 
     config = Path(args.config)
@@ -87,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(e)
     if task.global_rank != 0:  # DDP: the other ranks ran the same main(); rank 0 reports
         return 0
-    os.makedirs(work_dir, exist_ok=True)
-    Path(work_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics, indent=2))
+    save_metrics(metrics, Path(work_dir, "metrics.json"), echo=True)  # atomically
     print(f"detector weights: {Path(work_dir, 'detector.pth')} (config: {Path(work_dir, 'config.py')})")
     return 0
 

@@ -13,6 +13,8 @@ and :func:`cvkit.tasks.detection.load_det_config` (hence ``tools/*_det.py``) doe
 - ``CvkitCocoDataset`` (DATASETS): COCO with bad-sample checks, skip-and-count (cvkit/det/dataset.py)
 - :func:`convert_legacy_mmdet_checkpoint`: MMDetection 1.x detectors to mmdet 3, torch only
   (cvkit/det/convert.py)
+- COCO evaluation as the detection task runs it: scored over the evaluated images, AP 0 without a
+  detection (cvkit/det/coco_metric.py)
 """
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ in mmdet's ``DATASETS``) checks the annotation file when it loads and, per ``on_
   ``max_runtime_skips`` (then the run stops with the count and the last error);
 * ``'error'``: raises at the first bad sample, naming the file, annotation id and problem.
 
+An image that fails to load in an evaluation split, with ``'error'``, or past
+``max_runtime_skips`` is a :class:`cvkit.data.datamodule.BadImageError` (a ValueError) naming the
+file: the tools report it as one ``error:`` line, exit 1.
+
 An empty category list, configured classes missing from the file or listed in another order than
 the file's (mmdet's ``CocoDataset`` and ``CocoMetric`` number labels in the file's category order,
 so the names would be wrong), or an annotation file that is missing or not valid JSON are always
@@ -179,9 +183,14 @@ class CvkitCocoDataset(CocoDataset):
         try:
             return super().prepare_data(idx)
         except Exception as e:  # noqa: BLE001 - any failure of one sample is reported with its path
+            # a ValueError (cvkit.tool_errors: the tools' one-line "error:", exit 1); it also
+            # reads as one line when a DataLoader worker re-raises it in the main process
+            from cvkit.data.datamodule import BadImageError
+
             path = self.get_data_info(idx).get("img_path", f"index {idx}")
+            why = " ".join(f"{type(e).__name__}: {e}".split())
             if self.on_bad_sample == "error" or self.test_mode:
-                raise RuntimeError(f"sample {path!r} failed to load: {type(e).__name__}: {e}") from e
+                raise BadImageError(f"sample {path!r} failed to load: {why}") from e
             self.runtime_skips += 1
             limit = self.max_runtime_skips
             if limit is None:
@@ -190,6 +199,6 @@ class CvkitCocoDataset(CocoDataset):
                       f"{self.runtime_skips} skipped in this process", logger="current",
                       level=logging.WARNING)
             if self.runtime_skips > limit:
-                raise RuntimeError(f"CvkitCocoDataset: {self.runtime_skips} samples failed to load "
-                                   f"(limit {limit}); last: {path!r}: {e}") from e
+                raise BadImageError(f"CvkitCocoDataset: {self.runtime_skips} samples failed to "
+                                    f"load (limit {limit}); last: {path!r}: {why}") from e
             return None  # BaseDataset.__getitem__ then draws another sample

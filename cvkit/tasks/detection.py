@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from cvkit.atomic_write import atomic_write
+from cvkit.det.coco_metric import fill_empty_coco_results, restrict_to_dataset_images
 from cvkit.models.checkpoint import CheckpointError, load_failure
 from cvkit.tool_errors import OptionError, option_errors
 
@@ -112,9 +113,20 @@ def leaf_datasets(dataset_cfg) -> list:
     return [dataset_cfg]
 
 
+def _relative_to(path: str, root: str) -> str | None:
+    """``path`` relative to ``root`` when it lies under it (compared by path components:
+    ``data/coco2017/x`` is not under ``data/coco``), else None."""
+    if not root or not path:
+        return None
+    rel = osp.relpath(osp.normpath(path), osp.normpath(root))
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep) or osp.isabs(rel):
+        return None
+    return rel
+
+
 def set_data_root(cfg, data_root: str) -> None:
     """Point every dataset of ``cfg`` (inside dataset wrappers too) and the evaluators'
-    ``ann_file`` at ``data_root``."""
+    ``ann_file`` (when it lies under a dataset's old ``data_root``) at ``data_root``."""
     data_root = osp.join(os.fspath(data_root), "")
     for split in ("train", "val", "test"):
         loader = cfg.get(f"{split}_dataloader")
@@ -127,10 +139,11 @@ def set_data_root(cfg, data_root: str) -> None:
         evaluator = cfg.get(f"{split}_evaluator") or []
         for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
             ann = metric.get("ann_file")
-            old_root = next((r for r in old_roots if r and isinstance(ann, str)
-                             and ann.startswith(r)), None)
-            if old_root is not None:
-                metric["ann_file"] = osp.join(data_root, ann[len(old_root):])
+            if not isinstance(ann, str):
+                continue
+            rel = next((r for r in (_relative_to(ann, root) for root in old_roots) if r), None)
+            if rel is not None:
+                metric["ann_file"] = osp.join(data_root, rel)
 
 
 def build_detector(cfg) -> nn.Module:
@@ -336,6 +349,42 @@ def build_dataloader(loader_cfg, shuffle: bool | None = None) -> torch.utils.dat
         drop_last=bool(loader_cfg.get("drop_last", False)), pin_memory=False)
 
 
+def _class_heads(detector: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(config entry, head)`` for every head that classifies into the dataset's classes: the
+    single-stage ``bbox_head`` / ``mask_head`` and the RoI head's ``bbox_head`` (one per stage of
+    a cascade) and ``mask_head``. RPN heads (one objectness class) and semantic heads are not."""
+    heads = []
+    for name in ("bbox_head", "mask_head"):
+        head = getattr(detector, name, None)
+        if head is not None:
+            heads.append((f"model.{name}", head))
+    roi_head = getattr(detector, "roi_head", None)
+    for name in ("bbox_head", "mask_head"):
+        head = getattr(roi_head, name, None)
+        if isinstance(head, (nn.ModuleList, list, tuple)):
+            heads += [(f"model.roi_head.{name}.{i}", h) for i, h in enumerate(head)]
+        elif head is not None:
+            heads.append((f"model.roi_head.{name}", head))
+    return [(path, head) for path, head in heads
+            if isinstance(getattr(head, "num_classes", None), int)]
+
+
+def check_num_classes(detector: nn.Module, dataset, where: str, config: str = "the config") -> None:
+    """Every class head's ``num_classes`` is the number of classes of ``dataset`` (its metainfo):
+    more end in mmdet's ``results2json`` with a bare IndexError after the whole evaluation, fewer
+    silently never predict the last classes. An OptionError naming both numbers and the entry."""
+    classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
+    if classes is None:
+        return
+    for path, head in _class_heads(detector):
+        if head.num_classes != len(classes):
+            shown = ", ".join(map(str, list(classes)[:5])) + (", ..." if len(classes) > 5 else "")
+            raise OptionError(
+                f"{config}: {path}.num_classes={head.num_classes} but {where} has "
+                f"{len(classes)} classes ({shown}): set {path}.num_classes={len(classes)} or the "
+                f"dataset's metainfo classes")
+
+
 # -- the task ------------------------------------------------------------------------------------
 class DetectionTask(L.LightningModule):
     """Lightning training/evaluation of the mmdet detector described by ``config``.
@@ -391,8 +440,21 @@ class DetectionTask(L.LightningModule):
             key = f"{split}_dataloader"
             if not self.cfg.get(key):
                 raise ValueError(f"the detection config has no {key}")
-            self._loaders[split] = build_dataloader(self.cfg[key])
+            loader = build_dataloader(self.cfg[key])
+            check_num_classes(self.detector, loader.dataset, f"{key}.dataset",
+                              self.cfg.filename or "the config")
+            self._loaders[split] = loader
         return self._loaders[split]
+
+    def setup(self, stage: str) -> None:
+        """Build the datasets the run will use (checking the heads' ``num_classes`` against
+        them: :func:`check_num_classes`) before it trains or evaluates anything."""
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        for split in splits:
+            if split == "val" and (not self.cfg.get("val_dataloader") or (
+                    self._trainer is not None and self._trainer.limit_val_batches == 0)):
+                continue
+            self._loader(split)
 
     def train_dataloader(self):
         return self._loader("train")
@@ -543,7 +605,9 @@ class DetectionTask(L.LightningModule):
             if not metric_cfg:
                 raise ValueError(f"the detection config has no {split}_evaluator")
             evaluator = Evaluator(copy.deepcopy(metric_cfg))
-            evaluator.dataset_meta = self._loader(split).dataset.metainfo
+            dataset = self._loader(split).dataset
+            evaluator.dataset_meta = dataset.metainfo
+            restrict_to_dataset_images(evaluator, dataset)
             self._evaluators[split] = evaluator
         return self._evaluators[split]
 
@@ -562,6 +626,7 @@ class DetectionTask(L.LightningModule):
                 metric.results.clear()
             return
         raw = evaluator.evaluate(len(self._loader(split).dataset))
+        raw = fill_empty_coco_results(evaluator, raw)
         metrics = {k[len(METRIC_PREFIX):] if k.startswith(METRIC_PREFIX) else k: float(v)
                    for k, v in raw.items() if isinstance(v, (int, float))}
         self.last_metrics = metrics
@@ -584,10 +649,15 @@ class DetectionTask(L.LightningModule):
         self._eval_epoch_end("test")
 
     def _draw(self, outputs) -> None:
-        from cvkit.det.visualize import draw_predictions
+        from cvkit.det.visualize import draw_predictions, png_names
 
-        draw_predictions(outputs, self._loader("test").dataset.metainfo, self.show_dir,
-                         score_thr=self.show_score_thr)
+        dataset = self._loader("test").dataset
+        if getattr(self, "_png_names", None) is None:  # one name per image of the whole split
+            paths = [dataset.get_data_info(i)["img_path"] for i in range(len(dataset))]
+            prefix = (getattr(dataset, "data_prefix", None) or {}).get("img")
+            self._png_names = png_names(paths, prefix)
+        draw_predictions(outputs, dataset.metainfo, self.show_dir, score_thr=self.show_score_thr,
+                         names=self._png_names)
 
     # -- export -------------------------------------------------------------------------------
     def export_config(self, path: str) -> str:
@@ -690,11 +760,30 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
     return task, dict(task.last_metrics)
 
 
+def save_metrics(metrics: Mapping[str, float], out: str | None = None, echo: bool = False,
+                 is_global_zero: bool = True) -> str:
+    """The metrics as JSON text; on global rank zero only (every DDP rank runs the tool), written
+    to ``out`` atomically (:func:`cvkit.atomic_write.atomic_write`) and printed when ``echo``."""
+    import json
+
+    text = json.dumps(dict(metrics), indent=2)
+    if is_global_zero:
+        if out:
+            with atomic_write(out, "w") as f:
+                f.write(text)
+        if echo:
+            print(text, flush=True)
+    return text
+
+
 def evaluate_detector(config: Any, checkpoint: str, data_root: str | None = None,
                   show_dir: str | None = None, show_score_thr: float = 0.3,
                   cfg_options: Mapping[str, Any] | None = None, trust_checkpoint: bool = False,
+                  out: str | None = None, echo: bool = False,
                   **trainer_kwargs) -> dict[str, float]:
-    """COCO metrics of a trained detector on the config's test split (optionally drawing PNGs)."""
+    """COCO metrics of a trained detector on the config's test split (optionally drawing PNGs).
+    ``out``: also write them there as JSON, ``echo``: print them (both on global rank zero only:
+    :func:`save_metrics`). Every rank returns them."""
     task = DetectionTask(config, cfg_options=cfg_options, data_root=data_root, load_from=checkpoint,
                          show_dir=show_dir, show_score_thr=show_score_thr,
                          trust_checkpoint=trust_checkpoint)
@@ -702,4 +791,6 @@ def evaluate_detector(config: Any, checkpoint: str, data_root: str | None = None
     with tempfile.TemporaryDirectory(prefix="cvkit-test-det-") as scratch:
         trainer = make_trainer(task.cfg, scratch, **trainer_kwargs)
         trainer.test(task, verbose=False)
-    return dict(task.last_metrics)
+    metrics = dict(task.last_metrics)
+    save_metrics(metrics, out, echo, is_global_zero=trainer.is_global_zero)
+    return metrics
