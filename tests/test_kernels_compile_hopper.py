@@ -96,8 +96,8 @@ def test_product_kernel_compiles_for_hopper(kernels, variant, precision, config_
 
 @pytest.mark.parametrize("precision", ["tf32x3", "ieee"])
 def test_covariance_and_input_gradient_kernels_compile_for_hopper(kernels, precision):
-    # a 14x14 map: M = 196 passed divided by 4 (MULTS bit 0; the strides as the launch path
-    # passes them for a contiguous (B, d, 196) input: all four multiples of 4)
+    # a 14x14 map: M = 196 and the batch and channel strides passed divided by 4 (MULTS bits
+    # 0-2, as the launch path passes them for a contiguous (B, d, 196) input; stride_m is 1)
     ptx = compile_for_hopper(kernels._covariance_kernel, kernels._covariance_kernel.configs[1],
                              MULTS=0b0111, PRECISION=precision, BLOCK_D=256)
     assert uses_wgmma(ptx) == (precision != "ieee")

@@ -753,7 +753,7 @@ def test_head_num_classes_not_the_datasets_is_one_error_before_evaluating(
 
 def test_num_classes_check_reads_every_class_head():
     """A cascade's bbox heads (a ModuleList), the RoI mask head and single-stage heads are
-    checked; the RPN head (one objectness class) is not."""
+    checked; RPN heads (one objectness class) are not, wherever the detector keeps them."""
     from types import SimpleNamespace
 
     from torch import nn
@@ -785,6 +785,25 @@ def test_num_classes_check_reads_every_class_head():
     single.bbox_head = head(80)
     with pytest.raises(OptionError, match=r"model.bbox_head.num_classes=80 but x has 2"):
         check_num_classes(single, dataset, "x")
+    # not refused (review): mmdet's RPN detector keeps its one-class RPNHead as bbox_head; a
+    # panoptic head classifies the thing classes (metainfo "classes" lists stuff too); a
+    # text-prompted detector's num_classes counts text tokens
+    from mmdet.models.dense_heads import RPNHead
+
+    rpn = nn.Module()
+    rpn.bbox_head = RPNHead(in_channels=8, num_classes=1)
+    check_num_classes(rpn, dataset, "x")
+    panoptic = nn.Module()
+    panoptic.roi_head = nn.Module()
+    panoptic.roi_head.bbox_head = head(2)
+    check_num_classes(panoptic, SimpleNamespace(metainfo={"classes": ("a", "b", "sky"),
+                                                          "thing_classes": ("a", "b")}), "x")
+    with pytest.raises(OptionError, match=r"num_classes=2 but x has 3 classes"):
+        check_num_classes(panoptic, SimpleNamespace(metainfo={"classes": ("a", "b", "c")}), "x")
+    grounded = nn.Module()
+    grounded.language_model = nn.Module()
+    grounded.bbox_head = head(256)
+    check_num_classes(grounded, dataset, "x")
 
 
 def _test_with_predictions(task, predict) -> dict:

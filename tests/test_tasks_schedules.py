@@ -128,7 +128,8 @@ def test_piecewise_linear_per_iteration_interpolates_inside_an_epoch():
 
 
 @pytest.mark.parametrize("points", [[], [[1, 1.0], [1, 0.5]], [[2, 1.0], [1, 0.5]],
-                                    [[1, -0.1]], [[1, 1.0, 2]], [["a", 1.0]], None])
+                                    [[1, -0.1]], [[1, 1.0, 2]], [["a", 1.0]], None,
+                                    [[1, float("nan")], [3, 0.0]], [[1, 1.0], [float("inf"), 0.0]]])
 def test_piecewise_linear_bad_points_are_one_line_errors(points):
     with pytest.raises(ValueError, match=r"schedule 'piecewise_linear': points must be "):
         LRSchedule("piecewise_linear", points=points)

@@ -599,6 +599,7 @@ def test_ckpt_path_on_a_folder_of_other_classes_is_one_line(one_epoch_run, tiny,
         line = _one_error_line(capsys)
         assert line.startswith(f"error: the class folders of {other}/") and \
             f"label 0 is 'a_{classes[-1]}' there, '{classes[0]}' in training" in line, line
+        assert f"not the classes {last} was trained on" in line, line
     config = _run_config(tmp, "classes-same", tiny, data__batch_size=4, checkpoint={},
                          trainer__deterministic=False)
     assert main(["validate", "--config", str(config), "--ckpt_path", str(last)]) == 0

@@ -91,7 +91,7 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buf.size else None
     except cv2.error as e:  # a header over OpenCV's size limits (corrupt, or a huge image) raises
-        why = (e.err or str(e)).strip().splitlines()[-1]
+        why = ((e.err or str(e)).strip().splitlines() or ["cv2.error"])[-1]
         raise BadImageError(f"not a decodable image file {path} (OpenCV: {why})") from None
     if img is None:
         raise BadImageError(f"not a decodable image file {path}")
@@ -434,8 +434,9 @@ class ClassificationDataModule(LightningDataModule):
         if self._trained_classes is None:
             return
         for split in (self.train_set, self.val_set, self.test_set):
+            ckpt = getattr(getattr(self, "trainer", None), "ckpt_path", None)
             why = split and class_mismatch(self._trained_classes, split.classes, split.root,
-                                           "the --ckpt_path checkpoint")
+                                           ckpt or "the --ckpt_path checkpoint")
             if why:
                 raise ValueError(why)
 

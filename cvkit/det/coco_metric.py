@@ -24,9 +24,9 @@ def restrict_to_dataset_images(evaluator, dataset) -> None:
         ids.add(img_id)
     for metric in metrics:
         every = metric._coco_api.get_img_ids()
-        if ids.issuperset(every):
-            continue  # the whole file: mmdet's own default
-        metric.img_ids = [i for i in every if i in ids]
+        kept = [i for i in every if i in ids]
+        if kept and len(kept) < len(every):  # a subset (none in common: not this metric's file)
+            metric.img_ids = kept
 
 
 _COCO_ITEMS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")

@@ -352,7 +352,13 @@ def build_dataloader(loader_cfg, shuffle: bool | None = None) -> torch.utils.dat
 def _class_heads(detector: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(config entry, head)`` for every head that classifies into the dataset's classes: the
     single-stage ``bbox_head`` / ``mask_head`` and the RoI head's ``bbox_head`` (one per stage of
-    a cascade) and ``mask_head``. RPN heads (one objectness class) and semantic heads are not."""
+    a cascade) and ``mask_head``. Not: RPN heads (one objectness class; mmdet's ``RPN`` detector
+    keeps its RPNHead as ``bbox_head``), semantic heads, and the heads of text-prompted detectors
+    (Grounding DINO, GLIP: ``num_classes`` counts text tokens)."""
+    from mmdet.models.dense_heads import RPNHead
+
+    if hasattr(detector, "language_model"):
+        return []
     heads = []
     for name in ("bbox_head", "mask_head"):
         head = getattr(detector, name, None)
@@ -365,15 +371,17 @@ def _class_heads(detector: nn.Module) -> list[tuple[str, nn.Module]]:
             heads += [(f"model.roi_head.{name}.{i}", h) for i, h in enumerate(head)]
         elif head is not None:
             heads.append((f"model.roi_head.{name}", head))
-    return [(path, head) for path, head in heads
-            if isinstance(getattr(head, "num_classes", None), int)]
+    return [(path, head) for path, head in heads if not isinstance(head, RPNHead)
+            and isinstance(getattr(head, "num_classes", None), int)]
 
 
 def check_num_classes(detector: nn.Module, dataset, where: str, config: str = "the config") -> None:
-    """Every class head's ``num_classes`` is the number of classes of ``dataset`` (its metainfo):
-    more end in mmdet's ``results2json`` with a bare IndexError after the whole evaluation, fewer
-    silently never predict the last classes. An OptionError naming both numbers and the entry."""
-    classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
+    """Every class head's ``num_classes`` is the number of classes of ``dataset`` (its metainfo;
+    the ``thing_classes`` of a panoptic one): more end in mmdet's ``results2json`` with a bare
+    IndexError after the whole evaluation, fewer silently never predict the last classes. An
+    OptionError naming both numbers and the entry."""
+    meta = getattr(dataset, "metainfo", None) or {}
+    classes = meta.get("thing_classes", meta.get("classes"))
     if classes is None:
         return
     for path, head in _class_heads(detector):

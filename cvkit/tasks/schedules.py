@@ -56,9 +56,11 @@ class LRSchedule:
                 pts = [(float(e), float(f)) for e, f in pts]
             except (TypeError, ValueError):
                 ok = False
-        if not ok or any(b[0] <= a[0] for a, b in zip(pts, pts[1:])) or any(f < 0 for _, f in pts):
+        if not ok or not all(math.isfinite(v) for p in pts for v in p) \
+                or any(b[0] <= a[0] for a, b in zip(pts, pts[1:])) or any(f < 0 for _, f in pts):
             raise ValueError(f"schedule 'piecewise_linear': points must be [[epoch, factor], ...] "
-                             f"with increasing epochs and factors >= 0, got {self.points!r}")
+                             f"with increasing finite epochs and finite factors >= 0, "
+                             f"got {self.points!r}")
         self.points = [list(p) for p in pts]
 
     def factor(self, epoch: float, total_epochs: Optional[float] = None) -> float:
