@@ -67,6 +67,10 @@ def _cvkit_loader(root: Path, size: int, batch: int, workers: int, limit):
     dm.setup("fit")
     if limit:
         dm.train_set.samples = dm.train_set.samples[:limit]
+    if len(dm.train_set) < batch:  # the loaders drop the last incomplete batch: nothing to time
+        used = f" (--max-images {limit})" if limit else ""
+        raise OptionError(f"--batch-size {batch} is more than the {len(dm.train_set)} images "
+                          f"used from {dm.train_set.root}{used}: no full batch to time")
     return dm, dm.train_dataloader()
 
 
@@ -79,12 +83,7 @@ def run(args: argparse.Namespace) -> str:
     ours_dm, ours = _cvkit_loader(root, args.size, args.batch_size, args.workers, args.max_images)
     ref = _torchvision_loader(split, args.size, args.batch_size, args.workers, args.max_images,
                               _worker_init if args.workers else None)
-    n_images = len(ours) * args.batch_size
-    if not n_images:  # the loaders drop the last incomplete batch: nothing would be timed
-        limit = f" (--max-images {args.max_images})" if args.max_images else ""
-        raise OptionError(f"--batch-size {args.batch_size} is more than the "
-                          f"{len(ours_dm.train_set.samples)} images used from {split}{limit}: "
-                          f"no full batch to time")
+    n_images = len(ours) * args.batch_size  # > 0: _cvkit_loader checked
     assert len(ref) * args.batch_size == n_images
 
     def drain(loader, finish=lambda b: b):
