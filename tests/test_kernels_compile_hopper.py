@@ -16,25 +16,18 @@ SMEM_PER_BLOCK = 227 * 1024  # the most shared memory one block may use on sm_90
 
 @pytest.fixture(scope="module")
 def kernels():
-    """The kernel file loaded in compiled mode (whatever TRITON_INTERPRET says here)."""
-    import importlib.util
-    import sys
-
+    """The kernel file in compiled mode, as the launch path loads it (``isqrt_cov._kernels``,
+    cached per mode), whatever TRITON_INTERPRET says here."""
     from cvkit.kernels import isqrt_cov
 
-    spec = importlib.util.spec_from_file_location("cvkit_kernels_for_sm90",
-                                                  isqrt_cov._KERNEL_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
     mp = pytest.MonkeyPatch()
     mp.delenv("TRITON_INTERPRET", raising=False)
     try:
-        spec.loader.exec_module(module)
+        module = isqrt_cov._kernels()
     finally:
         mp.undo()
     assert not module.INTERPRET
-    yield module
-    del sys.modules[spec.name]
+    return module
 
 
 def compile_for_hopper(kernel, config, **constexprs):

@@ -769,19 +769,19 @@ def train_detector(config: Any, work_dir: str, data_root: str | None = None,
 
 
 def save_metrics(metrics: Mapping[str, float], out: str | None = None, echo: bool = False,
-                 is_global_zero: bool = True) -> str:
-    """The metrics as JSON text; on global rank zero only (every DDP rank runs the tool), written
-    to ``out`` atomically (:func:`cvkit.atomic_write.atomic_write`) and printed when ``echo``."""
+                 is_global_zero: bool = True) -> None:
+    """The metrics as JSON, on global rank zero only (every DDP rank runs the tool): written to
+    ``out`` atomically (:func:`cvkit.atomic_write.atomic_write`), printed when ``echo``."""
     import json
 
+    if not is_global_zero:
+        return
     text = json.dumps(dict(metrics), indent=2)
-    if is_global_zero:
-        if out:
-            with atomic_write(out, "w") as f:
-                f.write(text)
-        if echo:
-            print(text, flush=True)
-    return text
+    if out:
+        with atomic_write(out, "w") as f:
+            f.write(text)
+    if echo:
+        print(text, flush=True)
 
 
 def evaluate_detector(config: Any, checkpoint: str, data_root: str | None = None,
