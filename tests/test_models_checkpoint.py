@@ -466,6 +466,14 @@ def test_unreadable_files_say_why(tmp_path):
     with pytest.raises(CheckpointError, match=r"garbage\.pth is not a readable") as err:
         cvkit.load_checkpoint(model, garbage)
     assert "weights_only" not in str(err.value)
+    assert r"not a PyTorch file (neither a zip archive nor a pickle; it starts with b'\x00\x01" in str(err.value)
+    text = tmp_path / "page.pth"  # an HTML error page saved as the download (torch: "KeyError: 60")
+    text.write_text("<html>404 Not Found</html>")
+    with pytest.raises(CheckpointError, match=r"page\.pth .*not a PyTorch file .*starts with b'<html>404"):
+        cvkit.load_checkpoint(model, text)
+    legacy = tmp_path / "legacy.pth"  # PyTorch's pre-1.6 format is a pickle: still read
+    torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    cvkit.load_checkpoint(model, legacy)
     objects = tmp_path / "objects.pth"
     torch.save({"model": model.state_dict(), "args": argparse.Namespace(lr=0.1)}, objects)
     with pytest.raises(CheckpointError,

@@ -37,13 +37,19 @@ class LoadResult:
     reset_head: bool = False
 
 
-def load_failure(error: Exception) -> str:
+def load_failure(error: Exception, path=None) -> str:
     """One line saying why ``torch.load`` failed: an empty or cut-short file (e.g. an interrupted
-    download), objects other than tensors that a ``weights_only`` load refuses (then, and only
-    then, that ``weights_only=False`` reads a trusted file), or the error's own first line (for a
+    download), a file of another kind (given its ``path``: neither a zip archive, PyTorch's format
+    since 1.6, nor a pickle, the older one; e.g. a text or HTML error page saved under the name),
+    objects other than tensors that a ``weights_only`` load refuses (then, and only then, that
+    ``weights_only=False`` reads a trusted file), or the error's own first line (for a
     ``weights_only`` load, the unpickler's, not torch's advice to load unsafely)."""
     if isinstance(error, EOFError):
         return "the file is empty or cut short (EOFError)"
+    head = _file_head(path) if path is not None else None
+    if head is not None and not head.startswith((b"PK", b"\x80")):
+        return (f"it is not a PyTorch file (neither a zip archive nor a pickle; it starts with "
+                f"{head[:16]!r})")
     text = str(error)
     marker = "WeightsUnpickler error:"
     detail = text.split(marker, 1)[1] if marker in text else text
@@ -53,6 +59,16 @@ def load_failure(error: Exception) -> str:
         return (f"it holds objects other than tensors ({first.split(' was not')[0]}); if you "
                 "trust the file, load it with weights_only=False")
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _file_head(path, size: int = 16) -> bytes | None:
+    """The first bytes of the file at ``path``; None when it cannot be read (the caller's error
+    then stands) or is empty (EOFError's message covers it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size) or None
+    except OSError:
+        return None
 
 
 def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:
@@ -86,7 +102,7 @@ def read_checkpoint_and_arguments(path, model_name: str | None,
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
-                              f"{load_failure(e)}") from None
+                              f"{load_failure(e, path)}") from None
     arguments = {}
     # a Lightning checkpoint's entry, or the same as an attribute of a plain state dict (as torch's
     # ``_metadata``; tools/convert_checkpoint.py), which dict consumers do not see

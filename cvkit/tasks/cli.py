@@ -124,7 +124,7 @@ def check_training_checkpoint(path, subcommand: str = "fit") -> None:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise CheckpointError(f"--ckpt_path {path} is not a readable training checkpoint: "
-                              f"{load_failure(e)}") from None
+                              f"{load_failure(e, path)}") from None
     if not (isinstance(obj, dict) and "pytorch-lightning_version" in obj and "state_dict" in obj):
         advice = (f"to start a run from its weights, use --model.pretrained_path {path}"
                   if subcommand == "fit" else

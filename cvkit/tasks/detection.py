@@ -278,9 +278,9 @@ def read_detector_state(path: str, trust: bool = False,
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as e:  # noqa: BLE001
-        hint = "" if trust else untrusted_hint
-        raise ValueError(f"cannot load detector checkpoint {path!r}: {load_failure(e)}{hint}"
-                         ) from e
+        why = load_failure(e, path)
+        hint = "" if trust or "not a PyTorch file" in why else untrusted_hint
+        raise ValueError(f"cannot load detector checkpoint {path!r}: {why}{hint}") from e
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: no state dict inside")

@@ -26,7 +26,7 @@ def load_task(checkpoint: str | os.PathLike, model_name: Optional[str] = None,
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - one line naming the file and why
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
-                              f"{load_failure(e)}") from None
+                              f"{load_failure(e, path)}") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if _is_detection_checkpoint(ckpt):
         raise ValueError(f"{path} is a detector checkpoint (tools/train_det.py), not a classifier: "
