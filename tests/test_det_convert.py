@@ -132,7 +132,7 @@ def test_converter_rejects_current_layout_and_empty():
         convert_legacy_mmdet_checkpoint({"roi_head.bbox_head.fc_cls.weight": torch.zeros(81, 4)})
     with pytest.raises(ValueError, match="empty"):
         convert_legacy_mmdet_checkpoint({"state_dict": {}})
-    with pytest.raises(ValueError, match=r"no detector head .*the first keys: conv1\.weight, "
+    with pytest.raises(ValueError, match=r"no detector part .*the first keys: conv1\.weight, "
                                          r"fc\.weight\): not an MMDetection detector"):
         convert_legacy_mmdet_checkpoint({"conv1.weight": torch.zeros(4, 3, 3, 3),
                                          "fc.weight": torch.zeros(10, 4)})  # a classifier's

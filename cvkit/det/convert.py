@@ -152,13 +152,14 @@ def convert_legacy_mmdet_checkpoint(
     if any(k.startswith("roi_head.") for k in keys):
         raise ValueError("legacy mmdet checkpoint: keys already start with 'roi_head.' - this "
                          "checkpoint is in mmdet >= 2.0 layout and needs no conversion")
-    heads = {k.partition(".")[0] for k in keys} & {"rpn_head", *LEGACY_ROI_HEADS}
-    if keys and not heads:  # e.g. a classifier's state dict given as a detector
-        raise ValueError("legacy mmdet checkpoint: no detector head (no 'rpn_head.' or "
-                         f"'bbox_head.' keys; the first keys: {', '.join(keys[:4])}): not an "
+    parts = {k.partition(".")[0] for k in keys}
+    if keys and not parts & {"backbone", "neck", "rpn_head", *LEGACY_ROI_HEADS}:
+        # e.g. a classifier's state dict given as a detector
+        raise ValueError("legacy mmdet checkpoint: no detector part (no 'backbone.', 'neck.' or "
+                         f"head keys; the first keys: {', '.join(keys[:4])}): not an "
                          "MMDetection detector; a classification checkpoint converts with "
                          "--kind auto")
-    two_stage = "rpn_head" in heads
+    two_stage = "rpn_head" in parts
     with_background = _classes_with_background(state) if two_stage else None
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     for old_key, value in state.items():
