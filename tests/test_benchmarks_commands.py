@@ -9,14 +9,16 @@ import pytest
 
 from cvkit.benchmarks import SUITES, command_line
 from cvkit.kernels.isqrt_cov import DIRECT_LAUNCH_ENV
-from cvkit.kernels.tile_configs import ENV_VAR
+from cvkit.kernels.tile_configs import ENV_VAR, ENV_VARS
 
 # per suite, a set of options off their defaults (values needing quoting among them)
 NON_DEFAULT = {
     "covpool": ["--device", "cuda", "--batch", "8", "16", "--dim", "64", "--size", "7",
                 "--iters", "3", "--repeats", "2", "--seed", "4", "--cuda-graph", "--no-tf32"],
     "covpool-tiles": ["--device", "cpu", "--seed", "3", "--max-configs", "1", "--jobs", "2",
-                      "--configs", "32,32,4,1", "64,64,4,3", "--precision", "tf32"],
+                      "--configs", "32,32,4,1", "64,64,4,3", "--precision", "tf32", "--size", "7",
+                      "--covariance-configs", "32,16,4,2",
+                      "--gradx-configs", "128,32,32,4,3", "64,16,32,4,2"],
     "covpool-host": ["--device", "cuda", "--batch", "3", "--dim", "64", "--size", "7", "--iters", "3",
                      "--steps", "4", "--repeats", "2", "--no-direct"],
     "models": ["--models", "eca_resnet18", "resnet50_gcp", "--batch", "2", "--size", "64",
@@ -46,7 +48,7 @@ def _parse(suite: str, argv: list[str]) -> argparse.Namespace:
 
 @pytest.fixture
 def no_env(monkeypatch):
-    for name in (ENV_VAR, DIRECT_LAUNCH_ENV):
+    for name in (*ENV_VARS, DIRECT_LAUNCH_ENV):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -92,6 +94,24 @@ def test_covpool_host_command_carries_the_tile_configs(no_env):
     tokens = shlex.split(_command("covpool-host", args))
     assert tokens[:4] == [f"{ENV_VAR}=64,32,4,3", "python", "tools/benchmark.py", "covpool-host"]
     assert _parse("covpool-host", tokens[4:]) == args
+
+
+def test_covpool_tiles_command_carries_the_three_tile_config_variables(no_env):
+    """Each variable set goes ahead of the command (the autotuned rows choose among its configs),
+    in the order product, covariance, input gradient; the map size is always named."""
+    args = _parse("covpool-tiles", NON_DEFAULT["covpool-tiles"])
+    no_env.setenv(ENV_VARS[2], "128,32,32,4,3")
+    no_env.setenv(ENV_VARS[1], "64,32,4,4;64,64,4,2")
+    tokens = shlex.split(_command("covpool-tiles", args))
+    assert tokens[:3] == [f"{ENV_VARS[1]}=64,32,4,4;64,64,4,2", f"{ENV_VARS[2]}=128,32,32,4,3",
+                          "python"]
+    no_env.setenv(ENV_VARS[0], "64,32,4,3")
+    tokens = shlex.split(_command("covpool-tiles", args))
+    assert [t.split("=")[0] for t in tokens[:3]] == list(ENV_VARS)
+    assert _parse("covpool-tiles", tokens[6:]) == args
+    defaults = shlex.split(_command("covpool-tiles", _parse("covpool-tiles", [])))
+    assert defaults[6:] == ["--device", "cuda", "--batch", "128", "--dim", "256", "--size", "14",
+                            "--precision", "tf32x3"]
 
 
 def test_always_printed_skips_flags_and_none():

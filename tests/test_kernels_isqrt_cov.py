@@ -747,32 +747,50 @@ def test_cuda_graphs_through_torch_compile_reduce_overhead(monkeypatch):
 def test_tile_benchmark_forces_each_config_and_checks_it(interpret):
     """``tools/benchmark.py covpool-tiles`` launches the product kernel with each given tile config
     instead of the autotuner's (the config reaches the kernel: tiles of 16 and 32 both agree with
-    the autotuned launch), for the four launch kinds of a step, after compiling the grid in worker
-    processes (``--jobs``), models a step per config and ends with the chosen config list."""
+    the autotuned launch), for the four launch kinds of a step, then the covariance and
+    input-gradient kernels with theirs (a 3x3 map), after compiling the grids in worker processes
+    (``--jobs``), models a step per product config and ends with the three chosen config lists."""
     import argparse
 
     from cvkit.benchmarks import covpool_tiles as bench
+    from cvkit.kernels.tile_configs import ENV_VARS
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--device", "cpu", "--batch", "1", "--dim", "40", "--precision",
-                              "ieee", "--configs", "32,32,4,1", "16,16,4,1", "--jobs", "2"])
+                              "ieee", "--configs", "32,32,4,1", "16,16,4,1", "--jobs", "2",
+                              "--size", "3", "--covariance-configs", "32,32,4,1", "16,16,4,1",
+                              "--gradx-configs", "32,32,32,4,1", "16,16,16,4,1"])
     report = bench.run(args)
     assert "--configs 32,32,4,1 16,16,4,1" in report
-    assert "in 2 processes: 8 of 8 launches" in report  # 2 configs x 4 launch kinds
-    rows = [line for line in report.splitlines() if line.startswith("| forward") or
-            line.startswith("| backward")]
-    assert len(rows) == 4 * 3  # autotuned + 2 configs per launch kind
-    diffs = {row: float(row.split("|")[-2].strip()) for row in rows}
-    assert all(diff < 1e-6 for diff in diffs.values()), diffs  # rounding only; no "WRONG"
-    # 16-wide k-steps sum in another order than the autotuned 32: the config reached the kernel
-    assert any(diff > 0 for row, diff in diffs.items() if "| 16,16,4,1 |" in row), diffs
+    assert "--gradx-configs 32,32,32,4,1 16,16,16,4,1" in report
+    # 2 configs x (4 product launch kinds + the covariance + the input gradient)
+    assert "in 2 processes: 12 of 12 launches" in report
+    product_rows = [line for line in report.splitlines() if line.startswith("| forward") or
+                    line.startswith("| backward")]
+    kernel_rows = [line for line in report.splitlines() if line.startswith("| covariance") or
+                   line.startswith("| input gradient")]
+    assert len(product_rows) == 4 * 3 and len(kernel_rows) == 2 * 3  # autotuned + 2 configs each
+    assert "M = 9" in report
+    for rows, small in ((product_rows, "| 16,16,4,1 |"), (kernel_rows[:3], "| 16,16,4,1 |"),
+                        (kernel_rows[3:], "| 16,16,16,4,1 |")):
+        diffs = {row: float(row.split("|")[-2].strip()) for row in rows}
+        assert all(diff < 1e-6 for diff in diffs.values()), diffs  # rounding only; no "WRONG"
+        # 16-wide tiles and k-steps sum in another order than the autotuned 32: the config
+        # reached the kernel
+        assert any(diff > 0 for row, diff in diffs.items() if small in row), diffs
     assert "| 16,16,4,1 |" in report.split("modelled product time")[1]
-    chosen = report.splitlines()[-1]
-    assert chosen.startswith("CVKIT_ISQRT_COV_PRODUCT_CONFIGS=")
-    assert set(chosen.split("=")[1].split(";")) <= {"32,32,4,1", "16,16,4,1"}
+    chosen = report.splitlines()[-3:]
+    assert [line.split("=")[0] for line in chosen] == list(ENV_VARS)
+    assert set(chosen[0].split("=")[1].split(";")) <= {"32,32,4,1", "16,16,4,1"}
+    # at most --max-configs (2) of each, here both: the faster first
+    assert set(chosen[1].split("=")[1].split(";")) == {"32,32,4,1", "16,16,4,1"}
+    assert set(chosen[2].split("=")[1].split(";")) == {"32,32,32,4,1", "16,16,16,4,1"}
     with pytest.raises(SystemExit, match="BLOCK,BLOCK_K,WARPS,STAGES"):
         bench.parse_config("64,32")
+    with pytest.raises(SystemExit, match="covpool-tiles --gradx-configs: expected "
+                                         "BLOCK_C,BLOCK_M,BLOCK_K,WARPS,STAGES"):
+        bench.run(parser.parse_args(["--device", "cpu", "--gradx-configs", "64,32,4,3"]))
 
 
 def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch):
@@ -790,12 +808,16 @@ def test_tile_benchmark_survives_failed_worker_processes(interpret, monkeypatch)
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     report = bench.run(parser.parse_args(["--device", "cpu", "--batch", "1", "--dim", "16",
-                                          "--configs", "16,16,4,1", "--jobs", "2"]))
+                                          "--configs", "16,16,4,1", "--jobs", "2", "--size", "2",
+                                          "--covariance-configs", "16,16,4,1",
+                                          "--gradx-configs", "16,16,16,4,1"]))
     assert ("Compiling in 2 processes failed (OSError: cannot spawn); compiled while timing."
             in report)
     assert sum(line.startswith("| ") and "| 16,16,4,1 |" in line
                for line in report.split("modelled product time")[0].splitlines()) == 4
-    assert report.splitlines()[-1] == "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=16,16,4,1"
+    assert report.splitlines()[-3:] == ["CVKIT_ISQRT_COV_PRODUCT_CONFIGS=16,16,4,1",
+                                        "CVKIT_ISQRT_COV_COVARIANCE_CONFIGS=16,16,4,1",
+                                        "CVKIT_ISQRT_COV_GRADX_CONFIGS=16,16,16,4,1"]
 
 
 def _launch_record(launches, buffers):
@@ -1084,6 +1106,12 @@ def test_tile_choice_is_the_fastest_config_of_each_launch_kind():
     assert choose(times) == ["a", "b"]  # at most 2 by default
     assert choose({t_kind: {"autotuned": 1.0, "x": 2.0}, pair_kind: {"x": 1.0}}) == ["x"]
     assert choose({t_kind: {}}) == []
+    # the covariance's and input gradient's lists: the fastest configs of their one launch kind
+    from cvkit.benchmarks.covpool_tiles import fastest
+
+    assert fastest({"autotuned": 0.5, "a": 3.0, "b": 1.0, "c": 2.0}) == ["b", "c"]
+    assert fastest({"a": 3.0, "b": 1.0, "c": 2.0}, max_configs=1) == ["b"]
+    assert fastest({"autotuned": 1.0}) == []
 
 
 @pytest.mark.parametrize("text, message", [
@@ -1108,20 +1136,120 @@ def test_tile_config_text_is_validated(text, message):
                                               "num_stages": 3}
 
 
+@pytest.mark.parametrize("text, message", [
+    ("128,32,32,4", "five integers"), ("128,32,32,4,3,1", "five integers"),
+    ("128,24,32,4,3", "BLOCK_M must be a power of two >= 16, got 24"),
+    ("8,32,32,4,3", "BLOCK_C must be a power of two >= 16, got 8"),
+    ("128,32,32,6,3", "WARPS must be a power of two, got 6"),
+    ("128,32,32,4,0", "STAGES must be >= 1"),
+    (" ; ", "no tile config given (expected BLOCK_C,BLOCK_M,BLOCK_K,WARPS,STAGES[;...])")])
+def test_input_gradient_tile_config_text_is_validated(text, message, monkeypatch):
+    """``CVKIT_ISQRT_COV_GRADX_CONFIGS`` takes five integers per entry (BLOCK_C, BLOCK_M, BLOCK_K,
+    WARPS, STAGES); a bad one names the variable, the entry and the rule.
+    ``CVKIT_ISQRT_COV_COVARIANCE_CONFIGS`` takes the products' four."""
+    from cvkit.kernels.tile_configs import (COVARIANCE_ENV_VAR, GRADX_BLOCKS, GRADX_ENV_VAR,
+                                            configs_from_env, format_tile_config,
+                                            parse_tile_configs)
+
+    monkeypatch.setenv(GRADX_ENV_VAR, text)
+    with pytest.raises(ValueError, match=GRADX_ENV_VAR) as info:
+        configs_from_env(GRADX_ENV_VAR)
+    assert message in str(info.value)
+    monkeypatch.setenv(GRADX_ENV_VAR, "128,32,32,4,3; 64, 64 ,32,8,2")
+    configs = configs_from_env(GRADX_ENV_VAR)
+    assert configs[0] == {"BLOCK_C": 128, "BLOCK_M": 32, "BLOCK_K": 32, "num_warps": 4,
+                          "num_stages": 3}
+    assert [format_tile_config(c, GRADX_BLOCKS) for c in configs] == ["128,32,32,4,3",
+                                                                      "64,64,32,8,2"]
+    assert parse_tile_configs("16,16,16,1,1", GRADX_ENV_VAR)[0]["BLOCK_M"] == 16
+    monkeypatch.setenv(COVARIANCE_ENV_VAR, "64,16,4,4")
+    assert configs_from_env(COVARIANCE_ENV_VAR) == [{"BLOCK": 64, "BLOCK_K": 16, "num_warps": 4,
+                                                     "num_stages": 4}]
+    monkeypatch.setenv(COVARIANCE_ENV_VAR, "64,32,32,4,3")
+    with pytest.raises(ValueError, match=f"{COVARIANCE_ENV_VAR}: expected BLOCK,BLOCK_K,WARPS,"
+                                         "STAGES \\(four integers\\), got '64,32,32,4,3'"):
+        configs_from_env(COVARIANCE_ENV_VAR)
+    monkeypatch.setenv(COVARIANCE_ENV_VAR, "  ")
+    assert configs_from_env(COVARIANCE_ENV_VAR) is None  # blank: as unset
+
+
+def _kernel_file(monkeypatch, interpret=False, **variables):
+    """The kernel file executed afresh (not cached, not registered) with only the given tile-config
+    variables set, compiled mode unless ``interpret``: its autotune lists as each kernel holds
+    them, (tile sizes..., warps, stages) per config."""
+    import importlib.util
+
+    import cvkit.kernels.isqrt_cov as impl
+    from cvkit.kernels.tile_configs import ENV_VARS
+
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    if interpret:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    spec = importlib.util.spec_from_file_location("cvkit.kernels._isqrt_cov_kernels_configs_test",
+                                                  impl._KERNEL_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.INTERPRET == interpret
+    return {name: [(*c.kwargs.values(), c.num_warps, c.num_stages)
+                   for c in getattr(module, f"_{name}_kernel").configs]
+            for name in ("products", "covariance", "grad_input")}
+
+
+def test_each_tile_config_variable_replaces_its_kernels_list(monkeypatch):
+    """Unset, the kernel file's lists (pinned here: the covariance kernel shares the products');
+    CVKIT_ISQRT_COV_PRODUCT_CONFIGS replaces the product list and, while
+    CVKIT_ISQRT_COV_COVARIANCE_CONFIGS is unset, the covariance's; each of the other two replaces
+    its own kernel's list only, compiled or interpreted; a bad entry stops the load, naming the
+    variable."""
+    product = [(64, 32, 4, 4), (64, 64, 4, 2)]
+    gradx = [(64, 64, 32, 4, 3), (128, 64, 32, 8, 3), (128, 32, 32, 4, 3)]
+    assert _kernel_file(monkeypatch) == {"products": product, "covariance": product,
+                                         "grad_input": gradx}
+    assert _kernel_file(monkeypatch, CVKIT_ISQRT_COV_PRODUCT_CONFIGS="32,32,4,3") == {
+        "products": [(32, 32, 4, 3)], "covariance": [(32, 32, 4, 3)], "grad_input": gradx}
+    assert _kernel_file(monkeypatch, CVKIT_ISQRT_COV_PRODUCT_CONFIGS="32,32,4,3",
+                        CVKIT_ISQRT_COV_COVARIANCE_CONFIGS="64,16,4,4;128,32,8,3") == {
+        "products": [(32, 32, 4, 3)], "covariance": [(64, 16, 4, 4), (128, 32, 8, 3)],
+        "grad_input": gradx}
+    assert _kernel_file(monkeypatch, CVKIT_ISQRT_COV_GRADX_CONFIGS="256,32,32,8,3") == {
+        "products": product, "covariance": product, "grad_input": [(256, 32, 32, 8, 3)]}
+    assert _kernel_file(monkeypatch, interpret=True) == {
+        "products": [(32, 32, 4, 1)], "covariance": [(32, 32, 4, 1)],
+        "grad_input": [(32, 32, 32, 4, 1)]}
+    assert _kernel_file(monkeypatch, interpret=True, CVKIT_ISQRT_COV_GRADX_CONFIGS="16,16,16,2,1",
+                        CVKIT_ISQRT_COV_COVARIANCE_CONFIGS="16,16,2,1") == {
+        "products": [(32, 32, 4, 1)], "covariance": [(16, 16, 2, 1)],
+        "grad_input": [(16, 16, 16, 2, 1)]}
+    with pytest.raises(ValueError, match="CVKIT_ISQRT_COV_GRADX_CONFIGS: bad tile config "
+                                         "'128,32,48,4,3': BLOCK_K must be a power of two"):
+        _kernel_file(monkeypatch, CVKIT_ISQRT_COV_GRADX_CONFIGS="128,32,48,4,3")
+    with pytest.raises(ValueError, match="CVKIT_ISQRT_COV_COVARIANCE_CONFIGS: expected "
+                                         "BLOCK,BLOCK_K,WARPS,STAGES"):
+        _kernel_file(monkeypatch, CVKIT_ISQRT_COV_COVARIANCE_CONFIGS="64,32")
+
+
 def test_product_configs_from_the_environment_reach_the_kernels():
-    """``CVKIT_ISQRT_COV_PRODUCT_CONFIGS`` replaces the product kernels' autotune list (read when
-    the kernel file loads, so in a fresh process), and the result stays right: 16x16 tiles with
-    16-wide k-steps at d = 40 (partial tiles) against the float64 reference."""
+    """The three tile-config variables replace the matrix kernels' autotune lists (read when the
+    kernel file loads, so in a fresh process), and the result stays right: 16x16 product tiles
+    with 16-wide k-steps, 32x32 covariance tiles with 16-wide steps along the positions, 16x32
+    input-gradient tiles with 16-wide k-steps, at d = 40 (partial tiles) against the float64
+    reference."""
     script = """
 import torch
 from cvkit.kernels.isqrt_cov import _kernels
 from cvkit.kernels import isqrt_cov_triton
 from test_kernels_isqrt_cov import reference, rel_err
 k = _kernels()
-for kernel in (k._products_kernel, k._covariance_kernel):
-    cfgs = [(c.kwargs["BLOCK"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
-            for c in kernel.configs]
-    assert cfgs == [(16, 16, 2, 1)], cfgs
+for kernel, expected in ((k._products_kernel, [(16, 16, 2, 1)]),
+                         (k._covariance_kernel, [(32, 16, 2, 1)]),
+                         (k._grad_input_kernel, [(16, 32, 16, 2, 1)])):
+    cfgs = [(*c.kwargs.values(), c.num_warps, c.num_stages) for c in kernel.configs]
+    assert cfgs == expected, cfgs
 torch.manual_seed(0)
 x = torch.randn(2, 40, 5, 5, dtype=torch.float64).float().requires_grad_()
 out = isqrt_cov_triton(x, 3, precision="ieee")
@@ -1134,6 +1262,8 @@ print(rel_err(out, ref), rel_err(gx, gr))
 assert rel_err(out, ref) < 1e-5 and rel_err(gx, gr) < 1e-5
 """
     env = dict(os.environ, TRITON_INTERPRET="1", CVKIT_ISQRT_COV_PRODUCT_CONFIGS="16,16,2,1",
+               CVKIT_ISQRT_COV_COVARIANCE_CONFIGS="32,16,2,1",
+               CVKIT_ISQRT_COV_GRADX_CONFIGS="16,32,16,2,1",
                PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=300)

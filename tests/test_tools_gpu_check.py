@@ -1,7 +1,7 @@
 """tools/gpu_check.sh, the one GPU script of issue 6, driven on the CPU by a stand-in interpreter
 that records its arguments (the GPU machine runs it for real): step order, the chosen tile
-configs reaching the later steps, the baseline tree's cvkit first on the path, the time budget,
-and a one-line error for an unknown step."""
+configs (all three tile-config variables) reaching the later steps, the baseline tree's cvkit
+first on the path, the time budget, and a one-line error for an unknown step."""
 from __future__ import annotations
 
 import os
@@ -10,13 +10,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHOICE = "64,32,4,3;128,32,8,2"
+COVARIANCE_CHOICE = "32,32,4,3"
+GRADX_CHOICE = "128,32,32,4,3;64,32,32,4,3"
+VARIABLES = ("CVKIT_ISQRT_COV_PRODUCT_CONFIGS", "CVKIT_ISQRT_COV_COVARIANCE_CONFIGS",
+             "CVKIT_ISQRT_COV_GRADX_CONFIGS")
+TILES = "\n".join(f"{name}={choice}" for name, choice in
+                  zip(VARIABLES, (CHOICE, COVARIANCE_CHOICE, GRADX_CHOICE)))
+ALL_CHOSEN = f"configs={CHOICE} covariance={COVARIANCE_CHOICE} gradx={GRADX_CHOICE}"
+NONE_CHOSEN = "configs= covariance= gradx="
 
-# Records each call; plays the tile benchmark's last line so that the tuned step finds a choice.
+# Records each call with the three tile-config variables; plays the tile benchmark's last lines
+# (STUB_TILES, by default TILES) so that the tuned step finds the choices.
 STUB = f"""#!/usr/bin/env bash
 echo "call: $* | pythonpath=$PYTHONPATH | direct=${{CVKIT_ISQRT_COV_DIRECT_LAUNCH:-}} |" \
-    "configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" >> "$STUB_LOG"
+    "configs=${{CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-}}" \
+    "covariance=${{CVKIT_ISQRT_COV_COVARIANCE_CONFIGS:-}}" \
+    "gradx=${{CVKIT_ISQRT_COV_GRADX_CONFIGS:-}}" >> "$STUB_LOG"
 echo "ran: $*"
-case "$*" in *covpool-tiles*) echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS={CHOICE}";; esac
+case "$*" in *covpool-tiles*) printf '%s\\n' "${{STUB_TILES:-{TILES}}}";; esac
 [ -n "${{STUB_FAIL:-}}" ] && [ "$*" = "$STUB_FAIL" ] && exit 1
 exit 0
 """
@@ -29,7 +40,8 @@ def run_check(tmp_path, *steps, budget=570, **extra_env):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PY=str(stub), BUDGET=str(budget),
                STUB_LOG=str(tmp_path / "calls.log"), **extra_env)
-    env.pop("CVKIT_ISQRT_COV_PRODUCT_CONFIGS", None)
+    for name in VARIABLES:
+        env.pop(name, None)
     if "BASELINE_DIR" not in extra_env:
         env.pop("BASELINE_DIR", None)
     done = subprocess.run(["bash", "tools/gpu_check.sh", *steps], cwd=REPO, env=env,
@@ -44,18 +56,21 @@ def test_chosen_configs_reach_the_steps_after_tuned(tmp_path):
     calls = [c for c in calls  # the environment probes aside (one spans two lines)
              if c.startswith("call: ") and "import torch" not in c and "pip list" not in c]
     # graph and tiles with the kernel file's configs; tuned's three runs and later steps with the
-    # chosen list
-    assert "--cuda-graph --batch 128" in calls[0] and calls[0].endswith("configs=")
-    assert "covpool-tiles" in calls[1] and calls[1].endswith("configs=")
-    assert "smoke.py target |" in calls[2] and calls[2].endswith("configs=" + CHOICE)
+    # three chosen lists
+    assert "--cuda-graph --batch 128" in calls[0] and calls[0].endswith(NONE_CHOSEN)
+    assert "covpool-tiles" in calls[1] and calls[1].endswith(NONE_CHOSEN)
+    assert "smoke.py target |" in calls[2]
     assert "--cuda-graph --batch 128 --dim 256 --no-tf32" in calls[3]
     assert "--batch 128 --dim 256 --no-tf32" in calls[4] and "--cuda-graph" not in calls[4]
     assert "-m pytest tests/test_kernels_isqrt_cov.py" in calls[5]
-    assert calls[5].endswith("configs=" + CHOICE) and calls[6].endswith("configs=" + CHOICE)
+    assert all(call.endswith(ALL_CHOSEN) for call in calls[2:]), calls[2:]
     assert len(calls) == 7
-    assert (out / "pytest.log").read_text().splitlines()[0] == (
-        "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=" + CHOICE)
-    assert "== tuned: CVKIT_ISQRT_COV_PRODUCT_CONFIGS=" + CHOICE in (out / "tiles.log").read_text()
+    chosen_line = " ".join(f"{name}={choice}" for name, choice in
+                           zip(VARIABLES, (CHOICE, COVARIANCE_CHOICE, GRADX_CHOICE)))
+    assert (out / "pytest.log").read_text().splitlines()[0] == chosen_line
+    assert (out / "sweep.log").read_text().splitlines()[0] == chosen_line
+    assert "== tuned: " + chosen_line in (out / "tiles.log").read_text()
+    assert f"chosen: {chosen_line} (for this and the later steps)" in done.stdout
     durations = (out / "run.txt").read_text().split("== step durations")[1].split()
     assert durations[::3] == ["graph", "tiles", "tuned", "pytest", "sweep"]
 
@@ -64,8 +79,24 @@ def test_tuned_without_a_choice_is_skipped_and_the_kernel_file_configs_stay(tmp_
     done, out, calls = run_check(tmp_path, "tuned", "pytest")
     assert done.returncode == 0
     assert "no chosen config list" in done.stdout
-    assert (out / "pytest.log").read_text().startswith(
-        "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=(unset: kernel file)")
+    assert (out / "pytest.log").read_text().splitlines()[0] == (
+        "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=(unset: kernel file) "
+        "CVKIT_ISQRT_COV_COVARIANCE_CONFIGS=(unset: product list) "
+        "CVKIT_ISQRT_COV_GRADX_CONFIGS=(unset: kernel file)")
+    assert calls[-1].endswith(NONE_CHOSEN)
+
+
+def test_tuned_sets_only_the_lists_the_sweep_chose(tmp_path):
+    """A list the sweep left empty (no config of that kernel compiled and agreed) stays unset, so
+    that kernel keeps the kernel file's configs; the others are set."""
+    tiles = "\n".join([f"{VARIABLES[0]}={CHOICE}", f"{VARIABLES[1]}=",
+                       f"{VARIABLES[2]}={GRADX_CHOICE}"])
+    done, out, calls = run_check(tmp_path, "tiles", "tuned", "sweep", STUB_TILES=tiles)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert calls[-1].endswith(f"configs={CHOICE} covariance= gradx={GRADX_CHOICE}")
+    assert (out / "sweep.log").read_text().splitlines()[0] == (
+        f"{VARIABLES[0]}={CHOICE} {VARIABLES[1]}=(unset: product list) "
+        f"{VARIABLES[2]}={GRADX_CHOICE}")
 
 
 def test_steps_past_the_budget_are_skipped_and_logged(tmp_path):

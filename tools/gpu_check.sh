@@ -26,14 +26,17 @@
 #              launch through Triton's JIT functions);
 #              appended to covpool_graph.log; skipped without BASELINE_DIR;
 #   tiles      python tools/benchmark.py covpool-tiles --device cuda: the product kernel per launch
-#              kind under a grid of tile configs beside the autotuner's choice; it ends with a
-#              chosen config list (at most 2 configs, as in the kernel file, so the compile time
-#              stays the same);
-#   tuned      with that list as CVKIT_ISQRT_COV_PRODUCT_CONFIGS: a tf32x3 smoke case at B=128,
-#              d=256 (compiles the kernels), then the graph and wall-clock benchmarks there
-#              without the TF32 rows (appended to tiles.log): what the chosen list would give if
-#              it replaced the configs in the kernel file; the steps after it use the list too
-#              (their logs say so);
+#              kind, then the covariance and input-gradient kernels (14x14 maps), each under a
+#              grid of tile configs beside the autotuner's choice; it ends with three chosen
+#              config lists (at most 2 configs each, as the product list in the kernel file, so
+#              the compile time stays the same or drops), one per variable (VARS below);
+#   tuned      with those lists as CVKIT_ISQRT_COV_PRODUCT_CONFIGS,
+#              CVKIT_ISQRT_COV_COVARIANCE_CONFIGS and CVKIT_ISQRT_COV_GRADX_CONFIGS (each one the
+#              sweep chose; an empty one stays unset): a tf32x3 smoke case
+#              at B=128, d=256 (compiles the kernels), then the graph and wall-clock benchmarks
+#              there without the TF32 rows (appended to tiles.log): what the chosen lists would
+#              give if they replaced the configs in the kernel file; the steps after it use the
+#              lists too (their logs say so);
 #   pytest     the CUDA tests (-k test_cuda_: `-k cuda` also picked interpreter tests whose
 #              parameter ids name torch.backends.cuda, run 10);
 #   bench_rest the benchmark at B in {32, 256};
@@ -53,15 +56,21 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 MD=$(mktemp -d)  # the Markdown tables cut from the logs (the device tool returns 8 files)
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-unset TRITON_INTERPRET CVKIT_ISQRT_COV_PRODUCT_CONFIGS
+# the tile-config variables (cvkit/kernels/tile_configs.py): the sweep's choices, set by tuned
+VARS=(CVKIT_ISQRT_COV_PRODUCT_CONFIGS CVKIT_ISQRT_COV_COVARIANCE_CONFIGS
+  CVKIT_ISQRT_COV_GRADX_CONFIGS)
+unset TRITON_INTERPRET "${VARS[@]}"
 PY=${PY:-python3}
 BUDGET=${BUDGET:-570}
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] ||
   STEPS=(smoke bench128 graph host baseline tiles tuned pytest bench_rest sweep)
 
-configs_line() {  # which tile configs the product kernels autotune over, for a log's first line
-  echo "CVKIT_ISQRT_COV_PRODUCT_CONFIGS=${CVKIT_ISQRT_COV_PRODUCT_CONFIGS:-(unset: kernel file)}"
+configs_line() {  # which tile configs the kernels autotune over, for a log's first line
+  local p=CVKIT_ISQRT_COV_PRODUCT_CONFIGS c=CVKIT_ISQRT_COV_COVARIANCE_CONFIGS
+  local g=CVKIT_ISQRT_COV_GRADX_CONFIGS
+  echo "$p=${!p:-(unset: kernel file)} $c=${!c:-(unset: product list)}" \
+    "$g=${!g:-(unset: kernel file)}"
 }
 
 limit() {  # a step's time limit $1, cut to what is left of the budget
@@ -167,18 +176,20 @@ step_baseline() {
 }
 
 step_tiles() {
-  timeout $(limit 100) $PY tools/benchmark.py covpool-tiles --device cuda > "$OUT/tiles.log" 2>&1
+  timeout $(limit 130) $PY tools/benchmark.py covpool-tiles --device cuda > "$OUT/tiles.log" 2>&1
   echo "tiles exit $?"
 }
 
 step_tuned() {
-  local choice
-  choice=$(sed -n 's/^CVKIT_ISQRT_COV_PRODUCT_CONFIGS=//p' "$OUT/tiles.log" 2>/dev/null | tail -n 1)
-  if [ -z "$choice" ]; then echo "no chosen config list in $OUT/tiles.log: skipped"; return; fi
-  echo "chosen: $choice (for this and the later steps)"
-  export CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice
+  local name choice found=0
+  for name in "${VARS[@]}"; do  # each list the sweep chose (an empty one leaves the kernel file's)
+    choice=$(sed -n "s/^$name=//p" "$OUT/tiles.log" 2>/dev/null | tail -n 1)
+    if [ -n "$choice" ]; then export "$name=$choice"; found=1; fi
+  done
+  if [ $found = 0 ]; then echo "no chosen config list in $OUT/tiles.log: skipped"; return; fi
+  echo "chosen: $(configs_line) (for this and the later steps)"
   {
-    echo; echo "== tuned: CVKIT_ISQRT_COV_PRODUCT_CONFIGS=$choice"
+    echo; echo "== tuned: $(configs_line)"
     timeout $(limit 90) $PY "$MD/smoke.py" target
     echo "tuned smoke exit $?"
     TRITON_PRINT_AUTOTUNING=1 timeout $(limit 30) $PY tools/benchmark.py covpool --device cuda \

@@ -23,7 +23,7 @@ from cvkit.tool_errors import NON_NEGATIVE_INT, POSITIVE_INT, check_options
 
 SUITES = {
     "covpool": "iSQRT-COV forward+backward time and peak memory (CPU, or --device cuda)",
-    "covpool-tiles": "the iSQRT-COV Triton product kernel per launch kind and tile config (CUDA)",
+    "covpool-tiles": "the iSQRT-COV Triton matrix kernels per launch kind and tile config (CUDA)",
     "covpool-host": "host time of the iSQRT-COV Triton forward+backward: stand-in compiled "
                     "kernels on the CPU, or --device cuda",
     "models": "training-step time of cvkit presets beside torchvision's resnet50",

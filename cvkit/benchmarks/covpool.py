@@ -16,7 +16,7 @@ import torch
 from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import cpu_peak_memory_bytes, interleaved_median_seconds
 from cvkit.kernels.isqrt_cov import DIRECT_LAUNCH_ENV
-from cvkit.kernels.tile_configs import ENV_VAR
+from cvkit.kernels.tile_configs import ENV_VARS
 from cvkit.layers.covpool import _isqrt_cov_torch, isqrt_cov, triu_vectorize
 
 
@@ -204,7 +204,7 @@ def _measure(device, b, c, size, iters, repeats, seed, cuda_graph=False, tf32=Tr
 def command(args: argparse.Namespace) -> str:
     """The report's command line, with the kernels' tile-config override and direct-launch setting
     ahead when set (they change what the Triton rows measure)."""
-    return command_line("covpool", args, add_arguments, env=(ENV_VAR, DIRECT_LAUNCH_ENV))
+    return command_line("covpool", args, add_arguments, env=(*ENV_VARS, DIRECT_LAUNCH_ENV))
 
 
 def run(args: argparse.Namespace) -> str:

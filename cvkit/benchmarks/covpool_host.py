@@ -44,7 +44,7 @@ import cvkit.kernels.isqrt_cov as impl
 from cvkit.benchmarks import command_line, machine_description
 from cvkit.benchmarks.timing import interleaved_seconds, synchronize
 from cvkit.kernels.interpret import interpreting
-from cvkit.kernels.tile_configs import ENV_VAR
+from cvkit.kernels.tile_configs import ENV_VARS
 
 CVKIT = "cvkit (direct launches of the recorded kernels)"
 JIT = f"the same through Triton's JIT functions ({impl.DIRECT_LAUNCH_ENV}=0)"
@@ -80,7 +80,7 @@ ALWAYS_PRINTED = ("device", "dim", "size", "iters", "steps", "repeats")
 def command(args: argparse.Namespace) -> str:
     """The report's command line, with the kernels' tile-config override ahead when set (it
     changes the configs the autotuner times and chooses among)."""
-    return command_line("covpool-host", args, add_arguments, ALWAYS_PRINTED, env=(ENV_VAR,))
+    return command_line("covpool-host", args, add_arguments, ALWAYS_PRINTED, env=ENV_VARS)
 
 
 def _jit_functions(k) -> list[tuple[str, object]]:

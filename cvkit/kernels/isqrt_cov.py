@@ -168,6 +168,16 @@ def _launch_autotuned(kernel, grid, args, meta):
     _launch(kernel.fn, grid, args, {**meta, **chosen})
 
 
+def _launch_tuned(kernel, grid, args, meta, config=None):
+    """An autotuned launch (``_launch_autotuned``), or with ``config`` (tile sizes, num_warps,
+    num_stages: ``tile_configs``'s dicts) that config instead of the autotuner's choice, through
+    the kernel's JIT function (``tools/benchmark.py covpool-tiles``)."""
+    if config is None:
+        _launch_autotuned(kernel, grid, args, meta)
+    else:
+        kernel.fn[grid](*args, **meta, **config)
+
+
 def _launch(fn, grid, args, meta):
     """``fn[grid](*args, **meta)`` for a JIT function (no autotuner), recorded when a step
     records its launches (direct launches)."""
@@ -372,11 +382,43 @@ def _products(k, out, prods, *, c_prod=1.0, c_eye=0.0, e=None, c_e=0.0, scale=No
                 OUT_TRIU=triu, HAS_DOT=dot is not None,
                 DOT_SLOTS=dot_part.shape[1] if dot is not None else 1, PRECISION=precision,
                 EVEN=all(d % c["BLOCK"] == 0 and d % c["BLOCK_K"] == 0 for c in configs))
-    if config is None:
-        _launch_autotuned(k._products_kernel, grid, args, meta)
-    else:
-        k._products_kernel.fn[grid](*args, **meta, **config)
+    _launch_tuned(k._products_kernel, grid, args, meta, config)
     return out
+
+
+def _covariance(k, xm, layout, mults, mean, var, a, z1, trace, sqrt_trace, precision,
+                config=None):
+    """A = Sigma / tr(Sigma), Z_1 = 1.5 I - 0.5 A, tr(Sigma) and its square root from the channel
+    matrix ``xm`` (``_as_channel_matrix``), its channel means and variances; ``layout`` and
+    ``mults`` from ``_layout_args``. ``config`` (BLOCK, BLOCK_K, num_warps, num_stages): as
+    ``_products``'s."""
+    batch, d = a.shape[0], a.shape[-1]
+
+    def grid(meta):
+        nt = triton_cdiv(d, meta["BLOCK"])
+        return (batch * (nt * (nt + 1) // 2),)
+
+    _launch_tuned(k._covariance_kernel, grid,
+                  (xm, mean, var, a, z1, trace, sqrt_trace, d, layout[0], _batch_class(batch),
+                   *layout[1:]),
+                  dict(MULTS=mults, PRECISION=precision, BLOCK_D=_block_for(d)), config)
+    return a
+
+
+def _grad_input(k, h, xm, m, layout, mults, mean, trace, gc_part, ha_part, grad_x, precision,
+                config=None):
+    """dL/dX into ``grad_x`` (the layout of ``xm``, M = ``m`` positions) from dL/dA = ``h`` and the
+    partial sums of <dL/dC, C> and <dL/dA, A>; ``layout`` and ``mults`` from ``_layout_args``.
+    ``config`` (BLOCK_C, BLOCK_M, BLOCK_K, num_warps, num_stages): as ``_products``'s."""
+    batch, d = h.shape[0], h.shape[-1]
+    _launch_tuned(
+        k._grad_input_kernel, lambda meta: (batch * triton_cdiv(d, meta["BLOCK_C"]) *
+                                            triton_cdiv(m, meta["BLOCK_M"]),),
+        (h, xm, mean, trace, gc_part, ha_part, grad_x, d, layout[0], _batch_class(batch),
+         *layout[1:]),
+        dict(MULTS=mults, GC_SLOTS=gc_part.shape[1], HA_SLOTS=ha_part.shape[1],
+             PRECISION=precision), config)
+    return grad_x
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -412,14 +454,10 @@ def _forward(x, iters, vectorize, precision):
     saved = (a, mean, trace, sqrt_trace, yzs, ts)
     if _replayed(xm, out, a, mean, var, trace, sqrt_trace, yzs, ts, None if iters >= 2 else z1):
         return (out, *saved)
-    (mq, sbq, scq, smq), mults = _layout_args(m, (sb, sc, sm))
+    layout, mults = _layout_args(m, (sb, sc, sm))
     _launch(k._channel_stats_kernel, (batch * triton_cdiv(d, 32),),
-            (xm, mean, var, d, mq, sbq, scq, smq), dict(MULTS=mults, BLOCK_C=32, BLOCK_M=64))
-    _launch_autotuned(
-        k._covariance_kernel, lambda meta: (batch * (triton_cdiv(d, meta["BLOCK"]) *
-                                                     (triton_cdiv(d, meta["BLOCK"]) + 1) // 2),),
-        (xm, mean, var, a, z1, trace, sqrt_trace, d, mq, _batch_class(batch), sbq, scq, smq),
-        dict(MULTS=mults, PRECISION=precision, BLOCK_D=_block_for(d)))
+            (xm, mean, var, d, *layout), dict(MULTS=mults, BLOCK_C=32, BLOCK_M=64))
+    _covariance(k, xm, layout, mults, mean, var, a, z1, trace, sqrt_trace, precision)
 
     final = dict(scale=sqrt_trace, triu=vectorize, precision=precision)
     if iters == 1:  # Y_1 = A T_1 = 1.5 A - 0.5 A A, times sqrt(tr Sigma)
@@ -486,14 +524,9 @@ def _backward(grad_out, x, out, a, mean, trace, sqrt_trace, yzs, ts, iters, vect
         else:
             dyz, spare = _products(k, spare, [(_pair(dyz), t), (_pair(yz), dt)],
                                    precision=precision), dyz
-    (mq, sbq, scq, smq), mults = _layout_args(m, (sb, sc, sm))
-    _launch_autotuned(
-        k._grad_input_kernel, lambda meta: (batch * triton_cdiv(d, meta["BLOCK_C"]) *
-                                            triton_cdiv(m, meta["BLOCK_M"]),),
-        (h, xm, mean, trace, gc_part, ha_part, grad_x, d, mq, _batch_class(batch), sbq, scq, smq),
-        dict(MULTS=mults, GC_SLOTS=gc_part.shape[1], HA_SLOTS=ha_part.shape[1],
-             PRECISION=precision))
-    return grad_x
+    layout, mults = _layout_args(m, (sb, sc, sm))
+    return _grad_input(k, h, xm, m, layout, mults, mean, trace, gc_part, ha_part, grad_x,
+                       precision)
 
 
 def _device_guard(device: torch.device):

@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from cvkit.kernels.interpret import interpreting
-from cvkit.kernels.tile_configs import product_configs_from_env
+from cvkit.kernels.tile_configs import (COVARIANCE_ENV_VAR, ENV_VAR, GRADX_ENV_VAR,
+                                        configs_from_env)
 
 INTERPRET = interpreting()
 TINY_TRACE: tl.constexpr = tl.constexpr(1e-30)  # the same threshold as cvkit.layers.covpool
@@ -25,7 +26,7 @@ def _configs(cuda_configs, interpret_config, override=None):
     """A short autotune list on the GPU; one config under the interpreter (no timing there);
     ``override`` (parsed ``tile_configs`` dicts) replaces either."""
     if override:
-        return [triton.Config({"BLOCK": c["BLOCK"], "BLOCK_K": c["BLOCK_K"]},
+        return [triton.Config({k: v for k, v in c.items() if k not in ("num_warps", "num_stages")},
                               num_warps=c["num_warps"], num_stages=c["num_stages"])
                 for c in override]
     if INTERPRET:
@@ -72,14 +73,18 @@ def _store(ptrs, value, mask, EVEN: tl.constexpr):
 # Output tile BLOCK×BLOCK (square, so a tile's mirror is a tile), reduction step BLOCK_K. Under the
 # interpreter, 32×32 tiles keep the program count (its cost) low; d > 32 gives several tiles.
 # Two configs each: every config is compiled per kernel variant and precision (seconds apiece).
-# CVKIT_ISQRT_COV_PRODUCT_CONFIGS replaces the product configs (``tile_configs``). The product
-# configs are those `covpool-tiles` chose on an H100 (BENCHMARKS.md, run 7) and again on an H200
-# (run 10); the autotuner took the first for every one-product launch there, the second for every
-# two-product launch.
-_PRODUCT_CONFIGS = _configs(
-    [({"BLOCK": 64, "BLOCK_K": 32}, 4, 4),
-     ({"BLOCK": 64, "BLOCK_K": 64}, 4, 2)],
-    {"BLOCK": 32, "BLOCK_K": 32}, product_configs_from_env())
+# The variables of ``tile_configs`` replace the lists: CVKIT_ISQRT_COV_PRODUCT_CONFIGS the product
+# configs, which the covariance kernel shares unless CVKIT_ISQRT_COV_COVARIANCE_CONFIGS is set, and
+# CVKIT_ISQRT_COV_GRADX_CONFIGS the input gradient's. The product configs are those `covpool-tiles`
+# chose on an H100 (BENCHMARKS.md, run 7) and again on an H200 (run 10); the autotuner took the
+# first for every one-product launch there, the second for every two-product launch.
+_PRODUCT_CUDA = [({"BLOCK": 64, "BLOCK_K": 32}, 4, 4),
+                 ({"BLOCK": 64, "BLOCK_K": 64}, 4, 2)]
+_PRODUCT_INTERPRET = {"BLOCK": 32, "BLOCK_K": 32}
+_PRODUCT_CONFIGS = _configs(_PRODUCT_CUDA, _PRODUCT_INTERPRET, configs_from_env(ENV_VAR))
+_COVARIANCE_OVERRIDE = configs_from_env(COVARIANCE_ENV_VAR)
+_COVARIANCE_CONFIGS = (_configs(_PRODUCT_CUDA, _PRODUCT_INTERPRET, _COVARIANCE_OVERRIDE)
+                       if _COVARIANCE_OVERRIDE else _PRODUCT_CONFIGS)
 # The input gradient's tiles span channels (BLOCK_C) and positions (BLOCK_M). 128x64 with 8 warps
 # won on the H100 in run 7 (137 us per step at B = 128, d = 256). A 14x14 map (M = 196, the GCP
 # layout) fills 196 of 256 columns of 64-wide position tiles and 196 of 224 of 32-wide ones: the
@@ -88,7 +93,7 @@ _GRADX_CONFIGS = _configs(
     [({"BLOCK_C": 64, "BLOCK_M": 64, "BLOCK_K": 32}, 4, 3),
      ({"BLOCK_C": 128, "BLOCK_M": 64, "BLOCK_K": 32}, 8, 3),
      ({"BLOCK_C": 128, "BLOCK_M": 32, "BLOCK_K": 32}, 4, 3)],
-    {"BLOCK_C": 32, "BLOCK_M": 32, "BLOCK_K": 32})
+    {"BLOCK_C": 32, "BLOCK_M": 32, "BLOCK_K": 32}, configs_from_env(GRADX_ENV_VAR))
 
 
 @triton.jit
@@ -286,7 +291,8 @@ def _load_centred(X, MEAN, b, rows, cols, d, M, stride_b, stride_c, stride_m):
     return tl.where(mask, x - mu[:, None], 0.0)
 
 
-@triton.autotune(configs=_PRODUCT_CONFIGS, key=["d", "M", "batch_class", "MULTS", "PRECISION"])
+@triton.autotune(configs=_COVARIANCE_CONFIGS,
+                 key=["d", "M", "batch_class", "MULTS", "PRECISION"])
 @triton.jit
 def _covariance_kernel(X, MEAN, VAR, A_OUT, Z1_OUT, TRACE, SQRT_TRACE, d, M, batch_class,
                        stride_b, stride_c, stride_m, MULTS: tl.constexpr, PRECISION: tl.constexpr,
