@@ -309,6 +309,8 @@ def test_decode_keeps_the_stored_orientation_as_pil(tmp_path):
     ({"crop_pct": 0}, "in (0, 1]"), ({"seed": -1}, "integer >= 0"),
     ({"num_workers": -2}, "integer >= 0"), ({"color_jitter": -0.1}, ">= 0"),
     ({"randaugment": 12}, "in [0, 11]"), ({"randaugment_magnitude": 1.5}, "in [0, 1]"),
+    ({"interpolation": "nearest"}, "'bilinear' or 'bicubic'"),
+    ({"interpolation": None}, "'bilinear' or 'bicubic'"),
 ])
 def test_bad_option_values_are_one_line_naming_the_key(option, allowed):
     """Checked when the datamodule is built, before any data is read (the root does not exist):
@@ -328,7 +330,26 @@ def test_option_values_at_the_ends_of_their_ranges_are_accepted():
                              ratio=(1.0, 1.0), image_size=1, seed=0, num_workers=0,
                              randaugment=11, randaugment_magnitude=1.0, mean=[0, 0, 0],
                              std=[1, 1, 1])
-    ClassificationDataModule(root="/nowhere", hflip=1, num_workers=None)
+    ClassificationDataModule(root="/nowhere", hflip=1, num_workers=None, interpolation="bicubic")
+
+
+def test_interpolation_reaches_the_training_crop_and_the_evaluation_resize(tiny):
+    """data.interpolation="bicubic": the training crop (scale 1 of the 96 px square images: the
+    whole image) and the evaluation resize are torchvision's antialiased bicubic resize of the
+    decoded image; the default stays bilinear (the demo's pixels)."""
+    import torchvision.transforms.v2.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    kw = dict(root=str(tiny), image_size=40, crop_pct=1.0, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+              hflip=0.0, num_workers=0)
+    for mode, given in (("bicubic", {"interpolation": "bicubic"}), ("bilinear", {})):
+        dm = ClassificationDataModule(**kw, **given)
+        dm.setup("fit")
+        for ds, item in ((dm.train_set, (0, 0)), (dm.val_set, 0)):
+            x = torch.from_numpy(decode_image(ds.samples[0][0])).permute(2, 0, 1)
+            assert x.shape[1:] == (96, 96)
+            expected = F.resize(x, [40, 40], interpolation=InterpolationMode(mode), antialias=True)
+            assert torch.equal(ds[item][0], expected), (mode, ds.root)
 
 
 def test_collate_records_where_skipped_files_were(tiny):

@@ -150,3 +150,71 @@ def test_randaugment_ops_is_the_number_of_policy_ops():
     assert len(randaugment_like().transforms) == RANDAUGMENT_OPS
     img = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     assert train_transform(32, randaugment=RANDAUGMENT_OPS)(image=img)["image"].shape == (3, 32, 32)
+
+
+# -- data.interpolation ---------------------------------------------------------------------------
+def _sha256(*tensors) -> str:
+    import hashlib
+
+    return hashlib.sha256(b"".join(t.numpy().tobytes() for t in tensors)).hexdigest()
+
+
+def test_bilinear_default_keeps_the_pixels_of_before_the_option():
+    """SHA-256 of the uint8 outputs (3 seeded training crops, one evaluation crop, 48 px as the
+    demo) recorded with the code before ``interpolation`` existed (commit 10d23e9, torchvision
+    0.29.1): the default, and "bilinear" given, are those pixels bit for bit."""
+    img = photo_like(150, 200)
+    for kwargs in ({}, {"interpolation": "bilinear"}):
+        tf = train_transform(48, normalize=False, **kwargs)
+        crops = []
+        for seed in range(3):
+            tf.set_random_seed(seed)
+            crops.append(tf(image=img)["image"])
+        assert _sha256(*crops) == "1fdaea55ee5bdb64e9f319d04aa67a51eaa2dbd7f48e0a6f582816d6b15a77c3"
+        ev = eval_transform(48, crop_pct=0.875, normalize=False, **kwargs)(image=img)["image"]
+        assert _sha256(ev) == "cb872adce71f1b4c85da7de340f9de65f69ea9765336d03a42dba1c8fddbfbe7"
+
+
+@pytest.mark.parametrize("hw", [(150, 200), (60, 80)])
+def test_bicubic_is_torchvisions_antialiased_bicubic_in_train_and_eval(hw):
+    """interpolation="bicubic": the whole-image training crop (scale 1, the image's aspect) and the
+    evaluation resize are torchvision's antialiased bicubic resize exactly, PIL's BICUBIC within
+    one grey level (timm's bicubic pipelines), and several grey levels from the bilinear pixels."""
+    from PIL import Image
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+    import torchvision.transforms.v2.functional as F
+
+    img = photo_like(*hw)
+    x = torch.from_numpy(img).permute(2, 0, 1)
+    aspect = hw[1] / hw[0]
+    crop = dict(scale=(1.0, 1.0), ratio=(aspect, aspect), hflip=0.0, normalize=False)
+    ours = train_transform(48, interpolation="bicubic", **crop)(image=img)["image"]
+    assert torch.equal(ours, F.resize(x, [48, 48], interpolation=InterpolationMode.BICUBIC,
+                                      antialias=True))
+    pil = np.asarray(Image.fromarray(img).resize((48, 48), Image.BICUBIC)).astype(int)
+    assert np.abs(ours.permute(1, 2, 0).numpy().astype(int) - pil).max() <= 1
+    bilinear = train_transform(48, **crop)(image=img)["image"]
+    assert (ours.int() - bilinear.int()).abs().float().mean() > 1.0
+
+    ev = eval_transform(40, crop_pct=0.875, normalize=False, interpolation="bicubic")(image=img)
+    pil_tf = T.Compose([T.Resize(46, InterpolationMode.BICUBIC), T.CenterCrop(40)])  # 40 / 0.875
+    ref = pil_tf(Image.fromarray(img))
+    diff = np.abs(ev["image"].permute(1, 2, 0).numpy().astype(int) - np.asarray(ref).astype(int))
+    assert diff.max() <= 1, diff.max()
+    bilinear = eval_transform(40, crop_pct=0.875, normalize=False)(image=img)["image"]
+    assert (ev["image"].int() - bilinear.int()).abs().float().mean() > 1.0
+
+
+def test_unknown_interpolation_is_a_clear_error():
+    import cv2
+
+    from cvkit.data.resized_crop import AntialiasedRandomResizedCrop
+
+    for make in (lambda: train_transform(32, interpolation="nearest"),
+                 lambda: eval_transform(32, interpolation="nearest")):
+        with pytest.raises(ValueError, match=r"interpolation must be one of 'bilinear', "
+                                             r"'bicubic', got 'nearest'"):
+            make()
+    with pytest.raises(ValueError, match="INTER_LINEAR .* or cv2.INTER_CUBIC"):
+        AntialiasedRandomResizedCrop(size=(8, 8), interpolation=cv2.INTER_AREA)

@@ -292,6 +292,109 @@ def test_reset_classifier_and_forward_head():
         assert vit(small_input("vit_tiny_patch16")).shape == (2, 192 + 32896)
 
 
+def test_reset_classifier_zero_and_no_pool_is_timms_resnet():
+    """reset_classifier(0, "") (timm: no classifier, no pooling) raised on every CNN preset; on
+    resnet18 it now gives what timm's resnet18 gives with the same weights: the (B, 512, H/32,
+    W/32) map."""
+    x = small_input("resnet18")
+    model = cvkit.create_model("resnet18").eval()
+    ref = timm.create_model("resnet18").eval()
+    ref.load_state_dict(model.state_dict())
+    model.reset_classifier(0, "")
+    ref.reset_classifier(0, "")
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, 512, 2, 2) and torch.equal(out, ref(x))
+
+
+@pytest.mark.parametrize("name, shape", [("resnet18_gcp", (2, 512, 4, 4)),
+                                         ("mobilenetv2", (2, 1280, 2, 2)),
+                                         ("mobilenetv2_gcp", (2, 1280, 2, 2))])
+def test_reset_classifier_pool_changes_on_cnns(name, shape):
+    """global_pool="" = the backbone's map (a GCP head goes whole: reduction, covariance; the GCP
+    ResNet's last stage stays at stride 1, 4x4 at 64 px); "avg" = its global average; a trained GCP
+    head stays with None / "gcp"; a classifier on an unpooled map, or adding a GCP head to a built
+    network, is a clear error that changes nothing."""
+    x = small_input(name)
+    model = cvkit.create_model(name, num_classes=10).eval()
+    with torch.no_grad():
+        fmap = model.forward_features(x)
+        pooled = model.forward_head(fmap, pre_logits=True)
+        if name.endswith("_gcp"):
+            model.reset_classifier(0, "gcp")
+            assert torch.equal(model(x), pooled)
+        model.reset_classifier(0, "")
+        assert not any(k.startswith("global_pool.") for k in model.state_dict())
+        out = model(x)
+        assert out.shape == shape and torch.equal(out, fmap)
+        with pytest.raises(ValueError, match=r"num_classes=5 cannot take: use num_classes=0"):
+            model.reset_classifier(5, "")
+        with pytest.raises(ValueError, match=r"cannot add an iSQRT-COV head .*'' -> 'gcp'"):
+            model.reset_classifier(5, "gcp")
+        assert torch.equal(model(x), fmap)
+        model.reset_classifier(3, "avg")
+        torch.testing.assert_close(model.forward_head(fmap, pre_logits=True), fmap.mean((2, 3)))
+        assert model(x).shape == (2, 3) and model.get_classifier().in_features == shape[1]
+    with pytest.raises(ValueError, match=r"global_pool='' .* num_classes=10"):
+        cvkit.create_model(name, num_classes=10, global_pool="")
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16", "vit_tiny_patch16_hc2"])
+def test_vit_frozen_stem_and_blocks_stay_in_eval_in_training(name):
+    """With the embedding and block 0 frozen (CvkitBackbone(frozen_stages=0), mmdet's frozen
+    stages) train() keeps them in eval mode, pos_drop included (it stayed in training: the frozen
+    feature map was random); their output is the eval output. Trainable blocks keep drop path;
+    with block 0 trainable, pos_drop regularises its input and trains (mmpretrain freezes
+    drop_after_pos only with frozen layers)."""
+    torch.manual_seed(0)
+    model = cvkit.create_model(name, img_size=32, depth=3, num_classes=10, pos_drop_rate=0.5,
+                               drop_path_rate=0.5)
+    x = small_input(name)
+    frozen = [model.pos_embed, model.cls_token, *model.patch_embed.parameters(),
+              *model.blocks[0].parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+
+    def first():
+        return model.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
+
+    model.eval()
+    with torch.no_grad():
+        ref = first()
+        model.train()
+        assert model.training and not model.pos_drop.training
+        assert not any(m.training for m in model.blocks[0].modules())
+        assert all(m.training for m in model.blocks[1].modules())
+        assert torch.equal(first(), ref)
+        assert not torch.equal(model(x), model(x))  # drop path in the trainable blocks
+    for p in model.blocks[0].parameters():
+        p.requires_grad_(True)
+    model.train()
+    assert model.pos_drop.training and model.blocks[0].training
+
+
+def test_recipes_and_pretrained_cfg_agree_on_interpolation():
+    """Every recipe's resize filter (data.interpolation, else the datamodule's default) is the
+    interpolation its preset's pretrained_cfg announces (timm's resolve_data_config reads it):
+    the ViT presets said bicubic while their recipes trained and evaluated bilinear."""
+    from pathlib import Path
+
+    import yaml
+
+    from cvkit.models.registry import pretrained_cfg
+
+    default = "bilinear"  # the datamodule's (its pixels: test_data_datamodule.py)
+    folder = Path(__file__).resolve().parents[1] / "configs" / "classification"
+    recipes = sorted(folder.glob("*.yaml"))
+    assert len(recipes) > 40
+    for path in recipes:
+        cfg = yaml.safe_load(path.read_text())
+        name = cfg["model"]["model_name"]
+        recipe = (cfg.get("data") or {}).get("interpolation", default)
+        assert pretrained_cfg(PRESETS[name])["interpolation"] == recipe, path.name
+        assert timm.models.get_pretrained_cfg(f"cvkit_{name}").interpolation == recipe, path.name
+
+
 def test_grad_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
     model = cvkit.create_model("resnet18_hc2", num_classes=10).eval()

@@ -26,8 +26,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from cvkit.data.transforms import (CROP_PCT, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
-                                   RANDAUGMENT_OPS, eval_transform, normalize_batch,
-                                   train_transform)
+                                   INTERPOLATIONS, RANDAUGMENT_OPS, eval_transform,
+                                   normalize_batch, train_transform)
 from cvkit.tool_errors import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY,
                                OptionError, check_options)
 
@@ -290,6 +290,9 @@ class ClassificationDataModule(LightningDataModule):
         seed: sampler order and per-sample augmentation seed; None (default): the run's seed
             (``tools/train.py`` gives ``seed_everything``, so ``--seed_everything N`` changes the
             data order and augmentation too), 0 outside the command line.
+        interpolation: the resize filter of the training crop and of the evaluation resize,
+            torchvision's antialiased "bilinear" (default: the papers' PIL pipeline, within one
+            grey level) or "bicubic" (timm's ``--interpolation bicubic``, DeiT's recipe).
 
     A value out of range is a one-line :class:`~cvkit.tool_errors.OptionError` naming
     ``data.<key>`` and the allowed values, when the datamodule is built.
@@ -304,7 +307,7 @@ class ClassificationDataModule(LightningDataModule):
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  num_workers: Optional[int] = None, pin_memory: Optional[bool] = None,
                  persistent_workers: bool = True, strict: bool = False,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, interpolation: str = "bilinear"):
         def rgb(test):
             return lambda v: len(v) == 3 and all(test(x) for x in v)
 
@@ -327,6 +330,8 @@ class ClassificationDataModule(LightningDataModule):
              "null (automatic) or an integer >= 0"),
             ("seed", seed, lambda v: v is None or NON_NEGATIVE_INT[0](v),
              "null (the run's seed_everything) or an integer >= 0"),
+            ("interpolation", interpolation, lambda v: isinstance(v, str) and v in INTERPOLATIONS,
+             " or ".join(map(repr, INTERPOLATIONS)) + " (the antialiased resize filter)"),
         ])
         seed = 0 if seed is None else seed  # recorded resolved (save_hyperparameters reads it)
         super().__init__()
@@ -347,9 +352,11 @@ class ClassificationDataModule(LightningDataModule):
         hp = self.hparams
         if train:
             tf = train_transform(hp.image_size, hp.scale, hp.ratio, hp.hflip, hp.color_jitter,
-                                 hp.randaugment, hp.randaugment_magnitude, normalize=False)
+                                 hp.randaugment, hp.randaugment_magnitude, normalize=False,
+                                 interpolation=hp.interpolation)
         else:
-            tf = eval_transform(hp.image_size, hp.crop_pct, normalize=False)
+            tf = eval_transform(hp.image_size, hp.crop_pct, normalize=False,
+                                interpolation=hp.interpolation)
         return ImageFolderDataset(self.root / name, tf, strict=self.strict, seed=self.seed)
 
     @property

@@ -7,6 +7,10 @@ with torchvision's antialiased bilinear resize, as the papers' PIL RandomResized
 shorter side to ``size / crop_pct`` (256 for 224 at the usual crop_pct 0.875) then centre crop
 ``size``, with torchvision's antialiased bilinear resize: the pixels the papers (and the released
 checkpoints) were evaluated on, to within one grey level.
+
+``interpolation="bicubic"`` resizes both with torchvision's antialiased bicubic filter instead
+(timm's ``--train-interpolation`` / ``--interpolation``, the DeiT recipe's choice); "bilinear"
+(default) gives the same pixels as before the option existed.
 """
 from __future__ import annotations
 
@@ -20,6 +24,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SIZE, CROP_PCT = 224, 0.875
 #: the number of ops :func:`randaugment_like` picks from (the most ``num_ops`` can be)
 RANDAUGMENT_OPS = 11
+#: the resize filters of ``data.interpolation`` (torchvision's antialiased ones); first = default
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def check_interpolation(interpolation: str) -> str:
+    """``interpolation`` if it is one of :data:`INTERPOLATIONS`, else a ValueError naming them."""
+    if not (isinstance(interpolation, str) and interpolation in INTERPOLATIONS):
+        raise ValueError(f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, "
+                         f"got {interpolation!r}")
+    return interpolation
 
 
 def eval_resize(size: int, crop_pct: float = CROP_PCT) -> int:
@@ -81,14 +95,17 @@ def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
                     ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
                     color_jitter: float = 0.0, randaugment: int = 0, randaugment_magnitude: float = 0.5,
                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                    normalize: bool = True):
-    """Training pipeline; ``randaugment`` is the number of policy ops per image (0 = off)."""
+                    normalize: bool = True, interpolation: str = "bilinear"):
+    """Training pipeline; ``randaugment`` is the number of policy ops per image (0 = off);
+    ``interpolation``: the crop's antialiased resize filter, "bilinear" or "bicubic"."""
     import albumentations as A
 
-    from cvkit.data.resized_crop import AntialiasedRandomResizedCrop
+    from cvkit.data.resized_crop import CV2_FILTERS, AntialiasedRandomResizedCrop
 
+    check_interpolation(interpolation)
+    flag = next(f for f, name in CV2_FILTERS.items() if name == interpolation)
     ops = [AntialiasedRandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=tuple(ratio),
-                                        p=1.0)]
+                                        interpolation=flag, p=1.0)]
     if hflip > 0:
         ops.append(A.HorizontalFlip(p=hflip))
     if color_jitter > 0:
@@ -100,9 +117,10 @@ def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
 
 
 class EvalTransform:
-    """torchvision's ImageNet evaluation transform, ``Resize(resize)`` (shorter side, bilinear,
-    antialiased) + ``CenterCrop(size)``, on a uint8 HxWx3 array; called as albumentations'
-    pipelines are (``tf(image=img)["image"]``), giving a CHW tensor (uint8, or float32 normalised).
+    """torchvision's ImageNet evaluation transform, ``Resize(resize)`` (shorter side, antialiased,
+    ``interpolation`` "bilinear" or "bicubic") + ``CenterCrop(size)``, on a uint8 HxWx3 array;
+    called as albumentations' pipelines are (``tf(image=img)["image"]``), giving a CHW tensor
+    (uint8, or float32 normalised).
 
     The papers evaluated with torchvision's PIL transforms. OpenCV's resize (albumentations') does
     not antialias a downscale: on ImageNet-sized photos its crop differs from PIL's by 1-6 grey
@@ -110,27 +128,32 @@ class EvalTransform:
     """
 
     def __init__(self, size: int, resize: int, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, normalize: bool = True) -> None:
+                 std: Sequence[float] = IMAGENET_STD, normalize: bool = True,
+                 interpolation: str = "bilinear") -> None:
         self.size, self.resize = size, resize
         self.mean, self.std, self.normalize = tuple(mean), tuple(std), normalize
+        self.interpolation = check_interpolation(interpolation)
 
     def __call__(self, *, image) -> dict:
         import torch
         import torchvision.transforms.v2.functional as F
+        from torchvision.transforms import InterpolationMode
 
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        x = F.center_crop(F.resize(x, [self.resize], antialias=True), [self.size])
+        mode = InterpolationMode(self.interpolation)  # "bilinear" / "bicubic" are its values
+        x = F.center_crop(F.resize(x, [self.resize], interpolation=mode, antialias=True),
+                          [self.size])
         if self.normalize:
             x = normalize_batch(x[None], self.mean, self.std)[0]
         return {"image": x.contiguous()}
 
     def __repr__(self) -> str:
         return (f"EvalTransform(resize={self.resize}, center_crop={self.size}, "
-                f"normalize={self.normalize})")
+                f"interpolation={self.interpolation!r}, normalize={self.normalize})")
 
 
 def eval_transform(size: int = IMAGE_SIZE, crop_pct: float = CROP_PCT,
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                   normalize: bool = True) -> EvalTransform:
+                   normalize: bool = True, interpolation: str = "bilinear") -> EvalTransform:
     """Resize the shorter side to :func:`eval_resize`, centre crop ``size`` (:class:`EvalTransform`)."""
-    return EvalTransform(size, eval_resize(size, crop_pct), mean, std, normalize)
+    return EvalTransform(size, eval_resize(size, crop_pct), mean, std, normalize, interpolation)

@@ -22,7 +22,8 @@ POOLS = ("avg", "gcp")
 
 def create_pool(kind: str, in_channels: int, gcp_dim: int | None = 256,
                 gcp_iters: int = 5) -> tuple[nn.Module, int]:
-    """The pooling module for ``kind`` ("avg" or "gcp") and the width of its output vector."""
+    """The pooling module for ``kind`` ("avg", "gcp", or "" = no pooling, timm's meaning: the
+    (B, C, H, W) map passes through) and its output width (channels for "")."""
     if kind == "avg":
         return SelectAdaptivePool2d(pool_type="avg", flatten=True), in_channels
     if kind == "gcp":
@@ -30,7 +31,40 @@ def create_pool(kind: str, in_channels: int, gcp_dim: int | None = 256,
 
         pool = CovariancePooling(in_channels, dim=gcp_dim, iters=gcp_iters)
         return pool, pool.out_features
-    raise ValueError(f"unknown global pool {kind!r}; expected one of {POOLS}")
+    if kind == "":
+        return nn.Identity(), in_channels
+    raise ValueError(f"unknown global pool {kind!r}; expected one of {POOLS} or '' (no pooling)")
+
+
+def check_unpooled_head(kind: str, num_classes: int) -> None:
+    """No classifier on an unpooled map: ``global_pool=""`` needs ``num_classes=0`` (timm builds
+    the Linear and fails at the first forward with a shape mismatch)."""
+    if kind == "" and num_classes:
+        raise ValueError(f"global_pool='' (no pooling) gives (B, C, H, W) maps, which a linear "
+                         f"classifier of num_classes={num_classes} cannot take: use "
+                         f"num_classes=0 for the unpooled features, or a pool: "
+                         f"{' or '.join(map(repr, POOLS))}")
+
+
+def reset_pool(pool: nn.Module, kind: str, width: int, new_kind: str | None, in_channels: int,
+               num_classes: int) -> tuple[nn.Module, int, str]:
+    """The pooling of a CNN after timm's ``reset_classifier(num_classes, new_kind)``: (module,
+    output width, kind). None or the same kind keeps ``pool`` (a trained iSQRT-COV head too);
+    "avg" or "" replaces it (a GCP head's reduction layers go with it: "" is the backbone's
+    map, "avg" its global average); "gcp" cannot be added to a built network (the ResNets' GCP
+    layout runs the last stage at stride 1, and its reduction would be untrained). Checked before
+    anything changes."""
+    new_kind = kind if new_kind is None else new_kind
+    if new_kind != kind and new_kind == "gcp":
+        raise ValueError(f"reset_classifier cannot add an iSQRT-COV head to a built model "
+                         f"({kind!r} -> 'gcp'): create one with global_pool='gcp' (a *_gcp preset)")
+    if new_kind not in (*POOLS, ""):
+        raise ValueError(f"unknown global pool {new_kind!r}; expected one of {POOLS} or '' "
+                         f"(no pooling)")
+    check_unpooled_head(new_kind, num_classes)
+    if new_kind == kind:
+        return pool, width, kind
+    return (*create_pool(new_kind, in_channels), new_kind)
 
 
 class TokenCovariancePool(nn.Module):

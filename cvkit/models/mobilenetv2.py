@@ -28,7 +28,7 @@ from timm.models._features import feature_take_indices
 from cvkit.layers.covpool import CovariancePooling
 from cvkit.layers.eca import EcaModule, check_eca_k_size
 from cvkit.models.eca_residual import eca_residual
-from cvkit.models.heads import create_pool
+from cvkit.models.heads import check_unpooled_head, create_pool, reset_pool
 from cvkit.models.pruning import records_pruned_keys
 from cvkit.models.streams import run_blocks, stream_spec
 
@@ -109,6 +109,7 @@ class MobileNetV2(nn.Module):
                  hc_dynamic: bool = False, hc_nan_guard: bool = False,
                  drop_rate: float = 0.2) -> None:
         super().__init__()
+        check_unpooled_head(global_pool, num_classes)
         self.num_classes = num_classes
         self.grad_checkpointing = False
         self.spec = stream_spec(hc_rate, fc_rate, hc_dynamic, hc_nan_guard)
@@ -153,10 +154,10 @@ class MobileNetV2(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def _linear(self, num_classes: int, device=None) -> nn.Module:
+    def _linear(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if not num_classes:
             return nn.Identity()
-        return nn.Linear(self.head_hidden_size, num_classes, device=device)
+        return nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -177,17 +178,26 @@ class MobileNetV2(nn.Module):
         return self.classifier[1]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None and global_pool != self.global_pool_type:
-            raise ValueError(f"reset_classifier cannot change the global pool of a built model "
-                             f"({self.global_pool_type!r} -> {global_pool!r}); create a new one")
+        """timm's contract, as :meth:`cvkit.models.resnet.ResNet.reset_classifier`: ``global_pool``
+        None keeps the pooling (a trained GCP head too), "avg" or "" (no pooling: the (B, 1280,
+        H, W) map out, only with num_classes=0) replaces it; the dropout stays."""
+        pool, width, kind = reset_pool(self.global_pool, self.global_pool_type,
+                                       self.head_hidden_size, global_pool, self.num_features,
+                                       num_classes)
+        self.global_pool, self.head_hidden_size, self.global_pool_type = pool, width, kind
         self.num_classes = num_classes
-        self.classifier[1] = self._linear(num_classes, self.features[0][0].weight.device)
+        w = self.features[0][0].weight
+        self.classifier[1] = self._linear(num_classes, w.device, w.dtype)
+        self.global_pool.train(self.training)
+        self.classifier[1].train(self.training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return run_blocks(self.features, x, self.spec, self.grad_checkpointing)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1)
+        x = self.global_pool(x)
+        if self.global_pool_type:  # a vector; without pooling ("") the map stays, as in timm
+            x = x.flatten(1)
         x = self.classifier[0](x)
         return x if pre_logits else self.classifier[1](x)
 
@@ -219,6 +229,5 @@ class MobileNetV2(nn.Module):
         if not keep_end:
             self.features = self.features[:last + 1]
         if prune_head or not keep_end:
-            self.global_pool = nn.Identity()
-            self.reset_classifier(0)
+            self.reset_classifier(0, "")
         return take

@@ -124,10 +124,20 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def pretrained_cfg(preset: Preset) -> dict[str, Any]:
-    """timm ``pretrained_cfg`` of a preset: preprocessing and head metadata (no weights URL)."""
-    vit = preset.family == "vit"
+    """timm ``pretrained_cfg`` of a preset: preprocessing and head metadata (no weights URL).
+
+    ``interpolation`` is the resize filter the preset's recipe trains and evaluates with (what
+    timm's ``resolve_data_config`` hands to its transforms): antialiased bilinear, the data
+    pipeline's default, for every preset. The CNN recipes are the papers' torchvision/PIL
+    pipeline (bilinear). The ViT recipes (``configs/classification/vit_*.yaml``) set
+    ``data.interpolation: bilinear``: Hyper-Connections does not state it, its ViT/16 recipe is
+    the ViT paper's ImageNet one, whose public config (big_vision ``configs/vit_i1k.py``) resizes
+    the training crop ``method="bilinear"``; bicubic (timm's ViT configs) is DeiT's recipe, not
+    theirs. ``tests/test_models_registry.py`` checks every recipe against this value."""
+    from cvkit.data.transforms import INTERPOLATIONS
+
     cfg = dict(url="", num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
-               interpolation="bicubic" if vit else "bilinear", mean=IMAGENET_DEFAULT_MEAN,
+               interpolation=INTERPOLATIONS[0], mean=IMAGENET_DEFAULT_MEAN,
                std=IMAGENET_DEFAULT_STD, license="apache-2.0")
     gcp = preset.kwargs.get("global_pool") == "gcp"
     if preset.family == "resnet":  # the iSQRT-COV ResNets' last stage runs at stride 1

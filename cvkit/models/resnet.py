@@ -26,7 +26,7 @@ from timm.models._features import feature_take_indices
 
 from cvkit.layers.eca import EcaModule, check_eca_k_size
 from cvkit.models.eca_residual import eca_residual
-from cvkit.models.heads import create_pool
+from cvkit.models.heads import check_unpooled_head, create_pool, reset_pool
 from cvkit.models.pruning import records_pruned_keys
 from cvkit.models.streams import StreamSpec, run_blocks, stream_spec
 
@@ -159,6 +159,7 @@ class ResNet(nn.Module):
         super().__init__()
         if depth not in ARCH:
             raise ValueError(f"ResNet depth must be one of {sorted(ARCH)}, got {depth!r}")
+        check_unpooled_head(global_pool, num_classes)
         kind, layers = ARCH[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.depth = depth
@@ -241,13 +242,21 @@ class ResNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's ResNet contract: a new classifier for ``num_classes`` (0: Identity, features
+        out); ``global_pool`` None keeps the pooling (a trained GCP head too), "avg" or ""
+        replaces it — "" = no pooling, ``forward_head`` returns the (B, C, H, W) map (only with
+        num_classes=0); a GCP head then goes entirely (reduction included), the map is the last
+        stage's (stride 16 on a GCP ResNet). See :func:`cvkit.models.heads.reset_pool`."""
+        pool, width, kind = reset_pool(self.global_pool, self.global_pool_type,
+                                       self.head_hidden_size, global_pool, self.num_features,
+                                       num_classes)
+        w = self.conv1.weight
+        self.global_pool, self.head_hidden_size, self.global_pool_type = pool, width, kind
         self.num_classes = num_classes
-        if global_pool is not None and global_pool != self.global_pool_type:
-            raise ValueError(f"reset_classifier cannot change the global pool of a built model "
-                             f"({self.global_pool_type!r} -> {global_pool!r}); create a new one")
-        device = self.conv1.weight.device
-        self.fc = (nn.Linear(self.head_hidden_size, num_classes, device=device)
+        self.fc = (nn.Linear(width, num_classes, device=w.device, dtype=w.dtype)
                    if num_classes else nn.Identity())
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn1(self.conv1(x)))
@@ -259,7 +268,9 @@ class ResNet(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1)
+        x = self.global_pool(x)
+        if self.global_pool_type:  # a vector; without pooling ("") the map stays, as in timm
+            x = x.flatten(1)
         if self.drop_rate:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
@@ -293,6 +304,5 @@ class ResNet(nn.Module):
         for i in range(max_index + 1, 5):
             setattr(self, f"layer{i}", ResNetStage([], None))
         if prune_head:
-            self.global_pool = nn.Identity()
-            self.reset_classifier(0)
+            self.reset_classifier(0, "")
         return take

@@ -16,6 +16,11 @@ Built on timm's ``VisionTransformer`` and ``Block``, so parameter names, initial
 * ``global_pool="gcp"`` — :class:`~cvkit.models.heads.TokenCovariancePool`: the class token
   concatenated with the iSQRT-COV of the patch tokens, one linear classifier.
 * a clear error for an input of the wrong size (timm's PatchEmbed asserts deep inside).
+* frozen stages stay in eval mode: ``train()`` keeps the frozen prefix of the network (embedding,
+  its dropouts ``pos_drop`` / ``patch_drop``, and the leading blocks with no trainable parameter)
+  in eval mode once the embedding and the first block are frozen, as mmdet's / mmpretrain's
+  ``_freeze_stages`` (``drop_after_pos.eval()``, re-applied by their ``train()`` override): a
+  frozen feature map is deterministic (``CvkitBackbone(frozen_stages=k)`` relies on it).
 """
 from __future__ import annotations
 
@@ -192,6 +197,35 @@ class VisionTransformer(TimmVisionTransformer):
         if prune_head:
             self.pruned_modules = getattr(self, "pruned_modules", frozenset()) | {"gcp"}
         return take
+
+    def train(self, mode: bool = True) -> "VisionTransformer":
+        """``nn.Module.train``; in training, :meth:`frozen_prefix` stays in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self.frozen_prefix():
+                module.eval()
+        return self
+
+    def frozen_prefix(self) -> list[nn.Module]:
+        """The modules before the first trainable parameter, when that is after block 0: the
+        embedding (patch embedding, position dropout, patch dropout, pre-norm) and the leading
+        blocks none of whose parameters has ``requires_grad``; [] when the embedding or block 0
+        trains (then ``pos_drop`` regularises a trainable block's input and stays on)."""
+        def frozen(params) -> bool:
+            return not any(p.requires_grad for p in params if p is not None)
+
+        stem = [m for m in (self.patch_embed, getattr(self, "pos_drop", None),
+                            getattr(self, "patch_drop", None), getattr(self, "norm_pre", None))
+                if m is not None]
+        tokens = [getattr(self, n, None) for n in ("pos_embed", "cls_token", "reg_token")]
+        if not frozen([*tokens, *(p for m in stem for p in m.parameters())]):
+            return []
+        blocks = []
+        for block in self.blocks:
+            if not frozen(block.parameters()):
+                break
+            blocks.append(block)
+        return stem + blocks if blocks else []
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
