@@ -171,3 +171,24 @@ def test_test_tool_bad_size_or_crop_is_one_line_exit_2(gcp_weights, option, wher
                             "--workers", "0", "--accelerator", "cpu", *option])
     assert rc == 2
     assert _error_line(capsys) == f"error: {where}"
+
+
+def test_test_tool_resize_filter_defaults_to_the_checkpoints(gcp_weights, tmp_path):
+    """--interpolation picks the resize filter (bicubic scores other pixels than bilinear); without
+    it a training checkpoint's recorded data.interpolation is used, plain weights get bilinear."""
+    from cvkit.tasks.evaluate import evaluate
+
+    weights, val, model = gcp_weights
+    common = dict(data=val, image_size=32, num_workers=0, accelerator="cpu", batch_size=4)
+    plain = dict(checkpoint=weights, model_name="resnet18", model_kwargs={"global_pool": "gcp"})
+    bilinear = evaluate(**plain, **common, interpolation="bilinear")["loss"]
+    bicubic = evaluate(**plain, **common, interpolation="bicubic")["loss"]
+    assert bicubic != bilinear
+    assert evaluate(**plain, **common)["loss"] == bilinear
+    ckpt = tmp_path / "bicubic.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model_name": "resnet18", "num_classes": 2,
+                                     "model_kwargs": {"global_pool": "gcp", "gcp_dim": 32}},
+                "datamodule_hyper_parameters": {"interpolation": "bicubic"}}, ckpt)
+    assert evaluate(ckpt, **common)["loss"] == bicubic
+    assert evaluate(ckpt, **common, interpolation="bilinear")["loss"] == bilinear

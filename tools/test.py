@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=None, help="default: as trained")
     p.add_argument("--crop-pct", type=float, default=None, help="default: as trained")
+    p.add_argument("--interpolation", choices=["bilinear", "bicubic"], default=None,
+                   help="resize filter (default: as trained; bilinear for plain weights)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="e.g. bf16-mixed")
@@ -46,7 +48,8 @@ def main(argv=None) -> int:
                           batch_size=args.batch_size, image_size=args.image_size,
                           crop_pct=args.crop_pct, num_workers=args.workers,
                           accelerator=args.accelerator, precision=args.precision,
-                          model_kwargs=parse_model_args(args.model_arg))
+                          model_kwargs=parse_model_args(args.model_arg),
+                          interpolation=args.interpolation)
     except Exception as e:  # a user's mistake is one line (exit 2 or 1, cvkit.tool_errors)
         if not is_user_error(e):
             raise

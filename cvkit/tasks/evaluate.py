@@ -93,10 +93,12 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
              batch_size: int = 64, image_size: Optional[int] = None,
              crop_pct: Optional[float] = None, num_workers: Optional[int] = None,
              accelerator: str = "auto", precision: Optional[str] = None,
-             model_kwargs: Optional[dict] = None) -> dict[str, Any]:
+             model_kwargs: Optional[dict] = None,
+             interpolation: Optional[str] = None) -> dict[str, Any]:
     """Top-1 / top-5 (percent) of ``checkpoint`` on the ImageFolder split ``data``
     (``data/<class>/<image>``; a folder holding ``val/`` is accepted too). Writes JSON to ``output``
-    when given. Image size and crop default to the ones the checkpoint was trained with.
+    when given. Image size, crop and resize filter (``interpolation``, "bilinear" or "bicubic")
+    default to the ones the checkpoint was trained with (plain weights: 224, 0.875, bilinear).
     ``model_name`` / ``model_kwargs``: for plain weights (see :func:`load_task`). A size below 1,
     a crop_pct outside (0, 1] or negative workers is an OptionError naming the tool's option."""
     from lightning.pytorch import Trainer
@@ -122,6 +124,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike,
         image_size=dm_hp.get("image_size", IMAGE_SIZE) if image_size is None else image_size,
         crop_pct=dm_hp.get("crop_pct", CROP_PCT) if crop_pct is None else crop_pct,
         mean=dm_hp.get("mean", (0.485, 0.456, 0.406)), std=dm_hp.get("std", (0.229, 0.224, 0.225)),
+        interpolation=dm_hp.get("interpolation", "bilinear") if interpolation is None else interpolation,
         num_workers=num_workers, persistent_workers=False)
     dm.setup("test")
     why = head_mismatch(task.hparams.num_classes, dm.test_set, f"the head of {checkpoint}")
