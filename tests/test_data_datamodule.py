@@ -333,6 +333,20 @@ def test_option_values_at_the_ends_of_their_ranges_are_accepted():
     ClassificationDataModule(root="/nowhere", hflip=1, num_workers=None, interpolation="bicubic")
 
 
+def test_hparams_yaml_of_a_datamodule_built_in_python_is_plain_yaml(tmp_path):
+    """The tuple defaults (scale, ratio, mean, std) are recorded as lists, as the command line
+    gives them: Lightning's hparams.yaml then holds no !!python/tuple tag (yaml.safe_load reads
+    it) and the recorded values rebuild the same datamodule."""
+    import yaml
+    from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+    dm = ClassificationDataModule(root="/nowhere", num_workers=0)
+    save_hparams_to_yaml(tmp_path / "hparams.yaml", dm.hparams)
+    loaded = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
+    assert loaded["scale"] == [0.08, 1.0] and loaded["mean"] == [0.485, 0.456, 0.406]
+    assert ClassificationDataModule(**loaded).hparams == dm.hparams
+
+
 def test_interpolation_reaches_the_training_crop_and_the_evaluation_resize(tiny):
     """data.interpolation="bicubic": the training crop (scale 1 of the 96 px square images: the
     whole image) and the evaluation resize are torchvision's antialiased bicubic resize of the

@@ -334,6 +334,9 @@ class ClassificationDataModule(LightningDataModule):
              " or ".join(map(repr, INTERPOLATIONS)) + " (the antialiased resize filter)"),
         ])
         seed = 0 if seed is None else seed  # recorded resolved (save_hyperparameters reads it)
+        # recorded as lists, as the command line gives them: a tuple default would be written to
+        # hparams.yaml as a !!python/tuple tag, which yaml.safe_load refuses
+        scale, ratio, mean, std = (list(v) for v in (scale, ratio, mean, std))
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root)
