@@ -3,6 +3,7 @@ are counted in summary.json, a non-finite loss stops with one line and the last 
 kept, and that checkpoint loads with weights_only=True."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from cls_helpers import add_bad_files, tiny_imagefolder
 from cvkit.data.datamodule import ClassificationDataModule
 from cvkit.tasks.callbacks import AtomicCheckpointIO, TrainingReport
 from cvkit.tasks.classification import ClassificationTask, NonFiniteLossError
+from cvkit.tasks.prediction_writer import PredictionCSVWriter
 
 
 def fixed_batch_loss(task: ClassificationTask, dm: ClassificationDataModule) -> float:
@@ -193,22 +195,35 @@ def test_predict_keeps_a_row_per_file_when_one_is_skipped(cls_root, tmp_path):
     add_bad_files(root / "val")                 # 2 bad files between the two classes' images
     dm = ClassificationDataModule(root=str(root), batch_size=3, image_size=32, num_workers=0)
     task = ClassificationTask("resnet18", num_classes=2)
+    writer = PredictionCSVWriter(str(tmp_path / "out" / "predictions.csv"), top_k=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = torch.cat(Trainer(accelerator="cpu", devices=1, logger=False,
+        rows = torch.cat(Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[writer],
                                  enable_progress_bar=False, enable_model_summary=False)
                          .predict(task, datamodule=dm))
-    samples = dm.test_set.samples
+    samples, classes = dm.test_set.samples, dm.test_set.classes
     assert rows.shape == (len(samples), 2) == (10, 2)
+    # the CSV (tools/train.py predict writes it): one row per image in folder order, top-2 of 2
+    with open(writer.written, newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["path"] for r in csv_rows] == [p for p, _ in samples]
+    assert [r["target"] for r in csv_rows] == [classes[label] for _, label in samples]
     task.eval()
     for i, (path, _) in enumerate(samples):
         if path.endswith(("zz_truncated.jpg", "zz_notes.jpg")):
             assert rows[i].isnan().all(), i
+            assert csv_rows[i]["pred"] == csv_rows[i]["prob"] == csv_rows[i]["top2"] == ""
             continue
         image = dm.test_set[i][0][None]
         with torch.no_grad():
             expected = task(normalize_batch(image, dm.hparams.mean, dm.hparams.std)).softmax(-1)[0]
         torch.testing.assert_close(rows[i], expected, rtol=1e-4, atol=1e-5)
+        best = int(expected.argmax())
+        assert csv_rows[i]["pred"] == classes[best]
+        assert float(csv_rows[i]["prob"]) == pytest.approx(float(expected[best]), abs=1e-5)
+        top = [item.rsplit(":", 1) for item in csv_rows[i]["top2"].split(" ")]
+        assert [name for name, _ in top] == [classes[best], classes[1 - best]]
+        assert sum(float(v) for _, v in top) == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("stage,num_classes", [("fit", 2), ("validate", 5), ("test", 2)])

@@ -2,6 +2,7 @@
 process, a SIGKILLed run resumed with --ckpt_path last ends where an unbroken run ends."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -570,6 +571,14 @@ def test_validate_ckpt_path_file_takes_the_checkpoints_model(one_epoch_run, tiny
     last = run / "checkpoints" / "last.ckpt"
     assert main(["validate", "--config", str(config), "--ckpt_path", str(last),
                  "--model.model_name", "resnet18"]) == 0
+    # predict writes its predictions (LightningCLI discards Trainer.predict's return value)
+    assert main(["predict", "--config", str(config), "--ckpt_path", str(last)]) == 0
+    with open(tmp / "validate-other" / "predict" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    val = sorted((tiny / "val").rglob("*.*"))
+    assert sorted(Path(r["path"]) for r in rows) == val
+    assert all(r["target"] == Path(r["path"]).parent.name and r["pred"] in r["top4"]
+               for r in rows)
     plain = tmp / "plain-validate.pth"
     torch.save(cvkit.create_model("resnet18", num_classes=4).state_dict(), plain)
     capsys.readouterr()

@@ -1,8 +1,9 @@
 """The training command line (``tools/train.py``): LightningCLI over ClassificationTask and
 ClassificationDataModule, with cvkit's defaults — run folder = ``trainer.default_root_dir`` holding
 CSV + TensorBoard logs of ``fit`` (a resumed fit appends; ``validate``/``test``/``predict`` log
-into ``<run>/<subcommand>/``), ``checkpoints/`` (best + ``last.ckpt``, written atomically),
-``summary.json`` and ``curves.png``; ``model.num_classes`` follows the data folder.
+into ``<run>/<subcommand>/``; ``predict`` writes ``<run>/predict/predictions.csv``),
+``checkpoints/`` (best + ``last.ckpt``, written atomically), ``summary.json`` and ``curves.png``;
+``model.num_classes`` follows the data folder.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Optional, Sequence
 from jsonargparse import ArgumentError, lazy_instance
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -26,6 +28,7 @@ from cvkit.data.datamodule import ClassificationDataModule
 from cvkit.tasks.callbacks import (AppendingCSVLogger, AtomicCheckpointIO, KeepLastCheckpoint,
                                    TrainingReport)
 from cvkit.tasks.classification import ClassificationTask, ConfigError
+from cvkit.tasks.prediction_writer import PredictionCSVWriter
 
 
 class ClassificationCLI(LightningCLI):
@@ -90,7 +93,11 @@ class ClassificationCLI(LightningCLI):
                                            resuming=self._get(self.config, "ckpt_path") is not None)
         # e.g. --trainer.accelerator foo, --trainer.precision 17: Lightning raises ValueError
         with tool_errors.option_errors("bad trainer option (--trainer.*): "):
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "predict" and not any(
+                isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+            trainer.callbacks.append(PredictionCSVWriter())  # the user's own writer wins
+        return trainer
 
     def before_fit(self) -> None:
         """``--ckpt_path last`` without a last checkpoint trains from scratch (Lightning's rule, for
