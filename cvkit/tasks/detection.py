@@ -24,6 +24,7 @@ import copy
 import math
 import os
 import os.path as osp
+import re
 import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
@@ -230,7 +231,7 @@ def _check_feature_strides(model_cfg, detector: nn.Module, where: str) -> None:
     """Anchor / prior / RoI-extractor strides in the config are the strides of the maps a
     CvkitBackbone gives, through an FPN (``start_level`` / ``end_level``; each extra level doubles
     the last) or no neck, to the nearest power of two (YOLACT's 550/69, 550/5). A ``*_gcp``
-    preset runs its last stage at stride 1 (the paper's 14x14 map): its C5 is at stride 16, and
+    ResNet preset runs its last stage at stride 1 (the paper's 14x14 map): its C5 is at stride 16, and
     anchors assumed at 32 silently sat at twice their image positions. Other backbones and necks
     (SimpleFPN rescales) and other strides (SOLO's mask head, HTC's semantic head) are not
     checked."""
@@ -260,8 +261,9 @@ def _check_feature_strides(model_cfg, detector: nn.Module, where: str) -> None:
                 f"cannot build the detector of {where}: {path}.{key}={list(given)!r} are not "
                 f"the strides of the maps model.backbone ({what}) gives"
                 f"{' through model.neck (FPN)' if neck else ''}: {levels}"
-                + (" (a *_gcp preset's last stage runs at stride 1: use the plain model "
-                   "or these strides)" if "_gcp" in str(backbone.get("model_name", "")) else ""))
+                + (" (a *_gcp ResNet preset's last stage runs at stride 1: use the plain model "
+                   "or these strides)" if re.search(r"resnet.*_gcp", str(backbone.get("model_name", "")))
+                   else ""))
 
 
 _UNTRUSTED_HINT = " (an mmengine Runner checkpoint? pass --trust-checkpoint if you trust it)"
