@@ -77,6 +77,46 @@ def test_corrupt_image_transform_is_registered_and_seeded():
         TRANSFORMS.build(dict(type="CorruptImage", corruption="frosty", severity=2))
 
 
+def test_corrupt_image_seeds_string_ids_stably():
+    """COCO-style json allows string image ids: CorruptImage did int(img_id) and crashed on them
+    (and seeded "391895" as 391895). A string is seeded by a SHA-256 digest of its text (the same
+    in every process and run, unlike Python's salted hash): the same id gives the same
+    corruption, another id another; int ids keep the seeds of earlier COCO-C results,
+    (seed, corruption index, severity, img_id)."""
+    import hashlib
+
+    import numpy as np
+    from mmdet.registry import TRANSFORMS
+
+    import cvkit.robustness.mmdet_transform  # noqa: F401
+    from cvkit.robustness import ALL_CORRUPTIONS, corrupt
+
+    bgr = np.random.default_rng(2).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    step = TRANSFORMS.build(dict(type="CorruptImage", corruption="gaussian_noise", severity=3, seed=3))
+
+    def run(img_id):
+        return step(dict(img=bgr.copy(), img_id=img_id, img_path=f"{img_id}.jpg"))["img"]
+
+    def differ(x, y):
+        return np.abs(x.astype(int) - y.astype(int)).mean() > 1
+
+    a = run("cat_0001")
+    np.testing.assert_array_equal(a, run("cat_0001"))
+    assert differ(a, run("cat_0002")) and differ(run("391895"), run(391895))
+    noise = ALL_CORRUPTIONS.index("gaussian_noise")
+    for int_id in (17, np.int64(17)):  # today's formula, unchanged
+        np.testing.assert_array_equal(
+            run(int_id), corrupt(bgr[..., ::-1], "gaussian_noise", 3, seed=(3, noise, 3, 17))[..., ::-1])
+    from cvkit.robustness.folder import DIGEST_BASE, image_index
+
+    digest = int.from_bytes(hashlib.sha256(b"cat_0001").digest()[:8], "big")
+    assert image_index("cat_0001") == DIGEST_BASE + digest  # no per-process salt
+    assert image_index(17) == 17 and image_index(-2) >= DIGEST_BASE  # negative: not valid entropy
+    with pytest.raises(ValueError, match=r"CorruptImage: \(1, 2\).jpg: image id \(1, 2\) \(tuple\): "
+                                         r"expected an int or a string"):
+        run((1, 2))
+
+
 @pytest.mark.parametrize("corruption", ["frost", "snow", "spatter"])
 def test_corrupt_image_channel_order(corruption):
     """channel_order="bgr" corrupts mmcv's BGR array as is (the published COCO-C protocol:
@@ -319,6 +359,36 @@ def test_channel_order_reaches_the_pipeline_and_the_reports(tmp_path, coco_test_
     assert _tool().main([*args, *other]) == 1  # another evaluation in the same --out
 
 
+def test_cfg_options_reach_every_set_and_are_recorded(tmp_path, coco_test_calls, monkeypatch, capsys):
+    """--cfg-options (as tools/test_det.py parses it) changes the config of the clean set and of every
+    corrupted one; it is recorded in results.json (a tuple read back as a list still resumes), a
+    rerun with other overrides is refused, a malformed pair is a usage error, --task cls refuses it."""
+    import cvkit.tasks.detection as det
+
+    seen = []
+    monkeypatch.setattr(det, "evaluate_detector", lambda cfg, ckpt, **kw: seen.append(
+        (cfg.test_dataloader.dataset.indices, cfg.model.test_cfg.rcnn.score_thr,
+         [t["type"] for t in cfg.test_dataloader.dataset.pipeline])) or {"bbox_mAP": 0.5})
+    args = ["--task", "det", "--config", str(FASTER), "--checkpoint", "det.pth", "--data-root", "data",
+            "--corruptions", "fog", "--severities", "1", "--device", "cpu", "--no-progress", "--out", "out"]
+    options = ["--cfg-options", "test_dataloader.dataset.indices=(0, 2)", "model.test_cfg.rcnn.score_thr=0.9"]
+    tool = _tool()
+    assert tool.main([*args, *options]) == 0
+    assert [s[:2] for s in seen] == [((0, 2), 0.9)] * 2 and "CorruptImage" in seen[1][2]  # clean, fog 1
+    meta = json.loads((tmp_path / "out/results.json").read_text())["meta"]
+    assert meta["cfg_options"] == {"test_dataloader.dataset.indices": [0, 2],
+                                   "model.test_cfg.rcnn.score_thr": 0.9}
+    assert tool.main([*args, *options]) == 0 and len(seen) == 2  # resumed
+    capsys.readouterr()
+    assert tool.main([*args, "--cfg-options", "model.test_cfg.rcnn.score_thr=0.5"]) == 1
+    assert "different evaluation (cfg_options: " in capsys.readouterr().err
+    assert tool.main([*args, "--cfg-options", "score_thr"]) == 2
+    assert capsys.readouterr().err == "error: --cfg-options expects key=value, got 'score_thr'\n"
+    assert tool.main(["--checkpoint", "x.ckpt", "--val", "data", "--cfg-options", "a=1", "--out", "o"]) == 2
+    assert capsys.readouterr().err == "error: --cfg-options does not apply to --task cls\n"
+    assert len(seen) == 2
+
+
 def test_detection_comparability():
     from cvkit.robustness.report import coco_c_comparability
 
@@ -357,26 +427,29 @@ def test_trust_checkpoint_reads_a_runner_checkpoint(tmp_path, capsys):
     assert capsys.readouterr().err == "error: --trust-checkpoint does not apply to --task cls\n"
 
 
-def test_coco_c_of_a_detector_that_detects_nothing_is_ap_0(tmp_path, det_root, capsys):
+def test_coco_c_of_a_detector_that_detects_nothing_is_ap_0(tmp_path, det_root, capsys, monkeypatch):
     """A detector with no detections (here: a score threshold above 1): mmdet's CocoMetric returns
     {} and the run stopped after the clean set ("metric 'bbox_mAP' not in the evaluator's results
-    []"); its AP is 0.0 on every set, with a warning."""
+    []"); its AP is 0.0 on every set, with a warning. Threshold and image count come from
+    --cfg-options, which a real run applies (no detections; 2 images corrupted, not all)."""
     import torch
 
+    import cvkit.robustness.mmdet_transform as transform
     from cvkit.tasks.detection import build_detector, load_det_config
 
-    config = tmp_path / "blind.py"
-    config.write_text(f"_base_ = {str(FASTER)!r}\n"
-                      "model = dict(test_cfg=dict(rcnn=dict(score_thr=1.01)))\n"
-                      "test_dataloader = dict(dataset=dict(indices=2))\n")
+    seen = []
+    corrupt = transform.corrupt
+    monkeypatch.setattr(transform, "corrupt", lambda img, *a, **kw: seen.append(img.shape) or corrupt(img, *a, **kw))
     ckpt = tmp_path / "det.pth"
-    torch.save({"state_dict": build_detector(load_det_config(config)).state_dict()}, ckpt)
+    torch.save({"state_dict": build_detector(load_det_config(FASTER)).state_dict()}, ckpt)
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="no detections"):
-        rc = _tool().main(["--task", "det", "--config", str(config), "--checkpoint", str(ckpt),
+        rc = _tool().main(["--task", "det", "--config", str(FASTER), "--checkpoint", str(ckpt),
                            "--data-root", str(det_root), "--corruptions", "gaussian_noise",
-                           "--severities", "1", "--device", "cpu", "--no-progress",
-                           "--out", str(out)])
+                           "--severities", "1", "--device", "cpu", "--no-progress", "--out", str(out),
+                           "--cfg-options", "model.test_cfg.rcnn.score_thr=1.01",
+                           "test_dataloader.dataset.indices=2"])
     assert rc == 0, capsys.readouterr().err[-2000:]
     state = json.loads((out / "results.json").read_text())
     assert state["clean_AP"] == 0.0 and state["AP"] == {"gaussian_noise": {"1": 0.0}}
+    assert len(seen) == 2  # the corrupted set has the override's 2 images

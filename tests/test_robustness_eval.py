@@ -715,6 +715,9 @@ def test_imagenet_c_options_refused_not_ignored(tmp_path, option, message, capsy
     # were torch's errors, exit 1, naming batch_size or nothing
     (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
     (["--workers", "-1"], "--workers must be an integer >= 0 (0: load in the main process), got -1"),
+    # was ignored: the clean error is the --val set's own
+    (["--clean-val", "v"], "--clean-val does not apply to --val (the clean error is that of the --val "
+                           "images); it is for --imagenet-c"),
 ])
 def test_on_the_fly_bad_sizes_and_jpeg_quality_are_one_line_errors(tmp_path, option, message, capsys):
     ev = _tool("eval_corruption")
@@ -863,3 +866,77 @@ def test_make_imagenet_c_keeps_sub_folders_and_refuses_names_that_collide(setup,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "would both be rendered as circle/sub0/img.jpg" in err, err
     assert not (tmp_path / "c2").exists()
+
+
+# ------------------------------------------------------------------ audit fixes (classification path)
+def _two_class_ckpt(path, seed=0):
+    torch.manual_seed(seed)
+    model = cvkit.create_model("resnet18", num_classes=2)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model_name": "resnet18", "num_classes": 2}}, path)
+    return path
+
+
+def test_short_sets_foreign_classes_and_a_retrained_checkpoint(tmp_path, capsys):
+    """Three defects of a folder run: a set missing images (partial extraction, interrupted
+    render) was evaluated over the rest without a word; a class folder outside the clean val's
+    classes failed only on reaching its set, after the clean val and the sets before it; a model
+    retrained into the same checkpoint file resumed with the old model's errors."""
+    root, val = tmp_path / "c", tmp_path / "val"
+    _write_c_folder(root, {("fog", 1): ["a", "b"], ("fog", 2): ["a"]})  # fog/2 lacks b's image
+    _write_c_folder(val, {("x", 1): ["a", "b"]})
+    val = val / "x" / "1"
+    ckpt = _two_class_ckpt(tmp_path / "m.ckpt")
+    args = ["--checkpoint", str(ckpt), "--imagenet-c", str(root), "--clean-val", str(val), "--resize",
+            "40", "--crop", "40", "--corruptions", "fog", "--workers", "0", "--no-progress", "--device", "cpu"]
+    ev = _tool("eval_corruption")
+    out = tmp_path / "o"
+    assert ev([*args, "--severities", "1", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: fog severity 2 has 1 images, the clean val 2: its error is over those only" in err
+    state = json.loads((out / "results.json").read_text())
+    assert state["images"] == {"fog": {"1": 2, "2": 1}} and state["clean_images"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["uneven_sets"] == {"fog": {"2": 1}} and summary["images_expected"] == 2
+    assert "**Sets with another image count**" in (out / "report.md").read_text()
+
+    _write_c_folder(root, {("fog", 3): ["a", "zebra"]})  # a class the clean val does not have
+    assert ev([*args, "--severities", "1", "2", "3", "--out", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{root / 'fog' / '3'} has class folder(s) ['zebra']" in err
+    assert f"(2 classes, those of the clean val {val})" in err
+    assert not (tmp_path / "o2").exists()  # refused before the clean val was evaluated
+
+    _two_class_ckpt(ckpt, seed=1)  # retrained into the same file
+    assert ev([*args, "--severities", "1", "2", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different evaluation (checkpoint_sha256: " in err
+    assert "the checkpoint's contents changed" in err
+
+
+def test_unreadable_results_and_an_output_file_are_one_line_errors(tmp_path, capsys):
+    """A results.json that is not JSON (or not an object) gave json's message without the file
+    ('Unterminated string ...') or a traceback; an --out that is a file a FileExistsError
+    traceback after the clean val was evaluated (make_imagenet_c: before rendering)."""
+    from cvkit.robustness.evaluate import RESULTS_FILE, resume_results
+
+    fresh = {"meta": {}, "errors": {}}
+    (tmp_path / RESULTS_FILE).write_text('{"meta": {"task": "classifi')
+    with pytest.raises(ValueError, match=rf"cannot resume from {tmp_path / RESULTS_FILE}: not readable "
+                                         r"JSON \(Unterminated string.*--no-resume to start over"):
+        resume_results(tmp_path, {}, True, fresh)
+    (tmp_path / RESULTS_FILE).write_text('[1, 2]')
+    with pytest.raises(ValueError, match="not a JSON object"):
+        resume_results(tmp_path, {}, True, fresh)
+    (tmp_path / RESULTS_FILE).write_text('{"meta": {}, "errors": [0.5]}')
+    with pytest.raises(ValueError, match="'errors' is not a JSON object"):
+        resume_results(tmp_path, {}, True, fresh)
+    assert resume_results(tmp_path, {}, False, fresh) is fresh  # --no-resume: not read
+    (tmp_path / RESULTS_FILE).write_text('{"meta": {}}')  # keys it lacks: as a fresh run's
+    assert resume_results(tmp_path, {}, True, fresh) == {"meta": {}, "errors": {}}
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(NotADirectoryError, match=f"output folder {afile} is a file: give a folder"):
+        resume_results(afile, {}, True, fresh)
+    assert _tool("make_imagenet_c")(["--val", str(tmp_path), "--out", str(afile), "--workers", "1"]) == 1
+    assert capsys.readouterr().err == f"error: output folder {afile} is a file: give a folder\n"

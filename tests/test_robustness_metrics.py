@@ -146,3 +146,42 @@ def test_completeness_is_over_the_benchmark_corruptions():
     d = s.as_dict()
     assert d["complete"] is True and d["held_out"]["complete"] is False
     assert d["held_out"]["missing"] == list(HELD_OUT)
+
+
+def test_relative_ce_undefined_where_the_baseline_does_not_degrade(tmp_path):
+    """A baseline (--baseline) whose mean error on a corruption equals its clean error gave a
+    relative CE of inf (a RuntimeWarning, `Infinity` in summary.json), one below it a sign-flipped
+    one; relative CE is undefined there: a ValueError naming it, left out by summarize."""
+    import json
+
+    from cvkit.robustness import relative_corruption_error
+    from cvkit.robustness.report import _versus_baseline
+
+    errors = {c: table()[c] for c in CORRUPTIONS}
+    base = {c: 0.5 + 0.01 * i for i, c in enumerate(CORRUPTIONS)}
+    base["fog"], base["snow"] = 0.3, 0.25  # equal to / below the baseline's clean error
+    with pytest.raises(ValueError, match=r"relative CE of 'fog' is undefined: the baseline's mean "
+                                         r"error 0.3 does not exceed its clean error 0.3"):
+        relative_corruption_error("fog", errors["fog"], 0.2, base, 0.3)
+    s = summarize(errors, 0.2, baseline=base, baseline_clean_error=0.3)
+    assert s.relative_undefined == ["snow", "fog"] and set(s.relative_ce) == set(CORRUPTIONS) - {"fog", "snow"}
+    by_hand = np.mean([100 * sum(e - 0.2 for e in errors[c]) / (5 * (base[c] - 0.3))
+                       for c in CORRUPTIONS if c not in ("fog", "snow")])
+    assert s.relative_mce == pytest.approx(by_hand, rel=1e-12) and s.ce["fog"] > 0  # CE still defined
+    state = {"clean_error": 0.3, "errors": {"fog": {str(k): 0.3 for k in range(1, 6)}}}
+    vb = _versus_baseline({"fog": [0.4] * 5}, 0.2, state)
+    assert vb["relative_mCE"] is None and vb["relative_undefined"] == ["fog"] and vb["mCE"] > 0
+    json.dumps(vb, allow_nan=False)  # no inf / NaN in summary.json
+
+
+def test_non_numeric_error_is_an_error_naming_it(tmp_path):
+    """An error typed as text (a hand-edited --baseline) was a TypeError traceback from np.isfinite."""
+    from cvkit.robustness.report import read_baseline
+
+    with pytest.raises(ValueError, match=r"errors\['fog'\] severity 2 is '0.5'"):
+        mce({**table(), "fog": [0.1, "0.5", 0.2, 0.3, 0.4]})
+    path = tmp_path / "base.json"
+    path.write_text('{"clean_error": 0.2, "errors": {"fog": {"1": 0.3, "2": "0.5", "3": 0.6, '
+                    '"4": 0.7, "5": 0.8}}}')
+    with pytest.raises(ValueError, match=rf"--baseline '{path}': errors\['fog'\] severity 2 is '0.5'"):
+        read_baseline(path)

@@ -20,8 +20,13 @@ options that only concern classifiers (--model, --model-arg, --imagenet-c, --val
 config's test_dataloader sets batch size and workers. --coco-c-channel-order bgr corrupts mmcv's
 BGR array as is, as the published COCO-C protocol does (default rgb; docs/robustness.md).
 --trust-checkpoint reads an mmengine Runner checkpoint (pickled objects: only files you trust),
-as tools/test_det.py does.
---seed and --jpeg-quality concern on-the-fly corruption and are refused with --imagenet-c.
+and --cfg-options KEY=VALUE ... overrides the config (mmengine's dotted keys, values Python
+literals, e.g. test_dataloader.dataset.indices=50), as tools/test_det.py does; the overrides apply
+to the clean and every corrupted set and are recorded (a rerun with others is not resumed).
+--seed and --jpeg-quality concern on-the-fly corruption and are refused with --imagenet-c;
+--clean-val concerns --imagenet-c (with --val the clean error is that of the --val images).
+A results file is resumed only for the same checkpoint contents (a model retrained into the
+same path starts over).
 Reports say whether the numbers are comparable with published ones (only the released
 ImageNet-C files at 224 px are, and COCO-C with --coco-c-channel-order bgr).
 """
@@ -42,12 +47,22 @@ CLS_ONLY = {"model": "--model", "model_arg": "--model-arg", "imagenet_c": "--ima
             "jpeg_quality": "--jpeg-quality", "batch_size": "--batch-size", "workers": "--workers",
             "baseline": "--baseline"}
 DET_ONLY = {"config": "--config", "data_root": "--data-root", "coco_c_channel_order": "--coco-c-channel-order",
-            "trust_checkpoint": "--trust-checkpoint"}
+            "trust_checkpoint": "--trust-checkpoint", "cfg_options": "--cfg-options"}
 #: Options of on-the-fly corruption, refused with --imagenet-c (its images are already corrupted)
 ON_THE_FLY_ONLY = {"seed": "--seed", "jpeg_quality": "--jpeg-quality"}
 CLS_DEFAULTS = {"batch_size": 64, "workers": 2}  # resize / crop: the checkpoint's (eval_sizes)
-DET_DEFAULTS = {"coco_c_channel_order": "rgb", "trust_checkpoint": False}
+DET_DEFAULTS = {"coco_c_channel_order": "rgb", "trust_checkpoint": False, "cfg_options": []}
 SEED = 0
+
+
+def parse_cfg_options(items: list[str]) -> dict:
+    """``--cfg-options`` as tools/test_det.py parses it (``tools/train_det.py``'s helper)."""
+    tools = str(Path(__file__).resolve().parent)
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    from train_det import parse_cfg_options as parse_options
+
+    return parse_options(items)
 
 
 def parse(argv=None):
@@ -65,6 +80,11 @@ def parse(argv=None):
     p.add_argument("--trust-checkpoint", action="store_true", default=None,
                    help="--task det: read --checkpoint with weights_only=False (mmengine Runner "
                         "checkpoints hold pickled objects; only for files you trust)")
+    p.add_argument("--cfg-options", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="--task det: config overrides as tools/test_det.py takes them (mmengine's "
+                        "dotted keys, values Python literals), e.g. test_dataloader.dataset.indices=50 "
+                        "model.test_cfg.rcnn.score_thr=0.3; applied to every set (clean and corrupted) "
+                        "and recorded in results.json (meta.cfg_options)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--imagenet-c", default=None, help="released ImageNet-C root")
     src.add_argument("--val", default=None, help="ImageFolder val root, corrupted on the fly")
@@ -104,6 +124,9 @@ def check_task_options(args) -> None:
         raise OptionError("--task det needs --config (an mmdet config file)")
     if args.task == "cls" and not (args.imagenet_c or args.val):
         raise OptionError("give --imagenet-c ROOT (released folder) or --val ROOT (on the fly)")
+    if args.val and args.clean_val is not None:
+        raise OptionError("--clean-val does not apply to --val (the clean error is that of the --val "
+                          "images); it is for --imagenet-c")
     if args.imagenet_c:
         given = [flag for dest, flag in ON_THE_FLY_ONLY.items() if getattr(args, dest) is not None]
         if given:
@@ -135,6 +158,7 @@ def main(argv=None) -> int:
         check_task_options(args)
         from cvkit.models.factory import parse_model_args
         model_kwargs = parse_model_args(args.model_arg or [])
+        cfg_options = parse_cfg_options(args.cfg_options) if args.task == "det" else {}
     except ValueError as e:
         return report(e, USAGE)
     import torch
@@ -153,14 +177,15 @@ def main(argv=None) -> int:
                                       data_root=args.data_root, resume=not args.no_resume,
                                       progress=not args.no_progress,
                                       channel_order=args.coco_c_channel_order,
-                                      trust_checkpoint=args.trust_checkpoint)
+                                      trust_checkpoint=args.trust_checkpoint, cfg_options=cfg_options)
             from cvkit.robustness.report import write_detection_reports
             files = write_detection_reports(state, args.out)
             print(Path(files["markdown"]).read_text())
             return 0
         from cvkit.data.transforms import CROP_PCT
-        from cvkit.robustness.evaluate import (FolderSource, OnTheFlySource, eval_sizes,
-                                               evaluate_classification, load_classifier)
+        from cvkit.robustness.evaluate import (FolderSource, OnTheFlySource, describe_uneven,
+                                               eval_sizes, evaluate_classification, file_sha256,
+                                               load_classifier, uneven_sets)
         from cvkit.robustness.report import read_baseline, write_reports
         baseline = read_baseline(args.baseline) if args.baseline else None
         if args.imagenet_c:
@@ -192,6 +217,7 @@ def main(argv=None) -> int:
                                         not args.no_progress, mean=dm_hp.get("mean"), std=dm_hp.get("std"),
                                         meta_extra={"model": name,
                                                     "checkpoint": str(Path(args.checkpoint).resolve()),
+                                                    "checkpoint_sha256": file_sha256(args.checkpoint),
                                                     **({"model_kwargs": model_kwargs}
                                                        if model_kwargs else {})})
         files = write_reports(state, args.out, baseline, baseline_name=args.baseline)
@@ -202,6 +228,9 @@ def main(argv=None) -> int:
     for c, sevs in state["missing"].items():
         for s, why in sevs.items():
             print(f"warning: {c} severity {s} not evaluated: {why}", file=sys.stderr)
+    expected, uneven = uneven_sets(state)
+    for line in describe_uneven(expected, uneven, state.get("clean_images") is not None):
+        print(f"warning: {line}", file=sys.stderr)
     print(Path(files["markdown"]).read_text())
     return 0
 

@@ -22,10 +22,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, check_corruption
-from cvkit.robustness.evaluate import RESULTS_FILE, atomic_write_text, resolved_path, resume_results
+from cvkit.robustness.evaluate import (RESULTS_FILE, atomic_write_text, file_sha256, resolved_path,
+                                       resume_results)
 from cvkit.robustness.metrics import coco_c_summary
 from cvkit.tool_errors import OptionError
 
@@ -81,12 +82,14 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
                       severities: Iterable[int] = SEVERITIES, seed: int = 0, device: str = "cpu",
                       data_root: str | None = None, metric: str = "bbox_mAP", resume: bool = True,
                       progress: bool = True, channel_order: str = "rgb",
-                      trust_checkpoint: bool = False) -> dict:
+                      trust_checkpoint: bool = False, cfg_options: Mapping[str, Any] | None = None) -> dict:
     """bbox AP (fraction, as ``CocoMetric`` reports it) per corruption/severity; returns the state
     ``{meta, clean_AP, AP: {c: {sev: ap}}, summary}`` and saves it to ``<out>/results.json``.
     ``channel_order``: the image's channel order as the corruption sees it (module docstring);
     ``trust_checkpoint``: read ``checkpoint`` with ``weights_only=False`` (mmengine Runner
-    checkpoints; only for files you trust)."""
+    checkpoints; only for files you trust); ``cfg_options``: mmengine dotted overrides
+    (``{'test_dataloader.dataset.indices': 10}``) merged into the config before every set, the
+    clean one included, and recorded in ``meta`` (a rerun with other overrides is not resumed)."""
     from tqdm.auto import tqdm
 
     import cvkit.robustness.mmdet_transform  # noqa: F401  registers CorruptImage
@@ -101,7 +104,8 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
     if not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} does not exist")
     accelerator, devices = lightning_devices(device)
-    cfg = load_det_config(config)
+    cfg_options = dict(cfg_options or {})
+    cfg = load_det_config(config, cfg_options)
     out_dir = Path(out_dir)
     # paths recorded resolved (and compared resolved by resume_results: a rerun spelling them
     # relative or absolute resumes the same evaluation); a Config built in memory has no file and
@@ -110,7 +114,9 @@ def evaluate_detector(config, checkpoint, out_dir, corruptions: Iterable[str] = 
                    else getattr(config, "filename", None))
     meta = {"task": "detection", "config": resolved_path(config_file),
             "checkpoint": resolved_path(checkpoint), "seed": seed, "metric": metric,
-            "data_root": resolved_path(data_root), "channel_order": channel_order}
+            "data_root": resolved_path(data_root), "channel_order": channel_order,
+            "cfg_options": json.loads(json.dumps(cfg_options, default=repr)),  # as read back
+            "checkpoint_sha256": file_sha256(checkpoint)}
     if config_file is None:
         text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
         meta["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()

@@ -6,6 +6,7 @@ from that file.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from pathlib import Path
@@ -84,9 +85,12 @@ class FolderSource:
             raise ValueError(f"ImageNet-C folder {str(self.root)!r} does not exist")
         self.crop, self.resize, self.clean_root = crop, resize, clean_root
         self.rendered_by = read_render_marker(self.root)
+        self.classes_from = "as given"
         if classes is None and clean_root is not None:
             classes = list_image_folder(clean_root)[1]
+            self.classes_from = f"those of the clean val {clean_root}"
         if classes is None:
+            self.classes_from = "the union of all corruption folders' classes"
             classes = sorted({c for name in ALL_CORRUPTIONS for s in SEVERITIES
                               for c in folder_classes(self.root / name / str(s))})
             if not classes:
@@ -109,6 +113,21 @@ class FolderSource:
             if why:
                 raise ValueError(why)
         self.classes = list(trained)
+        self.classes_from = f"those {checkpoint} was trained on"
+
+    def check_classes(self, corruptions: Iterable[str], severities: Iterable[int]) -> None:
+        """Every existing ``<corruption>/<severity>`` folder to evaluate has only class folders of
+        the class list; else a ValueError naming the folder, before anything is evaluated (it was
+        found only on reaching that set, after the clean val and the sets before it)."""
+        known = set(self.classes)
+        for c in corruptions:
+            for s in severities:
+                d = self.root / c / str(s)
+                unknown = sorted(set(folder_classes(d)) - known)
+                if unknown:
+                    raise ValueError(f"{d} has class folder(s) {unknown[:5]}"
+                                     f"{' ...' if len(unknown) > 5 else ''} not in the evaluation's "
+                                     f"class list ({len(self.classes)} classes, {self.classes_from})")
 
     def clean_resize(self) -> tuple[int | None, str]:
         """The resize of the clean val that frames it as the corrupted images are framed, and how
@@ -270,22 +289,59 @@ def _normalised(meta: dict) -> dict:
 # Meta keys added after results files were first written, with the value every earlier run used:
 # a file without the key resumes a run that has that value (the released-folder source recorded
 # no "resize", its clean images were always resized to 256; no "rendered_by", no folder had a
-# render marker; COCO-C no "channel_order", it always corrupted as RGB)
-LATER_META_KEYS = {"resize": 256, "rendered_by": None, "channel_order": "rgb"}
+# render marker; COCO-C no "channel_order", it always corrupted as RGB, no "cfg_options", it had
+# none)
+LATER_META_KEYS = {"resize": 256, "rendered_by": None, "channel_order": "rgb", "cfg_options": {}}
+# Meta keys added later whose value earlier runs did not record: a file without the key resumes
+# (the checkpoint's contents were not recorded, only its path)
+UNRECORDED_META_KEYS = ("checkpoint_sha256",)
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file's contents (hex): a checkpoint retrained into the same path is another
+    model, so its results are not resumed."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_results(path: Path, fresh: dict) -> dict:
+    """The saved state in ``path``, keys it lacks taken from ``fresh``; a file that is not a JSON
+    object, or whose ``meta`` / result tables are not objects, is a ValueError naming it."""
+    advice = "use another --out, or --no-resume to start over"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot resume from {path}: not readable JSON ({e}); {advice}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"cannot resume from {path}: not a JSON object; {advice}")
+    for key, value in fresh.items():
+        state.setdefault(key, copy.deepcopy(value))
+        if isinstance(value, dict) and not isinstance(state[key], dict):
+            raise ValueError(f"cannot resume from {path}: {key!r} is not a JSON object; {advice}")
+    return state
 
 
 def resume_results(out_dir: Path, meta: dict, resume: bool, fresh: dict) -> dict:
     """The results saved in ``out_dir`` by an evaluation with the same ``meta`` (paths compared
-    resolved; a different one is a ValueError naming what differs), else ``fresh``."""
+    resolved; a different one is a ValueError naming what differs), else ``fresh``. An
+    ``out_dir`` that is a file is a NotADirectoryError naming it, before any evaluation."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output folder {out_dir} is a file: give a folder")
     path = out_dir / RESULTS_FILE
     if resume and path.is_file():
-        state = json.loads(path.read_text())
+        state = read_results(path, fresh)
         old = _normalised(state.get("meta") or {})
         old.update({k: v for k, v in LATER_META_KEYS.items() if k in meta and k not in old})
+        old.update({k: meta[k] for k in UNRECORDED_META_KEYS if k in meta and k not in old})
         new = _normalised(meta)
         differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if differ:
             detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differ)
+            if "checkpoint_sha256" in differ:
+                detail += "; the checkpoint's contents changed (a model retrained into that file?)"
             raise ValueError(f"{path} holds results of a different evaluation ({detail}); "
                              f"use another --out or --no-resume")
         return state
@@ -297,7 +353,10 @@ def evaluate_classification(model, source, out_dir, corruptions: Iterable[str] =
                             workers: int = 0, device: str = "cpu", resume: bool = True,
                             progress: bool = True, mean=None, std=None, meta_extra: dict | None = None) -> dict:
     """Top-1 error per corruption and severity (fractions) of ``model`` on ``source``; returns and
-    saves the state dict ``{meta, clean_error, errors: {c: {sev: err}}, missing: {c: {sev: why}}}``."""
+    saves the state dict ``{meta, clean_error, errors: {c: {sev: err}}, missing: {c: {sev: why}},
+    clean_images, images: {c: {sev: n}}}`` (``n``: the images each error is over; see
+    :func:`uneven_sets`). A source's ``check_classes`` runs first: a set whose class folders do not
+    fit fails before anything is evaluated."""
     from tqdm.auto import tqdm
 
     corruptions, severities = list(corruptions), list(severities)
@@ -310,8 +369,11 @@ def evaluate_classification(model, source, out_dir, corruptions: Iterable[str] =
     out_dir = Path(out_dir)
     meta = {"task": "classification", **source.describe(), "mean": list(mean), "std": list(std),
             **(meta_extra or {})}
-    state = resume_results(out_dir, meta, resume,
-                           {"meta": meta, "clean_error": None, "errors": {}, "missing": {}})
+    check_classes = getattr(source, "check_classes", None)
+    if check_classes is not None:
+        check_classes(corruptions, severities)
+    state = resume_results(out_dir, meta, resume, {"meta": meta, "clean_error": None, "errors": {},
+                                                   "missing": {}, "images": {}})
     save = lambda: atomic_write_text(out_dir / RESULTS_FILE, json.dumps(state, indent=1))  # noqa: E731
 
     def loader(ds, collate):
@@ -323,6 +385,7 @@ def evaluate_classification(model, source, out_dir, corruptions: Iterable[str] =
         clean = source.clean()
         if clean is not None:
             state["clean_error"] = top1_error(model, loader(clean, CorruptingCollate(None)), device, mean, std)
+            state["clean_images"] = len(clean)
             save()
     todo = [(c, s) for c in corruptions for s in severities if str(s) not in state["errors"].get(c, {})]
     bar = tqdm(todo, desc="ImageNet-C", disable=not progress, unit="set")
@@ -335,6 +398,7 @@ def evaluate_classification(model, source, out_dir, corruptions: Iterable[str] =
             continue
         err = top1_error(model, loader(ds, source.collate(c, s)), device, mean, std)
         state["errors"].setdefault(c, {})[str(s)] = err
+        state["images"].setdefault(c, {})[str(s)] = len(ds)
         if c in state["missing"]:
             state["missing"][c].pop(str(s), None)
             if not state["missing"][c]:
@@ -347,3 +411,28 @@ def error_table(state: dict) -> dict[str, list[float | None]]:
     """{corruption: [e1..e5]} with None for severities not evaluated (state -> metrics input)."""
     return {c: [state["errors"].get(c, {}).get(str(s)) for s in SEVERITIES]
             for c in ALL_CORRUPTIONS if c in state["errors"] or c in state.get("missing", {})}
+
+
+def uneven_sets(state: dict) -> tuple[int | None, dict[str, dict[str, int]]]:
+    """(expected image count, {corruption: {severity: count}} of the evaluated sets holding another
+    count). Expected: the clean val's when it was evaluated (the release and cvkit's renders hold
+    one corrupted copy of every clean image), else the largest set's. A short set (a partial
+    download or extraction, an interrupted render) has an error over fewer images than the rest."""
+    counts = {c: {s: n for s, n in sevs.items() if s in state["errors"].get(c, {})}
+              for c, sevs in (state.get("images") or {}).items()}
+    found = [n for sevs in counts.values() for n in sevs.values()]
+    expected = state.get("clean_images") or max(found, default=None)
+    if expected is None:
+        return None, {}
+    uneven = {c: {s: n for s, n in sevs.items() if n != expected} for c, sevs in counts.items()}
+    return expected, {c: sevs for c, sevs in uneven.items() if sevs}
+
+
+def describe_uneven(expected: int, uneven: dict[str, dict[str, int]], clean: bool) -> list[str]:
+    """One line per set of :func:`uneven_sets`, e.g. ``fog severity 2 has 5 images, the clean val
+    30: its error is over those only``."""
+    ref = "the clean val" if clean else "the largest set"
+    return [f"{c} severity {s} has {n} images, {ref} {expected}: its error is over those only"
+            + (" (images missing: a partial download or extraction, or an interrupted render?)"
+               if n < expected else "")
+            for c in ALL_CORRUPTIONS if c in uneven for s, n in sorted(uneven[c].items())]

@@ -10,6 +10,7 @@ release's pixels: a folder cvkit renders carries a :data:`RENDER_MARKER` saying 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -82,6 +83,30 @@ def _mark_rendered(out_root, settings: dict) -> None:
 def image_seed(seed: int, corruption: str, severity: int, index: int) -> tuple[int, int, int, int]:
     """Seed of one image's corruption: independent of batch, order and worker."""
     return (seed, ALL_CORRUPTIONS.index(corruption), severity, index)
+
+
+#: :func:`image_index` of a string id lies at or above this, beyond any int64 image id
+DIGEST_BASE = 1 << 64
+
+
+def image_index(image_id) -> int:
+    """An image id (COCO-style json allows ints and strings) as the non-negative int
+    :func:`image_seed` takes, the same in every process and run: a non-negative int (or integral
+    float) as it is; a string, or a negative int, as ``DIGEST_BASE`` + the first 8 bytes of the
+    SHA-256 of its text (never Python's salted ``hash``). Anything else is a ValueError naming it."""
+    if isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool) and image_id >= 0:
+        return int(image_id)
+    if isinstance(image_id, (float, np.floating)) and float(image_id).is_integer() and image_id >= 0:
+        return int(image_id)
+    if isinstance(image_id, str):
+        text = image_id
+    elif isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool):
+        text = f"int:{int(image_id)}"  # negative: not a SeedSequence entropy; apart from strings
+    else:
+        raise ValueError(f"image id {image_id!r} ({type(image_id).__name__}): expected an int or a "
+                         f"string")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return DIGEST_BASE + int.from_bytes(digest[:8], "big")
 
 
 class EmptyFolderError(ValueError):
@@ -309,6 +334,8 @@ def write_imagenet_c(val_root, out_root, corruptions=ALL_CORRUPTIONS, severities
         check_jpeg_quality(quality, "quality")
     check_options([("workers", workers, lambda v: v is None or POSITIVE_INT[0](v),
                     POSITIVE_INT[1] + " or None (all cores)")], error=ValueError)
+    if Path(out_root).exists() and not Path(out_root).is_dir():
+        raise NotADirectoryError(f"output folder {out_root} is a file: give a folder")
     samples, classes = list_image_folder(val_root)
     names = render_names(samples, classes, val_root, fmt)
     other = (".png",) if fmt == "jpeg" else (".jpg", ".jpeg")

@@ -34,7 +34,8 @@ def _severity_errors(name: str, values) -> np.ndarray:
     if len(values) != 5:
         raise ValueError(f"errors[{name!r}] must hold 5 values (severities 1..5), got {len(values)}")
     for s, v in enumerate(values, 1):
-        if v is None or isinstance(v, bool) or not np.isfinite(v):
+        if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool) \
+                or not np.isfinite(v):  # None, NaN, text ("0.5" in a hand-edited JSON file)
             raise ValueError(f"errors[{name!r}] severity {s} is {v!r}: a finite error is needed")
     arr = np.asarray(values, dtype=np.float64)
     if np.any(arr < 0) or np.any(arr > 1):
@@ -67,14 +68,26 @@ def corruption_error(name: str, errors, baseline: Mapping[str, float] | None = N
 def relative_corruption_error(name: str, errors, clean_error: float,
                               baseline: Mapping[str, float] | None = None,
                               baseline_clean_error: float = ALEXNET_CLEAN_ERROR) -> float:
-    """Relative CE in percent: 100 * sum_s (E_s - E_clean) / sum_s (E^AlexNet_s - E^AlexNet_clean)."""
+    """Relative CE in percent: 100 * sum_s (E_s - E_clean) / sum_s (E^AlexNet_s - E^AlexNet_clean).
+    Undefined (ValueError) when the baseline's mean error on ``name`` does not exceed its clean
+    error (a zero or negative degradation: infinite or sign-flipped)."""
     baseline = ALEXNET_ERRORS if baseline is None else baseline
     if name not in baseline:
         raise ValueError(f"no baseline (AlexNet) error for {name!r}")
     clean_error = _check_fraction("clean_error", clean_error)
     baseline_clean_error = _check_fraction("baseline_clean_error", baseline_clean_error)
+    if not relative_defined(name, baseline, baseline_clean_error):
+        raise ValueError(f"relative CE of {name!r} is undefined: the baseline's mean error "
+                         f"{baseline[name]!r} does not exceed its clean error {baseline_clean_error!r}")
     num = (_severity_errors(name, errors) - clean_error).sum()
     return float(100.0 * num / (5 * (baseline[name] - baseline_clean_error)))
+
+
+def relative_defined(name: str, baseline: Mapping[str, float],
+                     baseline_clean_error: float) -> bool:
+    """Whether the baseline degrades under ``name`` (its mean error above its clean error), so
+    relative CE, normalised by that degradation, is defined (always for AlexNet's)."""
+    return baseline[name] - baseline_clean_error > 0
 
 
 def missing_severities(errors: Mapping[str, Sequence[float | None] | None],
@@ -147,6 +160,7 @@ class RobustnessSummary:
     mean_error_benchmark: float | None = None
     held_out_mean_error: dict[str, float] = field(default_factory=dict)
     mean_error_held_out: float | None = None
+    relative_undefined: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -159,6 +173,7 @@ class RobustnessSummary:
                 "mCE_over": list(self.ce),  # all 15 only when complete
                 "mean_error_percent": self.mean_error_benchmark,
                 "CE": self.ce, "relative_CE": self.relative_ce,
+                "relative_undefined": self.relative_undefined,  # baseline not degraded there
                 "errors_percent": {c: _pct(self.errors[c]) for c in CORRUPTIONS if c in self.errors},
             },
             "held_out": {
@@ -184,7 +199,9 @@ def summarize(errors: Mapping[str, Sequence[float | None]], clean_error: float |
 
     A corruption with a missing severity (``None``) gets no CE and counts as missing. mCE is over
     the complete benchmark corruptions; ``complete`` is False when one of the 15 is missing.
-    Missing held-out corruptions are listed apart (``held_out_missing``)."""
+    Missing held-out corruptions are listed apart (``held_out_missing``). Relative CE is left out
+    (``relative_undefined``) where the baseline's mean error does not exceed its clean error;
+    relative mCE is over the others."""
     _check_names(errors)
     if clean_error is not None:
         clean_error = _check_fraction("clean_error", clean_error)
@@ -200,14 +217,17 @@ def summarize(errors: Mapping[str, Sequence[float | None]], clean_error: float |
     bench = [c for c in CORRUPTIONS if c in full]
     for c in bench:
         out.ce[c] = corruption_error(c, full[c], baseline)
-        if relative:
+        if relative and not relative_defined(c, ALEXNET_ERRORS if baseline is None else baseline,
+                                             baseline_clean_error):
+            out.relative_undefined.append(c)
+        elif relative:
             out.relative_ce[c] = relative_corruption_error(c, full[c], clean_error, baseline,
                                                            baseline_clean_error)
     if bench:
         out.mce = float(np.mean([out.ce[c] for c in bench]))
         out.mean_error_benchmark = float(100 * np.mean([full[c] for c in bench]))
-        if relative:
-            out.relative_mce = float(np.mean([out.relative_ce[c] for c in bench]))
+        if out.relative_ce:
+            out.relative_mce = float(np.mean(list(out.relative_ce.values())))
     held = [c for c in HELD_OUT if c in full]
     out.held_out_mean_error = {c: float(100 * np.mean(_severity_errors(c, full[c]))) for c in held}
     if held:

@@ -14,13 +14,15 @@ from mmdet.registry import TRANSFORMS
 
 from cvkit.robustness.corruptions import check_corruption, corrupt
 from cvkit.robustness.detection import check_channel_order
-from cvkit.robustness.folder import image_seed
+from cvkit.robustness.folder import image_index, image_seed
 
 
 @TRANSFORMS.register_module(force=True)
 class CorruptImage(BaseTransform):
     """Corrupt ``results['img']`` (BGR uint8, as mmcv loads it) with ``corruption`` at ``severity``;
-    the seed is ``(seed, corruption index, severity, img_id)``, so every image is reproducible.
+    the seed is ``(seed, corruption index, severity, image_index(img_id))``, so every image is
+    reproducible across processes and runs (string ids, allowed in COCO-style json, by a SHA-256
+    digest; int ids as they are: :func:`cvkit.robustness.folder.image_index`).
     ``channel_order="rgb"`` corrupts it as RGB (swapped there and back), ``"bgr"`` as it is (the
     published COCO-C protocol)."""
 
@@ -32,9 +34,13 @@ class CorruptImage(BaseTransform):
     def transform(self, results: dict) -> dict:
         img = results["img"]
         key = results.get("img_id", results.get("sample_idx", 0))
+        try:
+            index = image_index(key)
+        except ValueError as e:
+            raise ValueError(f"CorruptImage: {results.get('img_path', 'an image')}: {e}") from None
         swap = self.channel_order == "rgb" and img.ndim == 3 and img.shape[2] == 3
         out = corrupt(np.ascontiguousarray(img[..., ::-1]) if swap else img, self.corruption, self.severity,
-                      seed=image_seed(self.seed, self.corruption, self.severity, int(key)))
+                      seed=image_seed(self.seed, self.corruption, self.severity, index))
         results["img"] = np.ascontiguousarray(out[..., ::-1]) if swap else out
         return results
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, HELD_OUT, SEVERITIES
-from cvkit.robustness.evaluate import FolderSource, OnTheFlySource, atomic_write_text, error_table
+from cvkit.robustness.evaluate import (FolderSource, OnTheFlySource, atomic_write_text, describe_uneven,
+                                       error_table, uneven_sets)
 from cvkit.robustness.folder import read_json_object
 from cvkit.robustness.metrics import ALEXNET_ERRORS, summarize
 
@@ -107,7 +108,8 @@ def _versus_baseline(table: dict, clean_error, baseline_state: dict) -> dict:
     s = summarize(common, clean_error, baseline=base,
                   baseline_clean_error=baseline_state.get("clean_error"))
     return {"corruptions": list(common), "complete": not s.missing, "mCE": s.mce,
-            "relative_mCE": s.relative_mce, "CE": s.ce, "relative_CE": s.relative_ce}
+            "relative_mCE": s.relative_mce, "CE": s.ce, "relative_CE": s.relative_ce,
+            "relative_mCE_over": list(s.relative_ce), "relative_undefined": s.relative_undefined}
 
 
 def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
@@ -121,6 +123,13 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
     d["missing_reasons"] = state.get("missing", {})
     d["meta"] = state.get("meta", {})
     d["comparable_with_published"], d["comparability"] = comparability(d["meta"], summary)
+    expected, uneven = uneven_sets(state)
+    d["images_expected"], d["uneven_sets"] = expected, uneven  # {c: {severity: image count}}
+    short = [c for c in CORRUPTIONS if c in uneven and c in summary.ce]
+    if short:  # a benchmark CE over fewer (or other) images than the rest
+        d["comparable_with_published"] = False
+        d["comparability"] = (f"{', '.join(short)}: set(s) with another image count than "
+                              f"{expected}; {d['comparability']}")
     if baseline_state is not None:
         d["versus_baseline"] = {"baseline": baseline_name,
                                 **_versus_baseline(table, state.get("clean_error"), baseline_state)}
@@ -162,6 +171,10 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
     if summary.held_out_missing:
         lines += [f"Held-out corruption(s) not evaluated (not part of mCE): "
                   f"{describe_missing({c: gaps[c] for c in summary.held_out_missing})}.", ""]
+    if uneven:
+        lines += ["**Sets with another image count** (their errors are over the images they hold): "
+                  + "; ".join(describe_uneven(expected, uneven, state.get("clean_images") is not None))
+                  + ".", ""]
     lines += [f"- clean error: {_fmt(d['clean_error_percent'], 2)} %",
               f"- mCE (AlexNet-normalised, {_over(summary, d['meta'])}): {_fmt(summary.mce, 2)}",
               f"- relative mCE ({_over(summary, d['meta'])}): {_fmt(summary.relative_mce, 2)}",
@@ -169,8 +182,12 @@ def write_reports(state: dict, out_dir, baseline_state: dict | None = None,
               f"- mean error, held-out corruptions: {_fmt(summary.mean_error_held_out, 2)} %"]
     if "versus_baseline" in d:
         vb = d["versus_baseline"]
+        undefined = (f" (over {len(vb['relative_mCE_over'])}: undefined for "
+                     f"{', '.join(vb['relative_undefined'])}, where the baseline's mean error does not "
+                     f"exceed its clean error)" if vb["relative_undefined"] else "")
         lines += [f"- mCE normalised by the baseline ({baseline_name}, {len(vb['corruptions'])} "
-                  f"benchmark corruptions): {_fmt(vb['mCE'], 2)}; relative: {_fmt(vb['relative_mCE'], 2)}"]
+                  f"benchmark corruptions): {_fmt(vb['mCE'], 2)}; relative: "
+                  f"{_fmt(vb['relative_mCE'], 2)}{undefined}"]
     lines += [""]
     head = "| corruption | " + " | ".join(f"s{s}" for s in SEVERITIES) + " | mean | CE | rel. CE |"
     sep = "|---" * 9 + "|"
