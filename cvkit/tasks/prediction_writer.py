@@ -3,14 +3,14 @@
 Lightning's ``Trainer.predict`` returns the predictions to its caller; LightningCLI discards them.
 :class:`PredictionCSVWriter` (Lightning's ``BasePredictionWriter``) writes one row per image of
 the predict set (the datamodule's ``test_split``), in folder order: the image's path, its folder's
-class, the top-k classes and their probabilities. Under DDP every rank's rows are gathered to rank
-0 (the DistributedSampler's padding repeats are dropped). The file is written atomically.
+class, the top-k classes and their probabilities. Under DDP each rank reduces its share to its
+top-k rows and rank 0 gathers them (Lightning's predict sampler splits the set without repeats).
+The file is written atomically.
 """
 from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -31,45 +31,61 @@ class PredictionCSVWriter(BasePredictionWriter):
 
     def __init__(self, path: Optional[str] = None, top_k: int = 5):
         super().__init__(write_interval="epoch")
+        if not (isinstance(top_k, int) and top_k >= 1):
+            raise ValueError(f"PredictionCSVWriter: top_k must be an integer >= 1, got {top_k!r}")
         self.path, self.top_k = path, top_k
         self.written: Optional[Path] = None
 
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule,
                            predictions: Sequence[Any], batch_indices: Sequence[Any]) -> None:
+        # on every rank: trainer.log_dir broadcasts (a collective all ranks must join)
+        path = Path(self.path) if self.path else Path(trainer.log_dir or ".") / FILE_NAME
         dataset = trainer.predict_dataloaders.dataset
         probs = _concat(predictions[0] if predictions and isinstance(predictions[0], list)
                         else predictions)
         indices = [int(i) for batch in _flatten_batches(batch_indices) for i in batch]
-        rows = dict(zip(indices, probs.float().cpu())) if probs is not None else {}
+        k = min(self.top_k, len(dataset.classes))
+        rows = top_rows(indices, probs, k)
         if trainer.world_size > 1:
-            gathered = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = {i: p for part in gathered for i, p in part.items()}
+            gathered = [None] * trainer.world_size if trainer.is_global_zero else None
+            torch.distributed.gather_object(rows, gathered, dst=0)
+            if trainer.is_global_zero:
+                rows = {i: r for part in gathered for i, r in part.items()}
         if not trainer.is_global_zero:
             return
-        path = Path(self.path) if self.path else Path(trainer.log_dir or ".") / FILE_NAME
         with atomic_write(path, "w") as f:
-            f.write(format_rows(dataset.samples, dataset.classes, rows, self.top_k))
+            f.write(format_rows(dataset.samples, dataset.classes, rows, k))
         self.written = path
         print(f"wrote {len(rows)} predictions to {path}")
 
 
+def top_rows(indices: Sequence[int], probs: Optional[torch.Tensor],
+             k: int) -> dict[int, Optional[list[tuple[int, float]]]]:
+    """{sample index: [(class, probability)] of its k best classes, or None for a row that is not
+    finite (a skipped image's NaN row)}: plain Python values, small to send between ranks."""
+    if probs is None:
+        return {}
+    probs = probs.float().cpu()
+    finite = torch.isfinite(probs).all(1).tolist()
+    values, best = probs.nan_to_num(0.0).topk(k, dim=1)
+    return {i: list(zip(c, v)) if ok else None
+            for i, ok, c, v in zip(indices, finite, best.tolist(), values.tolist())}
+
+
 def format_rows(samples: Sequence[tuple[str, int]], classes: Sequence[str],
-                rows: dict[int, torch.Tensor], top_k: int) -> str:
-    """The CSV text: a header, then one row per sample index in ``rows`` (in index order)."""
-    k = min(top_k, len(classes))
+                rows: dict[int, Optional[list[tuple[int, float]]]], k: int) -> str:
+    """The CSV text (:func:`top_rows`' rows): a header, then one row per sample index, in order."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["path", "target", "pred", "prob", f"top{k}"])
     for i in sorted(rows):
         path, label = samples[i]
-        p = rows[i]
-        if not all(math.isfinite(v) for v in p.tolist()):  # a skipped image
+        top = rows[i]
+        if top is None:  # a skipped image (or a model output that is not finite)
             writer.writerow([path, classes[label], "", "", ""])
             continue
-        values, best = p.topk(k)
-        top = " ".join(f"{classes[c]}:{v:.6f}" for v, c in zip(values.tolist(), best.tolist()))
-        writer.writerow([path, classes[label], classes[int(best[0])], f"{values[0]:.6f}", top])
+        writer.writerow([path, classes[label], classes[top[0][0]], f"{top[0][1]:.6f}",
+                         " ".join(f"{classes[c]}:{v:.6f}" for c, v in top)])
     return out.getvalue()
 
 
