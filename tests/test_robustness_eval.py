@@ -893,7 +893,7 @@ def test_short_sets_foreign_classes_and_a_retrained_checkpoint(tmp_path, capsys)
     out = tmp_path / "o"
     assert ev([*args, "--severities", "1", "2", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "warning: fog severity 2 has 1 images, the clean val 2: its error is over those only" in err
+    assert "warning: fog severity 2 has 1 image, the clean val 2: its error is over those only" in err
     state = json.loads((out / "results.json").read_text())
     assert state["images"] == {"fog": {"1": 2, "2": 1}} and state["clean_images"] == 2
     summary = json.loads((out / "summary.json").read_text())
@@ -934,6 +934,17 @@ def test_unreadable_results_and_an_output_file_are_one_line_errors(tmp_path, cap
     assert resume_results(tmp_path, {}, False, fresh) is fresh  # --no-resume: not read
     (tmp_path / RESULTS_FILE).write_text('{"meta": {}}')  # keys it lacks: as a fresh run's
     assert resume_results(tmp_path, {}, True, fresh) == {"meta": {}, "errors": {}}
+    (tmp_path / RESULTS_FILE).write_text('{"errors": {"fog": {"1": 0.5}}}')  # whose errors?
+    with pytest.raises(ValueError, match="records no 'meta' .*--no-resume to start over"):
+        resume_results(tmp_path, {"model": "m"}, True, fresh)
+    # a file from before the checkpoint digest resumes, and the digest is saved with it: a model
+    # retrained into the same file is refused at the next resume
+    (tmp_path / RESULTS_FILE).write_text('{"meta": {"model": "m"}, "errors": {}}')
+    state = resume_results(tmp_path, {"model": "m", "checkpoint_sha256": "ab"}, True, fresh)
+    assert state["meta"] == {"model": "m", "checkpoint_sha256": "ab"}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="checkpoint_sha256: 'ab' there, 'cd' now"):
+        resume_results(tmp_path, {"model": "m", "checkpoint_sha256": "cd"}, True, fresh)
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(NotADirectoryError, match=f"output folder {afile} is a file: give a folder"):

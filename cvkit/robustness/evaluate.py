@@ -316,6 +316,9 @@ def read_results(path: Path, fresh: dict) -> dict:
         raise ValueError(f"cannot resume from {path}: not readable JSON ({e}); {advice}") from None
     if not isinstance(state, dict):
         raise ValueError(f"cannot resume from {path}: not a JSON object; {advice}")
+    if "meta" in fresh and "meta" not in state:  # whose results they are is not recorded
+        raise ValueError(f"cannot resume from {path}: it records no 'meta' (which model and "
+                         f"images its results are of); {advice}")
     for key, value in fresh.items():
         state.setdefault(key, copy.deepcopy(value))
         if isinstance(value, dict) and not isinstance(state[key], dict):
@@ -344,6 +347,9 @@ def resume_results(out_dir: Path, meta: dict, resume: bool, fresh: dict) -> dict
                 detail += "; the checkpoint's contents changed (a model retrained into that file?)"
             raise ValueError(f"{path} holds results of a different evaluation ({detail}); "
                              f"use another --out or --no-resume")
+        # equal: the current meta is saved with the results, so keys an older file lacked (the
+        # checkpoint's digest) are checked at the next resume
+        state["meta"] = meta
         return state
     return fresh
 
@@ -432,7 +438,8 @@ def describe_uneven(expected: int, uneven: dict[str, dict[str, int]], clean: boo
     """One line per set of :func:`uneven_sets`, e.g. ``fog severity 2 has 5 images, the clean val
     30: its error is over those only``."""
     ref = "the clean val" if clean else "the largest set"
-    return [f"{c} severity {s} has {n} images, {ref} {expected}: its error is over those only"
+    return [f"{c} severity {s} has {n} image{'' if n == 1 else 's'}, {ref} {expected}: its error "
+            "is over those only"
             + (" (images missing: a partial download or extraction, or an interrupted render?)"
                if n < expected else "")
             for c in ALL_CORRUPTIONS if c in uneven for s, n in sorted(uneven[c].items())]

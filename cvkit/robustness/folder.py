@@ -92,9 +92,13 @@ DIGEST_BASE = 1 << 64
 def image_index(image_id) -> int:
     """An image id (COCO-style json allows ints and strings) as the non-negative int
     :func:`image_seed` takes, the same in every process and run: a non-negative int (or integral
-    float) as it is; a string, or a negative int, as ``DIGEST_BASE`` + the first 8 bytes of the
-    SHA-256 of its text (never Python's salted ``hash``). Anything else is a ValueError naming it."""
+    float), or a string of decimal digits as its number (``"000005"``: 5; mmdet's VOC dataset
+    gives such ids, which ``int(img_id)`` seeded so before string ids were allowed); any other
+    string, or a negative int, as ``DIGEST_BASE`` + the first 8 bytes of the SHA-256 of its text
+    (never Python's salted ``hash``). Anything else is a ValueError naming it."""
     if isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool) and image_id >= 0:
+        return int(image_id)
+    if isinstance(image_id, str) and image_id.isascii() and image_id.isdigit():
         return int(image_id)
     if isinstance(image_id, (float, np.floating)) and float(image_id).is_integer() and image_id >= 0:
         return int(image_id)
