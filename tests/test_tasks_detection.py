@@ -568,7 +568,7 @@ def test_backbone_init_cfg_options_on_a_config_without_one(tmp_path, capsys):
     ("model.backbone.model_name=resnet18_gcp",
      ["model.rpn_head.anchor_generator.strides=[4, 8, 16, 32, 64] are not the strides of the maps "
       "model.backbone (model_name 'resnet18_gcp', out_indices (1, 2, 3, 4)) gives through "
-      "model.neck (FPN): [4, 8, 16, 16, 32] (a *_gcp ResNet preset's last stage runs at stride 1"]),
+      "model.neck (FPN): [4, 8, 16, 16, 32] (a GCP ResNet's last stage runs at stride 1"]),
 ])
 def test_config_mistakes_are_one_line_naming_the_entry(option, expected, tmp_path, capsys):
     """A keyword or value a module refuses, an unknown type and a neck that does not fit the

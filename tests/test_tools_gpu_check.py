@@ -87,8 +87,9 @@ def test_tuned_without_a_choice_is_skipped_and_the_kernel_file_configs_stay(tmp_
 
 
 def test_tuned_sets_only_the_lists_the_sweep_chose(tmp_path):
-    """A list the sweep left empty (no config of that kernel compiled and agreed) stays unset, so
-    that kernel keeps the kernel file's configs; the others are set."""
+    """A list the sweep left empty (no config of that kernel compiled and agreed) stays unset (the
+    covariance kernel then follows the product variable, as without any override); the others are
+    set."""
     tiles = "\n".join([f"{VARIABLES[0]}={CHOICE}", f"{VARIABLES[1]}=",
                        f"{VARIABLES[2]}={GRADX_CHOICE}"])
     done, out, calls = run_check(tmp_path, "tiles", "tuned", "sweep", STUB_TILES=tiles)

@@ -182,7 +182,9 @@ step_tiles() {
 
 step_tuned() {
   local name choice found=0
-  for name in "${VARS[@]}"; do  # each list the sweep chose (an empty one leaves the kernel file's)
+  # each list the sweep chose; an empty one stays unset: the kernel file's list, or for the
+  # covariance kernel the product variable's (the chosen product list, when that one is set)
+  for name in "${VARS[@]}"; do
     choice=$(sed -n "s/^$name=//p" "$OUT/tiles.log" 2>/dev/null | tail -n 1)
     if [ -n "$choice" ]; then export "$name=$choice"; found=1; fi
   done

@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(REPO))
+    from cvkit.data.transforms import INTERPOLATIONS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="cvkit/Lightning .ckpt, or plain weights with --model")
     p.add_argument("--data", required=True, help="ImageFolder split (<class>/<image>) or a root holding val/")
@@ -31,13 +34,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=None, help="default: as trained")
     p.add_argument("--crop-pct", type=float, default=None, help="default: as trained")
-    p.add_argument("--interpolation", choices=["bilinear", "bicubic"], default=None,
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
                    help="resize filter (default: as trained; bilinear for plain weights)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="e.g. bf16-mixed")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     from cvkit.models.factory import parse_model_args
     from cvkit.tasks.evaluate import evaluate
     from cvkit.tool_errors import is_user_error, report

@@ -46,10 +46,10 @@ def load_failure(error: Exception, path=None) -> str:
     ``weights_only`` load, the unpickler's, not torch's advice to load unsafely)."""
     if isinstance(error, EOFError):
         return "the file is empty or cut short (EOFError)"
-    head = _file_head(path) if path is not None else None
-    if head is not None and not head.startswith((b"PK", b"\x80")):
+    head = foreign_file_head(path) if path is not None else None
+    if head is not None:
         return (f"it is not a PyTorch file (neither a zip archive nor a pickle; it starts with "
-                f"{head[:16]!r})")
+                f"{head!r})")
     text = str(error)
     marker = "WeightsUnpickler error:"
     detail = text.split(marker, 1)[1] if marker in text else text
@@ -61,14 +61,16 @@ def load_failure(error: Exception, path=None) -> str:
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
-def _file_head(path, size: int = 16) -> bytes | None:
-    """The first bytes of the file at ``path``; None when it cannot be read (the caller's error
-    then stands) or is empty (EOFError's message covers it)."""
+def foreign_file_head(path, size: int = 16) -> bytes | None:
+    """The first bytes of the file at ``path`` when it is not a PyTorch file at all (neither a
+    zip archive, PyTorch's format since 1.6, nor a pickle, the older one); None for a file that
+    may be one, or that is empty or unreadable (the caller's error then stands)."""
     try:
         with open(path, "rb") as f:
-            return f.read(size) or None
+            head = f.read(size)
     except OSError:
         return None
+    return head if head and not head.startswith((b"PK", b"\x80")) else None
 
 
 def read_checkpoint(path, weights_only: bool = True) -> dict[str, torch.Tensor]:

@@ -183,8 +183,8 @@ class VisionTransformer(TimmVisionTransformer):
             self.head_hidden_size = self.embed_dim
             return super().reset_classifier(num_classes, global_pool)
         self.num_classes = num_classes
-        device = self.cls_token.device
-        self.head = (nn.Linear(self.head_hidden_size, num_classes, device=device)
+        w = self.cls_token
+        self.head = (nn.Linear(self.head_hidden_size, num_classes, device=w.device, dtype=w.dtype)
                      if num_classes else nn.Identity())
 
     @records_pruned_keys

@@ -24,7 +24,6 @@ import copy
 import math
 import os
 import os.path as osp
-import re
 import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
@@ -35,7 +34,7 @@ from torch import nn
 
 from cvkit.atomic_write import atomic_write
 from cvkit.det.coco_metric import fill_empty_coco_results, restrict_to_dataset_images
-from cvkit.models.checkpoint import CheckpointError, load_failure
+from cvkit.models.checkpoint import CheckpointError, foreign_file_head, load_failure
 from cvkit.tool_errors import OptionError, option_errors
 
 METRIC_PREFIX = "coco/"
@@ -261,9 +260,19 @@ def _check_feature_strides(model_cfg, detector: nn.Module, where: str) -> None:
                 f"cannot build the detector of {where}: {path}.{key}={list(given)!r} are not "
                 f"the strides of the maps model.backbone ({what}) gives"
                 f"{' through model.neck (FPN)' if neck else ''}: {levels}"
-                + (" (a *_gcp ResNet preset's last stage runs at stride 1: use the plain model "
-                   "or these strides)" if re.search(r"resnet.*_gcp", str(backbone.get("model_name", "")))
-                   else ""))
+                + (" (a GCP ResNet's last stage runs at stride 1: use the plain model or these "
+                   "strides)" if _gcp_resnet(backbone) else ""))
+
+
+def _gcp_resnet(backbone_cfg) -> bool:
+    """Whether a CvkitBackbone config builds a ResNet with an iSQRT-COV head (a ``*_gcp`` preset
+    or ``model_kwargs.global_pool='gcp'``), whose last stage runs at stride 1."""
+    from cvkit.models.registry import PRESETS, TIMM_PREFIX
+
+    preset = PRESETS.get(str(backbone_cfg.get("model_name", "")).removeprefix(TIMM_PREFIX))
+    kwargs = backbone_cfg.get("model_kwargs") or {}
+    pool = kwargs.get("global_pool", preset.kwargs.get("global_pool") if preset else None)
+    return preset is not None and preset.family == "resnet" and pool == "gcp"
 
 
 _UNTRUSTED_HINT = " (an mmengine Runner checkpoint? pass --trust-checkpoint if you trust it)"
@@ -280,9 +289,9 @@ def read_detector_state(path: str, trust: bool = False,
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as e:  # noqa: BLE001
-        why = load_failure(e, path)
-        hint = "" if trust or "not a PyTorch file" in why else untrusted_hint
-        raise ValueError(f"cannot load detector checkpoint {path!r}: {why}{hint}") from e
+        hint = "" if trust or foreign_file_head(path) else untrusted_hint
+        raise ValueError(f"cannot load detector checkpoint {path!r}: {load_failure(e, path)}{hint}"
+                         ) from e
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: no state dict inside")
