@@ -31,7 +31,8 @@ def det_root(data_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pretrained_backbone(cls_root, tmp_path_factory) -> Path:
-    """The detection tests' backbone (one per session: the fine-tune and COCO-C tests share it):
+    """The detection tests' backbone (one per session: the fine-tune and COCO-C tests share it,
+    through :func:`mask_rcnn_run`):
     ECA-ResNet-18 trained briefly (6 epochs at 64 px, 120 images per class) on the synthetic
     classification set (10 shapes), saved in the classification task's checkpoint layout
     (``state_dict: {'model.<name>'}``)."""
@@ -79,3 +80,26 @@ def pretrained_backbone(cls_root, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pretrain") / "eca_resnet18_shapes.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def mask_rcnn_run(pretrained_backbone, det_root, tmp_path_factory):
+    """Mask R-CNN (= Faster R-CNN + a mask branch; configs/detection/mask-rcnn_eca-r18_fpn_shapes.py)
+    fine-tuned on the CPU from the pretrained backbone with the config's own schedule: (task,
+    metrics, work_dir holding ``detector.pth`` and ``measured.json``). One run per session serves
+    the bbox / segm AP, tool and mmdet-API checks and COCO-C (a detector that detects)."""
+    import json
+    import time
+
+    from cvkit.tasks.detection import train_detector
+
+    config = REPO / "configs/detection/mask-rcnn_eca-r18_fpn_shapes.py"
+    work_dir = tmp_path_factory.mktemp("mask")
+    start = time.perf_counter()
+    task, metrics = train_detector(config, str(work_dir), data_root=str(det_root),
+                                   backbone_checkpoint=str(pretrained_backbone),
+                                   accelerator="cpu", devices=1, logger=False)
+    (work_dir / "measured.json").write_text(json.dumps(
+        {"config": config.name, "fine_tune_seconds": round(time.perf_counter() - start, 1),
+         "metrics": metrics}, indent=1))
+    return task, metrics, work_dir

@@ -150,6 +150,7 @@ def test_corrupt_image_channel_order(corruption):
 
 REPO = Path(__file__).resolve().parents[1]
 FASTER = REPO / "configs/detection/faster-rcnn_eca-r18_fpn_shapes.py"
+MASK = REPO / "configs/detection/mask-rcnn_eca-r18_fpn_shapes.py"
 
 
 def _tool():
@@ -272,23 +273,10 @@ def test_resume_of_an_in_memory_config_compares_its_contents(tmp_path, coco_test
 # session and shared with tests/test_tasks_detection.py
 
 
-@pytest.fixture(scope="module")
-def trained_faster_rcnn(pretrained_backbone, det_root, tmp_path_factory) -> Path:
-    """Faster R-CNN (the synthetic set's config) fine-tuned 2 epochs on the CPU from the pretrained
-    backbone: COCO-C needs a detector that detects (a random-init one scores ~0 AP everywhere)."""
-    from cvkit.tasks.detection import train_detector
-
-    work_dir = tmp_path_factory.mktemp("frcnn")
-    _, metrics = train_detector(FASTER, str(work_dir), data_root=str(det_root), max_epochs=2,
-                                backbone_checkpoint=str(pretrained_backbone), accelerator="cpu",
-                                devices=1, logger=False)
-    assert metrics["bbox_mAP"] > 0.25, metrics  # measured 0.354
-    return work_dir / "detector.pth"
-
-
 @pytest.mark.slow
-def test_coco_c_end_to_end_on_synthetic_coco(trained_faster_rcnn, tmp_path, det_root, monkeypatch):
-    """tools/eval_corruption.py --task det with a trained Faster R-CNN: gaussian_noise at severity
+def test_coco_c_end_to_end_on_synthetic_coco(mask_rcnn_run, tmp_path, det_root, monkeypatch):
+    """tools/eval_corruption.py --task det with a trained detector (the session's fine-tuned Mask
+    R-CNN, conftest.py: a random-init one scores ~0 AP everywhere): gaussian_noise at severity
     5 costs most of the clean AP, the corruption sees the image at its original size (the test
     Resize here goes to 128 px, the files are 160 px), results are saved, a rerun resumes."""
     import cvkit.robustness.mmdet_transform as transform
@@ -303,7 +291,7 @@ def test_coco_c_end_to_end_on_synthetic_coco(trained_faster_rcnn, tmp_path, det_
     monkeypatch.setattr(transform, "corrupt", spy)
     config = tmp_path / "resized.py"  # the test pipeline resizes 160 -> 128 px
     config.write_text(
-        f"_base_ = {str(FASTER)!r}\n"
+        f"_base_ = {str(MASK)!r}\n"
         "test_dataloader = dict(dataset=dict(pipeline=[\n"
         "    dict(type='LoadImageFromFile'),\n"
         "    dict(type='Resize', scale=(128, 128), keep_ratio=True),\n"
@@ -312,7 +300,7 @@ def test_coco_c_end_to_end_on_synthetic_coco(trained_faster_rcnn, tmp_path, det_
         "                                          'scale_factor'))]))\n")
     tool = _tool()
     out = tmp_path / "out"
-    args = ["--task", "det", "--config", str(config), "--checkpoint", str(trained_faster_rcnn),
+    args = ["--task", "det", "--config", str(config), "--checkpoint", str(mask_rcnn_run[2] / "detector.pth"),
             "--data-root", str(det_root), "--corruptions", "gaussian_noise", "--severities", "5",
             "--device", "cpu", "--no-progress", "--out", str(out)]
     assert tool.main(args) == 0
