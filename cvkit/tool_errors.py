@@ -10,6 +10,7 @@ Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import ast
 import numbers
 import re
 import sys
@@ -114,3 +115,24 @@ def check_device(device: str, option: str = "--device") -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count < (int(index) + 1 if sep else 1):
         raise OptionError(f"{option} {device}: this machine has {count} CUDA GPU(s)")
+
+
+def literal_or_text(text: str) -> Any:
+    """A command-line value: the Python literal it spells (``128``, ``(3, 5, 5, 7)``, ``None``),
+    else the text itself (``gcp``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_cfg_options(items: list[str] | None) -> dict:
+    """The detection tools' ``--cfg-options KEY=VALUE ...`` (mmengine's dotted keys) as a dict;
+    values as :func:`literal_or_text` reads them. A pair without ``=`` is an OptionError."""
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"--cfg-options expects key=value, got {item!r}")
+        options[key] = literal_or_text(value)
+    return options

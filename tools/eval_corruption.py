@@ -37,7 +37,7 @@ from pathlib import Path
 from cvkit.robustness.corruptions import ALL_CORRUPTIONS, check_corruption, check_seed
 from cvkit.robustness.folder import check_jpeg_quality, check_pixels
 from cvkit.tool_errors import (NON_NEGATIVE_INT, POSITIVE_INT, USAGE, OptionError, check_device,
-                               check_options, is_user_error, report)
+                               check_options, is_user_error, parse_cfg_options, report)
 
 
 #: Options of one task only (dest -> flag): given with the other task, they are an error rather
@@ -53,16 +53,6 @@ ON_THE_FLY_ONLY = {"seed": "--seed", "jpeg_quality": "--jpeg-quality"}
 CLS_DEFAULTS = {"batch_size": 64, "workers": 2}  # resize / crop: the checkpoint's (eval_sizes)
 DET_DEFAULTS = {"coco_c_channel_order": "rgb", "trust_checkpoint": False, "cfg_options": []}
 SEED = 0
-
-
-def parse_cfg_options(items: list[str]) -> dict:
-    """``--cfg-options`` as tools/test_det.py parses it (``tools/train_det.py``'s helper)."""
-    tools = str(Path(__file__).resolve().parent)
-    if tools not in sys.path:
-        sys.path.insert(0, tools)
-    from train_det import parse_cfg_options as parse_options
-
-    return parse_options(items)
 
 
 def parse(argv=None):

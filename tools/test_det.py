@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_det import parse_cfg_options  # noqa: E402
+from cvkit.tool_errors import parse_cfg_options
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,26 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from cvkit.tool_errors import parse_cfg_options
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs/detection/faster-rcnn_eca-r18_fpn_shapes.py"
-
-
-def parse_cfg_options(items: list[str]) -> dict:
-    """``key=value`` pairs; values are Python literals when they parse as one."""
-    import ast
-
-    from cvkit.tool_errors import OptionError
-
-    options = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise OptionError(f"--cfg-options expects key=value, got {item!r}")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
-    return options
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,6 @@
 """``create_model``: a preset name (+ overrides) -> a model, optionally loaded from a checkpoint."""
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 from torch import nn
@@ -9,7 +8,7 @@ from torch import nn
 from cvkit.models.checkpoint import load_state_dict, read_checkpoint_and_arguments
 from cvkit.models.convert import checkpoint_num_classes, infer_arch_overrides, to_cvkit
 from cvkit.models.registry import build, get_preset
-from cvkit.tool_errors import OptionError
+from cvkit.tool_errors import OptionError, literal_or_text
 
 
 def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict[str, Any]:
@@ -21,10 +20,7 @@ def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict[str,
         key, sep, text = pair.partition("=")
         if not sep or not key.strip().isidentifier():
             raise OptionError(f"{option} {pair!r}: expected KEY=VALUE, e.g. global_pool=gcp")
-        try:
-            out[key.strip()] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = text
+        out[key.strip()] = literal_or_text(text)
     return out
 
 
